@@ -1,0 +1,28 @@
+# sam3d-bot: docker run -d --env-file .env -v sam3d-data:/data -p 8080:8080 sam3d-bot
+FROM python:3.11-slim-bookworm
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    DATA_DIR=/data \
+    HTTP_HOST=0.0.0.0 \
+    HTTP_PORT=8080
+
+RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin bot \
+    && mkdir -p /data && chown bot:bot /data
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY bot ./bot
+COPY adapters ./adapters
+RUN pip install .
+
+USER bot
+VOLUME ["/data"]
+EXPOSE 8080
+HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
+    CMD python -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('HTTP_PORT', '8080'), timeout=4)"
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["sam3d-bot"]
+CMD ["run"]

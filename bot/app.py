@@ -1,0 +1,108 @@
+"""The composition root: settings -> sessions -> ledger -> backend -> service.
+
+Front ends (the CLI, the chat adapters) get a ready Core from here; adapters are found
+through the `sam3d_bot.adapters` entry point group, so bot/ never imports them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any, Protocol
+
+import aiohttp
+
+from .images import ImageFetcher, ImageLimits, InputValidator, guarded_session
+from .ledger import Ledger, ledger_from_settings
+from .offline import OfflineBackend
+from .ports import ImageTo3D
+from .results import ResultStore
+from .segmind import SegmindClient
+from .service import Service
+from .settings import Settings
+from .web import build_web_app, start_web
+
+log = logging.getLogger(__name__)
+ADAPTER_GROUP = "sam3d_bot.adapters"
+
+
+@dataclass
+class Core:
+    settings: Settings
+    service: Service
+    ledger: Ledger
+    backend: ImageTo3D
+    results: ResultStore
+    api_session: aiohttp.ClientSession
+    fetch_session: aiohttp.ClientSession  # for users' image URLs: private addresses refused
+
+
+@asynccontextmanager
+async def build_core(settings: Settings, *, allow_paths: bool = False,
+                     fetch_session: aiohttp.ClientSession | None = None) -> AsyncIterator[Core]:
+    async with AsyncExitStack() as stack:
+        api_session = await stack.enter_async_context(aiohttp.ClientSession())
+        if fetch_session is None:
+            fetch_session = await stack.enter_async_context(guarded_session())
+        ledger = ledger_from_settings(settings)
+        await ledger.open()
+        stack.push_async_callback(ledger.close)
+        backend: ImageTo3D = (
+            OfflineBackend() if settings.offline
+            else SegmindClient.from_settings(api_session, settings)
+        )
+        limits = ImageLimits.from_settings(settings)
+        results = ResultStore(settings.data_dir)
+        service = Service(
+            validator=InputValidator(ImageFetcher(fetch_session, limits), limits, allow_paths),
+            backend=backend,
+            ledger=ledger,
+            results=results,
+            renderer=None,
+            max_concurrent=settings.max_concurrent_jobs,
+            price_micros=settings.price_micros,
+        )
+        yield Core(settings, service, ledger, backend, results, api_session, fetch_session)
+
+
+class Adapter(Protocol):
+    """What an entry point in `sam3d_bot.adapters` provides."""
+
+    name: str
+
+    def enabled(self, settings: Settings) -> bool: ...
+
+    async def run(self, core: Core, stop: asyncio.Event) -> None: ...
+
+
+def installed_adapters() -> list[Any]:
+    return [ep.load() for ep in entry_points(group=ADAPTER_GROUP)]
+
+
+def configured_platforms(settings: Settings) -> list[str]:
+    platforms = []
+    if settings.discord_token.get_secret_value():
+        platforms.append("discord")
+    if settings.slack_bot_token.get_secret_value():
+        platforms.append("slack")
+    return platforms
+
+
+async def run_adapters(settings: Settings, adapters: list[Any]) -> None:
+    """Run until SIGTERM / SIGINT, then let the adapters and the core close cleanly."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with build_core(settings) as core:
+        runner = await start_web(build_web_app(), settings.http_host, settings.http_port)
+        try:
+            await asyncio.gather(*(adapter.run(core, stop) for adapter in adapters))
+        finally:
+            await runner.cleanup()
+    log.info("stopped")

@@ -1,0 +1,113 @@
+"""Domain errors: each carries a short message fit for the user and whether money was spent."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+
+class BotError(Exception):
+    """Base of every error a user may see. `charged` says whether Segmind billed the call."""
+
+    code = "error"
+    charged = False
+
+    def __init__(self, user_message: str, *, charged: bool | None = None):
+        super().__init__(user_message)
+        self.user_message = user_message
+        if charged is not None:
+            self.charged = charged
+
+
+class InputError(BotError):
+    """Something the user gave is not usable; names the field and what is allowed."""
+
+    code = "bad_input"
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class QuotaExceeded(BotError):
+    code = "quota"
+
+    def __init__(self, limit: int, window_hours: float, next_free_at: datetime | None):
+        when = f" The next one frees at {next_free_at:%Y-%m-%d %H:%M} UTC." if next_free_at else ""
+        super().__init__(
+            f"You have used all {limit} jobs allowed per {window_hours:g} h.{when}"
+        )
+        self.next_free_at = next_free_at
+
+
+class BudgetExhausted(BotError):
+    code = "budget"
+
+
+class JobInFlight(BotError):
+    code = "busy"
+
+
+class UpstreamError(BotError):
+    """Segmind said no, or could not be reached. `status` is the HTTP status when there was one."""
+
+    code = "upstream"
+
+    def __init__(self, user_message: str, *, status: int | None = None, charged: bool = False):
+        super().__init__(user_message, charged=charged)
+        self.status = status
+
+
+class UpstreamAuthError(UpstreamError):
+    code = "upstream_auth"
+
+
+class InsufficientCredits(UpstreamError):
+    code = "insufficient_credits"
+
+
+class UpstreamRejected(UpstreamError):
+    code = "upstream_rejected"
+
+
+class ModelRetired(UpstreamError):
+    code = "model_retired"
+
+
+class GenerationFailed(UpstreamError):
+    code = "generation_failed"
+
+
+class RateLimited(UpstreamError):
+    code = "rate_limited"
+
+
+class UpstreamUnavailable(UpstreamError):
+    code = "upstream_unavailable"
+
+
+class ResultExpired(UpstreamError):
+    code = "result_expired"
+
+
+class BadUpstreamResult(UpstreamError):
+    code = "bad_result"
+
+
+class OutputTooLarge(UpstreamError):
+    code = "output_too_large"
+
+
+class JobTimedOut(UpstreamError):
+    code = "timeout"
+
+
+class RenderError(BotError):
+    code = "render"
+
+
+class DeliveryError(BotError):
+    code = "delivery"
+
+
+class ServiceStopping(BotError):
+    code = "stopping"

@@ -1,0 +1,279 @@
+"""The job pipeline: validate, cache, reserve, queue, upstream, render, deliver, settle.
+
+It knows nothing about chat platforms: it reports to a Replier and keeps every job as a
+ledger row, so a crash or restart can finish or refund it. The rule that matters most:
+until Segmind has billed a result, any failure refunds the reservation and the quota slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import BotError, DeliveryError, ServiceStopping
+from .images import InputValidator
+from .ledger import Ledger
+from .models import (
+    FileKind,
+    JobRequest,
+    JobResult,
+    JobState,
+    Progress,
+    Requester,
+    Stage,
+    UpstreamResult,
+    ValidatedInput,
+)
+from .ports import ImageTo3D, JobRecord, NewJob, QuotaStatus, Renderer, Replier
+from .results import ResultStore
+from .scheduler import FairScheduler
+
+log = logging.getLogger(__name__)
+
+INTERNAL_ERROR = "Something went wrong inside the bot; the job was stopped."
+
+
+class NullReplier:
+    """For jobs whose requester cannot be reached (e.g. resumed after a restart from the CLI)."""
+
+    async def progress(self, update: Progress) -> None:
+        pass
+
+    async def deliver(self, result: JobResult) -> None:
+        pass
+
+    async def fail(self, error: BotError, refunded: bool) -> None:
+        pass
+
+
+@dataclass
+class _Job:
+    """One job on its way through the pipeline."""
+
+    record: JobRecord
+    replier: Replier
+    started: float
+    timings: dict[str, float] = field(default_factory=dict)
+    submitted: bool = False  # Segmind has it: from here on a restart resumes, not refunds
+    committed: bool = False  # Segmind billed it: from here on nothing is refunded
+
+    def lap(self, name: str, since: float) -> float:
+        now = time.monotonic()
+        self.timings[name] = round(now - since, 3)
+        return now
+
+
+class Service:
+    def __init__(
+        self,
+        *,
+        validator: InputValidator,
+        backend: ImageTo3D,
+        ledger: Ledger,
+        results: ResultStore,
+        renderer: Renderer | None = None,
+        max_concurrent: int = 4,
+        price_micros: int = 65_000,
+    ):
+        self._validator = validator
+        self._backend = backend
+        self._ledger = ledger
+        self._results = results
+        self._renderer = renderer
+        self._scheduler = FairScheduler(max_concurrent)
+        # The offline backend costs nothing, so it reserves nothing.
+        self._price = 0 if backend.offline else price_micros
+        self._tasks: set[asyncio.Task] = set()
+
+    @property
+    def offline(self) -> bool:
+        return self._backend.offline
+
+    @property
+    def queue_length(self) -> int:
+        return self._scheduler.waiting
+
+    async def quota(self, requester: Requester) -> QuotaStatus:
+        return await self._ledger.quota_status(requester)
+
+    # -- running a job -----------------------------------------------------------------------
+
+    async def run(
+        self, request: JobRequest, replier: Replier, idempotency_key: str | None = None
+    ) -> JobResult | None:
+        """Run one job to the end, telling `replier` everything; returns the result if any."""
+        started = time.monotonic()
+        try:
+            validated = await self._validator.validate(request)
+        except BotError as error:
+            await _tell_failure(replier, error, refunded=False)
+            return None
+        cached = await self._results.lookup(validated.cache_key, offline=self.offline)
+        if cached is not None:
+            await replier.deliver(cached)
+            return cached
+        try:
+            record = await self._ledger.reserve(NewJob(
+                request.requester, self._price, validated.cache_key, validated.describe(),
+                request.reply_to, idempotency_key,
+            ))
+        except BotError as error:
+            await _tell_failure(replier, error, refunded=False)
+            return None
+        if record.duplicate:
+            log.info("job %s: duplicate delivery ignored", record.id)
+            return None
+        job = _Job(record, replier, started)
+        job.lap("validate", started)
+        return await self._guarded(job, self._upstream_then_deliver(job, validated))
+
+    async def _upstream_then_deliver(self, job: _Job, validated: ValidatedInput) -> JobResult:
+        queued_at = time.monotonic()
+
+        async def on_position(position: int) -> None:
+            await job.replier.progress(Progress(Stage.QUEUED, position))
+
+        async with self._scheduler.slot(job.record.platform + ":" + job.record.user_id,
+                                        on_position):
+            upstream_at = job.lap("queue", queued_at)
+
+            async def on_submitted(request_id: str, resume_ref: dict) -> None:
+                job.submitted = True
+                await self._ledger.mark_submitted(job.record.id, request_id, resume_ref)
+                await job.replier.progress(Progress(Stage.SUBMITTED))
+
+            workdir = await self._results.workdir(job.record.id)
+            upstream = await self._backend.generate(
+                validated, workdir, on_submitted, self._processing(job))
+            job.lap("upstream", upstream_at)
+            job.timings["download"] = round(upstream.download_s, 3)
+            return await self._settle_and_deliver(job, upstream, workdir)
+
+    def _processing(self, job: _Job):
+        async def on_processing() -> None:
+            await job.replier.progress(Progress(Stage.PROCESSING))
+        return on_processing
+
+    async def _settle_and_deliver(
+        self, job: _Job, upstream: UpstreamResult, workdir: Path
+    ) -> JobResult:
+        cost = upstream.cost_micros if upstream.cost_micros is not None else self._price
+        await self._ledger.commit(job.record.id, cost)
+        job.committed = True
+        files = upstream.files
+        if self._renderer is not None:
+            render_at = time.monotonic()
+            await self._ledger.set_state(job.record.id, JobState.RENDERING)
+            await job.replier.progress(Progress(Stage.RENDERING))
+            try:
+                files += await self._renderer.render(files, workdir)
+            except BotError as error:  # the model still goes out without its picture
+                log.warning("job %s: render failed: %s", job.record.id, error.user_message)
+            job.lap("render", render_at)
+        result = JobResult(
+            job_id=job.record.id,
+            params=job.record.params,
+            files=files,
+            cost_micros=cost,
+            offline=upstream.offline,
+            seconds=round(time.monotonic() - job.started, 3),
+            timings=dict(job.timings),
+        )
+        try:
+            await job.replier.deliver(result)
+        except BotError:
+            raise
+        except Exception as exc:
+            log.exception("job %s: delivery failed", job.record.id)
+            raise DeliveryError("The model was made but could not be posted here.",
+                                charged=True) from exc
+        await self._ledger.finish(job.record.id, JobState.DELIVERED)
+        if any(f.kind in (FileKind.MESH, FileKind.SPLAT) for f in files):
+            await self._results.remember(job.record.cache_key, result)
+        return result
+
+    async def _guarded(self, job: _Job, work) -> JobResult | None:
+        """Run `work`; on any failure settle the money honestly and tell the user once."""
+        try:
+            return await work
+        except asyncio.CancelledError:
+            await asyncio.shield(self._on_cancel(job))
+            raise
+        except BotError as error:
+            await self._on_failure(job, error)
+        except Exception:
+            log.exception("job %s failed", job.record.id)
+            await self._on_failure(job, BotError(INTERNAL_ERROR))
+        return None
+
+    async def _on_failure(self, job: _Job, error: BotError) -> None:
+        if error.charged and not job.committed:  # billed upstream, lost afterwards
+            await self._ledger.commit(job.record.id, self._price)
+            job.committed = True
+        if job.committed:
+            await self._ledger.finish(job.record.id, JobState.FAILED, error.code)
+            refunded = False
+        else:
+            refunded = await self._ledger.refund(job.record.id, error.code)
+        log.info("job %s: %s (refunded=%s)", job.record.id, error.code, refunded)
+        await _tell_failure(job.replier, error, refunded)
+
+    async def _on_cancel(self, job: _Job) -> None:
+        """Shutting down: a job Segmind has is resumed at the next start; any other is refunded."""
+        if job.submitted and not job.committed:
+            return
+        if job.committed:
+            await self._ledger.finish(job.record.id, JobState.FAILED, "stopped")
+            return
+        refunded = await self._ledger.refund(job.record.id, "stopped")
+        await _tell_failure(job.replier, ServiceStopping(
+            "The bot is restarting and your job had not started; nothing was charged. "
+            "Please send it again in a minute."), refunded)
+
+    # -- after a restart ---------------------------------------------------------------------
+
+    async def recover(self, replier_for: Callable[[JobRecord], Replier | None]) -> int:
+        """Resume jobs Segmind has; refund the rest and tell their users. Returns jobs resumed."""
+        resumed = 0
+        for record in await self._ledger.unfinished():
+            replier = replier_for(record) or NullReplier()
+            if record.resume_ref and not self._backend.offline:
+                resumed += 1
+                task = asyncio.create_task(self._resume(record, replier))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+                continue
+            refunded = await self._ledger.refund(record.id, "restart")
+            await _tell_failure(replier, ServiceStopping(
+                "The bot restarted before your job reached SAM 3D; nothing was charged. "
+                "Please send it again."), refunded)
+        return resumed
+
+    async def _resume(self, record: JobRecord, replier: Replier) -> JobResult | None:
+        # A job caught while rendering was billed already: it is settled, never refunded.
+        job = _Job(record, replier, time.monotonic(), submitted=True,
+                   committed=record.state is JobState.RENDERING)
+
+        async def work() -> JobResult:
+            workdir = await self._results.workdir(record.id)
+            await replier.progress(Progress(Stage.PROCESSING))
+            upstream = await self._backend.resume(record.resume_ref, workdir,
+                                                  self._processing(job))
+            return await self._settle_and_deliver(job, upstream, workdir)
+
+        return await self._guarded(job, work())
+
+    async def wait_resumed(self) -> None:
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+async def _tell_failure(replier: Replier, error: BotError, refunded: bool) -> None:
+    try:
+        await replier.fail(error, refunded)
+    except Exception:
+        log.exception("could not tell the user about a failed job")

@@ -1,0 +1,133 @@
+"""All configuration, read from the environment and `.env`; the only module that looks there."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SettingsError(Exception):
+    """An invalid setting; the message is one line naming the variable and what is allowed."""
+
+
+class Settings(BaseSettings):
+    """Every setting the bot has. Field names are the environment variable names, lower-cased."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True
+    )
+
+    # Segmind
+    segmind_api_key: SecretStr = SecretStr("")
+    segmind_base_url: str = "https://api.segmind.com"
+    segmind_api_version: Literal["v1", "v2"] = "v2"
+    segmind_poll_interval_s: float = Field(2.0, gt=0, le=60)
+    segmind_job_timeout_s: float = Field(900.0, gt=0)
+    segmind_rate_limit_max_wait_s: float = Field(120.0, ge=0)
+    max_output_bytes: int = Field(300_000_000, gt=0)
+
+    # Storage
+    data_dir: Path = Path("./data")
+    database_url: str = ""
+
+    # Chat platforms
+    discord_token: SecretStr = SecretStr("")
+    slack_bot_token: SecretStr = SecretStr("")
+    slack_signing_secret: SecretStr = SecretStr("")
+    slack_app_token: SecretStr = SecretStr("")
+    slack_api_url: str = "https://slack.com/api/"
+
+    # Web server
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(8080, ge=1, le=65535)
+    public_url: str = ""
+
+    # Money and fair use
+    price_per_job_usd: Decimal = Field(Decimal("0.065"), ge=0, le=100)
+    global_budget_usd: Decimal = Field(Decimal("20"), ge=0)
+    quota_jobs: int = Field(5, ge=0)
+    quota_window_hours: float = Field(24.0, gt=0)
+    admins_exempt: bool = True
+    max_concurrent_jobs: int = Field(4, ge=1, le=256)
+
+    # Input images
+    max_image_bytes: int = Field(20_000_000, gt=0)
+    max_image_pixels: int = Field(50_000_000, gt=0)
+    max_image_side: int = Field(2048, ge=256)
+    image_fetch_timeout_s: float = Field(20.0, gt=0)
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("segmind_base_url", "slack_api_url", "public_url")
+    @classmethod
+    def _http_url(cls, value: str, info) -> str:
+        if value == "" and info.field_name == "public_url":
+            return value
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("must be an http(s):// URL")
+        return value.rstrip("/") if info.field_name != "slack_api_url" else value
+
+    @field_validator("database_url")
+    @classmethod
+    def _database(cls, value: str) -> str:
+        if value and not value.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise ValueError("must be empty, sqlite:///PATH or postgresql://...")
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @property
+    def offline(self) -> bool:
+        """No API key: jobs run on the free offline backend."""
+        return not self.segmind_api_key.get_secret_value()
+
+    @property
+    def sqlite_path(self) -> Path:
+        if self.database_url.startswith("sqlite:///"):
+            return Path(self.database_url.removeprefix("sqlite:///"))
+        return self.data_dir / "sam3d.sqlite3"
+
+    @property
+    def price_micros(self) -> int:
+        return usd_to_micros(self.price_per_job_usd)
+
+    @property
+    def global_budget_micros(self) -> int:
+        return usd_to_micros(self.global_budget_usd)
+
+
+def usd_to_micros(usd: Decimal | float | str) -> int:
+    """Money is kept as integer millionths of a dollar, so sums never drift."""
+    return int((Decimal(str(usd)) * 1_000_000).to_integral_value())
+
+
+def micros_to_usd(micros: int) -> Decimal:
+    return Decimal(micros) / 1_000_000
+
+
+def load_settings(env_file: str | Path | None = ".env", **overrides) -> Settings:
+    """Build Settings, turning a validation failure into one readable line."""
+    try:
+        return Settings(_env_file=env_file, **overrides)
+    except ValidationError as exc:
+        raise SettingsError(describe_validation_error(exc)) from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    name = str(first["loc"][0]).upper() if first["loc"] else "settings"
+    message = first["msg"].removeprefix("Value error, ")
+    got = first.get("input")
+    if name.endswith(("_KEY", "_TOKEN", "_SECRET")):
+        got = None  # never echo a secret back
+    shown = f" (got {got!r})" if isinstance(got, str | int | float) else ""
+    return f"{name}: {message}{shown}"

@@ -1,0 +1,146 @@
+"""`sam3d-bot` as a user runs it: a subprocess, real files, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from bot.cli import TerminalReplier
+from bot.models import Progress, Stage
+from tests.conftest import photo_bytes
+from tests.fakes.segmind import API_KEY
+from tests.helpers import ROOT, run_bot
+
+EXAMPLE = ROOT / "examples" / "ornament.jpg"
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    (tmp_path / "photo.png").write_bytes(photo_bytes())
+    return tmp_path
+
+
+async def test_generate_offline_with_no_keys_at_all(workdir):
+    ran = await run_bot("generate", str(EXAMPLE), "--prompt", "ornament", cwd=workdir)
+    assert ran.code == 0, ran.err
+    model = workdir / "out" / "ornament.glb"
+    assert model.read_bytes()[:4] == b"glTF"
+    assert "wrote out/ornament.glb" in ran.out
+    assert "offline preview" in ran.out.lower() and "not SAM 3D" in ran.out
+    assert ran.err == ""  # piped: no progress lines, no escape codes
+    assert (workdir / "data" / "sam3d.sqlite3").is_file()
+
+
+async def test_generate_through_segmind_writes_glb_and_ply(workdir, fake_segmind):
+    ran = await run_bot(
+        "generate", "photo.png", "--bbox", "100,50,500,400", "--points", "320,240",
+        "--seed", "77", "--out", "models", cwd=workdir,
+        SEGMIND_API_KEY=API_KEY, SEGMIND_BASE_URL=fake_segmind.url,
+        SEGMIND_POLL_INTERVAL_S="0.05")
+    assert ran.code == 0, ran.err
+    assert (workdir / "models" / "photo.glb").read_bytes() == fake_segmind.glb
+    assert (workdir / "models" / "photo.ply").read_bytes() == fake_segmind.ply
+    assert "$0.065" in ran.out
+    sent = fake_segmind.counters.payloads[0]
+    assert (sent["bounding_box"], sent["point_coords"], sent["seed"]) == (
+        "[100, 50, 500, 400]", "[[320, 240]]", 77)
+    usage = await run_bot("usage", cwd=workdir)
+    assert usage.code == 0 and "0.065" in usage.out and "delivered" in usage.out
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (("generate", "missing.jpg"), "image: no such file: missing.jpg"),
+        (("generate", "photo.png", "--bbox", "1,2,3"), "bbox: needs 4 numbers"),
+        (("generate", "photo.png", "--seed", "2000000"), "seed: must be from 0 to 1000000"),
+        (("generate",), "the following arguments are required: image"),
+        (("frobnicate",), "invalid choice"),
+    ],
+)
+async def test_usage_errors_exit_2_with_one_line(workdir, args, words):
+    ran = await run_bot(*args, cwd=workdir)
+    assert ran.code == 2
+    assert words in ran.err
+    assert "Traceback" not in ran.err
+
+
+async def test_upstream_failure_exits_1_with_one_line_and_no_secret(workdir, fake_segmind):
+    fake_segmind.behaviour.fail_message = "no object found"
+    ran = await run_bot("generate", "photo.png", cwd=workdir, SEGMIND_API_KEY=API_KEY,
+                        SEGMIND_BASE_URL=fake_segmind.url, SEGMIND_POLL_INTERVAL_S="0.05",
+                        LOG_LEVEL="DEBUG")
+    assert ran.code == 1
+    assert ran.err.strip().splitlines()[-1] == (
+        "sam3d-bot: error: SAM 3D could not make a model from this photo: no object found "
+        "(nothing was charged)")
+    assert API_KEY not in ran.err + ran.out
+
+
+async def test_bad_key_and_server_errors_never_show_the_key(workdir, fake_segmind):
+    for behaviour in ({"submit_error": (500, {"error": f"boom {API_KEY}"})}, {}):
+        for name, value in behaviour.items():
+            setattr(fake_segmind.behaviour, name, value)
+        ran = await run_bot("generate", "photo.png", cwd=workdir,
+                            SEGMIND_API_KEY=API_KEY if behaviour else "sk-wrong-key-999",
+                            SEGMIND_BASE_URL=fake_segmind.url, LOG_LEVEL="DEBUG")
+        assert ran.code == 1
+        assert API_KEY not in ran.err + ran.out
+        assert "sk-wrong-key-999" not in ran.err + ran.out
+        assert "Traceback" not in ran.err
+
+
+async def test_credits(workdir, fake_segmind):
+    ran = await run_bot("credits", cwd=workdir, SEGMIND_API_KEY=API_KEY,
+                        SEGMIND_BASE_URL=fake_segmind.url)
+    assert ran.code == 0 and "credits: 9.87" in ran.out
+    offline = await run_bot("credits", cwd=workdir)
+    assert offline.code == 1 and "no SEGMIND_API_KEY" in offline.err
+
+
+async def test_run_without_tokens_says_how_to_configure(workdir):
+    ran = await run_bot("run", cwd=workdir)
+    assert ran.code == 1
+    assert "DISCORD_TOKEN" in ran.err and "SLACK_BOT_TOKEN" in ran.err
+
+
+async def test_invalid_setting_stops_with_one_line(workdir):
+    ran = await run_bot("usage", cwd=workdir, SEGMIND_API_VERSION="v3")
+    assert ran.code == 2
+    assert ran.err.strip() == "sam3d-bot: error: SEGMIND_API_VERSION: Input should be 'v1' or " \
+                              "'v2' (got 'v3')"
+
+
+async def test_settings_come_from_dotenv(workdir, fake_segmind):
+    (workdir / ".env").write_text(
+        f"SEGMIND_API_KEY={API_KEY}\nSEGMIND_BASE_URL={fake_segmind.url}\nDATA_DIR=store\n")
+    ran = await run_bot("credits", cwd=workdir)
+    assert ran.code == 0, ran.err
+    ran = await run_bot("usage", cwd=workdir)
+    assert (workdir / "store" / "sam3d.sqlite3").is_file()
+
+
+async def test_python_dash_m_and_console_script_agree(workdir):
+    ran = await run_bot("--help", cwd=workdir)
+    assert ran.code == 0
+    for command in ("generate", "credits", "usage", "run"):
+        assert command in ran.out
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert 'sam3d-bot = "bot.cli:main"' in pyproject
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+async def test_progress_shows_on_a_terminal_only(tmp_path):
+    live, piped = Terminal(), io.StringIO()
+    for stream in (live, piped):
+        replier = TerminalReplier(tmp_path, "x", stream, io.StringIO())
+        await replier.progress(Progress(Stage.QUEUED, 3))
+        await replier.progress(Progress(Stage.PROCESSING))
+    assert "Queued, position 3" in live.getvalue()
+    assert "SAM 3D is building the model" in live.getvalue()
+    assert piped.getvalue() == ""

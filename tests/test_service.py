@@ -1,0 +1,273 @@
+"""The pipeline end to end against the fake Segmind, seen through a recording Replier."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import aiohttp
+import pytest
+from pydantic import SecretStr
+
+from bot import errors
+from bot.images import ImageFetcher, ImageLimits, InputValidator
+from bot.ledger import QuotaPolicy, SqliteLedger
+from bot.models import FileKind, ImageSource, JobRequest, JobState, OutputFile, Requester, Stage
+from bot.offline import OfflineBackend
+from bot.ports import NewJob
+from bot.results import ResultStore
+from bot.segmind import RetryPolicy, SegmindClient
+from bot.service import Service
+from tests.conftest import photo_bytes
+from tests.fakes.segmind import API_KEY
+
+ALICE = Requester("discord", "alice", "g1")
+BOB = Requester("discord", "bob", "g1")
+
+
+class Recorder:
+    """A Replier that keeps everything it was told."""
+
+    def __init__(self, fail_delivery: bool = False):
+        self.events: list[tuple] = []
+        self.fail_delivery = fail_delivery
+
+    async def progress(self, update):
+        self.events.append(("progress", update.stage, update.position))
+
+    async def deliver(self, result):
+        if self.fail_delivery:
+            raise ConnectionResetError("chat platform went away")
+        self.events.append(("deliver", result))
+
+    async def fail(self, error, refunded):
+        self.events.append(("fail", error, refunded))
+
+    @property
+    def result(self):
+        return next(e[1] for e in self.events if e[0] == "deliver")
+
+    @property
+    def failure(self):
+        return next((e[1], e[2]) for e in self.events if e[0] == "fail")
+
+    def stages(self):
+        return [e[1] for e in self.events if e[0] == "progress"]
+
+
+class ThumbnailRenderer:
+    def __init__(self, fail=False):
+        self.fail = fail
+
+    async def render(self, files, workdir: Path):
+        if self.fail:
+            raise errors.RenderError("the model could not be drawn")
+        path = workdir / "thumb.png"
+        path.write_bytes(photo_bytes(64, 64))
+        return (OutputFile(FileKind.THUMBNAIL, path, path.stat().st_size, "image/png"),)
+
+
+@pytest.fixture
+async def http():
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture
+async def ledger(tmp_path):
+    ledger = SqliteLedger(tmp_path / "l.sqlite3", QuotaPolicy(jobs_per_window=3))
+    await ledger.open()
+    yield ledger
+    await ledger.close()
+
+
+@pytest.fixture
+def make_service(http, ledger, fake_segmind, tmp_path):
+    def make(backend=None, renderer=None, capacity=4):
+        backend = backend or SegmindClient(
+            http, api_key=SecretStr(API_KEY), base_url=fake_segmind.url, poll_interval_s=0.01,
+            retry=RetryPolicy(attempts=3, base_delay_s=0.01))
+        return Service(
+            validator=InputValidator(ImageFetcher(http, ImageLimits()), ImageLimits()),
+            backend=backend, ledger=ledger, results=ResultStore(tmp_path / "data"),
+            renderer=renderer, max_concurrent=capacity, price_micros=65_000)
+    return make
+
+
+def request(who=ALICE, seed=7, **kw) -> JobRequest:
+    return JobRequest(who, ImageSource.from_bytes(photo_bytes()), prompt="ball", seed=seed,
+                      reply_to={"channel": "c1"}, **kw)
+
+
+async def test_a_job_delivers_the_model_and_is_charged_once(make_service, ledger, fake_segmind):
+    service = make_service(renderer=ThumbnailRenderer())
+    reply = Recorder()
+    result = await service.run(request(), reply)
+    assert reply.stages() == [Stage.SUBMITTED, Stage.PROCESSING, Stage.RENDERING]
+    assert result is reply.result
+    kinds = {f.kind for f in result.files}
+    assert kinds == {FileKind.MESH, FileKind.SPLAT, FileKind.THUMBNAIL}
+    assert result.cost_micros == 65_000 and not result.cached
+    assert set(result.timings) >= {"validate", "queue", "upstream", "render"}
+    record = await ledger.get(result.job_id)
+    assert record.state is JobState.DELIVERED and record.request_id == "req-00001"
+    assert await ledger.budget() == {"cap": 20_000_000, "reserved": 0, "committed": 65_000}
+
+
+async def test_real_cost_from_the_api_is_what_is_committed(make_service, ledger, fake_segmind):
+    fake_segmind.behaviour.cost = "0.0712"
+    result = await make_service().run(request(), Recorder())
+    assert result.cost_micros == 71_200
+    assert (await ledger.budget())["committed"] == 71_200
+
+
+async def test_identical_request_is_served_from_the_store_for_free(
+    make_service, ledger, fake_segmind
+):
+    service = make_service()
+    first = await service.run(request(), Recorder())
+    again = Recorder()
+    second = await service.run(request(), again)
+    assert second.cached and second.cost_micros == 0
+    assert {f.path for f in second.files} == {f.path for f in first.files}
+    assert "delivered again, free" in second.note
+    assert fake_segmind.counters.submits == 1
+    assert (await ledger.quota_status(ALICE)).used == 1  # no quota used by the cache hit
+    other_seed = await service.run(request(seed=8), Recorder())
+    assert not other_seed.cached and fake_segmind.counters.submits == 2
+
+
+async def test_upstream_failure_refunds_money_and_quota(make_service, ledger, fake_segmind):
+    fake_segmind.behaviour.fail_message = "no object found"
+    reply = Recorder()
+    assert await make_service().run(request(), reply) is None
+    error, refunded = reply.failure
+    assert isinstance(error, errors.GenerationFailed) and refunded
+    assert (await ledger.budget())["reserved"] == 0
+    assert (await ledger.quota_status(ALICE)).used == 0
+    [row] = await ledger.usage()
+    assert row.refunded == 1 and row.cost_micros == 0
+
+
+async def test_failure_after_billing_is_charged_not_refunded(make_service, ledger, fake_segmind):
+    fake_segmind.behaviour.file_status = 404
+    reply = Recorder()
+    await make_service().run(request(), reply)
+    error, refunded = reply.failure
+    assert isinstance(error, errors.ResultExpired) and not refunded
+    assert (await ledger.budget()) == {"cap": 20_000_000, "reserved": 0, "committed": 65_000}
+    assert (await ledger.quota_status(ALICE)).used == 0  # the user gets the slot back
+
+
+async def test_a_failed_delivery_is_reported(make_service, ledger):
+    reply = Recorder(fail_delivery=True)
+    await make_service().run(request(), reply)
+    error, refunded = reply.failure
+    assert isinstance(error, errors.DeliveryError) and not refunded
+    [row] = await ledger.usage()
+    assert row.failed == 1
+
+
+async def test_a_broken_renderer_still_delivers_the_model(make_service):
+    reply = Recorder()
+    result = await make_service(renderer=ThumbnailRenderer(fail=True)).run(request(), reply)
+    assert {f.kind for f in result.files} == {FileKind.MESH, FileKind.SPLAT}
+
+
+async def test_bad_input_costs_nothing(make_service, ledger, fake_segmind):
+    reply = Recorder()
+    await make_service().run(request(bbox="0,0,9999,10"), reply)
+    error, refunded = reply.failure
+    assert isinstance(error, errors.InputError) and error.field == "bbox" and not refunded
+    assert fake_segmind.counters.submits == 0
+    assert await ledger.usage() == []
+
+
+async def test_quota_refusal_says_when_and_sends_nothing(make_service, fake_segmind):
+    service = make_service()
+    for seed in range(3):
+        await service.run(request(seed=seed), Recorder())
+    reply = Recorder()
+    await service.run(request(seed=99), reply)
+    error, _ = reply.failure
+    assert isinstance(error, errors.QuotaExceeded) and "next one frees at" in error.user_message
+    assert fake_segmind.counters.submits == 3
+
+
+async def test_duplicate_delivery_starts_no_second_job(make_service, fake_segmind):
+    service = make_service()
+    first, second = await asyncio.gather(
+        service.run(request(), Recorder(), idempotency_key="evt-1"),
+        service.run(request(), Recorder(), idempotency_key="evt-1"))
+    assert [first is None, second is None].count(True) == 1
+    assert fake_segmind.counters.submits == 1
+
+
+async def test_queued_jobs_report_their_position(make_service, fake_segmind):
+    fake_segmind.behaviour.polls_before_done = 4
+    service = make_service(capacity=1)
+    replies = [Recorder() for _ in range(3)]
+    users = [ALICE, BOB, Requester("discord", "carol")]
+    await asyncio.gather(*(service.run(request(u), r) for u, r in zip(users, replies,
+                                                                      strict=True)))
+    positions = [e[2] for e in replies[2].events if e[0] == "progress" and e[1] is Stage.QUEUED]
+    assert positions[0] == 2 and positions[-1] == 1
+    assert all(("deliver" in [e[0] for e in r.events]) for r in replies)
+
+
+async def test_offline_backend_is_free_and_says_so(make_service, ledger):
+    reply = Recorder()
+    result = await make_service(backend=OfflineBackend()).run(request(), reply)
+    assert result.offline and result.cost_micros == 0
+    assert "not SAM 3D" in result.note
+    assert result.file(FileKind.MESH).path.read_bytes()[:4] == b"glTF"
+    assert (await ledger.budget())["committed"] == 0
+
+
+# --- stopping and starting again ----------------------------------------------------------------
+
+
+async def test_shutdown_while_queued_refunds_and_tells_the_user(make_service, ledger, fake_segmind):
+    fake_segmind.behaviour.polls_before_done = 10_000
+    service = make_service(capacity=1)
+    first = asyncio.create_task(service.run(request(ALICE), Recorder()))
+    waiting_reply = Recorder()
+    waiting = asyncio.create_task(service.run(request(BOB), waiting_reply))
+    while fake_segmind.counters.polls < 2:  # noqa: ASYNC110 (the fake has no event to wait on)
+        await asyncio.sleep(0.01)
+    first.cancel()
+    waiting.cancel()
+    await asyncio.gather(first, waiting, return_exceptions=True)
+    error, refunded = waiting_reply.failure
+    assert isinstance(error, errors.ServiceStopping) and refunded
+    states = sorted(r.state.value for r in await ledger.unfinished())
+    assert states == ["submitted"]  # alice's job is with Segmind: resumed at the next start
+
+
+async def test_restart_resumes_submitted_jobs_and_refunds_the_rest(
+    make_service, ledger, fake_segmind
+):
+    # A job submitted before the "crash": its row says submitted, with the request id.
+    service = make_service()
+    await service.run(request(BOB, seed=1), Recorder())  # proves the fake works; req-00001
+    fake_segmind.jobs["req-00099"] = {"created": 0, "polls": 0}
+    submitted = await ledger.reserve(NewJob(ALICE, 65_000, "k1", {"seed": 5}, {"channel": "a"}))
+    await ledger.mark_submitted(submitted.id, "req-00099", {"request_id": "req-00099"})
+    never_sent = await ledger.reserve(NewJob(BOB, 65_000, "k2", {}, {"channel": "b"}))
+
+    replies: dict[str, Recorder] = {}
+
+    def replier_for(record):
+        return replies.setdefault(record.reply_to["channel"], Recorder())
+
+    fresh = make_service()
+    assert await fresh.recover(replier_for) == 1
+    await fresh.wait_resumed()
+    assert replies["a"].result.job_id == submitted.id
+    error, refunded = replies["b"].failure
+    assert isinstance(error, errors.ServiceStopping) and refunded
+    assert (await ledger.get(submitted.id)).state is JobState.DELIVERED
+    assert (await ledger.get(never_sent.id)).state is JobState.REFUNDED
+    assert fake_segmind.counters.submits == 1  # nothing was sent twice
+    assert (await ledger.budget())["committed"] == 2 * 65_000
+    assert await fresh.recover(replier_for) == 0  # a second start finds nothing to do

@@ -1,0 +1,78 @@
+"""Settings from the environment and .env, with one-line errors that never echo secrets."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from bot.settings import SettingsError, load_settings
+
+
+def test_defaults_with_nothing_set(settings_env, tmp_path):
+    settings = load_settings(env_file=None)
+    assert settings.offline
+    assert settings.segmind_base_url == "https://api.segmind.com"
+    assert settings.segmind_api_version == "v2"
+    assert settings.price_micros == 65_000
+    assert (settings.http_host, settings.http_port) == ("127.0.0.1", 8080)
+    assert settings.sqlite_path.name == "sam3d.sqlite3"
+    assert settings.slack_api_url == "https://slack.com/api/"
+
+
+def test_fixed_names_are_read(settings_env, tmp_path):
+    settings_env.setenv("SEGMIND_API_KEY", "sk-abc")
+    settings_env.setenv("SEGMIND_BASE_URL", "http://127.0.0.1:9/")
+    settings_env.setenv("SEGMIND_API_VERSION", "v1")
+    settings_env.setenv("PRICE_PER_JOB_USD", "0.07")
+    settings_env.setenv("HTTP_PORT", "9090")
+    settings = load_settings(env_file=None)
+    assert not settings.offline
+    assert settings.segmind_base_url == "http://127.0.0.1:9"
+    assert settings.segmind_api_version == "v1"
+    assert settings.price_per_job_usd == Decimal("0.07")
+    assert "sk-abc" not in repr(settings) and "sk-abc" not in str(settings.model_dump())
+
+
+def test_dotenv_file_is_read_and_environment_wins(settings_env, tmp_path):
+    env_file = tmp_path / ".env"
+    env_file.write_text("QUOTA_JOBS=9\nHTTP_PORT=7000\n")
+    settings_env.setenv("HTTP_PORT", "7001")
+    settings = load_settings(env_file=env_file)
+    assert (settings.quota_jobs, settings.http_port) == (9, 7001)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "words"),
+    [
+        ("SEGMIND_API_VERSION", "v3", "SEGMIND_API_VERSION: Input should be 'v1' or 'v2'"),
+        ("HTTP_PORT", "99999", "HTTP_PORT: Input should be less than or equal to 65535"),
+        ("SEGMIND_BASE_URL", "ftp://x", "SEGMIND_BASE_URL: must be an http(s):// URL"),
+        ("PRICE_PER_JOB_USD", "-1", "PRICE_PER_JOB_USD: Input should be greater than or equal"),
+        ("DATABASE_URL", "mysql://x", "DATABASE_URL: must be empty, sqlite:///PATH or"),
+        ("QUOTA_JOBS", "many", "QUOTA_JOBS: Input should be a valid integer"),
+    ],
+)
+def test_invalid_values_stop_with_one_line(settings_env, name, value, words):
+    settings_env.setenv(name, value)
+    with pytest.raises(SettingsError) as caught:
+        load_settings(env_file=None)
+    message = str(caught.value)
+    assert message.startswith(words)
+    assert "\n" not in message
+
+
+def test_env_example_documents_every_setting():
+    from bot.settings import Settings
+    from tests.helpers import ROOT
+
+    example = (ROOT / ".env.example").read_text()
+    for name in Settings.model_fields:
+        line = next((ln for ln in example.splitlines() if ln.startswith(f"{name.upper()}=")),
+                    None)
+        assert line is not None, f"{name.upper()} is missing from .env.example"
+        before = example.split(line)[0].rstrip().splitlines()[-1]
+        assert before.startswith("#"), f"{name.upper()} has no comment"
+    for secret in ("SEGMIND_API_KEY", "DISCORD_TOKEN", "SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET",
+                   "SLACK_APP_TOKEN"):
+        assert f"\n{secret}=\n" in example
