@@ -17,10 +17,12 @@ from typing import Any, Protocol
 
 import aiohttp
 
+from .errors import RenderError
 from .images import ImageFetcher, ImageLimits, InputValidator, guarded_session
 from .ledger import Ledger, ledger_from_settings
 from .offline import OfflineBackend
 from .ports import ImageTo3D
+from .render.renderer import F3dRenderer, RenderOptions
 from .results import ResultStore
 from .segmind import SegmindClient
 from .service import Service
@@ -40,6 +42,7 @@ class Core:
     results: ResultStore
     api_session: aiohttp.ClientSession
     fetch_session: aiohttp.ClientSession  # for users' image URLs: private addresses refused
+    renderer: F3dRenderer | None = None
 
 
 @asynccontextmanager
@@ -58,16 +61,42 @@ async def build_core(settings: Settings, *, allow_paths: bool = False,
         )
         limits = ImageLimits.from_settings(settings)
         results = ResultStore(settings.data_dir)
+        renderer = await stack.enter_async_context(warm_renderer(settings))
         service = Service(
             validator=InputValidator(ImageFetcher(fetch_session, limits), limits, allow_paths),
             backend=backend,
             ledger=ledger,
             results=results,
-            renderer=None,
+            renderer=renderer,
+            turntable=settings.render_turntable,
             max_concurrent=settings.max_concurrent_jobs,
             price_micros=settings.price_micros,
         )
-        yield Core(settings, service, ledger, backend, results, api_session, fetch_session)
+        yield Core(settings, service, ledger, backend, results, api_session, fetch_session,
+                   renderer)
+
+
+@asynccontextmanager
+async def warm_renderer(settings: Settings) -> AsyncIterator[F3dRenderer | None]:
+    """The renderer, its worker warming up in the background while the first job starts."""
+    if not settings.render_enabled:
+        yield None
+        return
+    renderer = F3dRenderer(RenderOptions.from_settings(settings))
+
+    async def warm() -> None:
+        try:
+            await renderer.start()
+        except RenderError as error:
+            log.warning("previews are unavailable until this is fixed: %s", error.user_message)
+
+    warming = asyncio.create_task(warm())
+    try:
+        yield renderer
+    finally:
+        warming.cancel()
+        await asyncio.gather(warming, return_exceptions=True)
+        await renderer.close()
 
 
 class Adapter(Protocol):

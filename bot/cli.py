@@ -12,7 +12,9 @@ import getpass
 import logging
 import shutil
 import sys
+import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
 
@@ -44,7 +46,15 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--mask", help="a mask image of the same size (white = object)")
     gen.add_argument("--seed", help="0..1000000 (default 123)")
     gen.add_argument("--artifacts", action="store_true", help="ask for the artifacts ZIP too")
+    gen.add_argument("--turntable", action="store_true",
+                     help="also write a turntable (NAME-turntable.webp and .gif)")
     gen.add_argument("--out", default="out", help="folder for the model files (default: ./out)")
+
+    ren = sub.add_parser("render", help="draw a picture of a GLB or PLY model")
+    ren.add_argument("model", help="a .glb, or a .ply mesh or Gaussian splat")
+    ren.add_argument("-o", "--output", required=True, help="the PNG to write")
+    ren.add_argument("--turntable", help="also write a turntable: NAME.webp or NAME.gif")
+    ren.add_argument("--size", type=int, help="picture size in pixels (default RENDER_SIZE)")
 
     sub.add_parser("credits", help="show the Segmind account balance")
     usage = sub.add_parser("usage", help="jobs and spend by month and user")
@@ -76,23 +86,28 @@ class TerminalReplier:
 
     async def deliver(self, result: JobResult) -> None:
         self._clear()
-        self._out_dir.mkdir(parents=True, exist_ok=True)
-        seen: set[FileKind] = set()
-        for file in result.files:
-            suffix = {FileKind.TURNTABLE: "-turntable"}.get(file.kind, "")
-            name = f"{self._stem}{suffix}{file.path.suffix}"
-            if file.kind in seen or file.kind in (FileKind.ARCHIVE, FileKind.OTHER):
-                name = f"{self._stem}-{file.path.name}"
-            seen.add(file.kind)
-            target = self._out_dir / name
-            await asyncio.to_thread(shutil.copyfile, file.path, target)
-            self.written.append(target)
         if result.note:
             print(result.note, file=self._out)
-        for path in self.written:
-            print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)", file=self._out)
+        await self._write(result.files)
         cost = f"${micros_to_usd(result.cost_micros):.3f}" if result.cost_micros else "free"
         print(f"done in {result.seconds:.1f} s, {cost}", file=self._out)
+
+    async def deliver_more(self, result: JobResult, files) -> None:
+        await self._write(files)
+
+    async def _write(self, files) -> None:
+        """NAME.glb, NAME.ply, NAME.png, NAME-turntable.webp; anything else NAME-FILE."""
+        self._out_dir.mkdir(parents=True, exist_ok=True)
+        for file in files:
+            base = {FileKind.MESH: self._stem, FileKind.SPLAT: self._stem,
+                    FileKind.THUMBNAIL: self._stem,
+                    FileKind.TURNTABLE: f"{self._stem}-turntable"}.get(file.kind)
+            target = self._out_dir / f"{base}{file.path.suffix}"
+            if base is None or target in self.written:
+                target = self._out_dir / f"{self._stem}-{file.path.name}"
+            await asyncio.to_thread(shutil.copyfile, file.path, target)
+            self.written.append(target)
+            print(f"wrote {target} ({target.stat().st_size / 1e6:.1f} MB)", file=self._out)
 
     async def fail(self, error: BotError, refunded: bool) -> None:
         self._clear()
@@ -129,6 +144,7 @@ async def generate(settings: Settings, args, out: TextIO, err: TextIO) -> int:
         include_artifacts=args.artifacts,
     )
     replier = TerminalReplier(Path(args.out), stem or "model", err, out)
+    settings = settings.model_copy(update={"render_turntable": args.turntable})
     async with build_core(settings, allow_paths=True) as core:
         result = await core.service.run(request, replier)
     if result is None:
@@ -140,6 +156,31 @@ async def generate(settings: Settings, args, out: TextIO, err: TextIO) -> int:
 
 
 # --- the other commands ---------------------------------------------------------------------
+
+
+async def render(settings: Settings, args, out: TextIO) -> int:
+    from .render.renderer import F3dRenderer, RenderOptions
+
+    model, picture = Path(args.model), Path(args.output)
+    if not await asyncio.to_thread(model.is_file):
+        raise CliFailure(f"no such file: {model}", USAGE)
+    turntable = Path(args.turntable) if args.turntable else None
+    if turntable is not None and turntable.suffix.lower() not in (".webp", ".gif"):
+        raise CliFailure("--turntable must end in .webp or .gif", USAGE)
+    options = RenderOptions.from_settings(settings)
+    if args.size:
+        options = replace(options, size=args.size)
+    renderer = F3dRenderer(options)
+    try:
+        with tempfile.TemporaryDirectory() as workdir:
+            await renderer.render_file(model, picture, turntable, Path(workdir))
+    finally:
+        await renderer.close()
+    for path in (picture, turntable):
+        if path is not None:
+            print(f"wrote {path} ({path.stat().st_size / 1e3:.0f} kB)", file=out)
+    return OK
+
 
 
 async def credits(settings: Settings, out: TextIO) -> int:
@@ -228,6 +269,7 @@ def main(argv: list[str] | None = None, out: TextIO | None = None,
             logging.getLogger().setLevel(logging.WARNING)  # the terminal shows progress itself
         command = {
             "generate": lambda: generate(settings, args, out, err),
+            "render": lambda: render(settings, args, out),
             "credits": lambda: credits(settings, out),
             "usage": lambda: usage(settings, args.month, out),
             "run": lambda: run(settings),

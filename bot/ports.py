@@ -44,10 +44,15 @@ class ImageTo3D(Protocol):
 
 
 class Renderer(Protocol):
-    """Draws preview pictures of a model; returns the files it wrote (may be none)."""
+    """Draws preview pictures of a job's model files; raises RenderError when it cannot."""
 
-    async def render(self, files: tuple[OutputFile, ...], workdir: Path) -> tuple[OutputFile, ...]:
-        ...
+    async def thumbnail(
+        self, files: tuple[OutputFile, ...], workdir: Path
+    ) -> tuple[OutputFile, ...]: ...
+
+    async def turntable(
+        self, files: tuple[OutputFile, ...], workdir: Path
+    ) -> tuple[OutputFile, ...]: ...
 
 
 class Replier(Protocol):
@@ -56,6 +61,10 @@ class Replier(Protocol):
     async def progress(self, update: Progress) -> None: ...
 
     async def deliver(self, result: JobResult) -> None: ...
+
+    async def deliver_more(self, result: JobResult, files: tuple[OutputFile, ...]) -> None:
+        """Files made after delivery (the turntable), to add to what was posted."""
+        ...
 
     async def fail(self, error: BotError, refunded: bool) -> None: ...
 

@@ -11,14 +11,13 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .errors import BotError, DeliveryError, ServiceStopping
 from .images import InputValidator
 from .ledger import Ledger
 from .models import (
-    FileKind,
     JobRequest,
     JobResult,
     JobState,
@@ -44,6 +43,9 @@ class NullReplier:
         pass
 
     async def deliver(self, result: JobResult) -> None:
+        pass
+
+    async def deliver_more(self, result: JobResult, files) -> None:
         pass
 
     async def fail(self, error: BotError, refunded: bool) -> None:
@@ -76,6 +78,7 @@ class Service:
         ledger: Ledger,
         results: ResultStore,
         renderer: Renderer | None = None,
+        turntable: bool = True,
         max_concurrent: int = 4,
         price_micros: int = 65_000,
     ):
@@ -84,6 +87,7 @@ class Service:
         self._ledger = ledger
         self._results = results
         self._renderer = renderer
+        self._turntable = turntable and renderer is not None
         self._scheduler = FairScheduler(max_concurrent)
         # The offline backend costs nothing, so it reserves nothing.
         self._price = 0 if backend.offline else price_micros
@@ -149,9 +153,10 @@ class Service:
             workdir = await self._results.workdir(job.record.id)
             upstream = await self._backend.generate(
                 validated, workdir, on_submitted, self._processing(job))
-            job.lap("upstream", upstream_at)
-            job.timings["download"] = round(upstream.download_s, 3)
-            return await self._settle_and_deliver(job, upstream, workdir)
+        # The slot is for Segmind only: the next job may go upstream while this one renders.
+        job.lap("upstream", upstream_at)
+        job.timings["download"] = round(upstream.download_s, 3)
+        return await self._settle_and_deliver(job, upstream, workdir)
 
     def _processing(self, job: _Job):
         async def on_processing() -> None:
@@ -170,9 +175,9 @@ class Service:
             await self._ledger.set_state(job.record.id, JobState.RENDERING)
             await job.replier.progress(Progress(Stage.RENDERING))
             try:
-                files += await self._renderer.render(files, workdir)
+                files += await self._renderer.thumbnail(files, workdir)
             except BotError as error:  # the model still goes out without its picture
-                log.warning("job %s: render failed: %s", job.record.id, error.user_message)
+                log.warning("job %s: no thumbnail: %s", job.record.id, error.user_message)
             job.lap("render", render_at)
         result = JobResult(
             job_id=job.record.id,
@@ -192,9 +197,25 @@ class Service:
             raise DeliveryError("The model was made but could not be posted here.",
                                 charged=True) from exc
         await self._ledger.finish(job.record.id, JobState.DELIVERED)
-        if any(f.kind in (FileKind.MESH, FileKind.SPLAT) for f in files):
-            await self._results.remember(job.record.cache_key, result)
+        if self._turntable:
+            result = await self._add_turntable(job, result, workdir)
+        await self._results.remember(job.record.cache_key, result)
         return result
+
+    async def _add_turntable(self, job: _Job, result: JobResult, workdir: Path) -> JobResult:
+        """Soon after the thumbnail: a turning view. Its failure costs nothing but itself."""
+        started = time.monotonic()
+        try:
+            more = await self._renderer.turntable(result.files, workdir)
+            await job.replier.deliver_more(result, more)
+        except BotError as error:
+            log.warning("job %s: no turntable: %s", job.record.id, error.user_message)
+            return result
+        except Exception:
+            log.exception("job %s: the turntable could not be posted", job.record.id)
+            return result
+        timings = {**result.timings, "turntable": round(time.monotonic() - started, 3)}
+        return replace(result, files=result.files + more, timings=timings)
 
     async def _guarded(self, job: _Job, work) -> JobResult | None:
         """Run `work`; on any failure settle the money honestly and tell the user once."""

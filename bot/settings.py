@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 from pathlib import Path
 from typing import Literal
@@ -61,6 +62,19 @@ class Settings(BaseSettings):
     max_image_side: int = Field(2048, ge=256)
     image_fetch_timeout_s: float = Field(20.0, gt=0)
 
+    # Previews
+    render_enabled: bool = True
+    render_size: int = Field(512, ge=64, le=2048)
+    render_source: Literal["auto", "mesh", "splat"] = "auto"
+    render_background: str = "#e9e9ec"
+    render_turntable: bool = True
+    render_turntable_frames: int = Field(24, ge=2, le=120)
+    render_turntable_size: int = Field(320, ge=64, le=1024)
+    render_timeout_s: float = Field(30.0, gt=0)
+    render_max_triangles: int = Field(5_000_000, gt=0)
+    render_max_splats: int = Field(150_000, gt=0)
+    render_backend: Literal["auto", "egl", "osmesa"] = "auto"
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("segmind_base_url", "slack_api_url", "public_url")
@@ -72,6 +86,13 @@ class Settings(BaseSettings):
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError("must be an http(s):// URL")
         return value.rstrip("/") if info.field_name != "slack_api_url" else value
+
+    @field_validator("render_background")
+    @classmethod
+    def _colour(cls, value: str) -> str:
+        if value != "transparent" and not re.fullmatch(r"#[0-9a-fA-F]{6}", value):
+            raise ValueError("must be a colour like #e9e9ec, or transparent")
+        return value
 
     @field_validator("database_url")
     @classmethod

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import io
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from bot.cli import TerminalReplier
 from bot.models import Progress, Stage
 from tests.conftest import photo_bytes
+from tests.fakes.models3d import made_glb
 from tests.fakes.segmind import API_KEY
 from tests.helpers import ROOT, run_bot
 
@@ -27,6 +30,10 @@ async def test_generate_offline_with_no_keys_at_all(workdir):
     model = workdir / "out" / "ornament.glb"
     assert model.read_bytes()[:4] == b"glTF"
     assert "wrote out/ornament.glb" in ran.out
+    thumbnail = Image.open(workdir / "out" / "ornament.png").convert("RGB")  # beside the model
+    assert thumbnail.size == (512, 512)
+    red = np.asarray(thumbnail).astype(int)
+    assert (red[..., 0] > red[..., 1] + 60).mean() > 0.05  # the red ornament is in it
     assert "offline preview" in ran.out.lower() and "not SAM 3D" in ran.out
     assert ran.err == ""  # piped: no progress lines, no escape codes
     assert (workdir / "data" / "sam3d.sqlite3").is_file()
@@ -35,12 +42,15 @@ async def test_generate_offline_with_no_keys_at_all(workdir):
 async def test_generate_through_segmind_writes_glb_and_ply(workdir, fake_segmind):
     ran = await run_bot(
         "generate", "photo.png", "--bbox", "100,50,500,400", "--points", "320,240",
-        "--seed", "77", "--out", "models", cwd=workdir,
+        "--seed", "77", "--out", "models", "--turntable", cwd=workdir,
         SEGMIND_API_KEY=API_KEY, SEGMIND_BASE_URL=fake_segmind.url,
         SEGMIND_POLL_INTERVAL_S="0.05")
     assert ran.code == 0, ran.err
     assert (workdir / "models" / "photo.glb").read_bytes() == fake_segmind.glb
     assert (workdir / "models" / "photo.ply").read_bytes() == fake_segmind.ply
+    assert Image.open(workdir / "models" / "photo.png").size == (512, 512)
+    assert Image.open(workdir / "models" / "photo-turntable.webp").n_frames == 24
+    assert Image.open(workdir / "models" / "photo-turntable.gif").n_frames == 24
     assert "$0.065" in ran.out
     sent = fake_segmind.counters.payloads[0]
     assert (sent["bounding_box"], sent["point_coords"], sent["seed"]) == (
@@ -144,3 +154,29 @@ async def test_progress_shows_on_a_terminal_only(tmp_path):
     assert "Queued, position 3" in live.getvalue()
     assert "SAM 3D is building the model" in live.getvalue()
     assert piped.getvalue() == ""
+
+
+async def test_render_command(workdir):
+    (workdir / "ball.glb").write_bytes(made_glb())
+    ran = await run_bot("render", "ball.glb", "-o", "ball.png", "--turntable", "ball.gif",
+                        "--size", "200", cwd=workdir, RENDER_TURNTABLE_FRAMES="6")
+    assert ran.code == 0, ran.err
+    assert Image.open(workdir / "ball.png").size == (200, 200)
+    assert Image.open(workdir / "ball.gif").n_frames == 6
+    assert "wrote ball.png" in ran.out
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "words"),
+    [
+        (("render", "nothing.glb", "-o", "x.png"), 2, "no such file: nothing.glb"),
+        (("render", "page.glb", "-o", "x.png"), 1, "page.glb: the file is an HTML page"),
+        (("render", "ball.glb", "-o", "x.png", "--turntable", "x.mp4"), 2, "must end in .webp"),
+    ],
+)
+async def test_render_refusals(workdir, args, code, words):
+    (workdir / "page.glb").write_text("<!DOCTYPE html><html>Sign in</html>")
+    (workdir / "ball.glb").write_bytes(made_glb())
+    ran = await run_bot(*args, cwd=workdir)
+    assert (ran.code, ran.err.count("\n")) == (code, 1)
+    assert words in ran.err

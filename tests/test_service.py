@@ -40,6 +40,9 @@ class Recorder:
             raise ConnectionResetError("chat platform went away")
         self.events.append(("deliver", result))
 
+    async def deliver_more(self, result, files):
+        self.events.append(("more", files))
+
     async def fail(self, error, refunded):
         self.events.append(("fail", error, refunded))
 
@@ -55,16 +58,23 @@ class Recorder:
         return [e[1] for e in self.events if e[0] == "progress"]
 
 
-class ThumbnailRenderer:
+class PictureRenderer:
+    """Writes a small PNG for each picture asked for, or fails as told."""
+
     def __init__(self, fail=False):
         self.fail = fail
 
-    async def render(self, files, workdir: Path):
+    async def thumbnail(self, files, workdir: Path):
+        return self._picture(workdir / "thumb.png", FileKind.THUMBNAIL)
+
+    async def turntable(self, files, workdir: Path):
+        return self._picture(workdir / "turn.webp", FileKind.TURNTABLE)
+
+    def _picture(self, path, kind):
         if self.fail:
             raise errors.RenderError("the model could not be drawn")
-        path = workdir / "thumb.png"
         path.write_bytes(photo_bytes(64, 64))
-        return (OutputFile(FileKind.THUMBNAIL, path, path.stat().st_size, "image/png"),)
+        return (OutputFile(kind, path, path.stat().st_size, "image/png"),)
 
 
 @pytest.fixture
@@ -100,15 +110,16 @@ def request(who=ALICE, seed=7, **kw) -> JobRequest:
 
 
 async def test_a_job_delivers_the_model_and_is_charged_once(make_service, ledger, fake_segmind):
-    service = make_service(renderer=ThumbnailRenderer())
+    service = make_service(renderer=PictureRenderer())
     reply = Recorder()
     result = await service.run(request(), reply)
     assert reply.stages() == [Stage.SUBMITTED, Stage.PROCESSING, Stage.RENDERING]
-    assert result is reply.result
-    kinds = {f.kind for f in result.files}
-    assert kinds == {FileKind.MESH, FileKind.SPLAT, FileKind.THUMBNAIL}
+    delivered = {f.kind for f in reply.result.files}
+    assert delivered == {FileKind.MESH, FileKind.SPLAT, FileKind.THUMBNAIL}
+    assert [f.kind for f in reply.events[-1][1]] == [FileKind.TURNTABLE]  # soon after
+    assert {f.kind for f in result.files} == delivered | {FileKind.TURNTABLE}
     assert result.cost_micros == 65_000 and not result.cached
-    assert set(result.timings) >= {"validate", "queue", "upstream", "render"}
+    assert set(result.timings) >= {"validate", "queue", "upstream", "render", "turntable"}
     record = await ledger.get(result.job_id)
     assert record.state is JobState.DELIVERED and record.request_id == "req-00001"
     assert await ledger.budget() == {"cap": 20_000_000, "reserved": 0, "committed": 65_000}
@@ -170,7 +181,7 @@ async def test_a_failed_delivery_is_reported(make_service, ledger):
 
 async def test_a_broken_renderer_still_delivers_the_model(make_service):
     reply = Recorder()
-    result = await make_service(renderer=ThumbnailRenderer(fail=True)).run(request(), reply)
+    result = await make_service(renderer=PictureRenderer(fail=True)).run(request(), reply)
     assert {f.kind for f in result.files} == {FileKind.MESH, FileKind.SPLAT}
 
 

@@ -29,17 +29,25 @@ def made_glb(subdivisions: int = 2) -> bytes:
 
 
 def made_splat_ply(count: int = 2000, seed: int = 0) -> bytes:
-    """A Gaussian splat in SAM 3D's 17-property layout: xyz, normals, f_dc, opacity, scale, rot."""
+    """A Gaussian splat in SAM 3D's 17-property layout: xyz, normals, f_dc, opacity, scale, rot.
+
+    Sizes and opacities follow a real capture's (the donut fixture): the median splat is about
+    0.74 / sqrt(count) of the object across, log-normally spread, one axis flatter.
+    """
     rng = np.random.default_rng(seed)
     names = ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2", "opacity",
              "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
     data = np.zeros((count, len(names)), dtype=np.float32)
     direction = rng.normal(size=(count, 3))
     data[:, 0:3] = direction / np.linalg.norm(direction, axis=1, keepdims=True) * 0.5
-    data[:, 6:9] = rng.normal(0.5, 0.2, size=(count, 3))
-    data[:, 9] = 2.0  # logit opacity
-    data[:, 10:13] = np.log(0.02)
-    data[:, 13] = 1.0
+    orange = (np.array([0.9, 0.5, 0.15]) - 0.5) / 0.2820948  # colour = 0.5 + C0 * f_dc
+    data[:, 6:9] = orange + rng.normal(0, 0.15, size=(count, 3))
+    data[:, 9] = rng.normal(0.6, 1.5, size=count)  # logit opacity
+    median = 0.74 / np.sqrt(count)
+    data[:, 10:13] = np.log(median) + rng.normal(0, 1.0, size=(count, 3))
+    data[:, 12] += np.log(0.3)
+    rotation = rng.normal(size=(count, 4))
+    data[:, 13:17] = rotation / np.linalg.norm(rotation, axis=1, keepdims=True)
     header = f"ply\nformat binary_little_endian 1.0\nelement vertex {count}\n"
     header += "".join(f"property float {n}\n" for n in names) + "end_header\n"
     out = io.BytesIO()

@@ -1,0 +1,43 @@
+# Sourced by ./sam3d-bot and scripts/test. Installs what the bot needs on Debian: Mesa for
+# drawing previews on the CPU (Debian packages), then the project into .venv (PyPI), once
+# per change of pyproject.toml. Needs Debian's python3 (3.11+).
+
+# Mesa through EGL: what f3d draws with when there is no GPU.
+MESA_PACKAGES="libegl1 libegl-mesa0 libgl1-mesa-dri"
+
+as_root() {
+    if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+ensure_debian_packages() {
+    local missing=() package
+    for package in "$@"; do
+        dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \
+            || missing+=("$package")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    if ! command -v apt-get >/dev/null; then
+        echo "note: install ${missing[*]} (or your system's Mesa EGL) for preview pictures" >&2
+        return 0
+    fi
+    echo "installing ${missing[*]} (Debian packages)..." >&2
+    as_root apt-get update -qq >&2 || true
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        "${missing[@]}" >&2
+}
+
+ensure_venv() {
+    local extra="$1" root stamp wanted
+    root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+    if ! python3 -c 'import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+        ensure_debian_packages python3-venv
+    fi
+    [ -x "$root/.venv/bin/python" ] || python3 -m venv "$root/.venv"
+    stamp="$root/.venv/.installed-$extra"
+    wanted="$(sha256sum "$root/pyproject.toml" | cut -c1-16)"
+    if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
+        "$root/.venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip >&2
+        "$root/.venv/bin/python" -m pip install -q --disable-pip-version-check -e "$root$extra" >&2
+        echo "$wanted" > "$stamp"
+    fi
+}
