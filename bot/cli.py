@@ -25,6 +25,8 @@ from .settings import Settings, SettingsError, load_settings, micros_to_usd
 
 PROG = "sam3d-bot"
 OK, FAILED, USAGE = 0, 1, 2
+# Unfinished command-line jobs younger than this may belong to another running command.
+STALE_CLI_JOB_S = 600.0
 
 
 class CliFailure(Exception):
@@ -146,6 +148,12 @@ async def generate(settings: Settings, args, out: TextIO, err: TextIO) -> int:
     replier = TerminalReplier(Path(args.out), stem or "model", err, out)
     settings = settings.model_copy(update={"render_turntable": args.turntable})
     async with build_core(settings, allow_paths=True) as core:
+        # An earlier command stopped mid-job (Ctrl-C, a crash): Segmind may still have it.
+        # Finish it into the result store, so nothing paid for is lost; refund what never left.
+        earlier = await core.service.recover(lambda record: None, {"cli"}, STALE_CLI_JOB_S)
+        if earlier:
+            print(f"finishing {earlier} earlier job(s) first...", file=err)
+            await core.service.wait_resumed()
         result = await core.service.run(request, replier)
     if result is None:
         error = replier.error or BotError("the job did not finish")

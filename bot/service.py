@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 from .errors import BotError, DeliveryError, ServiceStopping
@@ -257,10 +258,24 @@ class Service:
 
     # -- after a restart ---------------------------------------------------------------------
 
-    async def recover(self, replier_for: Callable[[JobRecord], Replier | None]) -> int:
-        """Resume jobs Segmind has; refund the rest and tell their users. Returns jobs resumed."""
+    async def recover(
+        self,
+        replier_for: Callable[[JobRecord], Replier | None],
+        platforms: set[str] | None = None,
+        older_than_s: float = 0.0,
+    ) -> int:
+        """Resume jobs Segmind has; refund the rest and tell their users. Returns jobs resumed.
+
+        `platforms` and `older_than_s` keep one front end from taking over jobs that another
+        process sharing the ledger is still running.
+        """
         resumed = 0
+        now = datetime.now(UTC)
         for record in await self._ledger.unfinished():
+            if platforms is not None and record.platform not in platforms:
+                continue
+            if (now - record.created_at).total_seconds() < older_than_s:
+                continue
             replier = replier_for(record) or NullReplier()
             if record.resume_ref and not self._backend.offline:
                 resumed += 1

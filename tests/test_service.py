@@ -283,3 +283,14 @@ async def test_restart_resumes_submitted_jobs_and_refunds_the_rest(
     assert fake_segmind.counters.submits == 1  # nothing was sent twice
     assert (await ledger.budget())["committed"] == 2 * 65_000
     assert await fresh.recover(replier_for) == 0  # a second start finds nothing to do
+
+
+async def test_recovery_leaves_other_platforms_and_fresh_jobs_alone(make_service, ledger):
+    other = await ledger.reserve(NewJob(BOB, 65_000, "k3", {}, {"channel": "x"}))
+    mine = await ledger.reserve(NewJob(Requester("cli", "me"), 65_000, "k4", {}, {}))
+    service = make_service()
+    assert await service.recover(lambda record: None, {"cli"}, older_than_s=3600) == 0
+    assert (await ledger.get(mine.id)).state is JobState.QUEUED  # too fresh: maybe running
+    await service.recover(lambda record: None, {"cli"})
+    assert (await ledger.get(mine.id)).state is JobState.REFUNDED
+    assert (await ledger.get(other.id)).state is JobState.QUEUED  # not this front end's
