@@ -72,7 +72,7 @@ class Settings(BaseSettings):
     render_turntable_size: int = Field(320, ge=64, le=1024)
     render_timeout_s: float = Field(30.0, gt=0)
     render_max_triangles: int = Field(5_000_000, gt=0)
-    render_max_splats: int = Field(150_000, gt=0)
+    render_max_splats: int = Field(100_000, gt=0)
     render_backend: Literal["auto", "egl", "osmesa"] = "auto"
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -30,7 +30,7 @@ PLY_TYPES = {
 class RenderLimits:
     max_bytes: int = 300_000_000
     max_triangles: int = 5_000_000
-    max_splats: int = 150_000  # larger splats are thinned to this many for the picture
+    max_splats: int = 100_000  # larger splats are thinned to this many for the picture
 
 
 @dataclass(frozen=True)
