@@ -61,7 +61,7 @@ def inspect_model(path: Path, limits: RenderLimits = RenderLimits()) -> ModelInf
         raise RenderError(f"{path.name}: {size / 1e6:.0f} MB is more than the renderer takes "
                           f"({limits.max_bytes / 1e6:.0f} MB)")
     if head.startswith(GLB_MAGIC):
-        info = _inspect_glb(path, size)
+        info = _inspect_glb(path)
     elif head.startswith(b"ply"):
         info = _inspect_ply(path, head, size)
     else:
@@ -77,45 +77,49 @@ def inspect_model(path: Path, limits: RenderLimits = RenderLimits()) -> ModelInf
 # --- GLB --------------------------------------------------------------------------------------
 
 
-def read_glb(path: Path) -> tuple[dict, bytes]:
-    """The JSON and BIN chunks of a GLB, after checking every length against the file."""
-    data = path.read_bytes()
+def read_glb(path: Path) -> tuple[dict, int]:
+    """A GLB's JSON and the length of its BIN chunk, every length checked against the file.
+
+    Only the header and the JSON are read: the geometry stays on disk.
+    """
     name = path.name
-    if len(data) < 20:
-        raise RenderError(f"{name}: the GLB is cut short")
-    magic, version, length = struct.unpack_from("<4sII", data)
-    if version != 2:
-        raise RenderError(f"{name}: glTF version {version} is not supported (only 2)")
-    if length > len(data):
-        raise RenderError(f"{name}: the GLB is cut short ({len(data):,} of {length:,} bytes)")
-    json_length, json_type = struct.unpack_from("<II", data, 12)
-    if json_type != 0x4E4F534A or 20 + json_length > length:
-        raise RenderError(f"{name}: the GLB's JSON chunk is damaged")
-    try:
-        document = json.loads(data[20:20 + json_length])
-    except ValueError:
-        raise RenderError(f"{name}: the GLB's JSON chunk is damaged") from None
-    binary = b""
-    offset = 20 + json_length
-    if offset + 8 <= length:
-        bin_length, bin_type = struct.unpack_from("<II", data, offset)
-        if bin_type != 0x004E4942 or offset + 8 + bin_length > length:
-            raise RenderError(f"{name}: the GLB's binary chunk is cut short")
-        binary = data[offset + 8:offset + 8 + bin_length]
-    return document, binary
+    size = path.stat().st_size
+    with path.open("rb") as fh:
+        header = fh.read(20)
+        if len(header) < 20:
+            raise RenderError(f"{name}: the GLB is cut short")
+        _, version, length, json_length, json_type = struct.unpack("<4sIIII", header)
+        if version != 2:
+            raise RenderError(f"{name}: glTF version {version} is not supported (only 2)")
+        if length > size:
+            raise RenderError(f"{name}: the GLB is cut short ({size:,} of {length:,} bytes)")
+        if json_type != 0x4E4F534A or 20 + json_length > length:
+            raise RenderError(f"{name}: the GLB's JSON chunk is damaged")
+        try:
+            document = json.loads(fh.read(json_length))
+        except ValueError:
+            raise RenderError(f"{name}: the GLB's JSON chunk is damaged") from None
+        binary_length = 0
+        offset = 20 + json_length
+        if offset + 8 <= length:
+            bin_length, bin_type = struct.unpack("<II", fh.read(8))
+            if bin_type != 0x004E4942 or offset + 8 + bin_length > length:
+                raise RenderError(f"{name}: the GLB's binary chunk is cut short")
+            binary_length = bin_length
+    return document, binary_length
 
 
-def _inspect_glb(path: Path, size: int) -> ModelInfo:
-    document, binary = read_glb(path)
+def _inspect_glb(path: Path) -> ModelInfo:
+    document, binary_length = read_glb(path)
     name = path.name
     buffers = document.get("buffers", [])
     for index, buffer in enumerate(buffers):
         if "uri" in buffer:
             if not str(buffer["uri"]).startswith("data:"):
                 raise RenderError(f"{name}: the GLB points to outside files")
-        elif buffer.get("byteLength", 0) > len(binary):
+        elif buffer.get("byteLength", 0) > binary_length:
             raise RenderError(f"{name}: buffer {index} claims {buffer.get('byteLength'):,} bytes "
-                              f"but the file holds {len(binary):,}")
+                              f"but the file holds {binary_length:,}")
     for view in document.get("bufferViews", []):
         buffer = buffers[view.get("buffer", 0)] if view.get("buffer", 0) < len(buffers) else None
         end = view.get("byteOffset", 0) + view.get("byteLength", 0)
