@@ -87,7 +87,6 @@ class F3dRenderer:
         self.options = options
         self._worker: _Worker | None = None
         self._lock = asyncio.Lock()
-        self.renders = 0
         self.restarts = 0
 
     async def start(self) -> None:
@@ -108,17 +107,13 @@ class F3dRenderer:
     # -- the Renderer protocol -----------------------------------------------------------------
 
     async def thumbnail(self, files: tuple[OutputFile, ...], workdir: Path):
-        source = await self._prepare(files, workdir)
         out = workdir / "thumbnail.png"
-        await self._ask(self._request(source, "thumbnail", out=str(out), size=self.options.size),
-                        self.options.timeout_s)
+        await self._draw_thumbnail(await self._prepare(files, workdir), out)
         return (_output(FileKind.THUMBNAIL, out, "image/png"),)
 
     async def turntable(self, files: tuple[OutputFile, ...], workdir: Path):
-        source = await self._prepare(files, workdir)
         webp, gif = workdir / "turntable.webp", workdir / "turntable.gif"
-        await self._ask(self._turntable_request(source, [str(webp), str(gif)]),
-                        self.options.turntable_timeout_s)
+        await self._draw_turntable(await self._prepare(files, workdir), [webp, gif])
         return (_output(FileKind.TURNTABLE, webp, "image/webp"),
                 _output(FileKind.TURNTABLE, gif, "image/gif"))
 
@@ -129,11 +124,9 @@ class F3dRenderer:
         """Draw one file (its kind is read from its bytes) into `picture` and `turntable`."""
         files = (OutputFile(FileKind.MESH, model, 0, ""),)  # the size is not needed here
         source = await self._prepare(files, workdir)
-        await self._ask(self._request(source, "thumbnail", out=str(picture),
-                                      size=self.options.size), self.options.timeout_s)
+        await self._draw_thumbnail(source, picture)
         if turntable is not None:
-            await self._ask(self._turntable_request(source, [str(turntable)]),
-                            self.options.turntable_timeout_s)
+            await self._draw_turntable(source, [turntable])
 
     # -- inside --------------------------------------------------------------------------------
 
@@ -169,12 +162,17 @@ class F3dRenderer:
         return {"op": op, "path": str(path), "mode": mode, "up": "+Z" if info.is_splat else "+Y",
                 "background": self.options.background, **extra}
 
-    def _turntable_request(self, source, outs: list[str]) -> dict:
-        request = self._request(source, "turntable", outs=outs, size=self.options.turntable_size,
+    async def _draw_thumbnail(self, source, out: Path) -> None:
+        request = self._request(source, "thumbnail", out=str(out), size=self.options.size)
+        await self._ask(request, self.options.timeout_s)
+
+    async def _draw_turntable(self, source, outs: list[Path]) -> None:
+        request = self._request(source, "turntable", outs=[str(p) for p in outs],
+                                size=self.options.turntable_size,
                                 frames=self.options.turntable_frames)
         if request["background"] == "transparent":  # GIF frames need a solid backdrop
             request["background"] = NEUTRAL_BACKDROP
-        return request
+        await self._ask(request, self.options.turntable_timeout_s)
 
     async def _ask(self, request: dict, limit_s: float) -> dict:
         async with self._lock:
@@ -186,7 +184,6 @@ class F3dRenderer:
                 self._worker = None
                 await worker.stop()
                 raise
-            self.renders += 1
             if worker.rss_mb() > self.options.worker_max_rss_mb:
                 log.info("render worker grew to %.0f MB; starting a fresh one", worker.rss_mb())
                 self._worker = None

@@ -19,7 +19,6 @@ import math
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -141,14 +140,12 @@ class Drawer:
                 self.applied[name] = value
 
     def handle(self, request: dict) -> dict:
-        started = time.perf_counter()
         up = request["up"]
         self._apply({**COMMON_OPTIONS, **MODE_OPTIONS[request["mode"]],
                      "scene.up_direction": list(UP[up])})
         scene = self.engine.scene
         scene.clear()
         scene.add(request["path"])
-        loaded = time.perf_counter()
         self.window.camera.reset_to_bounds()
         camera = self.window.camera
         centre = np.array(camera.focal_point, dtype=float)
@@ -157,8 +154,7 @@ class Drawer:
             written = self._thumbnail(request, centre, distance, up)
         else:
             written = self._turntable(request, centre, distance, up)
-        return {"ok": True, "files": written,
-                "load_s": loaded - started, "draw_s": time.perf_counter() - loaded}
+        return {"ok": True, "files": written}
 
     # -- camera --------------------------------------------------------------------------------
 
