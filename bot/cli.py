@@ -1,4 +1,4 @@
-"""`sam3d-bot`: generate | credits | usage | run.
+"""`sam3d-bot`: generate | render | credits | usage | admin | run.
 
 Exit codes: 0 success, 1 failure, 2 usage error. A failure is one line on stderr, never a
 traceback, and never shows a secret.
@@ -10,10 +10,13 @@ import argparse
 import asyncio
 import getpass
 import logging
+import os
 import shutil
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
@@ -21,12 +24,13 @@ from typing import TextIO
 from .errors import BotError, InputError
 from .logs import RedactSecrets, secrets_of, setup_logging
 from .models import FileKind, ImageSource, JobRequest, JobResult, Progress, Requester
+from .operations import GROUPINGS, Operations, Where, describe_budget, usage_csv, usage_table
+from .ports import Ledger
 from .settings import Settings, SettingsError, load_settings, micros_to_usd
 
 PROG = "sam3d-bot"
 OK, FAILED, USAGE = 0, 1, 2
-# Unfinished command-line jobs younger than this may belong to another running command.
-STALE_CLI_JOB_S = 600.0
+CLI_ACTOR = "cli"
 
 
 class CliFailure(Exception):
@@ -59,10 +63,61 @@ def build_parser() -> argparse.ArgumentParser:
     ren.add_argument("--size", type=int, help="picture size in pixels (default RENDER_SIZE)")
 
     sub.add_parser("credits", help="show the Segmind account balance")
-    usage = sub.add_parser("usage", help="jobs and spend by month and user")
+    usage = sub.add_parser("usage", help="jobs and spend by month, server and user")
     usage.add_argument("--month", help="YYYY-MM (default: all)")
+    usage.add_argument("--by", choices=GROUPINGS, default="user",
+                       help="one row per (default: user)")
+    usage.add_argument("--platform", help="only this platform (discord, slack, cli)")
+    usage.add_argument("--guild", help="only this Discord server / Slack workspace id")
+    usage.add_argument("--csv", action="store_true", help="CSV instead of a table")
+    add_admin_parser(sub)
     sub.add_parser("run", help="start the chat adapters that have tokens")
     return parser
+
+
+def add_admin_parser(sub) -> None:
+    admin = sub.add_parser("admin", help="quotas, budgets, blocks, pauses, refunds, audit")
+    verbs = admin.add_subparsers(dest="verb", required=True)
+
+    def where(parser, needs_platform: bool = True) -> None:
+        parser.add_argument("--platform", required=needs_platform,
+                            help="discord or slack (or cli)")
+        parser.add_argument("--guild", help="a server / workspace id (default: everywhere)")
+
+    quota = verbs.add_parser("set-quota", help="jobs per window for a user, role or server")
+    where(quota)
+    target = quota.add_mutually_exclusive_group(required=True)
+    target.add_argument("--user", help="a user id")
+    target.add_argument("--role", help="a role id (needs --guild)")
+    target.add_argument("--server", action="store_true", help="the whole --guild")
+    quota.add_argument("jobs", help="a number, unlimited, or default (removes the override)")
+    quota.add_argument("--window-hours", type=float,
+                       help="its own window (default: QUOTA_WINDOW_HOURS)")
+
+    budget = verbs.add_parser("set-budget", help="a server's monthly budget, or the global cap")
+    where(budget, needs_platform=False)
+    budget.add_argument("usd", help="USD per month, or none (a server only)")
+
+    for name, text in (("block", "stop a user making jobs"), ("unblock", "let them again")):
+        verb = verbs.add_parser(name, help=text)
+        where(verb)
+        verb.add_argument("user", help="the user id")
+        if name == "block":
+            verb.add_argument("--reason", default="")
+
+    for name, text in (("pause", "stop new jobs"), ("resume", "open new jobs again")):
+        verb = verbs.add_parser(name, help=text)
+        where(verb, needs_platform=False)
+        if name == "pause":
+            verb.add_argument("--reason", default="")
+
+    refund = verbs.add_parser("refund", help="give a finished job back to its user")
+    refund.add_argument("job", help="the job id")
+    refund.add_argument("--reason", default="")
+
+    audit = verbs.add_parser("audit", help="the audit trail of a job, or the latest entries")
+    audit.add_argument("job", nargs="?", help="a job id (default: the latest entries)")
+    audit.add_argument("--limit", type=int, default=50)
 
 
 # --- generate -------------------------------------------------------------------------------
@@ -144,13 +199,23 @@ async def generate(settings: Settings, args, out: TextIO, err: TextIO) -> int:
         mask=ImageSource.from_path(args.mask) if args.mask else None,
         seed=args.seed,
         include_artifacts=args.artifacts,
+        # Where the files go, kept with the job: a later command finishes an interrupted one.
+        reply_to={"out": os.path.abspath(args.out),  # noqa: ASYNC240 - getcwd, no disk
+                  "stem": stem or "model"},
     )
     replier = TerminalReplier(Path(args.out), stem or "model", err, out)
     settings = settings.model_copy(update={"render_turntable": args.turntable})
+
+    def earlier_replier(record) -> TerminalReplier | None:
+        where = record.reply_to
+        if "out" not in where:
+            return None
+        return TerminalReplier(Path(where["out"]), where.get("stem", "model"), err, out)
+
     async with build_core(settings, allow_paths=True) as core:
-        # An earlier command stopped mid-job (Ctrl-C, a crash): Segmind may still have it.
-        # Finish it into the result store, so nothing paid for is lost; refund what never left.
-        earlier = await core.service.recover(lambda record: None, {"cli"}, STALE_CLI_JOB_S)
+        # An earlier command stopped mid-job (Ctrl-C, a crash, a kill): Segmind may still have
+        # it. Finish it into its folder, so nothing paid for is lost; refund what never left.
+        earlier = await core.service.recover(earlier_replier, {"cli"})
         if earlier:
             print(f"finishing {earlier} earlier job(s) first...", file=err)
             await core.service.wait_resumed()
@@ -202,39 +267,72 @@ async def credits(settings: Settings, out: TextIO) -> int:
     return OK
 
 
-async def usage(settings: Settings, month: str | None, out: TextIO) -> int:
+@asynccontextmanager
+async def opened_ledger(settings: Settings) -> AsyncIterator[Ledger]:
     from .ledger import ledger_from_settings
 
     ledger = ledger_from_settings(settings)
     await ledger.open()
     try:
-        rows = await ledger.usage(month)
-        budget = await ledger.budget(month)
+        yield ledger
     finally:
         await ledger.close()
-    print(format_usage(rows, budget), file=out)
+
+
+async def usage(settings: Settings, args, out: TextIO) -> int:
+    where = Where(args.platform, args.guild) if args.platform else None
+    if args.guild and not args.platform:
+        raise CliFailure("--guild needs --platform", USAGE)
+    async with opened_ledger(settings) as ledger:
+        operations = Operations(ledger)
+        rows = await operations.usage(where, args.month, args.by)
+        budgets = await operations.budgets(where, args.month)
+    if args.csv:
+        out.write(usage_csv(rows, args.by))
+        return OK
+    print(usage_table(rows, args.by), file=out)
+    for budget in budgets:
+        print(describe_budget(budget), file=out)
     return OK
 
 
-def format_usage(rows, budget: dict[str, int]) -> str:
-    header = ("month", "platform", "guild", "user", "jobs", "delivered", "failed", "refunded",
-              "USD")
-    table = [header] + [
-        (r.month, r.platform, r.guild_id or "-", r.user_id, str(r.jobs), str(r.delivered),
-         str(r.failed), str(r.refunded), f"{micros_to_usd(r.cost_micros):.3f}")
-        for r in rows
-    ]
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-             for row in table]
-    if not rows:
-        lines.append("(no jobs yet)")
-    lines.append(
-        f"budget this month: ${micros_to_usd(budget['committed']):.3f} spent, "
-        f"${micros_to_usd(budget['reserved']):.3f} reserved, "
-        f"cap ${micros_to_usd(budget['cap']):.2f}"
-    )
-    return "\n".join(lines)
+async def admin(settings: Settings, args, out: TextIO) -> int:
+    actor = f"{CLI_ACTOR}:{getpass.getuser()}"
+    where = Where(getattr(args, "platform", None) or "", getattr(args, "guild", None))
+    async with opened_ledger(settings) as ledger:
+        operations = Operations(ledger)
+        if args.verb == "set-quota":
+            if args.role and not args.guild:
+                raise CliFailure("a role quota needs --guild", USAGE)
+            if args.server and not args.guild:
+                raise CliFailure("--server needs --guild", USAGE)
+            kind = "user" if args.user else "role" if args.role else "guild"
+            said = await operations.set_quota(actor, where, kind, args.user or args.role or "",
+                                              args.jobs, args.window_hours)
+        elif args.verb == "set-budget":
+            if args.guild and not args.platform:
+                raise CliFailure("--guild needs --platform", USAGE)
+            said = await operations.set_budget(actor, where, args.usd)
+        elif args.verb == "block":
+            said = await operations.block(actor, where, args.user, args.reason)
+        elif args.verb == "unblock":
+            said = await operations.unblock(actor, where, args.user)
+        elif args.verb in ("pause", "resume"):
+            scoped = where if args.guild else None
+            if args.guild and not args.platform:
+                raise CliFailure("--guild needs --platform", USAGE)
+            said = await (operations.pause(actor, scoped, args.reason) if args.verb == "pause"
+                          else operations.resume(actor, scoped))
+        elif args.verb == "refund":
+            said = await operations.refund(actor, None, args.job, args.reason)
+        else:
+            entries = await ledger.audit_trail(args.job, args.limit)
+            said = "\n".join(
+                f"{e.at:%Y-%m-%d %H:%M:%S}  {e.job_id or '-':12}  {e.actor:20}  {e.action:10}"
+                f"  {micros_to_usd(e.amount_micros):>9.6f}  {e.detail}".rstrip()
+                for e in entries) or "(no entries)"
+    print(said, file=out)
+    return OK
 
 
 HOW_TO_CONFIGURE = (
@@ -279,7 +377,8 @@ def main(argv: list[str] | None = None, out: TextIO | None = None,
             "generate": lambda: generate(settings, args, out, err),
             "render": lambda: render(settings, args, out),
             "credits": lambda: credits(settings, out),
-            "usage": lambda: usage(settings, args.month, out),
+            "usage": lambda: usage(settings, args, out),
+            "admin": lambda: admin(settings, args, out),
             "run": lambda: run(settings),
         }[args.command]
         return asyncio.run(command())

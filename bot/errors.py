@@ -44,7 +44,46 @@ class BudgetExhausted(BotError):
 
 
 class JobInFlight(BotError):
+    """The user already has as many jobs queued or running as the policy allows."""
+
     code = "busy"
+
+    def __init__(self, limit: int):
+        jobs = "a job" if limit == 1 else f"{limit} jobs"
+        super().__init__(f"You already have {jobs} on the way; wait for one to finish.")
+
+
+class CoolingDown(BotError):
+    code = "cooldown"
+
+    def __init__(self, seconds_left: float):
+        super().__init__(
+            f"Please wait {max(1, round(seconds_left))} s before your next job (cooldown).")
+        self.seconds_left = seconds_left
+
+
+class UserBlocked(BotError):
+    code = "blocked"
+
+    def __init__(self):
+        super().__init__("An admin has blocked you from making 3D models with this bot here.")
+
+
+class JobsPaused(BotError):
+    code = "paused"
+
+    def __init__(self, reason: str = ""):
+        why = f" ({reason})" if reason else ""
+        super().__init__(f"New jobs are paused by the admins{why}; please try again later.")
+
+
+class LedgerUnavailable(BotError):
+    """The database could not be reached: nothing was reserved, so nothing needs a refund."""
+
+    code = "ledger"
+
+    def __init__(self):
+        super().__init__("The bot's database is not reachable right now; please try again soon.")
 
 
 class UpstreamError(BotError):

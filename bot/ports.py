@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -101,11 +101,20 @@ class JobRecord:
 
 @dataclass(frozen=True)
 class QuotaStatus:
-    limit: int | None  # None: exempt
+    """What `/sam3d-quota` shows a user."""
+
+    limit: int | None  # None: not limited
     used: int
     next_free_at: datetime | None
-    budget_left_micros: int
+    budget_left_micros: int  # the least of the server's and the bot's budget left this month
     window_hours: float
+    source: str = "default"  # what set the limit: default, user, role, server, admin
+    cooldown_until: datetime | None = None
+    in_flight: int = 0
+    max_in_flight: int | None = None
+    guild_budget_left_micros: int | None = None  # None: the server has no budget of its own
+    blocked: bool = False
+    paused: bool = False
 
     @property
     def left(self) -> int | None:
@@ -125,8 +134,52 @@ class UsageRow:
     cost_micros: int
 
 
+RULE_KINDS = ("user", "role", "guild")
+
+
+@dataclass(frozen=True)
+class QuotaRule:
+    """An admin's override of the job quota. `guild_id` "" means on every server/workspace;
+    `target` is the user or role id ("" for a whole guild). `jobs` None means unlimited."""
+
+    platform: str
+    guild_id: str
+    kind: str
+    target: str
+    jobs: int | None
+    window_hours: float | None = None
+
+
+@dataclass(frozen=True)
+class Budget:
+    scope: str  # "global" or "PLATFORM:GUILD"
+    month: str
+    cap_micros: int | None  # None: no cap
+    reserved_micros: int
+    committed_micros: int
+
+    @property
+    def left_micros(self) -> int | None:
+        if self.cap_micros is None:
+            return None
+        return max(0, self.cap_micros - self.reserved_micros - self.committed_micros)
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    amount_micros: int
+    job_id: str | None
+    detail: str
+
+
 class Ledger(Protocol):
     """Jobs, quota and money. Each method is atomic; reserve and settle never double-count."""
+
+    lease_s: float  # how long a job stays its process's without a renewal
 
     async def open(self) -> None: ...
 
@@ -156,6 +209,49 @@ class Ledger(Protocol):
 
     async def unfinished(self) -> list[JobRecord]: ...
 
+    async def renew(self, job_ids: Sequence[str]) -> None:
+        """Extend this process's leases on the jobs it runs."""
+        ...
+
+    async def claim_orphans(self, platforms: set[str] | None = None) -> list[JobRecord]:
+        """Take over unfinished jobs whose leases lapsed (their process stopped)."""
+        ...
+
     async def quota_status(self, requester: Requester) -> QuotaStatus: ...
 
-    async def usage(self, month: str | None = None) -> list[UsageRow]: ...
+    async def admit(self, requester: Requester) -> None:
+        """Raise UserBlocked / JobsPaused before any work is done for this requester."""
+        ...
+
+    async def usage(self, month: str | None = None, platform: str | None = None,
+                    guild_id: str | None = None) -> list[UsageRow]: ...
+
+    async def budget(self, month: str | None = None, scope: str = "global") -> Budget: ...
+
+    async def audit_trail(self, job_id: str | None = None, limit: int = 100
+                          ) -> list[AuditEntry]: ...
+
+    # -- what admins change; every change is written to the audit trail with its actor --------
+
+    async def set_quota_rule(self, rule: QuotaRule, actor: str) -> None: ...
+
+    async def clear_quota_rule(self, platform: str, guild_id: str, kind: str, target: str,
+                               actor: str) -> bool: ...
+
+    async def quota_rules(self, platform: str, guild_id: str | None) -> list[QuotaRule]: ...
+
+    async def set_budget_cap(self, scope: str, cap_micros: int | None, actor: str) -> None: ...
+
+    async def block(self, platform: str, guild_id: str, user_id: str, actor: str,
+                    reason: str = "") -> None: ...
+
+    async def unblock(self, platform: str, guild_id: str, user_id: str, actor: str) -> bool: ...
+
+    async def pause(self, scope: str, actor: str, reason: str = "") -> None: ...
+
+    async def resume(self, scope: str, actor: str) -> bool: ...
+
+    async def admin_refund(self, job_id: str, actor: str, reason: str) -> str:
+        """An admin gives a finished job back: "released" (its reservation), "slot" (only the
+        quota slot: Segmind billed it), or raises InputError saying why not."""
+        ...

@@ -12,7 +12,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from pathlib import Path
 
 from .errors import BotError, DeliveryError, ServiceStopping
@@ -93,6 +92,9 @@ class Service:
         # The offline backend costs nothing, so it reserves nothing.
         self._price = 0 if backend.offline else price_micros
         self._tasks: set[asyncio.Task] = set()
+        # Jobs this process runs: their leases are renewed so no other instance takes them.
+        self._running: set[str] = set()
+        self._lease_keeper: asyncio.Task | None = None
 
     @property
     def offline(self) -> bool:
@@ -113,6 +115,7 @@ class Service:
         """Run one job to the end, telling `replier` everything; returns the result if any."""
         started = time.monotonic()
         try:
+            await self._ledger.admit(request.requester)  # blocked or paused: say so at once
             validated = await self._validator.validate(request)
         except BotError as error:
             await _tell_failure(replier, error, refunded=False)
@@ -220,6 +223,7 @@ class Service:
 
     async def _guarded(self, job: _Job, work) -> JobResult | None:
         """Run `work`; on any failure settle the money honestly and tell the user once."""
+        self._hold_lease(job.record.id)
         try:
             return await work
         except asyncio.CancelledError:
@@ -230,7 +234,23 @@ class Service:
         except Exception:
             log.exception("job %s failed", job.record.id)
             await self._on_failure(job, BotError(INTERNAL_ERROR))
+        finally:
+            self._running.discard(job.record.id)
         return None
+
+    def _hold_lease(self, job_id: str) -> None:
+        self._running.add(job_id)
+        if self._lease_keeper is None or self._lease_keeper.done():
+            self._lease_keeper = asyncio.create_task(self._keep_leases())
+
+    async def _keep_leases(self) -> None:
+        """While this process runs jobs, renew their leases a few times per lease."""
+        while self._running:
+            await asyncio.sleep(self._ledger.lease_s / 3)
+            try:
+                await self._ledger.renew(sorted(self._running))
+            except Exception:  # the next renewal may succeed; a lapse only risks a takeover
+                log.warning("could not renew job leases", exc_info=True)
 
     async def _on_failure(self, job: _Job, error: BotError) -> None:
         if error.charged and not job.committed:  # billed upstream, lost afterwards
@@ -262,23 +282,19 @@ class Service:
         self,
         replier_for: Callable[[JobRecord], Replier | None],
         platforms: set[str] | None = None,
-        older_than_s: float = 0.0,
     ) -> int:
-        """Resume jobs Segmind has; refund the rest and tell their users. Returns jobs resumed.
+        """Take over the jobs a stopped process left (its leases lapsed): resume those Segmind
+        has, refund the rest and tell their users. Returns the number of jobs resumed.
 
-        `platforms` and `older_than_s` keep one front end from taking over jobs that another
-        process sharing the ledger is still running.
+        Jobs of processes still running (another instance on the same database) keep their
+        leases and are left alone; `platforms` limits this to one front end's jobs.
         """
         resumed = 0
-        now = datetime.now(UTC)
-        for record in await self._ledger.unfinished():
-            if platforms is not None and record.platform not in platforms:
-                continue
-            if (now - record.created_at).total_seconds() < older_than_s:
-                continue
+        for record in await self._ledger.claim_orphans(platforms):
             replier = replier_for(record) or NullReplier()
             if record.resume_ref and not self._backend.offline:
                 resumed += 1
+                self._hold_lease(record.id)  # renewed from now, before the task starts
                 task = asyncio.create_task(self._resume(record, replier))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)

@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     # Storage
     data_dir: Path = Path("./data")
     database_url: str = ""
+    database_pool_size: int = Field(8, ge=1, le=100)
+    job_lease_seconds: float = Field(60.0, ge=1)
 
     # Chat platforms
     discord_token: SecretStr = SecretStr("")
@@ -51,8 +53,11 @@ class Settings(BaseSettings):
     # Money and fair use
     price_per_job_usd: Decimal = Field(Decimal("0.065"), ge=0, le=100)
     global_budget_usd: Decimal = Field(Decimal("20"), ge=0)
+    guild_budget_usd: Decimal | None = Field(None, ge=0)
     quota_jobs: int = Field(5, ge=0)
     quota_window_hours: float = Field(24.0, gt=0)
+    cooldown_seconds: float = Field(0.0, ge=0)
+    max_jobs_in_flight_per_user: int = Field(2, ge=1)
     admins_exempt: bool = True
     max_concurrent_jobs: int = Field(4, ge=1, le=256)
 
@@ -100,6 +105,11 @@ class Settings(BaseSettings):
         if value and not value.startswith(("sqlite:///", "postgresql://", "postgres://")):
             raise ValueError("must be empty, sqlite:///PATH or postgresql://...")
         return value
+
+    @field_validator("guild_budget_usd", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if value == "" else value
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -68,3 +69,25 @@ def settings_env(monkeypatch, data_dir):
 
 
 __all__ = ["API_KEY", "photo_bytes"]
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL on 127.0.0.1. Skipped only where it is not installed, never in CI."""
+    from tests.postgres import PostgresUnavailable, start_server, stop_server
+
+    try:
+        url, directory = start_server()
+    except PostgresUnavailable as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must have PostgreSQL: {exc}")
+        pytest.skip(f"no PostgreSQL here: {exc}")
+    yield url
+    stop_server(directory)
+
+
+@pytest.fixture
+def postgres_url(postgres_server) -> str:
+    from tests.postgres import fresh_schema_url
+
+    return fresh_schema_url(postgres_server)

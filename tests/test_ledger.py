@@ -1,20 +1,36 @@
-"""The SQLite ledger: quota windows, the budget cap under concurrency, charge-once, refunds."""
+"""The ledger contract, run on every store (SQLite and a real PostgreSQL): quota windows and
+overrides, cooldown, jobs in flight, budgets under concurrency, charge-once, refunds, admins'
+controls and the audit trail."""
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
+from datetime import UTC, datetime
 
+import psycopg
 import pytest
 
-from bot.errors import BudgetExhausted, QuotaExceeded
+from bot.errors import (
+    BudgetExhausted,
+    CoolingDown,
+    InputError,
+    JobInFlight,
+    JobsPaused,
+    QuotaExceeded,
+    UserBlocked,
+)
 from bot.ledger import QuotaPolicy, SqliteLedger
+from bot.ledger.postgres import PostgresLedger
+from bot.ledger.store import MIGRATIONS
 from bot.models import JobState, Requester
-from bot.ports import NewJob
+from bot.ports import NewJob, QuotaRule
 
 ALICE = Requester("discord", "alice", "guild1")
 BOB = Requester("discord", "bob", "guild1")
+CAROL_ELSEWHERE = Requester("discord", "carol", "guild2")
 ADMIN = Requester("discord", "root", "guild1", is_admin=True)
+PRICE = 65_000
 
 
 class Clock:
@@ -30,12 +46,23 @@ def clock():
     return Clock()
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request, tmp_path):
+    """Where make_ledger keeps its data: the same place each time it is called in a test."""
+    if request.param == "sqlite":
+        return ("sqlite", tmp_path / "ledger.sqlite3")
+    return ("postgres", request.getfixturevalue("postgres_url"))
+
+
 @pytest.fixture
-async def make_ledger(tmp_path, clock):
+async def make_ledger(store, clock):
     opened = []
 
     async def make(**policy):
-        ledger = SqliteLedger(tmp_path / "ledger.sqlite3", QuotaPolicy(**policy), clock)
+        defaults = {"max_in_flight": 10**6}  # most tests reserve many jobs for one user
+        kind, where = store
+        made = SqliteLedger if kind == "sqlite" else PostgresLedger
+        ledger = made(where, QuotaPolicy(**{**defaults, **policy}), clock)
         await ledger.open()
         opened.append(ledger)
         return ledger
@@ -45,20 +72,35 @@ async def make_ledger(tmp_path, clock):
         await ledger.close()
 
 
-def new_job(who=ALICE, price=65_000, key=None) -> NewJob:
+def new_job(who=ALICE, price=PRICE, key=None) -> NewJob:
     return NewJob(who, price, "cache", {"seed": 1}, {"channel": "c1"}, key)
+
+
+async def finished(ledger, who=ALICE, cost=PRICE):
+    job = await ledger.reserve(new_job(who))
+    await ledger.commit(job.id, cost)
+    await ledger.finish(job.id, JobState.DELIVERED)
+    return job
+
+
+def money(budget) -> tuple:
+    return budget.cap_micros, budget.reserved_micros, budget.committed_micros
+
+
+# -- money ---------------------------------------------------------------------------------
 
 
 async def test_reserve_commit_moves_money_once(make_ledger):
     ledger = await make_ledger()
     job = await ledger.reserve(new_job())
-    assert job.state is JobState.QUEUED and job.reserved_micros == 65_000
-    assert (await ledger.budget())["reserved"] == 65_000
-    await ledger.commit(job.id, 61_000)
-    await ledger.commit(job.id, 61_000)  # a second settle changes nothing
-    assert await ledger.budget() == {"cap": 20_000_000, "reserved": 0, "committed": 61_000}
-    assert await ledger.refund(job.id, "late") is False  # billed jobs are not refunded
-    actions = [e["action"] for e in await ledger.audit_trail(job.id)]
+    assert job.state is JobState.QUEUED and job.reserved_micros == PRICE
+    assert (await ledger.budget()).reserved_micros == PRICE
+    await ledger.commit(job.id, 61_000)  # the real cost the API reported
+    await ledger.commit(job.id, 61_000)  # a second commit changes nothing
+    assert money(await ledger.budget()) == (20_000_000, 0, 61_000)
+    assert (await ledger.get(job.id)).cost_micros == 61_000
+    assert not await ledger.refund(job.id, "late")  # charged jobs are not refunded
+    actions = [e.action for e in await ledger.audit_trail(job.id)]
     assert actions == ["reserve", "commit"]
 
 
@@ -67,92 +109,317 @@ async def test_refund_returns_money_and_the_quota_slot(make_ledger):
     job = await ledger.reserve(new_job())
     with pytest.raises(QuotaExceeded):
         await ledger.reserve(new_job())
-    assert await ledger.refund(job.id, "upstream") is True
-    assert await ledger.refund(job.id, "again") is False
-    assert (await ledger.budget())["reserved"] == 0
-    again = await ledger.reserve(new_job())
-    assert again.id != job.id
-    assert (await ledger.get(job.id)).state is JobState.REFUNDED
-
-
-async def test_rolling_window_and_next_free_time(make_ledger, clock):
-    ledger = await make_ledger(jobs_per_window=2, window_hours=24)
-    first = clock.now
-    await ledger.reserve(new_job())
-    clock.now += 3600
-    await ledger.reserve(new_job())
-    with pytest.raises(QuotaExceeded) as caught:
-        await ledger.reserve(new_job())
-    assert caught.value.next_free_at.timestamp() == pytest.approx(first + 24 * 3600)
-    assert "2 jobs allowed per 24 h" in caught.value.user_message
-    status = await ledger.quota_status(ALICE)
-    assert (status.left, status.used) == (0, 2)
-    assert (await ledger.quota_status(BOB)).left == 2  # per user
-    clock.now = first + 24 * 3600 + 1
-    await ledger.reserve(new_job())  # the oldest slot has freed
-
-
-async def test_failed_jobs_give_the_slot_back_but_stay_charged(make_ledger):
-    ledger = await make_ledger(jobs_per_window=1)
-    job = await ledger.reserve(new_job())
-    await ledger.commit(job.id, 65_000)
-    await ledger.finish(job.id, JobState.FAILED, "delivery")
-    assert (await ledger.budget())["committed"] == 65_000
-    await ledger.reserve(new_job())
-
-
-async def test_admins_are_exempt_when_the_policy_says_so(make_ledger):
-    ledger = await make_ledger(jobs_per_window=0)
-    await ledger.reserve(new_job(ADMIN))
-    with pytest.raises(QuotaExceeded):
-        await ledger.reserve(new_job(ALICE))
+    assert await ledger.refund(job.id, "upstream failed")
+    assert not await ledger.refund(job.id, "again")  # once only
+    assert (await ledger.budget()).reserved_micros == 0
+    await ledger.reserve(new_job())  # the slot is back
+    [refund] = [e for e in await ledger.audit_trail(job.id) if e.action == "refund"]
+    assert (refund.amount_micros, refund.detail) == (PRICE, "upstream failed")
 
 
 async def test_budget_cap_refuses_with_a_clear_message(make_ledger):
-    ledger = await make_ledger(global_budget_micros=130_000, jobs_per_window=100)
+    ledger = await make_ledger(global_budget_micros=2 * PRICE, jobs_per_window=10)
     await ledger.reserve(new_job())
-    await ledger.reserve(new_job())
-    with pytest.raises(BudgetExhausted) as caught:
-        await ledger.reserve(new_job())
-    assert "$0.13" in caught.value.user_message
+    await ledger.reserve(new_job(BOB))
+    with pytest.raises(BudgetExhausted, match=r"\$0\.13\) is reached"):
+        await ledger.reserve(new_job(CAROL_ELSEWHERE))
 
 
 async def test_budget_is_per_calendar_month(make_ledger, clock):
-    ledger = await make_ledger(global_budget_micros=65_000, jobs_per_window=100)
-    job = await ledger.reserve(new_job())
-    await ledger.commit(job.id, 65_000)
+    ledger = await make_ledger(global_budget_micros=PRICE, jobs_per_window=10)
+    await ledger.reserve(new_job())
     with pytest.raises(BudgetExhausted):
         await ledger.reserve(new_job())
     clock.now += 40 * 24 * 3600
     await ledger.reserve(new_job())
 
 
+async def test_a_servers_monthly_budget_and_the_global_cap_both_hold(make_ledger):
+    ledger = await make_ledger(guild_budget_micros=2 * PRICE, jobs_per_window=10)
+    await finished(ledger, ALICE, cost=60_000)
+    await ledger.reserve(new_job(BOB))
+    with pytest.raises(BudgetExhausted, match="server's budget"):
+        await ledger.reserve(new_job(ALICE))
+    await ledger.reserve(new_job(CAROL_ELSEWHERE))  # another server has its own budget
+    await ledger.reserve(new_job(Requester("discord", "dm-user")))  # DMs: global cap only
+    guild = await ledger.budget(scope="discord:guild1")
+    assert money(guild) == (2 * PRICE, PRICE, 60_000) and guild.left_micros == 5_000
+    assert money(await ledger.budget()) == (20_000_000, 3 * PRICE, 60_000)
+
+
+async def test_an_admin_sets_a_servers_budget_and_the_global_cap(make_ledger):
+    ledger = await make_ledger(jobs_per_window=10)
+    await ledger.reserve(new_job())
+    await ledger.set_budget_cap("discord:guild1", PRICE, actor="discord:root")
+    with pytest.raises(BudgetExhausted, match="server's budget"):
+        await ledger.reserve(new_job())
+    await ledger.set_budget_cap("discord:guild1", None, actor="discord:root")  # no cap again
+    await ledger.reserve(new_job())
+    await ledger.set_budget_cap("global", 2 * PRICE, actor="cli:ops")
+    with pytest.raises(BudgetExhausted, match="spending cap"):
+        await ledger.reserve(new_job(CAROL_ELSEWHERE))
+    with pytest.raises(InputError):
+        await ledger.set_budget_cap("global", None, actor="cli:ops")
+    with pytest.raises(InputError):
+        await ledger.set_budget_cap("discord:guild1", -1, actor="cli:ops")
+    assert [e.action for e in await ledger.audit_trail() if e.job_id is None] == [
+        "set_budget", "set_budget", "set_budget"]
+
+
 async def test_1000_concurrent_reservations_never_pass_the_cap(make_ledger):
-    ledger = await make_ledger(global_budget_micros=100 * 65_000, jobs_per_window=10**6)
-    users = [Requester("slack", f"u{i}") for i in range(1000)]
+    ledger = await make_ledger(global_budget_micros=100 * PRICE)
+    users = [Requester("slack", f"u{i}", "T1") for i in range(1000)]
     outcomes = await asyncio.gather(
         *(ledger.reserve(new_job(u)) for u in users), return_exceptions=True)
     granted = [o for o in outcomes if not isinstance(o, Exception)]
     refused = [o for o in outcomes if isinstance(o, BudgetExhausted)]
     assert len(granted) == 100 and len(refused) == 900
-    assert (await ledger.budget())["reserved"] == 100 * 65_000
+    assert (await ledger.budget()).reserved_micros == 100 * PRICE
+    assert (await ledger.budget(scope="slack:T1")).reserved_micros == 100 * PRICE
+
+
+async def test_1000_concurrent_reservations_by_one_user_never_pass_the_quota(make_ledger):
+    ledger = await make_ledger(jobs_per_window=100)
+    outcomes = await asyncio.gather(
+        *(ledger.reserve(new_job()) for _ in range(1000)), return_exceptions=True)
+    granted = [o for o in outcomes if not isinstance(o, Exception)]
+    assert len(granted) == 100
+    assert all(isinstance(o, QuotaExceeded) for o in outcomes if isinstance(o, Exception))
+    assert (await ledger.quota_status(ALICE)).used == 100
 
 
 async def test_same_idempotency_key_is_one_job(make_ledger):
     ledger = await make_ledger()
-    first = await ledger.reserve(new_job(key="slack:retry:1"))
-    second = await ledger.reserve(new_job(key="slack:retry:1"))
-    assert second.id == first.id and second.duplicate
-    assert (await ledger.budget())["reserved"] == 65_000
+    first, second = await asyncio.gather(ledger.reserve(new_job(key="slack:retry:1")),
+                                         ledger.reserve(new_job(key="slack:retry:1")))
+    assert second.id == first.id and (first.duplicate or second.duplicate)
+    assert (await ledger.budget()).reserved_micros == PRICE
 
 
-async def test_unfinished_jobs_and_resume_data_survive_reopening(make_ledger, tmp_path, clock):
+# -- the quota -------------------------------------------------------------------------------
+
+
+async def test_rolling_window_and_next_free_time(make_ledger, clock):
+    ledger = await make_ledger(jobs_per_window=2, window_hours=24)
+    start = clock.now
+    await ledger.reserve(new_job())
+    clock.now += 3600
+    await ledger.reserve(new_job())
+    with pytest.raises(QuotaExceeded) as refused:
+        await ledger.reserve(new_job())
+    assert refused.value.next_free_at == datetime.fromtimestamp(start + 24 * 3600, UTC)
+    assert "2026-05-29" in refused.value.user_message
+    status = await ledger.quota_status(ALICE)
+    assert (status.limit, status.used, status.left, status.source) == (2, 2, 0, "default")
+    assert (await ledger.quota_status(BOB)).left == 2  # per user
+    clock.now = start + 24 * 3600 + 1  # the first job left the window
+    await ledger.reserve(new_job())
+
+
+async def test_failed_jobs_give_the_slot_back_but_stay_charged(make_ledger):
+    ledger = await make_ledger(jobs_per_window=1)
+    job = await ledger.reserve(new_job())
+    await ledger.commit(job.id, PRICE)
+    await ledger.finish(job.id, JobState.FAILED, "render")
+    await ledger.reserve(new_job())
+    assert (await ledger.budget()).committed_micros == PRICE
+
+
+async def test_admins_are_exempt_when_the_policy_says_so(make_ledger):
+    ledger = await make_ledger(jobs_per_window=0, cooldown_s=600, max_in_flight=1)
+    for _ in range(3):
+        await ledger.reserve(new_job(ADMIN))
+    with pytest.raises(QuotaExceeded):
+        await ledger.reserve(new_job(ALICE))
+    strict = await make_ledger(jobs_per_window=0, admins_exempt=False)
+    with pytest.raises(QuotaExceeded):
+        await strict.reserve(new_job(ADMIN))
+
+
+async def test_overrides_by_user_role_and_server(make_ledger):
+    ledger = await make_ledger(jobs_per_window=1)
+    booster = Requester("discord", "bob", "guild1", roles=("r-boost", "r-other"))
+    await ledger.set_quota_rule(QuotaRule("discord", "guild1", "guild", "", 2), "discord:root")
+    await ledger.set_quota_rule(QuotaRule("discord", "guild1", "role", "r-boost", 4), "x")
+    await ledger.set_quota_rule(QuotaRule("discord", "guild1", "role", "r-other", 3), "x")
+    await ledger.set_quota_rule(QuotaRule("discord", "", "user", "carol", 5, 1.0), "x")
+    await ledger.set_quota_rule(QuotaRule("discord", "guild2", "role", "r-boost", 9), "x")
+
+    async def limit(who):
+        status = await ledger.quota_status(who)
+        return status.limit, status.window_hours, status.source
+
+    assert await limit(ALICE) == (2, 24.0, "server")
+    assert await limit(booster) == (4, 24.0, "role")  # the most generous of the roles
+    assert await limit(CAROL_ELSEWHERE) == (5, 1.0, "user")  # everywhere, own window
+    assert await limit(Requester("slack", "alice", "guild1")) == (1, 24.0, "default")
+    await ledger.set_quota_rule(QuotaRule("discord", "guild1", "user", "bob", None), "x")
+    assert await limit(booster) == (None, 24.0, "user")  # unlimited beats everything
+    for _ in range(6):
+        await ledger.reserve(new_job(booster))
+    for _ in range(2):
+        await ledger.reserve(new_job(ALICE))
+    with pytest.raises(QuotaExceeded, match="all 2 jobs"):
+        await ledger.reserve(new_job(ALICE))
+    assert await ledger.clear_quota_rule("discord", "guild1", "guild", "", "x")
+    assert not await ledger.clear_quota_rule("discord", "guild1", "guild", "", "x")
+    assert await limit(ALICE) == (1, 24.0, "default")
+    with pytest.raises(InputError):
+        await ledger.set_quota_rule(QuotaRule("discord", "guild1", "planet", "x", 1), "x")
+    with pytest.raises(InputError):
+        await ledger.set_quota_rule(QuotaRule("discord", "guild1", "user", "x", -1), "x")
+
+
+async def test_cooldown_between_a_users_jobs(make_ledger, clock):
+    ledger = await make_ledger(jobs_per_window=10, cooldown_s=60)
+    first = await ledger.reserve(new_job())
+    clock.now += 15
+    with pytest.raises(CoolingDown, match="45 s") as refused:
+        await ledger.reserve(new_job())
+    assert refused.value.seconds_left == pytest.approx(45)
+    assert (await ledger.quota_status(ALICE)).cooldown_until is not None
+    await ledger.reserve(new_job(BOB))  # per user
+    await ledger.refund(first.id, "upstream")  # a refunded job does not hold anyone back
+    await ledger.reserve(new_job())
+    clock.now += 61
+    await ledger.reserve(new_job())
+
+
+async def test_jobs_in_flight_per_user(make_ledger):
+    ledger = await make_ledger(jobs_per_window=10, max_in_flight=2)
+    first = await ledger.reserve(new_job())
+    await ledger.reserve(new_job())
+    with pytest.raises(JobInFlight, match="2 jobs on the way"):
+        await ledger.reserve(new_job())
+    assert (await ledger.quota_status(ALICE)).in_flight == 2
+    await ledger.commit(first.id, PRICE)
+    await ledger.finish(first.id, JobState.DELIVERED)
+    await ledger.reserve(new_job())
+
+
+# -- admins' controls ------------------------------------------------------------------------
+
+
+async def test_block_and_unblock(make_ledger):
+    ledger = await make_ledger()
+    await ledger.block("discord", "guild1", "alice", "discord:root", "spam")
+    with pytest.raises(UserBlocked):
+        await ledger.reserve(new_job(ALICE))
+    with pytest.raises(UserBlocked):
+        await ledger.admit(ALICE)
+    await ledger.admit(Requester("discord", "alice", "guild2"))  # blocked in guild1 only
+    await ledger.block("discord", "", "carol", "cli:ops")  # everywhere
+    with pytest.raises(UserBlocked):
+        await ledger.reserve(new_job(CAROL_ELSEWHERE))
+    assert (await ledger.quota_status(ALICE)).blocked
+    assert await ledger.unblock("discord", "guild1", "alice", "discord:root")
+    assert not await ledger.unblock("discord", "guild1", "alice", "discord:root")
+    await ledger.reserve(new_job(ALICE))
+
+
+async def test_pause_and_resume(make_ledger):
+    ledger = await make_ledger()
+    await ledger.pause("discord:guild1", "discord:root", "maintenance")
+    with pytest.raises(JobsPaused, match="maintenance"):
+        await ledger.reserve(new_job(ALICE))
+    await ledger.reserve(new_job(CAROL_ELSEWHERE))  # only that server
+    await ledger.pause("global", "cli:ops")
+    with pytest.raises(JobsPaused):
+        await ledger.admit(CAROL_ELSEWHERE)
+    assert (await ledger.quota_status(CAROL_ELSEWHERE)).paused
+    assert await ledger.resume("global", "cli:ops")
+    assert await ledger.resume("discord:guild1", "discord:root")
+    assert not await ledger.resume("global", "cli:ops")
+    await ledger.reserve(new_job(ALICE))
+
+
+async def test_an_admin_refunds_a_job(make_ledger):
+    ledger = await make_ledger(jobs_per_window=2)
+    billed = await finished(ledger)
+    running = await ledger.reserve(new_job())
+    with pytest.raises(InputError, match="still running"):
+        await ledger.admin_refund(running.id, "discord:root", "bad result")
+    with pytest.raises(InputError, match="no job"):
+        await ledger.admin_refund("nope", "discord:root", "bad result")
+    assert await ledger.admin_refund(billed.id, "discord:root", "bad result") == "slot"
+    with pytest.raises(InputError, match="already refunded"):
+        await ledger.admin_refund(billed.id, "discord:root", "again")
+    assert (await ledger.quota_status(ALICE)).used == 1  # the slot is back
+    assert (await ledger.budget()).committed_micros == PRICE  # Segmind billed it: spent
+    [entry] = [e for e in await ledger.audit_trail(billed.id) if e.action == "refund_slot"]
+    assert (entry.actor, entry.detail) == ("discord:root", "bad result")
+    [row] = [r for r in await ledger.usage() if r.user_id == "alice"]
+    assert (row.jobs, row.refunded, row.cost_micros) == (2, 1, PRICE)
+
+
+# -- reports and the audit trail -------------------------------------------------------------
+
+
+async def test_quota_status_tells_a_user_everything(make_ledger, clock):
+    ledger = await make_ledger(jobs_per_window=2, guild_budget_micros=3 * PRICE)
+    await finished(ledger)
+    status = await ledger.quota_status(ALICE)
+    assert (status.left, status.next_free_at, status.max_in_flight) == (1, None, 10**6)
+    assert status.guild_budget_left_micros == 2 * PRICE
+    assert status.budget_left_micros == 2 * PRICE  # the smaller of server and global
+    await finished(ledger)
+    assert (await ledger.quota_status(ALICE)).next_free_at == datetime.fromtimestamp(
+        clock.now + 24 * 3600, UTC)
+
+
+async def test_usage_report_by_month_and_server(make_ledger, clock):
+    ledger = await make_ledger(jobs_per_window=10)
+    await finished(ledger, ALICE)
+    b = await ledger.reserve(new_job(BOB))
+    await ledger.refund(b.id, "upstream")
+    await finished(ledger, CAROL_ELSEWHERE, cost=70_000)
+    clock.now += 40 * 24 * 3600
+    await finished(ledger, ALICE)
+    rows = await ledger.usage("2026-05")
+    by_user = {r.user_id: r for r in rows}
+    assert (by_user["alice"].jobs, by_user["alice"].delivered, by_user["alice"].cost_micros) \
+        == (1, 1, PRICE)
+    assert (by_user["bob"].refunded, by_user["bob"].cost_micros) == (1, 0)
+    assert [r.user_id for r in await ledger.usage(guild_id="guild2")] == ["carol"]
+    assert {r.month for r in await ledger.usage()} == {"2026-05", "2026-07"}
+
+
+async def test_every_change_is_in_the_append_only_audit_trail(make_ledger, store):
     ledger = await make_ledger()
     job = await ledger.reserve(new_job())
     await ledger.mark_submitted(job.id, "req-1", {"request_id": "req-1"})
-    done = await ledger.reserve(new_job())
-    await ledger.commit(done.id, 1)
-    await ledger.finish(done.id, JobState.DELIVERED)
+    await ledger.set_state(job.id, JobState.RENDERING)
+    await ledger.commit(job.id, 61_000)
+    await ledger.finish(job.id, JobState.DELIVERED)
+    trail = await ledger.audit_trail(job.id)
+    assert [(e.action, e.actor, e.amount_micros) for e in trail] == [
+        ("reserve", "discord:alice", PRICE), ("submitted", "system", 0),
+        ("rendering", "system", 0), ("commit", "system", 61_000), ("delivered", "system", 0)]
+    assert all(e.at is not None for e in trail)
+    kind, where = store
+    if kind == "sqlite":
+        db = sqlite3.connect(where)
+        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+            db.execute("UPDATE audit SET amount_micros = 0")
+        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+            db.execute("DELETE FROM audit")
+        db.close()
+    else:
+        with psycopg.connect(where, autocommit=True) as db:
+            with pytest.raises(psycopg.DatabaseError, match="append-only"):
+                db.execute("UPDATE audit SET amount_micros = 0")
+            with pytest.raises(psycopg.DatabaseError, match="append-only"):
+                db.execute("DELETE FROM audit")
+
+
+# -- the store itself ------------------------------------------------------------------------
+
+
+async def test_unfinished_jobs_and_resume_data_survive_reopening(make_ledger):
+    ledger = await make_ledger()
+    job = await ledger.reserve(new_job())
+    await ledger.mark_submitted(job.id, "req-1", {"request_id": "req-1"})
+    await finished(ledger)
     await ledger.close()
     reopened = await make_ledger()
     [left] = await reopened.unfinished()
@@ -160,22 +427,39 @@ async def test_unfinished_jobs_and_resume_data_survive_reopening(make_ledger, tm
     assert left.resume_ref == {"request_id": "req-1"} and left.reply_to == {"channel": "c1"}
 
 
-async def test_usage_report(make_ledger):
-    ledger = await make_ledger()
-    a = await ledger.reserve(new_job(ALICE))
-    await ledger.commit(a.id, 65_000)
-    await ledger.finish(a.id, JobState.DELIVERED)
-    b = await ledger.reserve(new_job(BOB))
-    await ledger.refund(b.id, "upstream")
-    rows = {r.user_id: r for r in await ledger.usage()}
-    alice = rows["alice"]
-    assert (alice.jobs, alice.delivered, alice.cost_micros) == (1, 1, 65_000)
-    assert (rows["bob"].refunded, rows["bob"].cost_micros) == (1, 0)
-
-
-async def test_schema_is_migrated_once_and_uses_wal(make_ledger, tmp_path):
+async def test_schema_is_migrated_once(make_ledger, store):
     await make_ledger()
     await make_ledger()
-    db = sqlite3.connect(tmp_path / "ledger.sqlite3")
-    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert db.execute("SELECT count(*) FROM schema_version").fetchone()[0] == 1
+    kind, where = store
+    if kind == "sqlite":
+        db = sqlite3.connect(where)
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        versions = [r[0] for r in db.execute("SELECT version FROM schema_version")]
+        db.close()
+    else:
+        with psycopg.connect(where) as db:
+            versions = [r[0] for r in db.execute("SELECT version FROM schema_version")]
+    assert versions == list(range(1, len(MIGRATIONS) + 1))
+
+
+async def test_a_first_version_database_is_upgraded_in_place(tmp_path, clock):
+    """An SQLite file made by the first release keeps its jobs and gains the new tables."""
+    path = tmp_path / "old.sqlite3"
+    db = sqlite3.connect(path)
+    for statement in MIGRATIONS[0]:
+        db.execute(statement if isinstance(statement, str) else statement["sqlite"])
+    db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    db.execute("INSERT INTO schema_version VALUES (1)")
+    db.execute("INSERT INTO jobs (id, platform, user_id, state, created_at, updated_at, period,"
+               " cache_key) VALUES ('old1', 'discord', 'alice', 'delivered', ?, ?, '2026-05',"
+               " 'k')", (clock.now, clock.now))
+    db.commit()
+    db.close()
+    ledger = SqliteLedger(path, QuotaPolicy(jobs_per_window=1), clock)
+    await ledger.open()
+    try:
+        with pytest.raises(QuotaExceeded):  # the old job still counts
+            await ledger.reserve(new_job())
+        await ledger.block("discord", "", "bob", "cli:ops")
+    finally:
+        await ledger.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiohttp
@@ -83,6 +84,20 @@ async def http():
         yield session
 
 
+def money(budget) -> tuple:
+    return budget.cap_micros, budget.reserved_micros, budget.committed_micros
+
+
+@asynccontextmanager
+async def crashed_process(tmp_path):
+    """The ledger of a bot process that stops: its job leases lapse at once."""
+    dead = SqliteLedger(tmp_path / "l.sqlite3", QuotaPolicy(jobs_per_window=3), lease_s=0.01)
+    await dead.open()
+    yield dead
+    await dead.close()
+    await asyncio.sleep(0.05)
+
+
 @pytest.fixture
 async def ledger(tmp_path):
     ledger = SqliteLedger(tmp_path / "l.sqlite3", QuotaPolicy(jobs_per_window=3))
@@ -93,13 +108,16 @@ async def ledger(tmp_path):
 
 @pytest.fixture
 def make_service(http, ledger, fake_segmind, tmp_path):
-    def make(backend=None, renderer=None, capacity=4):
+    default_ledger = ledger
+
+    def make(backend=None, renderer=None, capacity=4, ledger=None):
         backend = backend or SegmindClient(
             http, api_key=SecretStr(API_KEY), base_url=fake_segmind.url, poll_interval_s=0.01,
             retry=RetryPolicy(attempts=3, base_delay_s=0.01))
         return Service(
             validator=InputValidator(ImageFetcher(http, ImageLimits()), ImageLimits()),
-            backend=backend, ledger=ledger, results=ResultStore(tmp_path / "data"),
+            backend=backend, ledger=ledger or default_ledger,
+            results=ResultStore(tmp_path / "data"),
             renderer=renderer, max_concurrent=capacity, price_micros=65_000)
     return make
 
@@ -122,14 +140,14 @@ async def test_a_job_delivers_the_model_and_is_charged_once(make_service, ledger
     assert set(result.timings) >= {"validate", "queue", "upstream", "render", "turntable"}
     record = await ledger.get(result.job_id)
     assert record.state is JobState.DELIVERED and record.request_id == "req-00001"
-    assert await ledger.budget() == {"cap": 20_000_000, "reserved": 0, "committed": 65_000}
+    assert money(await ledger.budget()) == (20_000_000, 0, 65_000)
 
 
 async def test_real_cost_from_the_api_is_what_is_committed(make_service, ledger, fake_segmind):
     fake_segmind.behaviour.cost = "0.0712"
     result = await make_service().run(request(), Recorder())
     assert result.cost_micros == 71_200
-    assert (await ledger.budget())["committed"] == 71_200
+    assert (await ledger.budget()).committed_micros == 71_200
 
 
 async def test_identical_request_is_served_from_the_store_for_free(
@@ -154,7 +172,7 @@ async def test_upstream_failure_refunds_money_and_quota(make_service, ledger, fa
     assert await make_service().run(request(), reply) is None
     error, refunded = reply.failure
     assert isinstance(error, errors.GenerationFailed) and refunded
-    assert (await ledger.budget())["reserved"] == 0
+    assert (await ledger.budget()).reserved_micros == 0
     assert (await ledger.quota_status(ALICE)).used == 0
     [row] = await ledger.usage()
     assert row.refunded == 1 and row.cost_micros == 0
@@ -166,7 +184,7 @@ async def test_failure_after_billing_is_charged_not_refunded(make_service, ledge
     await make_service().run(request(), reply)
     error, refunded = reply.failure
     assert isinstance(error, errors.ResultExpired) and not refunded
-    assert (await ledger.budget()) == {"cap": 20_000_000, "reserved": 0, "committed": 65_000}
+    assert money(await ledger.budget()) == (20_000_000, 0, 65_000)
     assert (await ledger.quota_status(ALICE)).used == 0  # the user gets the slot back
 
 
@@ -233,7 +251,7 @@ async def test_offline_backend_is_free_and_says_so(make_service, ledger):
     assert result.offline and result.cost_micros == 0
     assert "not SAM 3D" in result.note
     assert result.file(FileKind.MESH).path.read_bytes()[:4] == b"glTF"
-    assert (await ledger.budget())["committed"] == 0
+    assert (await ledger.budget()).committed_micros == 0
 
 
 # --- stopping and starting again ----------------------------------------------------------------
@@ -257,15 +275,17 @@ async def test_shutdown_while_queued_refunds_and_tells_the_user(make_service, le
 
 
 async def test_restart_resumes_submitted_jobs_and_refunds_the_rest(
-    make_service, ledger, fake_segmind
+    make_service, ledger, fake_segmind, tmp_path
 ):
     # A job submitted before the "crash": its row says submitted, with the request id.
     service = make_service()
     await service.run(request(BOB, seed=1), Recorder())  # proves the fake works; req-00001
     fake_segmind.jobs["req-00099"] = {"created": 0, "polls": 0}
-    submitted = await ledger.reserve(NewJob(ALICE, 65_000, "k1", {"seed": 5}, {"channel": "a"}))
-    await ledger.mark_submitted(submitted.id, "req-00099", {"request_id": "req-00099"})
-    never_sent = await ledger.reserve(NewJob(BOB, 65_000, "k2", {}, {"channel": "b"}))
+    async with crashed_process(tmp_path) as crashed:
+        submitted = await crashed.reserve(NewJob(ALICE, 65_000, "k1", {"seed": 5},
+                                                 {"channel": "a"}))
+        await crashed.mark_submitted(submitted.id, "req-00099", {"request_id": "req-00099"})
+        never_sent = await crashed.reserve(NewJob(BOB, 65_000, "k2", {}, {"channel": "b"}))
 
     replies: dict[str, Recorder] = {}
 
@@ -281,16 +301,40 @@ async def test_restart_resumes_submitted_jobs_and_refunds_the_rest(
     assert (await ledger.get(submitted.id)).state is JobState.DELIVERED
     assert (await ledger.get(never_sent.id)).state is JobState.REFUNDED
     assert fake_segmind.counters.submits == 1  # nothing was sent twice
-    assert (await ledger.budget())["committed"] == 2 * 65_000
+    assert (await ledger.budget()).committed_micros == 2 * 65_000
     assert await fresh.recover(replier_for) == 0  # a second start finds nothing to do
 
 
-async def test_recovery_leaves_other_platforms_and_fresh_jobs_alone(make_service, ledger):
-    other = await ledger.reserve(NewJob(BOB, 65_000, "k3", {}, {"channel": "x"}))
-    mine = await ledger.reserve(NewJob(Requester("cli", "me"), 65_000, "k4", {}, {}))
+async def test_recovery_leaves_other_platforms_and_live_processes_jobs_alone(
+    make_service, ledger, tmp_path
+):
+    running_here = await ledger.reserve(NewJob(Requester("cli", "me"), 65_000, "k5", {}, {}))
+    async with crashed_process(tmp_path) as crashed:
+        other = await crashed.reserve(NewJob(BOB, 65_000, "k3", {}, {"channel": "x"}))
+        mine = await crashed.reserve(NewJob(Requester("cli", "you"), 65_000, "k4", {}, {}))
     service = make_service()
-    assert await service.recover(lambda record: None, {"cli"}, older_than_s=3600) == 0
-    assert (await ledger.get(mine.id)).state is JobState.QUEUED  # too fresh: maybe running
     await service.recover(lambda record: None, {"cli"})
     assert (await ledger.get(mine.id)).state is JobState.REFUNDED
     assert (await ledger.get(other.id)).state is JobState.QUEUED  # not this front end's
+    # Its process still renews it (here: its lease has not lapsed): maybe running.
+    assert (await ledger.get(running_here.id)).state is JobState.QUEUED
+
+
+async def test_a_running_process_keeps_its_jobs_from_being_taken_over(
+    make_service, fake_segmind, tmp_path
+):
+    path = tmp_path / "shared.sqlite3"
+    first = SqliteLedger(path, QuotaPolicy(), lease_s=0.3)
+    second = SqliteLedger(path, QuotaPolicy(), lease_s=0.3)
+    await first.open()
+    await second.open()
+    try:
+        fake_segmind.behaviour.complete_after_s = 1.5  # outlives several leases
+        running = asyncio.create_task(make_service(ledger=first).run(request(), Recorder()))
+        await asyncio.sleep(1.0)
+        assert await make_service(ledger=second).recover(lambda record: None) == 0
+        result = await running
+        assert result is not None and fake_segmind.counters.submits == 1
+    finally:
+        await first.close()
+        await second.close()

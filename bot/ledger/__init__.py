@@ -1,20 +1,22 @@
-"""Quota policy and the stores that keep jobs and money (SQLite embedded by default)."""
+"""Quota policy and the stores that keep jobs and money: SQLite embedded by default,
+PostgreSQL when several instances share one database (DATABASE_URL=postgresql://...)."""
 
 from __future__ import annotations
 
 from ..ports import Ledger
-from ..settings import SettingsError
 from .policy import QuotaPolicy, month_of
 from .sqlite import SqliteLedger
+from .store import SqlLedger
 
-__all__ = ["Ledger", "QuotaPolicy", "SqliteLedger", "month_of", "ledger_from_settings"]
+__all__ = ["Ledger", "QuotaPolicy", "SqlLedger", "SqliteLedger", "month_of",
+           "ledger_from_settings"]
 
 
-def ledger_from_settings(settings) -> Ledger:
+def ledger_from_settings(settings) -> SqlLedger:
     policy = QuotaPolicy.from_settings(settings)
     if settings.database_url.startswith(("postgresql://", "postgres://")):
-        raise SettingsError(
-            "DATABASE_URL: PostgreSQL is not supported by this version yet; leave it empty "
-            "for the embedded SQLite ledger"
-        )
-    return SqliteLedger(settings.sqlite_path, policy)
+        from .postgres import PostgresLedger  # psycopg loads only when it is used
+
+        return PostgresLedger(settings.database_url, policy, lease_s=settings.job_lease_seconds,
+                              pool_size=settings.database_pool_size)
+    return SqliteLedger(settings.sqlite_path, policy, lease_s=settings.job_lease_seconds)

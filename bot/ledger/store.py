@@ -1,0 +1,701 @@
+"""The ledger's rules in SQL, one implementation for every store.
+
+A store (SQLite, PostgreSQL) gives a `Database`: it runs a function in one transaction on a
+thread of its own, with SQL written once in `?` style. Everything that decides money or quota
+happens inside that one transaction, so the rules hold whatever the concurrency, between
+coroutines, threads or processes: a user's reservations are serialised by a lock on the user,
+and money moves only through conditional UPDATEs of a budget row
+(`reserved + committed + price <= cap`), which the database applies one at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any, Protocol, TypeVar
+
+from ..errors import (
+    BudgetExhausted,
+    CoolingDown,
+    InputError,
+    JobInFlight,
+    JobsPaused,
+    QuotaExceeded,
+    UserBlocked,
+)
+from ..models import JobState, Requester
+from ..ports import (
+    RULE_KINDS,
+    AuditEntry,
+    Budget,
+    JobRecord,
+    NewJob,
+    QuotaRule,
+    QuotaStatus,
+    UsageRow,
+)
+from .policy import GLOBAL_SCOPE, QuotaPolicy, guild_scope, month_of
+
+T = TypeVar("T")
+
+# Jobs in these states hold a quota slot; failed and refunded ones give it back.
+COUNTED = ("queued", "submitted", "rendering", "delivered")
+UNFINISHED = ("queued", "submitted", "rendering")
+
+# Each migration is a list of statements; a dict holds a statement that differs by dialect.
+# Applied in order, once, inside one transaction (a lock keeps two instances from racing).
+Statement = str | dict[str, str]
+MIGRATIONS: list[list[Statement]] = [
+    [
+        """CREATE TABLE jobs (
+            id TEXT PRIMARY KEY,
+            idempotency_key TEXT UNIQUE,
+            platform TEXT NOT NULL,
+            user_id TEXT NOT NULL,
+            guild_id TEXT,
+            state TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            updated_at DOUBLE PRECISION NOT NULL,
+            period TEXT NOT NULL,
+            reserved_micros BIGINT NOT NULL DEFAULT 0,
+            cost_micros BIGINT NOT NULL DEFAULT 0,
+            committed INTEGER NOT NULL DEFAULT 0,
+            cache_key TEXT NOT NULL,
+            params TEXT NOT NULL DEFAULT '{}',
+            reply_to TEXT NOT NULL DEFAULT '{}',
+            request_id TEXT,
+            resume_ref TEXT NOT NULL DEFAULT '{}',
+            error TEXT
+        )""",
+        "CREATE INDEX jobs_user_time ON jobs (platform, user_id, created_at)",
+        "CREATE INDEX jobs_state ON jobs (state)",
+        """CREATE TABLE budgets (
+            scope TEXT NOT NULL,
+            period TEXT NOT NULL,
+            cap_micros BIGINT NOT NULL,
+            reserved_micros BIGINT NOT NULL DEFAULT 0,
+            committed_micros BIGINT NOT NULL DEFAULT 0,
+            PRIMARY KEY (scope, period)
+        )""",
+        {
+            "sqlite": """CREATE TABLE audit (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                at DOUBLE PRECISION NOT NULL,
+                job_id TEXT,
+                actor TEXT NOT NULL,
+                action TEXT NOT NULL,
+                amount_micros BIGINT NOT NULL DEFAULT 0,
+                detail TEXT NOT NULL DEFAULT ''
+            )""",
+            "postgres": """CREATE TABLE audit (
+                id BIGSERIAL PRIMARY KEY,
+                at DOUBLE PRECISION NOT NULL,
+                job_id TEXT,
+                actor TEXT NOT NULL,
+                action TEXT NOT NULL,
+                amount_micros BIGINT NOT NULL DEFAULT 0,
+                detail TEXT NOT NULL DEFAULT ''
+            )""",
+        },
+    ],
+    [
+        # Admins' controls: quota overrides, budget caps, blocks and pauses.
+        """CREATE TABLE quota_rules (
+            platform TEXT NOT NULL,
+            guild_id TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            target TEXT NOT NULL,
+            jobs BIGINT,
+            window_hours DOUBLE PRECISION,
+            PRIMARY KEY (platform, guild_id, kind, target)
+        )""",
+        """CREATE TABLE budget_caps (
+            scope TEXT PRIMARY KEY,
+            cap_micros BIGINT
+        )""",
+        """CREATE TABLE blocks (
+            platform TEXT NOT NULL,
+            guild_id TEXT NOT NULL,
+            user_id TEXT NOT NULL,
+            reason TEXT NOT NULL DEFAULT '',
+            PRIMARY KEY (platform, guild_id, user_id)
+        )""",
+        """CREATE TABLE pauses (
+            scope TEXT PRIMARY KEY,
+            reason TEXT NOT NULL DEFAULT ''
+        )""",
+        "CREATE INDEX audit_job ON audit (job_id)",
+        # Which instance runs a job, until when: another may take it over only once it lapses.
+        "ALTER TABLE jobs ADD COLUMN owner TEXT",
+        "ALTER TABLE jobs ADD COLUMN lease_until DOUBLE PRECISION",
+        # The audit trail is append-only: the database itself refuses edits and deletions.
+        {
+            "sqlite": """CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+                BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END""",
+            "postgres": """CREATE FUNCTION audit_append_only() RETURNS trigger
+                LANGUAGE plpgsql AS $$
+                BEGIN RAISE EXCEPTION 'the audit trail is append-only'; END $$""",
+        },
+        {
+            "sqlite": """CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+                BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END""",
+            "postgres": """CREATE TRIGGER audit_append_only BEFORE UPDATE OR DELETE ON audit
+                FOR EACH ROW EXECUTE FUNCTION audit_append_only()""",
+        },
+    ],
+]
+
+# A budget row always exists, so a server's spend is counted even before it has a cap;
+# "no cap" is stored as this many micros.
+NO_CAP = 2**62
+
+
+class Tx(Protocol):
+    """One open transaction. Rows are read by column name."""
+
+    def execute(self, sql: str, args: Sequence[Any] = ()) -> Any: ...
+
+    def lock(self, key: str) -> None:
+        """Hold `key` until the transaction ends (serialises one user's reservations)."""
+        ...
+
+
+class Database(Protocol):
+    dialect: str  # "sqlite" | "postgres"
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run fn(tx, *args) in one transaction on the database's own thread(s)."""
+        ...
+
+
+class SqlLedger:
+    """The Ledger of bot.ports on any Database."""
+
+    def __init__(self, database: Database, policy: QuotaPolicy,
+                 clock: Callable[[], float] = time.time, lease_s: float = 60.0):
+        self.database = database
+        self._policy = policy
+        self._clock = clock
+        # This process's name on the jobs it runs; it renews their leases while it lives.
+        self.owner = secrets.token_hex(6)
+        self.lease_s = lease_s
+
+    @property
+    def policy(self) -> QuotaPolicy:
+        return self._policy
+
+    async def open(self) -> None:
+        await self.database.open()
+        await self.database.run(self._migrate)
+
+    async def close(self) -> None:
+        await self.database.close()
+
+    def _migrate(self, tx: Tx) -> None:
+        tx.lock("schema")
+        tx.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        current = tx.execute("SELECT max(version) AS v FROM schema_version").fetchone()["v"] or 0
+        for version, statements in enumerate(MIGRATIONS[current:], start=current + 1):
+            for statement in statements:
+                sql = statement if isinstance(statement, str) \
+                    else statement[self.database.dialect]
+                if sql:
+                    tx.execute(sql)
+            tx.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+
+    def _audit(self, tx: Tx, job_id, actor, action, amount=0, detail="") -> None:
+        tx.execute(
+            "INSERT INTO audit (at, job_id, actor, action, amount_micros, detail)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (self._clock(), job_id, actor, action, amount, detail),
+        )
+
+    # -- reserving ---------------------------------------------------------------------------
+
+    async def admit(self, requester: Requester) -> None:
+        await self.database.run(self._admit, requester)
+
+    def _admit(self, tx: Tx, who: Requester) -> None:
+        paused = self._pause_reason(tx, who)
+        if paused is not None:
+            raise JobsPaused(paused)
+        if self._is_blocked(tx, who):
+            raise UserBlocked()
+
+    async def reserve(self, job: NewJob) -> JobRecord:
+        return await self.database.run(self._reserve, job)
+
+    def _reserve(self, tx: Tx, job: NewJob) -> JobRecord:
+        who = job.requester
+        tx.lock(f"user:{who.key}")
+        now = self._clock()
+        if job.idempotency_key:
+            row = tx.execute("SELECT * FROM jobs WHERE idempotency_key = ?",
+                             (job.idempotency_key,)).fetchone()
+            if row is not None:
+                return _record(row, duplicate=True)
+        self._admit(tx, who)
+        if not self._policy.exempt(who):
+            self._check_user_rules(tx, who, now)
+        period = month_of(now)
+        # The server's budget first, then the global one; any refusal rolls both back.
+        for scope in filter(None, (guild_scope(who.platform, who.guild_id), GLOBAL_SCOPE)):
+            if not self._hold(tx, scope, period, job.price_micros):
+                raise BudgetExhausted(self._policy.budget_message(scope))
+        job_id = secrets.token_hex(6)
+        tx.execute(
+            "INSERT INTO jobs (id, idempotency_key, platform, user_id, guild_id, state,"
+            " created_at, updated_at, period, reserved_micros, cache_key, params, reply_to,"
+            " owner, lease_until) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (job_id, job.idempotency_key, who.platform, who.user_id, who.guild_id, now, now,
+             period, job.price_micros, job.cache_key, json.dumps(job.params),
+             json.dumps(job.reply_to), self.owner, now + self.lease_s),
+        )
+        self._audit(tx, job_id, who.key, "reserve", job.price_micros,
+                    f"guild {who.guild_id}" if who.guild_id else "")
+        return _record(tx.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
+
+    def _check_user_rules(self, tx: Tx, who: Requester, now: float) -> None:
+        in_flight = self._in_flight(tx, who)
+        if in_flight >= self._policy.max_in_flight:
+            raise JobInFlight(self._policy.max_in_flight)
+        limit = self._policy.limit_for(who, self._rules(tx, who.platform, who.guild_id))
+        times = self._counted_times(tx, who, now, max(limit.window_s, self._policy.cooldown_s))
+        if self._policy.cooldown_s and times and now - times[-1] < self._policy.cooldown_s:
+            raise CoolingDown(times[-1] + self._policy.cooldown_s - now)
+        recent = [t for t in times if t > now - limit.window_s]
+        if limit.jobs is not None and len(recent) >= limit.jobs:
+            raise QuotaExceeded(limit.jobs, limit.window_hours,
+                                _dt(_next_free(recent, limit.jobs, limit.window_s)))
+
+    def _counted_times(self, tx: Tx, who: Requester, now: float, window_s: float
+                       ) -> list[float]:
+        marks = ",".join("?" * len(COUNTED))
+        rows = tx.execute(
+            f"SELECT created_at FROM jobs WHERE platform = ? AND user_id = ? AND created_at > ?"
+            f" AND state IN ({marks}) ORDER BY created_at",
+            (who.platform, who.user_id, now - window_s, *COUNTED),
+        ).fetchall()
+        return [r["created_at"] for r in rows]
+
+    def _in_flight(self, tx: Tx, who: Requester) -> int:
+        marks = ",".join("?" * len(UNFINISHED))
+        return tx.execute(
+            f"SELECT count(*) AS n FROM jobs WHERE platform = ? AND user_id = ?"
+            f" AND state IN ({marks})",
+            (who.platform, who.user_id, *UNFINISHED),
+        ).fetchone()["n"]
+
+    def _cap(self, tx: Tx, scope: str) -> int | None:
+        row = tx.execute("SELECT cap_micros FROM budget_caps WHERE scope = ?",
+                         (scope,)).fetchone()
+        if row is not None:
+            return row["cap_micros"]
+        if scope == GLOBAL_SCOPE:
+            return self._policy.global_budget_micros
+        return self._policy.guild_budget_micros
+
+    def _hold(self, tx: Tx, scope: str, period: str, amount: int) -> bool:
+        """Reserve `amount` only if reserved + committed stays within the cap (one UPDATE)."""
+        cap = self._cap(tx, scope)
+        tx.execute(
+            "INSERT INTO budgets (scope, period, cap_micros) VALUES (?, ?, ?)"
+            " ON CONFLICT (scope, period) DO UPDATE SET cap_micros = excluded.cap_micros",
+            (scope, period, NO_CAP if cap is None else cap),
+        )
+        cursor = tx.execute(
+            "UPDATE budgets SET reserved_micros = reserved_micros + ?"
+            " WHERE scope = ? AND period = ?"
+            " AND reserved_micros + committed_micros + ? <= cap_micros",
+            (amount, scope, period, amount),
+        )
+        return cursor.rowcount == 1
+
+    def _move_money(self, tx: Tx, row, reserved_delta: int, committed_delta: int) -> None:
+        """Apply a change to every budget the job counts against."""
+        for scope in filter(None, (guild_scope(row["platform"], row["guild_id"]), GLOBAL_SCOPE)):
+            tx.execute(
+                "UPDATE budgets SET reserved_micros = reserved_micros + ?,"
+                " committed_micros = committed_micros + ? WHERE scope = ? AND period = ?",
+                (reserved_delta, committed_delta, scope, row["period"]),
+            )
+
+    # -- who runs what ----------------------------------------------------------------------
+
+    async def renew(self, job_ids: Sequence[str]) -> None:
+        """Keep this process's jobs its own for another lease."""
+        if job_ids:
+            await self.database.run(self._renew, list(job_ids))
+
+    def _renew(self, tx: Tx, job_ids: list[str]) -> None:
+        marks = ",".join("?" * len(job_ids))
+        tx.execute(f"UPDATE jobs SET lease_until = ? WHERE owner = ? AND id IN ({marks})",
+                   (self._clock() + self.lease_s, self.owner, *job_ids))
+
+    async def claim_orphans(self, platforms: set[str] | None = None) -> list[JobRecord]:
+        """Take over unfinished jobs whose process stopped renewing them (crashed, killed,
+        restarted). Two instances claiming at once each get different jobs."""
+        return await self.database.run(self._claim_orphans, platforms)
+
+    def _claim_orphans(self, tx: Tx, platforms: set[str] | None) -> list[JobRecord]:
+        now = self._clock()
+        marks = ",".join("?" * len(UNFINISHED))
+        rows = tx.execute(
+            f"SELECT id, platform FROM jobs WHERE state IN ({marks})"
+            " AND COALESCE(lease_until, 0) < ? ORDER BY created_at", (*UNFINISHED, now),
+        ).fetchall()
+        claimed = []
+        for row in rows:
+            if platforms is not None and row["platform"] not in platforms:
+                continue
+            taken = tx.execute(
+                "UPDATE jobs SET owner = ?, lease_until = ? WHERE id = ?"
+                " AND COALESCE(lease_until, 0) < ?",
+                (self.owner, now + self.lease_s, row["id"], now)).rowcount
+            if taken:
+                self._audit(tx, row["id"], "system", "claimed", detail=self.owner)
+                claimed.append(_record(tx.execute("SELECT * FROM jobs WHERE id = ?",
+                                                  (row["id"],)).fetchone()))
+        return claimed
+
+    # -- moving through states ---------------------------------------------------------------
+
+    async def mark_submitted(self, job_id: str, request_id: str, resume_ref: dict) -> None:
+        await self.database.run(self._mark_submitted, job_id, request_id, resume_ref)
+
+    def _mark_submitted(self, tx: Tx, job_id, request_id, resume_ref) -> None:
+        tx.execute(
+            "UPDATE jobs SET state = 'submitted', request_id = ?, resume_ref = ?, updated_at = ?"
+            " WHERE id = ?",
+            (request_id, json.dumps(resume_ref), self._clock(), job_id),
+        )
+        self._audit(tx, job_id, "system", "submitted", detail=request_id)
+
+    async def set_state(self, job_id: str, state: JobState) -> None:
+        await self.database.run(self._set_state, job_id, state)
+
+    def _set_state(self, tx: Tx, job_id, state) -> None:
+        tx.execute("UPDATE jobs SET state = ?, updated_at = ? WHERE id = ?",
+                   (str(state), self._clock(), job_id))
+        self._audit(tx, job_id, "system", str(state))
+
+    async def commit(self, job_id: str, cost_micros: int) -> None:
+        await self.database.run(self._commit, job_id, cost_micros)
+
+    def _commit(self, tx: Tx, job_id: str, cost: int) -> None:
+        row = self._job_for_update(tx, job_id)
+        if row is None or row["committed"] or row["state"] == "refunded":
+            return  # charged once only
+        self._move_money(tx, row, -row["reserved_micros"], cost)
+        tx.execute(
+            "UPDATE jobs SET reserved_micros = 0, cost_micros = ?, committed = 1, updated_at = ?"
+            " WHERE id = ?",
+            (cost, self._clock(), job_id),
+        )
+        self._audit(tx, job_id, "system", "commit", cost, f"reserved {row['reserved_micros']}")
+
+    async def finish(self, job_id: str, state: JobState, error: str | None = None) -> None:
+        await self.database.run(self._finish, job_id, state, error)
+
+    def _finish(self, tx: Tx, job_id, state, error) -> None:
+        tx.execute("UPDATE jobs SET state = ?, error = ?, updated_at = ? WHERE id = ?",
+                   (str(state), error, self._clock(), job_id))
+        self._audit(tx, job_id, "system", str(state), detail=error or "")
+
+    async def refund(self, job_id: str, reason: str, actor: str = "system") -> bool:
+        return await self.database.run(self._refund, job_id, reason, actor)
+
+    def _refund(self, tx: Tx, job_id: str, reason: str, actor: str) -> bool:
+        row = self._job_for_update(tx, job_id)
+        if row is None or row["committed"] or row["state"] == "refunded":
+            return False
+        self._move_money(tx, row, -row["reserved_micros"], 0)
+        tx.execute(
+            "UPDATE jobs SET state = 'refunded', reserved_micros = 0, error = ?, updated_at = ?"
+            " WHERE id = ?",
+            (reason, self._clock(), job_id),
+        )
+        self._audit(tx, job_id, actor, "refund", row["reserved_micros"], reason)
+        return True
+
+    async def admin_refund(self, job_id: str, actor: str, reason: str) -> str:
+        return await self.database.run(self._admin_refund, job_id, actor, reason)
+
+    def _admin_refund(self, tx: Tx, job_id: str, actor: str, reason: str) -> str:
+        row = self._job_for_update(tx, job_id)
+        if row is None:
+            raise InputError("job", f"there is no job {job_id}")
+        if row["state"] == "refunded":
+            raise InputError("job", f"job {job_id} was already refunded")
+        if row["state"] in UNFINISHED:
+            # Refunding now would let a running job's charge go unrecorded.
+            raise InputError("job", f"job {job_id} is still running; refund it when it ends")
+        if self._refund(tx, job_id, reason, actor):
+            return "released"
+        # Segmind billed it: the money stays spent, the user gets the quota slot back.
+        tx.execute("UPDATE jobs SET state = 'refunded', error = ?, updated_at = ? WHERE id = ?",
+                   (reason, self._clock(), job_id))
+        self._audit(tx, job_id, actor, "refund_slot", 0, reason)
+        return "slot"
+
+    def _job_for_update(self, tx: Tx, job_id: str):
+        row = tx.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is not None:
+            # Settling a job takes its user's lock, as reserving does.
+            tx.lock(f"user:{row['platform']}:{row['user_id']}")
+            row = tx.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return row
+
+    # -- admins' controls --------------------------------------------------------------------
+
+    async def set_quota_rule(self, rule: QuotaRule, actor: str) -> None:
+        if rule.kind not in RULE_KINDS:
+            raise InputError("kind", f"must be one of {', '.join(RULE_KINDS)}")
+        if rule.jobs is not None and rule.jobs < 0:
+            raise InputError("jobs", "must be 0 or more (or unlimited)")
+        if rule.window_hours is not None and rule.window_hours <= 0:
+            raise InputError("window", "must be more than 0 hours")
+        await self.database.run(self._set_quota_rule, rule, actor)
+
+    def _set_quota_rule(self, tx: Tx, rule: QuotaRule, actor: str) -> None:
+        tx.execute(
+            "INSERT INTO quota_rules (platform, guild_id, kind, target, jobs, window_hours)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (platform, guild_id, kind, target)"
+            " DO UPDATE SET jobs = excluded.jobs, window_hours = excluded.window_hours",
+            (rule.platform, rule.guild_id, rule.kind, rule.target, rule.jobs,
+             rule.window_hours),
+        )
+        jobs = "unlimited" if rule.jobs is None else str(rule.jobs)
+        window = f" per {rule.window_hours:g} h" if rule.window_hours else ""
+        self._audit(tx, None, actor, "set_quota", 0,
+                    f"{rule.platform} guild={rule.guild_id or '*'} {rule.kind}={rule.target}:"
+                    f" {jobs}{window}")
+
+    async def clear_quota_rule(self, platform: str, guild_id: str, kind: str, target: str,
+                               actor: str) -> bool:
+        return await self.database.run(self._clear_quota_rule, platform, guild_id, kind,
+                                       target, actor)
+
+    def _clear_quota_rule(self, tx: Tx, platform, guild_id, kind, target, actor) -> bool:
+        cursor = tx.execute(
+            "DELETE FROM quota_rules WHERE platform = ? AND guild_id = ? AND kind = ?"
+            " AND target = ?", (platform, guild_id, kind, target))
+        if cursor.rowcount:
+            self._audit(tx, None, actor, "clear_quota", 0,
+                        f"{platform} guild={guild_id or '*'} {kind}={target}")
+        return bool(cursor.rowcount)
+
+    async def quota_rules(self, platform: str, guild_id: str | None) -> list[QuotaRule]:
+        return await self.database.run(self._rules, platform, guild_id)
+
+    def _rules(self, tx: Tx, platform: str, guild_id: str | None) -> list[QuotaRule]:
+        rows = tx.execute(
+            "SELECT * FROM quota_rules WHERE platform = ? AND guild_id IN (?, '')"
+            " ORDER BY guild_id, kind, target", (platform, guild_id or "")).fetchall()
+        return [QuotaRule(r["platform"], r["guild_id"], r["kind"], r["target"], r["jobs"],
+                          r["window_hours"]) for r in rows]
+
+    async def set_budget_cap(self, scope: str, cap_micros: int | None, actor: str) -> None:
+        if cap_micros is not None and cap_micros < 0:
+            raise InputError("budget", "must be 0 or more dollars")
+        if scope == GLOBAL_SCOPE and cap_micros is None:
+            raise InputError("budget", "the global cap cannot be removed, only changed")
+        await self.database.run(self._set_budget_cap, scope, cap_micros, actor)
+
+    def _set_budget_cap(self, tx: Tx, scope: str, cap: int | None, actor: str) -> None:
+        tx.execute("INSERT INTO budget_caps (scope, cap_micros) VALUES (?, ?)"
+                   " ON CONFLICT (scope) DO UPDATE SET cap_micros = excluded.cap_micros",
+                   (scope, cap))
+        # This month's row follows at once; lowering a cap never cancels what is reserved.
+        tx.execute("UPDATE budgets SET cap_micros = ? WHERE scope = ? AND period = ?",
+                   (NO_CAP if cap is None else cap, scope, month_of(self._clock())))
+        self._audit(tx, None, actor, "set_budget", cap or 0,
+                    f"{scope}: {'no cap' if cap is None else cap}")
+
+    async def block(self, platform: str, guild_id: str, user_id: str, actor: str,
+                    reason: str = "") -> None:
+        await self.database.run(self._block, platform, guild_id, user_id, actor, reason)
+
+    def _block(self, tx: Tx, platform, guild_id, user_id, actor, reason) -> None:
+        tx.execute("INSERT INTO blocks (platform, guild_id, user_id, reason) VALUES (?, ?, ?, ?)"
+                   " ON CONFLICT (platform, guild_id, user_id) DO UPDATE SET reason = ?",
+                   (platform, guild_id, user_id, reason, reason))
+        self._audit(tx, None, actor, "block", 0,
+                    f"{platform}:{user_id} guild={guild_id or '*'} {reason}".rstrip())
+
+    async def unblock(self, platform: str, guild_id: str, user_id: str, actor: str) -> bool:
+        return await self.database.run(self._unblock, platform, guild_id, user_id, actor)
+
+    def _unblock(self, tx: Tx, platform, guild_id, user_id, actor) -> bool:
+        cursor = tx.execute("DELETE FROM blocks WHERE platform = ? AND guild_id = ?"
+                            " AND user_id = ?", (platform, guild_id, user_id))
+        if cursor.rowcount:
+            self._audit(tx, None, actor, "unblock", 0,
+                        f"{platform}:{user_id} guild={guild_id or '*'}")
+        return bool(cursor.rowcount)
+
+    def _is_blocked(self, tx: Tx, who: Requester) -> bool:
+        return tx.execute(
+            "SELECT 1 AS hit FROM blocks WHERE platform = ? AND user_id = ?"
+            " AND guild_id IN (?, '')",
+            (who.platform, who.user_id, who.guild_id or "")).fetchone() is not None
+
+    async def pause(self, scope: str, actor: str, reason: str = "") -> None:
+        await self.database.run(self._pause, scope, actor, reason)
+
+    def _pause(self, tx: Tx, scope: str, actor: str, reason: str) -> None:
+        tx.execute("INSERT INTO pauses (scope, reason) VALUES (?, ?)"
+                   " ON CONFLICT (scope) DO UPDATE SET reason = ?", (scope, reason, reason))
+        self._audit(tx, None, actor, "pause", 0, f"{scope} {reason}".rstrip())
+
+    async def resume(self, scope: str, actor: str) -> bool:
+        return await self.database.run(self._resume, scope, actor)
+
+    def _resume(self, tx: Tx, scope: str, actor: str) -> bool:
+        cursor = tx.execute("DELETE FROM pauses WHERE scope = ?", (scope,))
+        if cursor.rowcount:
+            self._audit(tx, None, actor, "resume", 0, scope)
+        return bool(cursor.rowcount)
+
+    def _pause_reason(self, tx: Tx, who: Requester) -> str | None:
+        scopes = [GLOBAL_SCOPE, guild_scope(who.platform, who.guild_id) or GLOBAL_SCOPE]
+        row = tx.execute("SELECT reason FROM pauses WHERE scope IN (?, ?)", scopes).fetchone()
+        return None if row is None else row["reason"]
+
+    # -- reading -----------------------------------------------------------------------------
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        row = await self.database.run(_fetch_one, "SELECT * FROM jobs WHERE id = ?", (job_id,))
+        return _record(row) if row else None
+
+    async def unfinished(self) -> list[JobRecord]:
+        marks = ",".join("?" * len(UNFINISHED))
+        rows = await self.database.run(
+            _fetch_all, f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY created_at",
+            UNFINISHED)
+        return [_record(r) for r in rows]
+
+    async def quota_status(self, requester: Requester) -> QuotaStatus:
+        return await self.database.run(self._quota_status, requester)
+
+    def _quota_status(self, tx: Tx, who: Requester) -> QuotaStatus:
+        now, policy = self._clock(), self._policy
+        limit = policy.limit_for(who, self._rules(tx, who.platform, who.guild_id))
+        times = self._counted_times(tx, who, now, max(limit.window_s, policy.cooldown_s))
+        recent = [t for t in times if t > now - limit.window_s]
+        next_free = None
+        if limit.jobs is not None and len(recent) >= limit.jobs:
+            next_free = _next_free(recent, limit.jobs, limit.window_s)
+        cooldown_until = None
+        if policy.cooldown_s and times and not policy.exempt(who):
+            if now - times[-1] < policy.cooldown_s:
+                cooldown_until = times[-1] + policy.cooldown_s
+        month = month_of(now)
+        left = [self._budget(tx, month, GLOBAL_SCOPE).left_micros or 0]
+        guild_left = None
+        scope = guild_scope(who.platform, who.guild_id)
+        if scope is not None:
+            guild_left = self._budget(tx, month, scope).left_micros
+            if guild_left is not None:
+                left.append(guild_left)
+        exempt = policy.exempt(who)
+        return QuotaStatus(
+            limit=limit.jobs, used=len(recent), next_free_at=_dt(next_free),
+            budget_left_micros=min(left), window_hours=limit.window_hours, source=limit.source,
+            cooldown_until=_dt(cooldown_until), in_flight=self._in_flight(tx, who),
+            max_in_flight=None if exempt else policy.max_in_flight,
+            guild_budget_left_micros=guild_left, blocked=self._is_blocked(tx, who),
+            paused=self._pause_reason(tx, who) is not None,
+        )
+
+    async def usage(self, month: str | None = None, platform: str | None = None,
+                    guild_id: str | None = None) -> list[UsageRow]:
+        where, args = [], []
+        for column, value in (("period", month), ("platform", platform),
+                              ("guild_id", guild_id)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = await self.database.run(
+            _fetch_all,
+            "SELECT period, platform, guild_id, user_id, count(*) AS jobs,"
+            " CAST(sum(CASE WHEN state = 'delivered' THEN 1 ELSE 0 END) AS BIGINT) AS delivered,"
+            " CAST(sum(CASE WHEN state = 'failed' THEN 1 ELSE 0 END) AS BIGINT) AS failed,"
+            " CAST(sum(CASE WHEN state = 'refunded' THEN 1 ELSE 0 END) AS BIGINT) AS refunded,"
+            " CAST(sum(cost_micros) AS BIGINT) AS cost"
+            f" FROM jobs {clause} GROUP BY period, platform, guild_id, user_id"
+            " ORDER BY period DESC, cost DESC, jobs DESC, user_id",
+            args,
+        )
+        return [UsageRow(r["period"], r["platform"], r["guild_id"], r["user_id"], r["jobs"],
+                         r["delivered"], r["failed"], r["refunded"], r["cost"]) for r in rows]
+
+    async def audit_trail(self, job_id: str | None = None, limit: int = 100
+                          ) -> list[AuditEntry]:
+        if job_id is not None:
+            rows = await self.database.run(
+                _fetch_all, "SELECT * FROM audit WHERE job_id = ? ORDER BY id", (job_id,))
+        else:
+            rows = await self.database.run(
+                _fetch_all, "SELECT * FROM audit ORDER BY id DESC LIMIT ?", (limit,))
+            rows = rows[::-1]
+        return [AuditEntry(r["id"], _dt(r["at"]), r["actor"], r["action"], r["amount_micros"],
+                           r["job_id"], r["detail"]) for r in rows]
+
+    async def budget(self, month: str | None = None, scope: str = GLOBAL_SCOPE) -> Budget:
+        return await self.database.run(self._budget, month or month_of(self._clock()), scope)
+
+    def _budget(self, tx: Tx, month: str, scope: str) -> Budget:
+        row = tx.execute("SELECT * FROM budgets WHERE scope = ? AND period = ?",
+                         (scope, month)).fetchone()
+        if row is None:
+            return Budget(scope, month, self._cap(tx, scope), 0, 0)
+        cap = None if row["cap_micros"] in (None, NO_CAP) else row["cap_micros"]
+        return Budget(scope, month, cap, row["reserved_micros"], row["committed_micros"])
+
+
+def _fetch_one(tx: Tx, sql: str, args=()):
+    return tx.execute(sql, args).fetchone()
+
+
+def _fetch_all(tx: Tx, sql: str, args=()):
+    return tx.execute(sql, args).fetchall()
+
+
+def _next_free(times: list[float], limit: int, window_s: float) -> float | None:
+    """When the oldest slot that keeps the user at the limit leaves the window."""
+    if limit == 0 or len(times) < limit:
+        return None
+    return times[len(times) - limit] + window_s
+
+
+def _dt(timestamp: float | None) -> datetime | None:
+    return datetime.fromtimestamp(timestamp, UTC) if timestamp is not None else None
+
+
+def _record(row, duplicate: bool = False) -> JobRecord:
+    return JobRecord(
+        id=row["id"],
+        platform=row["platform"],
+        user_id=row["user_id"],
+        guild_id=row["guild_id"],
+        state=JobState(row["state"]),
+        created_at=_dt(row["created_at"]),
+        reserved_micros=row["reserved_micros"],
+        cost_micros=row["cost_micros"],
+        cache_key=row["cache_key"],
+        params=json.loads(row["params"]),
+        reply_to=json.loads(row["reply_to"]),
+        request_id=row["request_id"],
+        resume_ref=json.loads(row["resume_ref"]),
+        error=row["error"],
+        duplicate=duplicate,
+    )
