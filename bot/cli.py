@@ -126,9 +126,11 @@ def add_admin_parser(sub) -> None:
 class TerminalReplier:
     """Shows progress on a terminal (nothing when piped) and writes results into a folder."""
 
-    def __init__(self, out_dir: Path, stem: str, err: TextIO, out: TextIO):
+    def __init__(self, out_dir: Path, stem: str, err: TextIO, out: TextIO,
+                 announce_failure: bool = False):
         self._out_dir, self._stem = out_dir, stem
         self._err, self._out = err, out
+        self._announce_failure = announce_failure  # for earlier jobs: nobody else will say it
         self._live = err.isatty()
         self._started = time.monotonic()
         self.written: list[Path] = []
@@ -169,6 +171,9 @@ class TerminalReplier:
     async def fail(self, error: BotError, refunded: bool) -> None:
         self._clear()
         self.error, self.refunded = error, refunded
+        if self._announce_failure:
+            print(f"an earlier job for {self._out_dir / self._stem}: {error.user_message}",
+                  file=self._err)
 
     def _clear(self) -> None:
         if self._live:
@@ -210,7 +215,8 @@ async def generate(settings: Settings, args, out: TextIO, err: TextIO) -> int:
         where = record.reply_to
         if "out" not in where:
             return None
-        return TerminalReplier(Path(where["out"]), where.get("stem", "model"), err, out)
+        return TerminalReplier(Path(where["out"]), where.get("stem", "model"), err, out,
+                               announce_failure=True)
 
     async with build_core(settings, allow_paths=True) as core:
         # An earlier command stopped mid-job (Ctrl-C, a crash, a kill): Segmind may still have

@@ -4,6 +4,8 @@
 
 # Mesa through EGL: what f3d draws with when there is no GPU.
 MESA_PACKAGES="libegl1 libegl-mesa0 libgl1-mesa-dri"
+# The tests run the ledger on a real PostgreSQL server too.
+TEST_PACKAGES="postgresql"
 
 as_root() {
     if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
@@ -17,7 +19,7 @@ ensure_debian_packages() {
     done
     [ ${#missing[@]} -eq 0 ] && return 0
     if ! command -v apt-get >/dev/null; then
-        echo "note: install ${missing[*]} (or your system's Mesa EGL) for preview pictures" >&2
+        echo "note: install ${missing[*]} (Debian package names) or your system's equivalent" >&2
         return 0
     fi
     echo "installing ${missing[*]} (Debian packages)..." >&2

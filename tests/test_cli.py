@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import getpass
 import io
+import sqlite3
 
 import numpy as np
 import pytest
@@ -180,3 +182,46 @@ async def test_render_refusals(workdir, args, code, words):
     ran = await run_bot(*args, cwd=workdir)
     assert (ran.code, ran.err.count("\n")) == (code, 1)
     assert words in ran.err
+
+
+async def test_usage_report_and_admin_commands(workdir, fake_segmind):
+    segmind = {"SEGMIND_API_KEY": API_KEY, "SEGMIND_BASE_URL": fake_segmind.url,
+               "SEGMIND_POLL_INTERVAL_S": "0.05", "RENDER_ENABLED": "false"}
+    assert (await run_bot("generate", "photo.png", cwd=workdir, **segmind)).code == 0
+    report = await run_bot("usage", "--csv", cwd=workdir)
+    lines = report.out.splitlines()
+    assert lines[0] == "month,platform,guild,user,jobs,delivered,failed,refunded,usd"
+    assert lines[1].endswith(",cli,-," + getpass.getuser() + ",1,1,0,0,0.065")
+    monthly = await run_bot("usage", "--by", "month", cwd=workdir)
+    assert "global budget" in monthly.out and "$0.065 spent" in monthly.out
+
+    paused = await run_bot("admin", "pause", "--reason", "maintenance", cwd=workdir)
+    assert paused.out.strip() == "new jobs are paused"
+    refused = await run_bot("generate", "photo.png", cwd=workdir, **segmind)
+    assert refused.code == 1 and "paused by the admins (maintenance)" in refused.err
+    assert (await run_bot("admin", "resume", cwd=workdir)).out.strip() == \
+        "new jobs are open again"
+    capped = await run_bot("admin", "set-budget", "0.05", cwd=workdir)
+    assert capped.out.strip() == "the global monthly cap: $0.05"
+    refused = await run_bot("generate", "photo.png", "--seed", "5", cwd=workdir, **segmind)
+    assert refused.code == 1 and "spending cap" in refused.err
+
+    db = sqlite3.connect(workdir / "data" / "sam3d.sqlite3")
+    [(job_id,)] = db.execute("SELECT id FROM jobs WHERE state = 'delivered'").fetchall()
+    db.close()
+    refund = await run_bot("admin", "refund", job_id, "--reason", "test", cwd=workdir)
+    assert "quota slot back" in refund.out
+    audit = await run_bot("admin", "audit", job_id, cwd=workdir)
+    actions = [line.split()[4] for line in audit.out.splitlines()]
+    assert actions[:3] == ["reserve", "submitted", "commit"] and actions[-1] == "refund_slot"
+    assert f"cli:{getpass.getuser()}" in audit.out.splitlines()[-1]
+    role = await run_bot("admin", "set-quota", "--platform", "discord", "--guild", "1",
+                         "--role", "2", "5", cwd=workdir)
+    assert role.out.strip() == "role 2: 5 jobs"
+    no_guild = await run_bot("admin", "set-quota", "--platform", "discord", "--role", "2", "5",
+                             cwd=workdir)
+    assert no_guild.code == 2 and "needs --guild" in no_guild.err
+    blocked = await run_bot("admin", "block", "--platform", "discord", "42", cwd=workdir)
+    assert blocked.out.strip() == "blocked 42 everywhere"
+    latest = await run_bot("admin", "audit", "--limit", "2", cwd=workdir)
+    assert [line.split()[4] for line in latest.out.splitlines()] == ["set_quota", "block"]

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import sys
+import time
 from datetime import UTC, datetime
 
 import psycopg
@@ -20,11 +22,12 @@ from bot.errors import (
     QuotaExceeded,
     UserBlocked,
 )
-from bot.ledger import QuotaPolicy, SqliteLedger
+from bot.ledger import QuotaPolicy, SqliteLedger, month_of
 from bot.ledger.postgres import PostgresLedger
 from bot.ledger.store import MIGRATIONS
 from bot.models import JobState, Requester
 from bot.ports import NewJob, QuotaRule
+from tests.helpers import ROOT, bot_env
 
 ALICE = Requester("discord", "alice", "guild1")
 BOB = Requester("discord", "bob", "guild1")
@@ -463,3 +466,27 @@ async def test_a_first_version_database_is_upgraded_in_place(tmp_path, clock):
         await ledger.block("discord", "", "bob", "cli:ops")
     finally:
         await ledger.close()
+
+
+async def test_two_instances_on_one_database_never_pass_the_cap(store, make_ledger):
+    """Two bot processes, 500 concurrent reservations each, a cap that fits 100."""
+    ledger = await make_ledger()  # makes the schema once, as the first instance would
+    kind, where = store
+    start_at = time.time() + 3.0  # both processes connected and waiting by then
+    processes = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "tests.ledger_race", kind, str(where), "500",
+            str(100 * PRICE), str(start_at), cwd=ROOT, env=bot_env(),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        for _ in range(2)
+    ]
+    results = [await asyncio.wait_for(p.communicate(), 120) for p in processes]
+    for process, (_, err) in zip(processes, results, strict=True):
+        assert process.returncode == 0, err.decode()[-2000:]
+    granted = [int(out) for out, _ in results]
+    assert sum(granted) == 100, granted
+    if kind == "postgres":  # truly at once (SQLite's one writer may serve one process first)
+        assert all(g > 0 for g in granted), granted
+    budget = await ledger.budget(month_of(time.time()))  # the racers run on real time
+    assert (budget.reserved_micros, budget.cap_micros) == (100 * PRICE, 100 * PRICE)
+    assert len(await ledger.unfinished()) == 100

@@ -338,3 +338,30 @@ async def test_a_running_process_keeps_its_jobs_from_being_taken_over(
     finally:
         await first.close()
         await second.close()
+
+
+async def test_blocked_or_paused_users_are_told_before_any_work(make_service, ledger,
+                                                                fake_segmind):
+    service = make_service()
+    not_an_image = JobRequest(ALICE, ImageSource.from_bytes(b"<html>"), reply_to={})
+    await ledger.block("discord", "", ALICE.user_id, "discord:root")
+    reply = Recorder()
+    assert await service.run(not_an_image, reply) is None
+    error, refunded = reply.failure
+    assert isinstance(error, errors.UserBlocked) and not refunded  # not "not an image"
+    await ledger.pause("global", "cli:ops", "upgrading")
+    reply = Recorder()
+    await service.run(request(BOB), reply)
+    assert "paused by the admins (upgrading)" in reply.failure[0].user_message
+    assert fake_segmind.counters.submits == 0 and await ledger.usage() == []
+
+
+async def test_policy_refusals_reach_the_user_with_nothing_reserved(make_service, ledger,
+                                                                    fake_segmind):
+    await ledger.set_budget_cap("discord:g1", 0, "discord:root")
+    reply = Recorder()
+    await make_service().run(request(Requester("discord", "dana", "g1")), reply)
+    error, refunded = reply.failure
+    assert isinstance(error, errors.BudgetExhausted) and "server's budget" in error.user_message
+    assert fake_segmind.counters.submits == 0
+    assert (await ledger.budget()).reserved_micros == 0

@@ -30,6 +30,7 @@ class Behaviour:
     """What the fake does; tests change it between and during jobs."""
 
     submit_error: tuple[int, Any] | None = None  # (status, body dict or bytes) on submit
+    submit_delay_s: float = 0.0  # a slow submit: the request id comes this late
     html_error_status: int | None = None  # submit answers an HTML page with this status
     rate_limited: int = 0  # the next N API calls answer 429
     reset_in_s: float = 0.3  # for x-rate-limit-reset-at-utc
@@ -145,6 +146,8 @@ class FakeSegmind:
 
     async def submit_v2(self, request: web.Request) -> web.Response:
         self.counters.submits += 1
+        if self.behaviour.submit_delay_s:
+            await asyncio.sleep(self.behaviour.submit_delay_s)
         gate = self._gate(request)
         if gate is not None:
             return gate

@@ -1,0 +1,118 @@
+"""A bot process killed (SIGKILL) in the middle of a job, then started again: what Segmind had
+is finished and delivered, what it never had is refunded, and nothing is charged twice."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sqlite3
+import sys
+import time
+from pathlib import Path
+
+from tests.conftest import photo_bytes
+from tests.fakes.segmind import API_KEY
+from tests.helpers import bot_env, run_bot
+
+LEASE_S = "1"
+
+
+def settings(fake_segmind) -> dict[str, str]:
+    return {"SEGMIND_API_KEY": API_KEY, "SEGMIND_BASE_URL": fake_segmind.url,
+            "SEGMIND_POLL_INTERVAL_S": "0.05", "JOB_LEASE_SECONDS": LEASE_S,
+            "RENDER_ENABLED": "false"}
+
+
+async def start_generate(workdir: Path, image: str, out: str, fake_segmind):
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", "generate", image, "--out", out, cwd=workdir,
+        env=bot_env(**settings(fake_segmind)), stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+
+
+def ledger_rows(workdir: Path, sql: str, args=()) -> list[tuple]:
+    path = workdir / "data" / "sam3d.sqlite3"
+    if not path.exists():  # the command has not made it yet
+        return []
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return db.execute(sql, args).fetchall()
+    except sqlite3.OperationalError:  # its tables are not made yet
+        return []
+    finally:
+        db.close()
+
+
+async def wait_for(condition, limit_s: float = 20.0) -> None:
+    deadline = time.monotonic() + limit_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+
+
+async def kill(process) -> None:
+    process.send_signal(signal.SIGKILL)
+    await process.wait()
+    assert process.returncode == -signal.SIGKILL
+    await asyncio.sleep(float(LEASE_S) + 0.3)  # its leases lapse: nobody renews them
+
+
+def charges(workdir: Path) -> dict[str, int]:
+    rows = ledger_rows(workdir, "SELECT job_id, count(*) FROM audit WHERE action = 'commit'"
+                                " GROUP BY job_id")
+    return dict(rows)
+
+
+async def test_killed_after_submitting_the_job_is_finished_and_delivered(tmp_path,
+                                                                         fake_segmind):
+    (tmp_path / "first.png").write_bytes(photo_bytes())
+    (tmp_path / "second.png").write_bytes(photo_bytes(colour=(30, 160, 40)))
+    fake_segmind.behaviour.complete_after_s = 3600  # Segmind is still working on it
+    process = await start_generate(tmp_path, "first.png", "out1", fake_segmind)
+    await wait_for(lambda: ledger_rows(
+        tmp_path, "SELECT id FROM jobs WHERE state = 'submitted'"))
+    await kill(process)
+    [(job_id, request_id)] = ledger_rows(tmp_path, "SELECT id, request_id FROM jobs")
+
+    fake_segmind.behaviour.complete_after_s = 0  # ... and finishes it while the bot is down
+    ran = await run_bot("generate", "second.png", "--out", "out2", cwd=tmp_path,
+                        **settings(fake_segmind))
+    assert ran.code == 0, ran.err
+    assert "finishing 1 earlier job(s)" in ran.err
+    # The killed command's model lands where that command would have put it.
+    assert (tmp_path / "out1" / "first.glb").read_bytes() == fake_segmind.glb
+    assert (tmp_path / "out2" / "second.glb").read_bytes() == fake_segmind.glb
+    assert fake_segmind.counters.submits == 2  # the first job was not sent again
+    states = dict(ledger_rows(tmp_path, "SELECT id, state FROM jobs"))
+    assert states[job_id] == "delivered" and list(states.values()) == ["delivered"] * 2
+    assert request_id == "req-00001"
+    assert set(charges(tmp_path).values()) == {1} and len(charges(tmp_path)) == 2
+    [(committed, reserved)] = ledger_rows(
+        tmp_path, "SELECT committed_micros, reserved_micros FROM budgets WHERE scope = 'global'")
+    assert (committed, reserved) == (2 * 65_000, 0)
+
+
+async def test_killed_before_segmind_had_the_job_is_refunded_and_said(tmp_path, fake_segmind):
+    (tmp_path / "first.png").write_bytes(photo_bytes())
+    (tmp_path / "second.png").write_bytes(photo_bytes(colour=(30, 160, 40)))
+    fake_segmind.behaviour.submit_delay_s = 30  # the request id never comes back in time
+    process = await start_generate(tmp_path, "first.png", "out1", fake_segmind)
+    await wait_for(lambda: fake_segmind.counters.submits == 1)
+    await kill(process)
+    [(job_id, state)] = ledger_rows(tmp_path, "SELECT id, state FROM jobs")
+    assert state == "queued"
+
+    fake_segmind.behaviour.submit_delay_s = 0
+    ran = await run_bot("generate", "second.png", "--out", "out2", cwd=tmp_path,
+                        **settings(fake_segmind))
+    assert ran.code == 0, ran.err
+    assert "earlier job for" in ran.err and "nothing was charged" in ran.err
+    assert not (tmp_path / "out1").exists()
+    states = dict(ledger_rows(tmp_path, "SELECT id, state FROM jobs"))
+    assert states.pop(job_id) == "refunded" and list(states.values()) == ["delivered"]
+    [(committed, reserved)] = ledger_rows(
+        tmp_path, "SELECT committed_micros, reserved_micros FROM budgets WHERE scope = 'global'")
+    assert (committed, reserved) == (65_000, 0)  # the second job only
+    [(refunds,)] = ledger_rows(
+        tmp_path, "SELECT count(*) FROM audit WHERE action = 'refund' AND job_id = ?", (job_id,))
+    assert refunds == 1
