@@ -261,9 +261,11 @@ async def test_shutdown_while_queued_refunds_and_tells_the_user(make_service, le
     fake_segmind.behaviour.polls_before_done = 10_000
     service = make_service(capacity=1)
     first = asyncio.create_task(service.run(request(ALICE), Recorder()))
+    while fake_segmind.counters.polls < 2:  # noqa: ASYNC110 (the fake has no event to wait on)
+        await asyncio.sleep(0.01)
     waiting_reply = Recorder()
     waiting = asyncio.create_task(service.run(request(BOB), waiting_reply))
-    while fake_segmind.counters.polls < 2:  # noqa: ASYNC110 (the fake has no event to wait on)
+    while len(await ledger.unfinished()) < 2:  # noqa: ASYNC110 (bob reserved and queued)
         await asyncio.sleep(0.01)
     first.cancel()
     waiting.cancel()
