@@ -155,14 +155,15 @@ class Budget:
     scope: str  # "global" or "PLATFORM:GUILD"
     month: str
     cap_micros: int | None  # None: no cap
-    reserved_micros: int
-    committed_micros: int
+    reserved_micros: int  # held for jobs not settled yet
+    committed_micros: int  # spent: what Segmind billed
+    held_micros: int = 0  # what the cap is checked against: reserved + committed
 
     @property
     def left_micros(self) -> int | None:
         if self.cap_micros is None:
             return None
-        return max(0, self.cap_micros - self.reserved_micros - self.committed_micros)
+        return max(0, self.cap_micros - self.held_micros)
 
 
 @dataclass(frozen=True)

@@ -490,3 +490,36 @@ async def test_two_instances_on_one_database_never_pass_the_cap(store, make_ledg
     budget = await ledger.budget(month_of(time.time()))  # the racers run on real time
     assert (budget.reserved_micros, budget.cap_micros) == (100 * PRICE, 100 * PRICE)
     assert len(await ledger.unfinished()) == 100
+
+
+async def test_budget_rows_always_agree_with_the_jobs(make_ledger):
+    """What a budget row holds is exactly what its jobs reserved and cost, however they end."""
+    ledger = await make_ledger(jobs_per_window=100)
+    for index, who in enumerate([ALICE, BOB, CAROL_ELSEWHERE] * 4):
+        job = await ledger.reserve(new_job(who))
+        if index % 4 == 0:
+            await ledger.refund(job.id, "upstream")
+        elif index % 4 == 1:
+            await ledger.commit(job.id, 61_000 + index)  # the real cost differs
+            await ledger.finish(job.id, JobState.DELIVERED)
+        elif index % 4 == 2:
+            await ledger.commit(job.id, PRICE)
+            await ledger.finish(job.id, JobState.FAILED, "render")
+            await ledger.admin_refund(job.id, "discord:root", "bad")
+    for scope in ("global", "discord:guild1", "discord:guild2"):
+        budget = await ledger.budget(scope=scope)
+        assert budget.held_micros == budget.reserved_micros + budget.committed_micros > 0
+    assert (await ledger.budget()).reserved_micros == 3 * PRICE  # the 3 left running
+
+
+async def test_another_instances_quota_change_applies_at_once(make_ledger):
+    serving = await make_ledger(jobs_per_window=5)
+    admin_side = await make_ledger(jobs_per_window=5)
+    await serving.reserve(new_job())  # the serving instance has read (and cached) the rules
+    await admin_side.set_quota_rule(QuotaRule("discord", "guild1", "user", "alice", 1), "x")
+    with pytest.raises(QuotaExceeded, match="all 1 jobs"):
+        await serving.reserve(new_job())
+    await admin_side.set_quota_rule(QuotaRule("discord", "guild1", "user", "alice", 2, 0.5),
+                                    "x")
+    await serving.reserve(new_job())  # a new limit and window, seen by the next reservation
+    assert (await serving.quota_status(ALICE)).window_hours == 0.5

@@ -37,7 +37,7 @@ from ..ports import (
     QuotaStatus,
     UsageRow,
 )
-from .policy import GLOBAL_SCOPE, QuotaPolicy, guild_scope, month_of
+from .policy import GLOBAL_SCOPE, Limit, QuotaPolicy, guild_scope, month_of
 
 T = TypeVar("T")
 
@@ -116,6 +116,9 @@ MIGRATIONS: list[list[Statement]] = [
             scope TEXT PRIMARY KEY,
             cap_micros BIGINT
         )""",
+        # Bumped by every change of a quota rule: instances cache the rules until it moves.
+        "CREATE TABLE rules_version (id INTEGER PRIMARY KEY, version BIGINT NOT NULL)",
+        "INSERT INTO rules_version (id, version) VALUES (1, 0)",
         """CREATE TABLE blocks (
             platform TEXT NOT NULL,
             guild_id TEXT NOT NULL,
@@ -128,6 +131,15 @@ MIGRATIONS: list[list[Statement]] = [
             reason TEXT NOT NULL DEFAULT ''
         )""",
         "CREATE INDEX audit_job ON audit (job_id)",
+        "CREATE INDEX jobs_user_state ON jobs (platform, user_id, state)",
+        "CREATE INDEX jobs_period ON jobs (period, platform, guild_id)",
+        # A budget row keeps one sum, reserved + committed ("held"): the cap is about it, and a
+        # job settled at its reserved price then leaves the row alone. The split between
+        # reserved and committed is read from the jobs when someone asks for it.
+        "ALTER TABLE budgets ADD COLUMN held_micros BIGINT NOT NULL DEFAULT 0",
+        "UPDATE budgets SET held_micros = reserved_micros + committed_micros",
+        "ALTER TABLE budgets DROP COLUMN reserved_micros",
+        "ALTER TABLE budgets DROP COLUMN committed_micros",
         # Which instance runs a job, until when: another may take it over only once it lapses.
         "ALTER TABLE jobs ADD COLUMN owner TEXT",
         "ALTER TABLE jobs ADD COLUMN lease_until DOUBLE PRECISION",
@@ -186,6 +198,7 @@ class SqlLedger:
         # This process's name on the jobs it runs; it renews their leases while it lives.
         self.owner = secrets.token_hex(6)
         self.lease_s = lease_s
+        self._rules_cache: tuple[int, list[QuotaRule]] = (-1, [])  # (version, every rule)
 
     @property
     def policy(self) -> QuotaPolicy:
@@ -223,11 +236,7 @@ class SqlLedger:
         await self.database.run(self._admit, requester)
 
     def _admit(self, tx: Tx, who: Requester) -> None:
-        paused = self._pause_reason(tx, who)
-        if paused is not None:
-            raise JobsPaused(paused)
-        if self._is_blocked(tx, who):
-            raise UserBlocked()
+        _refuse_if_barred(self._context(tx, who, self._clock(), 0.0))
 
     async def reserve(self, job: NewJob) -> JobRecord:
         return await self.database.run(self._reserve, job)
@@ -241,57 +250,115 @@ class SqlLedger:
                              (job.idempotency_key,)).fetchone()
             if row is not None:
                 return _record(row, duplicate=True)
-        self._admit(tx, who)
+        limit, context = self._limit_and_context(tx, who, now)
+        _refuse_if_barred(context)
         if not self._policy.exempt(who):
-            self._check_user_rules(tx, who, now)
+            self._check_user_rules(tx, who, now, limit, context)
         period = month_of(now)
-        # The server's budget first, then the global one; any refusal rolls both back.
-        for scope in filter(None, (guild_scope(who.platform, who.guild_id), GLOBAL_SCOPE)):
-            if not self._hold(tx, scope, period, job.price_micros):
-                raise BudgetExhausted(self._policy.budget_message(scope))
         job_id = secrets.token_hex(6)
-        tx.execute(
+        row = tx.execute(
             "INSERT INTO jobs (id, idempotency_key, platform, user_id, guild_id, state,"
             " created_at, updated_at, period, reserved_micros, cache_key, params, reply_to,"
-            " owner, lease_until) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " owner, lease_until) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " RETURNING *",
             (job_id, job.idempotency_key, who.platform, who.user_id, who.guild_id, now, now,
              period, job.price_micros, job.cache_key, json.dumps(job.params),
              json.dumps(job.reply_to), self.owner, now + self.lease_s),
-        )
+        ).fetchall()[0]
         self._audit(tx, job_id, who.key, "reserve", job.price_micros,
                     f"guild {who.guild_id}" if who.guild_id else "")
-        return _record(tx.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
+        # Money last, so the budget rows every instance contends for stay locked only briefly:
+        # the server's budget first, then the global one; a refusal rolls all of it back.
+        holds = [(GLOBAL_SCOPE, context["global_cap"])]
+        guild = guild_scope(who.platform, who.guild_id)
+        if guild is not None:
+            holds.insert(0, (guild, context["guild_cap"]))
+        refused = self._hold(tx, period, holds, job.price_micros)
+        if refused is not None:
+            raise BudgetExhausted(self._policy.budget_message(refused))
+        return _record(row)
 
-    def _check_user_rules(self, tx: Tx, who: Requester, now: float) -> None:
-        in_flight = self._in_flight(tx, who)
-        if in_flight >= self._policy.max_in_flight:
+    def _limit_and_context(self, tx: Tx, who: Requester, now: float) -> tuple[Limit, dict]:
+        """The user's quota and the context to judge it, from cached rules when they are
+        current (the context query says which version of the rules is in force)."""
+        version, rules = self._rules_cache
+        limit = self._policy.limit_for(who, rules)
+        context = self._context(tx, who, now, limit.window_s)
+        if context["rules_version"] != version:
+            rules = self._load_rules(tx)
+            fresh = self._policy.limit_for(who, rules)
+            if fresh.window_s != limit.window_s:
+                context = self._context(tx, who, now, fresh.window_s)
+            limit = fresh
+        return limit, context
+
+    def _load_rules(self, tx: Tx) -> list[QuotaRule]:
+        # The version first: a change made between the two reads is simply loaded again.
+        version = tx.execute("SELECT version FROM rules_version WHERE id = 1").fetchone()
+        rows = tx.execute("SELECT * FROM quota_rules").fetchall()
+        rules = [QuotaRule(r["platform"], r["guild_id"], r["kind"], r["target"], r["jobs"],
+                           r["window_hours"]) for r in rows]
+        self._rules_cache = (version["version"], rules)
+        return rules
+
+    def _context(self, tx: Tx, who: Requester, now: float, window_s: float) -> dict:
+        """What reserving decides on, in one query: pauses, blocks, the user's jobs in flight,
+        in the window and in the cooldown, and the caps that apply."""
+        guild = guild_scope(who.platform, who.guild_id) or GLOBAL_SCOPE
+        unfinished = ",".join("?" * len(UNFINISHED))
+        counted = ",".join("?" * len(COUNTED))
+        user = (who.platform, who.user_id)
+        row = tx.execute(
+            "SELECT"
+            " (SELECT reason FROM pauses WHERE scope IN (?, ?) LIMIT 1) AS paused,"
+            " (SELECT count(*) FROM blocks WHERE platform = ? AND user_id = ?"
+            "  AND guild_id IN (?, '')) AS blocked,"
+            f" (SELECT count(*) FROM jobs WHERE platform = ? AND user_id = ?"
+            f"  AND state IN ({unfinished})) AS in_flight,"
+            f" (SELECT count(*) FROM jobs WHERE platform = ? AND user_id = ?"
+            f"  AND state IN ({counted}) AND created_at > ?) AS recent,"
+            f" (SELECT max(created_at) FROM jobs WHERE platform = ? AND user_id = ?"
+            f"  AND state IN ({counted}) AND created_at > ?) AS latest,"
+            " (SELECT count(*) FROM budget_caps WHERE scope = ?) AS guild_cap_set,"
+            " (SELECT cap_micros FROM budget_caps WHERE scope = ?) AS guild_cap,"
+            " (SELECT cap_micros FROM budget_caps WHERE scope = ?) AS global_cap,"
+            " (SELECT version FROM rules_version WHERE id = 1) AS rules_version",
+            (GLOBAL_SCOPE, guild, *user, who.guild_id or "", *user, *UNFINISHED,
+             *user, *COUNTED, now - window_s,
+             *user, *COUNTED, now - self._policy.cooldown_s,
+             guild, guild, GLOBAL_SCOPE),
+        ).fetchone()
+        context = dict(row)
+        if not context["guild_cap_set"]:
+            context["guild_cap"] = self._policy.guild_budget_micros
+        if context["global_cap"] is None:
+            context["global_cap"] = self._policy.global_budget_micros
+        return context
+
+    def _check_user_rules(self, tx: Tx, who: Requester, now: float, limit: Limit,
+                          context: dict) -> None:
+        if context["in_flight"] >= self._policy.max_in_flight:
             raise JobInFlight(self._policy.max_in_flight)
-        limit = self._policy.limit_for(who, self._rules(tx, who.platform, who.guild_id))
-        times = self._counted_times(tx, who, now, max(limit.window_s, self._policy.cooldown_s))
-        if self._policy.cooldown_s and times and now - times[-1] < self._policy.cooldown_s:
-            raise CoolingDown(times[-1] + self._policy.cooldown_s - now)
-        recent = [t for t in times if t > now - limit.window_s]
-        if limit.jobs is not None and len(recent) >= limit.jobs:
+        latest = context["latest"]
+        if self._policy.cooldown_s and latest is not None:
+            raise CoolingDown(latest + self._policy.cooldown_s - now)
+        if limit.jobs is not None and context["recent"] >= limit.jobs:
             raise QuotaExceeded(limit.jobs, limit.window_hours,
-                                _dt(_next_free(recent, limit.jobs, limit.window_s)))
+                                _dt(self._next_free(tx, who, now, limit, context["recent"])))
 
-    def _counted_times(self, tx: Tx, who: Requester, now: float, window_s: float
-                       ) -> list[float]:
-        marks = ",".join("?" * len(COUNTED))
-        rows = tx.execute(
-            f"SELECT created_at FROM jobs WHERE platform = ? AND user_id = ? AND created_at > ?"
-            f" AND state IN ({marks}) ORDER BY created_at",
-            (who.platform, who.user_id, now - window_s, *COUNTED),
-        ).fetchall()
-        return [r["created_at"] for r in rows]
-
-    def _in_flight(self, tx: Tx, who: Requester) -> int:
-        marks = ",".join("?" * len(UNFINISHED))
-        return tx.execute(
-            f"SELECT count(*) AS n FROM jobs WHERE platform = ? AND user_id = ?"
-            f" AND state IN ({marks})",
-            (who.platform, who.user_id, *UNFINISHED),
-        ).fetchone()["n"]
+    def _next_free(self, tx: Tx, who: Requester, now: float, limit: Limit, recent: int
+                   ) -> float | None:
+        """When the oldest job that keeps the user at the limit leaves the window."""
+        if limit.jobs is None or limit.jobs == 0 or recent < limit.jobs:
+            return None
+        counted = ",".join("?" * len(COUNTED))
+        row = tx.execute(
+            f"SELECT created_at FROM jobs WHERE platform = ? AND user_id = ?"
+            f" AND state IN ({counted}) AND created_at > ? ORDER BY created_at"
+            f" LIMIT 1 OFFSET ?",
+            (who.platform, who.user_id, *COUNTED, now - limit.window_s, recent - limit.jobs),
+        ).fetchone()
+        return None if row is None else row["created_at"] + limit.window_s
 
     def _cap(self, tx: Tx, scope: str) -> int | None:
         row = tx.execute("SELECT cap_micros FROM budget_caps WHERE scope = ?",
@@ -302,30 +369,35 @@ class SqlLedger:
             return self._policy.global_budget_micros
         return self._policy.guild_budget_micros
 
-    def _hold(self, tx: Tx, scope: str, period: str, amount: int) -> bool:
-        """Reserve `amount` only if reserved + committed stays within the cap (one UPDATE)."""
-        cap = self._cap(tx, scope)
-        tx.execute(
-            "INSERT INTO budgets (scope, period, cap_micros) VALUES (?, ?, ?)"
-            " ON CONFLICT (scope, period) DO UPDATE SET cap_micros = excluded.cap_micros",
-            (scope, period, NO_CAP if cap is None else cap),
-        )
-        cursor = tx.execute(
-            "UPDATE budgets SET reserved_micros = reserved_micros + ?"
-            " WHERE scope = ? AND period = ?"
-            " AND reserved_micros + committed_micros + ? <= cap_micros",
-            (amount, scope, period, amount),
-        )
-        return cursor.rowcount == 1
+    def _hold(self, tx: Tx, period: str, holds: list[tuple[str, int | None]], amount: int
+              ) -> str | None:
+        """Reserve `amount` on every (scope, cap) only where reserved + committed stays within
+        the cap: one statement, which the database applies to each budget row one writer at a
+        time, in the order given. Returns the scope that refused, if any."""
+        for scope, cap in holds:
+            if cap is not None and amount > cap:
+                return scope
+        rows = ", ".join(["(?, ?, ?, ?)"] * len(holds))
+        values = [v for scope, cap in holds
+                  for v in (scope, period, NO_CAP if cap is None else cap, amount)]
+        held = {r["scope"] for r in tx.execute(
+            f"INSERT INTO budgets (scope, period, cap_micros, held_micros) VALUES {rows}"
+            " ON CONFLICT (scope, period) DO UPDATE SET cap_micros = excluded.cap_micros,"
+            " held_micros = budgets.held_micros + excluded.held_micros"
+            " WHERE budgets.held_micros + excluded.held_micros <= excluded.cap_micros"
+            " RETURNING scope",
+            values,
+        ).fetchall()}
+        # The first that refused, if any (the caller rolls back the others' holds).
+        return next((scope for scope, _ in holds if scope not in held), None)
 
-    def _move_money(self, tx: Tx, row, reserved_delta: int, committed_delta: int) -> None:
-        """Apply a change to every budget the job counts against."""
+    def _move_money(self, tx: Tx, row, delta: int) -> None:
+        """Change what a job holds on every budget it counts against (server, then global)."""
+        if delta == 0:  # settled at its reserved price: nothing moves
+            return
         for scope in filter(None, (guild_scope(row["platform"], row["guild_id"]), GLOBAL_SCOPE)):
-            tx.execute(
-                "UPDATE budgets SET reserved_micros = reserved_micros + ?,"
-                " committed_micros = committed_micros + ? WHERE scope = ? AND period = ?",
-                (reserved_delta, committed_delta, scope, row["period"]),
-            )
+            tx.execute("UPDATE budgets SET held_micros = held_micros + ?"
+                       " WHERE scope = ? AND period = ?", (delta, scope, row["period"]))
 
     # -- who runs what ----------------------------------------------------------------------
 
@@ -390,16 +462,17 @@ class SqlLedger:
         await self.database.run(self._commit, job_id, cost_micros)
 
     def _commit(self, tx: Tx, job_id: str, cost: int) -> None:
-        row = self._job_for_update(tx, job_id)
-        if row is None or row["committed"] or row["state"] == "refunded":
-            return  # charged once only
-        self._move_money(tx, row, -row["reserved_micros"], cost)
-        tx.execute(
-            "UPDATE jobs SET reserved_micros = 0, cost_micros = ?, committed = 1, updated_at = ?"
-            " WHERE id = ?",
-            (cost, self._clock(), job_id),
-        )
-        self._audit(tx, job_id, "system", "commit", cost, f"reserved {row['reserved_micros']}")
+        # The conditional UPDATE is the charge-once rule: a second commit, or a commit racing a
+        # refund, finds nothing to change. `reserved_micros` stays on the job as its history.
+        rows = tx.execute(
+            "UPDATE jobs SET cost_micros = ?, committed = 1, updated_at = ?"
+            " WHERE id = ? AND committed = 0 AND state <> 'refunded' RETURNING *",
+            (cost, self._clock(), job_id)).fetchall()
+        if not rows:
+            return
+        reserved = rows[0]["reserved_micros"]
+        self._audit(tx, job_id, "system", "commit", cost, f"reserved {reserved}")
+        self._move_money(tx, rows[0], cost - reserved)
 
     async def finish(self, job_id: str, state: JobState, error: str | None = None) -> None:
         await self.database.run(self._finish, job_id, state, error)
@@ -413,23 +486,21 @@ class SqlLedger:
         return await self.database.run(self._refund, job_id, reason, actor)
 
     def _refund(self, tx: Tx, job_id: str, reason: str, actor: str) -> bool:
-        row = self._job_for_update(tx, job_id)
-        if row is None or row["committed"] or row["state"] == "refunded":
+        rows = tx.execute(
+            "UPDATE jobs SET state = 'refunded', error = ?, updated_at = ?"
+            " WHERE id = ? AND committed = 0 AND state <> 'refunded' RETURNING *",
+            (reason, self._clock(), job_id)).fetchall()
+        if not rows:
             return False
-        self._move_money(tx, row, -row["reserved_micros"], 0)
-        tx.execute(
-            "UPDATE jobs SET state = 'refunded', reserved_micros = 0, error = ?, updated_at = ?"
-            " WHERE id = ?",
-            (reason, self._clock(), job_id),
-        )
-        self._audit(tx, job_id, actor, "refund", row["reserved_micros"], reason)
+        self._audit(tx, job_id, actor, "refund", rows[0]["reserved_micros"], reason)
+        self._move_money(tx, rows[0], -rows[0]["reserved_micros"])
         return True
 
     async def admin_refund(self, job_id: str, actor: str, reason: str) -> str:
         return await self.database.run(self._admin_refund, job_id, actor, reason)
 
     def _admin_refund(self, tx: Tx, job_id: str, actor: str, reason: str) -> str:
-        row = self._job_for_update(tx, job_id)
+        row = tx.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
             raise InputError("job", f"there is no job {job_id}")
         if row["state"] == "refunded":
@@ -440,18 +511,15 @@ class SqlLedger:
         if self._refund(tx, job_id, reason, actor):
             return "released"
         # Segmind billed it: the money stays spent, the user gets the quota slot back.
-        tx.execute("UPDATE jobs SET state = 'refunded', error = ?, updated_at = ? WHERE id = ?",
-                   (reason, self._clock(), job_id))
+        marks = ",".join("?" * (len(UNFINISHED) + 1))
+        changed = tx.execute(
+            f"UPDATE jobs SET state = 'refunded', error = ?, updated_at = ? WHERE id = ?"
+            f" AND state NOT IN ({marks})",
+            (reason, self._clock(), job_id, "refunded", *UNFINISHED)).rowcount
+        if not changed:
+            raise InputError("job", f"job {job_id} changed meanwhile; look at it again")
         self._audit(tx, job_id, actor, "refund_slot", 0, reason)
         return "slot"
-
-    def _job_for_update(self, tx: Tx, job_id: str):
-        row = tx.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        if row is not None:
-            # Settling a job takes its user's lock, as reserving does.
-            tx.lock(f"user:{row['platform']}:{row['user_id']}")
-            row = tx.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return row
 
     # -- admins' controls --------------------------------------------------------------------
 
@@ -472,6 +540,7 @@ class SqlLedger:
             (rule.platform, rule.guild_id, rule.kind, rule.target, rule.jobs,
              rule.window_hours),
         )
+        tx.execute("UPDATE rules_version SET version = version + 1 WHERE id = 1")
         jobs = "unlimited" if rule.jobs is None else str(rule.jobs)
         window = f" per {rule.window_hours:g} h" if rule.window_hours else ""
         self._audit(tx, None, actor, "set_quota", 0,
@@ -488,6 +557,7 @@ class SqlLedger:
             "DELETE FROM quota_rules WHERE platform = ? AND guild_id = ? AND kind = ?"
             " AND target = ?", (platform, guild_id, kind, target))
         if cursor.rowcount:
+            tx.execute("UPDATE rules_version SET version = version + 1 WHERE id = 1")
             self._audit(tx, None, actor, "clear_quota", 0,
                         f"{platform} guild={guild_id or '*'} {kind}={target}")
         return bool(cursor.rowcount)
@@ -541,12 +611,6 @@ class SqlLedger:
                         f"{platform}:{user_id} guild={guild_id or '*'}")
         return bool(cursor.rowcount)
 
-    def _is_blocked(self, tx: Tx, who: Requester) -> bool:
-        return tx.execute(
-            "SELECT 1 AS hit FROM blocks WHERE platform = ? AND user_id = ?"
-            " AND guild_id IN (?, '')",
-            (who.platform, who.user_id, who.guild_id or "")).fetchone() is not None
-
     async def pause(self, scope: str, actor: str, reason: str = "") -> None:
         await self.database.run(self._pause, scope, actor, reason)
 
@@ -563,11 +627,6 @@ class SqlLedger:
         if cursor.rowcount:
             self._audit(tx, None, actor, "resume", 0, scope)
         return bool(cursor.rowcount)
-
-    def _pause_reason(self, tx: Tx, who: Requester) -> str | None:
-        scopes = [GLOBAL_SCOPE, guild_scope(who.platform, who.guild_id) or GLOBAL_SCOPE]
-        row = tx.execute("SELECT reason FROM pauses WHERE scope IN (?, ?)", scopes).fetchone()
-        return None if row is None else row["reason"]
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -587,16 +646,11 @@ class SqlLedger:
 
     def _quota_status(self, tx: Tx, who: Requester) -> QuotaStatus:
         now, policy = self._clock(), self._policy
-        limit = policy.limit_for(who, self._rules(tx, who.platform, who.guild_id))
-        times = self._counted_times(tx, who, now, max(limit.window_s, policy.cooldown_s))
-        recent = [t for t in times if t > now - limit.window_s]
-        next_free = None
-        if limit.jobs is not None and len(recent) >= limit.jobs:
-            next_free = _next_free(recent, limit.jobs, limit.window_s)
+        limit, context = self._limit_and_context(tx, who, now)
+        exempt = policy.exempt(who)
         cooldown_until = None
-        if policy.cooldown_s and times and not policy.exempt(who):
-            if now - times[-1] < policy.cooldown_s:
-                cooldown_until = times[-1] + policy.cooldown_s
+        if policy.cooldown_s and context["latest"] is not None and not exempt:
+            cooldown_until = context["latest"] + policy.cooldown_s
         month = month_of(now)
         left = [self._budget(tx, month, GLOBAL_SCOPE).left_micros or 0]
         guild_left = None
@@ -605,14 +659,14 @@ class SqlLedger:
             guild_left = self._budget(tx, month, scope).left_micros
             if guild_left is not None:
                 left.append(guild_left)
-        exempt = policy.exempt(who)
         return QuotaStatus(
-            limit=limit.jobs, used=len(recent), next_free_at=_dt(next_free),
+            limit=limit.jobs, used=context["recent"],
+            next_free_at=_dt(self._next_free(tx, who, now, limit, context["recent"])),
             budget_left_micros=min(left), window_hours=limit.window_hours, source=limit.source,
-            cooldown_until=_dt(cooldown_until), in_flight=self._in_flight(tx, who),
+            cooldown_until=_dt(cooldown_until), in_flight=context["in_flight"],
             max_in_flight=None if exempt else policy.max_in_flight,
-            guild_budget_left_micros=guild_left, blocked=self._is_blocked(tx, who),
-            paused=self._pause_reason(tx, who) is not None,
+            guild_budget_left_micros=guild_left, blocked=bool(context["blocked"]),
+            paused=context["paused"] is not None,
         )
 
     async def usage(self, month: str | None = None, platform: str | None = None,
@@ -654,12 +708,21 @@ class SqlLedger:
         return await self.database.run(self._budget, month or month_of(self._clock()), scope)
 
     def _budget(self, tx: Tx, month: str, scope: str) -> Budget:
-        row = tx.execute("SELECT * FROM budgets WHERE scope = ? AND period = ?",
-                         (scope, month)).fetchone()
-        if row is None:
-            return Budget(scope, month, self._cap(tx, scope), 0, 0)
-        cap = None if row["cap_micros"] in (None, NO_CAP) else row["cap_micros"]
-        return Budget(scope, month, cap, row["reserved_micros"], row["committed_micros"])
+        row = tx.execute("SELECT cap_micros, held_micros FROM budgets"
+                         " WHERE scope = ? AND period = ?", (scope, month)).fetchone()
+        cap = self._cap(tx, scope) if row is None else row["cap_micros"]
+        where, args = "period = ?", [month]
+        if scope != GLOBAL_SCOPE:
+            platform, guild = scope.split(":", 1)
+            where += " AND platform = ? AND guild_id = ?"
+            args += [platform, guild]
+        sums = tx.execute(
+            "SELECT CAST(COALESCE(sum(CASE WHEN committed = 0 AND state <> 'refunded'"
+            " THEN reserved_micros ELSE 0 END), 0) AS BIGINT) AS reserved,"
+            " CAST(COALESCE(sum(cost_micros), 0) AS BIGINT) AS committed"
+            f" FROM jobs WHERE {where}", args).fetchone()
+        return Budget(scope, month, None if cap in (None, NO_CAP) else cap, sums["reserved"],
+                      sums["committed"], 0 if row is None else row["held_micros"])
 
 
 def _fetch_one(tx: Tx, sql: str, args=()):
@@ -670,11 +733,11 @@ def _fetch_all(tx: Tx, sql: str, args=()):
     return tx.execute(sql, args).fetchall()
 
 
-def _next_free(times: list[float], limit: int, window_s: float) -> float | None:
-    """When the oldest slot that keeps the user at the limit leaves the window."""
-    if limit == 0 or len(times) < limit:
-        return None
-    return times[len(times) - limit] + window_s
+def _refuse_if_barred(context) -> None:
+    if context["paused"] is not None:
+        raise JobsPaused(context["paused"])
+    if context["blocked"]:
+        raise UserBlocked()
 
 
 def _dt(timestamp: float | None) -> datetime | None:

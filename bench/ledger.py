@@ -1,0 +1,124 @@
+"""Ledger throughput: reserve + commit pairs per second, their latency, and the overspend.
+
+    .venv/bin/python bench/ledger.py [--pairs 3000] [--postgres URL]
+
+For each store (SQLite in a temporary file; PostgreSQL at URL, or a private server started
+from Debian's packages by scripts/pg-test-server) and 1, 10 and 100 concurrent callers: every
+caller is another user and runs reserve -> commit until the attempts are used up, against a
+global cap that fits 90% of them, so the cap is reached under load. Overspend is what was
+reserved + committed beyond the cap at the end; it must be 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import secrets
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import psycopg  # noqa: E402
+
+from bot.errors import BudgetExhausted  # noqa: E402
+from bot.ledger import QuotaPolicy, SqliteLedger  # noqa: E402
+from bot.ledger.postgres import PostgresLedger  # noqa: E402
+from bot.models import Requester  # noqa: E402
+from bot.ports import NewJob  # noqa: E402
+
+PRICE = 65_000
+SERVER_SCRIPT = ROOT / "scripts" / "pg-test-server"
+
+
+async def run(make_ledger, callers: int, pairs: int) -> dict:
+    cap = int(pairs * 0.9) * PRICE
+    policy = QuotaPolicy(global_budget_micros=cap, jobs_per_window=10**9, max_in_flight=10**9)
+    ledger = make_ledger(policy)
+    await ledger.open()
+    latencies: list[float] = []
+    refused = 0
+    remaining = pairs
+
+    async def caller(index: int) -> None:
+        nonlocal remaining, refused
+        who = Requester("discord", f"user{index}", "guild1")
+        while remaining > 0:
+            remaining -= 1
+            started = time.perf_counter()
+            try:
+                job = await ledger.reserve(NewJob(who, PRICE, "k", {}))
+            except BudgetExhausted:
+                refused += 1
+                continue
+            await ledger.commit(job.id, PRICE)
+            latencies.append(time.perf_counter() - started)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(caller(i) for i in range(callers)))
+    elapsed = time.perf_counter() - started
+    budget = await ledger.budget()
+    await ledger.close()
+    latencies.sort()
+    return {
+        "pairs_per_s": len(latencies) / elapsed,
+        "p50_ms": statistics.median(latencies) * 1000,
+        "p99_ms": latencies[int(len(latencies) * 0.99) - 1] * 1000,
+        "granted": len(latencies),
+        "refused": refused,
+        "overspend": max(0, budget.reserved_micros + budget.committed_micros - cap),
+    }
+
+
+def start_private_postgres() -> tuple[str, str]:
+    ran = subprocess.run([str(SERVER_SCRIPT), "start"], capture_output=True, text=True,
+                         check=True)
+    directory, url = ran.stdout.split()
+    return url, directory
+
+
+def fresh_schema(url: str) -> str:
+    schema = f"bench_{secrets.token_hex(4)}"
+    with psycopg.connect(url, autocommit=True) as connection:
+        connection.execute(f"CREATE SCHEMA {schema}")
+    joiner = "&" if "?" in url else "?"
+    return f"{url}{joiner}options=-csearch_path%3D{schema}"
+
+
+async def main(args) -> None:
+    directory = None
+    url = args.postgres
+    if url is None:
+        url, directory = await asyncio.to_thread(start_private_postgres)
+    print(f"{'store':10} {'callers':>7} {'pairs/s':>8} {'p50 ms':>7} {'p99 ms':>7} "
+          f"{'granted':>7} {'refused':>7} {'overspend':>9}")
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            stores = {
+                "sqlite": lambda policy: SqliteLedger(
+                    Path(tmp) / f"{secrets.token_hex(4)}.sqlite3", policy),
+                "postgres": lambda policy: PostgresLedger(fresh_schema(url), policy,
+                                                          pool_size=args.pool),
+            }
+            for name, make in stores.items():
+                for callers in (1, 10, 100):
+                    r = await run(make, callers, args.pairs)
+                    print(f"{name:10} {callers:7} {r['pairs_per_s']:8.0f} {r['p50_ms']:7.2f} "
+                          f"{r['p99_ms']:7.2f} {r['granted']:7} {r['refused']:7} "
+                          f"{r['overspend']:9}")
+    finally:
+        if directory:
+            await asyncio.to_thread(subprocess.run, [str(SERVER_SCRIPT), "stop", directory])
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--pairs", type=int, default=3000)
+    parser.add_argument("--pool", type=int, default=8, help="PostgreSQL connections")
+    parser.add_argument("--postgres", help="a PostgreSQL URL (default: a private server)")
+    asyncio.run(main(parser.parse_args()))
