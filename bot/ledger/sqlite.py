@@ -1,14 +1,21 @@
 """The embedded store: one SQLite file (WAL) under DATA_DIR.
 
-Every transaction runs on the store's one thread and begins IMMEDIATE (the write lock), so
-checks and writes cannot interleave, between coroutines or between processes sharing the file.
+Transactions run on the store's one thread and begin IMMEDIATE (the write lock), so checks and
+writes cannot interleave, between coroutines or between processes sharing the file.
+
+Group commit: transactions that arrive while one is running are run together as savepoints of
+one database transaction, and their callers hear back once it has committed. Each still sees
+the ones before it and fails alone (rolled back to its savepoint); the batch pays for one
+COMMIT, which is most of what a small transaction costs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,6 +26,7 @@ from .policy import QuotaPolicy
 from .store import SqlLedger
 
 T = TypeVar("T")
+BATCH_MAX = 64  # transactions per COMMIT: bounds how long other processes wait for the lock
 
 
 class SqliteTx:
@@ -39,6 +47,9 @@ class SqliteDatabase:
         self.path = Path(path)
         self._db: sqlite3.Connection | None = None
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger")
+        self._waiting: deque[tuple[Callable, tuple, asyncio.Future]] = deque()
+        self._draining = False
+        self._guard = threading.Lock()
 
     async def open(self) -> None:
         await self._on_thread(self._connect)
@@ -59,7 +70,14 @@ class SqliteDatabase:
         self._db = db
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await self._on_thread(self._transaction, fn, *args)
+        future = asyncio.get_running_loop().create_future()
+        with self._guard:
+            self._waiting.append((fn, args, future))
+            start = not self._draining
+            self._draining = True
+        if start:
+            self._thread.submit(self._drain, asyncio.get_running_loop())
+        return await future
 
     async def _on_thread(self, fn: Callable[..., T], *args: Any) -> T:
         try:
@@ -67,19 +85,60 @@ class SqliteDatabase:
         except sqlite3.OperationalError as exc:  # locked past the timeout, disk gone, ...
             raise LedgerUnavailable() from exc
 
-    def _transaction(self, fn: Callable[..., T], *args: Any) -> T:
+    def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
+        """On the store's thread: run what is waiting, a batch per COMMIT, until none is."""
+        while True:
+            with self._guard:
+                batch = [self._waiting.popleft()
+                         for _ in range(min(BATCH_MAX, len(self._waiting)))]
+                if not batch:
+                    self._draining = False
+                    return
+            outcomes = self._run_batch(batch)
+            for (_, _, future), (ok, value) in zip(batch, outcomes, strict=True):
+                loop.call_soon_threadsafe(_settle, future, ok, value)
+
+    def _run_batch(self, batch) -> list[tuple[bool, Any]]:
         db = self._db
-        assert db is not None, "ledger is not open"
-        db.execute("BEGIN IMMEDIATE")
+        if db is None:
+            return [(False, LedgerUnavailable())] * len(batch)
         try:
-            result = fn(SqliteTx(db), *args)
-        except BaseException:
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            return [(False, _unavailable(exc))] * len(batch)
+        outcomes: list[tuple[bool, Any]] = []
+        for fn, args, _ in batch:
+            db.execute("SAVEPOINT job")
+            try:
+                outcomes.append((True, fn(SqliteTx(db), *args)))
+            except Exception as exc:
+                db.execute("ROLLBACK TO job")
+                outcomes.append((False, _unavailable(exc)
+                                 if isinstance(exc, sqlite3.OperationalError) else exc))
+            db.execute("RELEASE job")
+        try:
+            db.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
             db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
-        return result
+            return [(False, _unavailable(exc))] * len(batch)
+        return outcomes
 
 
-def SqliteLedger(path: Path, policy: QuotaPolicy,
-                 clock: Callable[[], float] = time.time, lease_s: float = 60.0) -> SqlLedger:
+def _unavailable(exc: Exception) -> LedgerUnavailable:
+    error = LedgerUnavailable()
+    error.__cause__ = exc
+    return error
+
+
+def _settle(future: asyncio.Future, ok: bool, value: Any) -> None:
+    if future.done():  # the caller stopped waiting (cancelled); the work stands
+        return
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value)
+
+
+def SqliteLedger(path: Path, policy: QuotaPolicy, clock: Callable[[], float] = time.time,
+                 lease_s: float = 60.0) -> SqlLedger:
     return SqlLedger(SqliteDatabase(path), policy, clock, lease_s)

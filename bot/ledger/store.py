@@ -131,8 +131,11 @@ MIGRATIONS: list[list[Statement]] = [
             reason TEXT NOT NULL DEFAULT ''
         )""",
         "CREATE INDEX audit_job ON audit (job_id)",
-        "CREATE INDEX jobs_user_state ON jobs (platform, user_id, state)",
-        "CREATE INDEX jobs_period ON jobs (period, platform, guild_id)",
+        # One index answers both questions reserving asks (jobs in flight; jobs in the window)
+        # and replaces two; every index a job row has is written again at each change.
+        "CREATE INDEX jobs_user_state_time ON jobs (platform, user_id, state, created_at)",
+        "DROP INDEX jobs_user_time",
+        "DROP INDEX jobs_state",
         # A budget row keeps one sum, reserved + committed ("held"): the cap is about it, and a
         # job settled at its reserved price then leaves the row alone. The split between
         # reserved and committed is read from the jobs when someone asks for it.
@@ -140,6 +143,80 @@ MIGRATIONS: list[list[Statement]] = [
         "UPDATE budgets SET held_micros = reserved_micros + committed_micros",
         "ALTER TABLE budgets DROP COLUMN reserved_micros",
         "ALTER TABLE budgets DROP COLUMN committed_micros",
+        # Every change of a job is audited by the database itself, with the actor the change
+        # names: code cannot forget an entry, and an entry cannot miss its change.
+        "ALTER TABLE jobs ADD COLUMN actor TEXT NOT NULL DEFAULT 'system'",
+        {
+            "sqlite": """CREATE TRIGGER audit_job_reserved AFTER INSERT ON jobs
+                BEGIN INSERT INTO audit (at, job_id, actor, action, amount_micros, detail)
+                VALUES (NEW.updated_at, NEW.id, NEW.actor, 'reserve', NEW.reserved_micros,
+                        CASE WHEN NEW.guild_id IS NULL THEN '' ELSE 'guild ' || NEW.guild_id END);
+                END""",
+            "postgres": """CREATE FUNCTION audit_job() RETURNS trigger LANGUAGE plpgsql AS $$
+                BEGIN
+                IF TG_OP = 'INSERT' THEN
+                    INSERT INTO audit (at, job_id, actor, action, amount_micros, detail)
+                    VALUES (NEW.updated_at, NEW.id, NEW.actor, 'reserve', NEW.reserved_micros,
+                            CASE WHEN NEW.guild_id IS NULL THEN ''
+                                 ELSE 'guild ' || NEW.guild_id END);
+                    RETURN NULL;
+                END IF;
+                IF NEW.committed = 1 AND OLD.committed = 0 THEN
+                    INSERT INTO audit (at, job_id, actor, action, amount_micros, detail)
+                    VALUES (NEW.updated_at, NEW.id, NEW.actor, 'commit', NEW.cost_micros,
+                            'reserved ' || NEW.reserved_micros);
+                END IF;
+                IF NEW.state <> OLD.state THEN
+                    INSERT INTO audit (at, job_id, actor, action, amount_micros, detail)
+                    VALUES (NEW.updated_at, NEW.id, NEW.actor,
+                            CASE WHEN NEW.state <> 'refunded' THEN NEW.state
+                                 WHEN OLD.committed = 1 THEN 'refund_slot' ELSE 'refund' END,
+                            CASE WHEN NEW.state = 'refunded' AND OLD.committed = 0
+                                 THEN NEW.reserved_micros ELSE 0 END,
+                            CASE WHEN NEW.state = 'submitted' THEN COALESCE(NEW.request_id, '')
+                                 ELSE COALESCE(NEW.error, '') END);
+                END IF;
+                IF NEW.owner IS DISTINCT FROM OLD.owner THEN
+                    INSERT INTO audit (at, job_id, actor, action, amount_micros, detail)
+                    VALUES (NEW.updated_at, NEW.id, NEW.actor, 'claimed', 0,
+                            COALESCE(NEW.owner, ''));
+                END IF;
+                RETURN NULL;
+                END $$""",
+        },
+        {
+            "sqlite": """CREATE TRIGGER audit_job_committed AFTER UPDATE OF committed ON jobs
+                WHEN NEW.committed = 1 AND OLD.committed = 0
+                BEGIN INSERT INTO audit (at, job_id, actor, action, amount_micros, detail)
+                VALUES (NEW.updated_at, NEW.id, NEW.actor, 'commit', NEW.cost_micros,
+                        'reserved ' || NEW.reserved_micros);
+                END""",
+            "postgres": """CREATE TRIGGER audit_job AFTER INSERT OR UPDATE ON jobs
+                FOR EACH ROW EXECUTE FUNCTION audit_job()""",
+        },
+        {
+            "sqlite": """CREATE TRIGGER audit_job_state AFTER UPDATE OF state ON jobs
+                WHEN NEW.state <> OLD.state
+                BEGIN INSERT INTO audit (at, job_id, actor, action, amount_micros, detail)
+                VALUES (NEW.updated_at, NEW.id, NEW.actor,
+                        CASE WHEN NEW.state <> 'refunded' THEN NEW.state
+                             WHEN OLD.committed = 1 THEN 'refund_slot' ELSE 'refund' END,
+                        CASE WHEN NEW.state = 'refunded' AND OLD.committed = 0
+                             THEN NEW.reserved_micros ELSE 0 END,
+                        CASE WHEN NEW.state = 'submitted' THEN COALESCE(NEW.request_id, '')
+                             ELSE COALESCE(NEW.error, '') END);
+                END""",
+            "postgres": "",
+        },
+        {
+            "sqlite": """CREATE TRIGGER audit_job_claimed AFTER UPDATE OF owner ON jobs
+                WHEN NEW.owner IS NOT OLD.owner
+                BEGIN INSERT INTO audit (at, job_id, actor, action, amount_micros, detail)
+                VALUES (NEW.updated_at, NEW.id, NEW.actor, 'claimed', 0,
+                        COALESCE(NEW.owner, ''));
+                END""",
+            "postgres": "",
+        },
         # Which instance runs a job, until when: another may take it over only once it lapses.
         "ALTER TABLE jobs ADD COLUMN owner TEXT",
         "ALTER TABLE jobs ADD COLUMN lease_until DOUBLE PRECISION",
@@ -259,14 +336,12 @@ class SqlLedger:
         row = tx.execute(
             "INSERT INTO jobs (id, idempotency_key, platform, user_id, guild_id, state,"
             " created_at, updated_at, period, reserved_micros, cache_key, params, reply_to,"
-            " owner, lease_until) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-            " RETURNING *",
+            " owner, lease_until, actor)"
+            " VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
             (job_id, job.idempotency_key, who.platform, who.user_id, who.guild_id, now, now,
              period, job.price_micros, job.cache_key, json.dumps(job.params),
-             json.dumps(job.reply_to), self.owner, now + self.lease_s),
+             json.dumps(job.reply_to), self.owner, now + self.lease_s, who.key),
         ).fetchall()[0]
-        self._audit(tx, job_id, who.key, "reserve", job.price_micros,
-                    f"guild {who.guild_id}" if who.guild_id else "")
         # Money last, so the budget rows every instance contends for stay locked only briefly:
         # the server's budget first, then the global one; a refusal rolls all of it back.
         holds = [(GLOBAL_SCOPE, context["global_cap"])]
@@ -428,11 +503,10 @@ class SqlLedger:
             if platforms is not None and row["platform"] not in platforms:
                 continue
             taken = tx.execute(
-                "UPDATE jobs SET owner = ?, lease_until = ? WHERE id = ?"
-                " AND COALESCE(lease_until, 0) < ?",
-                (self.owner, now + self.lease_s, row["id"], now)).rowcount
+                "UPDATE jobs SET owner = ?, lease_until = ?, updated_at = ?, actor = 'system'"
+                " WHERE id = ? AND COALESCE(lease_until, 0) < ?",
+                (self.owner, now + self.lease_s, now, row["id"], now)).rowcount
             if taken:
-                self._audit(tx, row["id"], "system", "claimed", detail=self.owner)
                 claimed.append(_record(tx.execute("SELECT * FROM jobs WHERE id = ?",
                                                   (row["id"],)).fetchone()))
         return claimed
@@ -444,19 +518,17 @@ class SqlLedger:
 
     def _mark_submitted(self, tx: Tx, job_id, request_id, resume_ref) -> None:
         tx.execute(
-            "UPDATE jobs SET state = 'submitted', request_id = ?, resume_ref = ?, updated_at = ?"
-            " WHERE id = ?",
+            "UPDATE jobs SET state = 'submitted', request_id = ?, resume_ref = ?, updated_at = ?,"
+            " actor = 'system' WHERE id = ?",
             (request_id, json.dumps(resume_ref), self._clock(), job_id),
         )
-        self._audit(tx, job_id, "system", "submitted", detail=request_id)
 
     async def set_state(self, job_id: str, state: JobState) -> None:
         await self.database.run(self._set_state, job_id, state)
 
     def _set_state(self, tx: Tx, job_id, state) -> None:
-        tx.execute("UPDATE jobs SET state = ?, updated_at = ? WHERE id = ?",
+        tx.execute("UPDATE jobs SET state = ?, updated_at = ?, actor = 'system' WHERE id = ?",
                    (str(state), self._clock(), job_id))
-        self._audit(tx, job_id, "system", str(state))
 
     async def commit(self, job_id: str, cost_micros: int) -> None:
         await self.database.run(self._commit, job_id, cost_micros)
@@ -465,34 +537,29 @@ class SqlLedger:
         # The conditional UPDATE is the charge-once rule: a second commit, or a commit racing a
         # refund, finds nothing to change. `reserved_micros` stays on the job as its history.
         rows = tx.execute(
-            "UPDATE jobs SET cost_micros = ?, committed = 1, updated_at = ?"
+            "UPDATE jobs SET cost_micros = ?, committed = 1, updated_at = ?, actor = 'system'"
             " WHERE id = ? AND committed = 0 AND state <> 'refunded' RETURNING *",
             (cost, self._clock(), job_id)).fetchall()
-        if not rows:
-            return
-        reserved = rows[0]["reserved_micros"]
-        self._audit(tx, job_id, "system", "commit", cost, f"reserved {reserved}")
-        self._move_money(tx, rows[0], cost - reserved)
+        if rows:
+            self._move_money(tx, rows[0], cost - rows[0]["reserved_micros"])
 
     async def finish(self, job_id: str, state: JobState, error: str | None = None) -> None:
         await self.database.run(self._finish, job_id, state, error)
 
     def _finish(self, tx: Tx, job_id, state, error) -> None:
-        tx.execute("UPDATE jobs SET state = ?, error = ?, updated_at = ? WHERE id = ?",
-                   (str(state), error, self._clock(), job_id))
-        self._audit(tx, job_id, "system", str(state), detail=error or "")
+        tx.execute("UPDATE jobs SET state = ?, error = ?, updated_at = ?, actor = 'system'"
+                   " WHERE id = ?", (str(state), error, self._clock(), job_id))
 
     async def refund(self, job_id: str, reason: str, actor: str = "system") -> bool:
         return await self.database.run(self._refund, job_id, reason, actor)
 
     def _refund(self, tx: Tx, job_id: str, reason: str, actor: str) -> bool:
         rows = tx.execute(
-            "UPDATE jobs SET state = 'refunded', error = ?, updated_at = ?"
+            "UPDATE jobs SET state = 'refunded', error = ?, updated_at = ?, actor = ?"
             " WHERE id = ? AND committed = 0 AND state <> 'refunded' RETURNING *",
-            (reason, self._clock(), job_id)).fetchall()
+            (reason, self._clock(), actor, job_id)).fetchall()
         if not rows:
             return False
-        self._audit(tx, job_id, actor, "refund", rows[0]["reserved_micros"], reason)
         self._move_money(tx, rows[0], -rows[0]["reserved_micros"])
         return True
 
@@ -513,12 +580,11 @@ class SqlLedger:
         # Segmind billed it: the money stays spent, the user gets the quota slot back.
         marks = ",".join("?" * (len(UNFINISHED) + 1))
         changed = tx.execute(
-            f"UPDATE jobs SET state = 'refunded', error = ?, updated_at = ? WHERE id = ?"
-            f" AND state NOT IN ({marks})",
-            (reason, self._clock(), job_id, "refunded", *UNFINISHED)).rowcount
+            f"UPDATE jobs SET state = 'refunded', error = ?, updated_at = ?, actor = ?"
+            f" WHERE id = ? AND state NOT IN ({marks})",
+            (reason, self._clock(), actor, job_id, "refunded", *UNFINISHED)).rowcount
         if not changed:
             raise InputError("job", f"job {job_id} changed meanwhile; look at it again")
-        self._audit(tx, job_id, actor, "refund_slot", 0, reason)
         return "slot"
 
     # -- admins' controls --------------------------------------------------------------------
@@ -652,11 +718,11 @@ class SqlLedger:
         if policy.cooldown_s and context["latest"] is not None and not exempt:
             cooldown_until = context["latest"] + policy.cooldown_s
         month = month_of(now)
-        left = [self._budget(tx, month, GLOBAL_SCOPE).left_micros or 0]
+        left = [self._left(tx, month, GLOBAL_SCOPE, context["global_cap"]) or 0]
         guild_left = None
         scope = guild_scope(who.platform, who.guild_id)
         if scope is not None:
-            guild_left = self._budget(tx, month, scope).left_micros
+            guild_left = self._left(tx, month, scope, context["guild_cap"])
             if guild_left is not None:
                 left.append(guild_left)
         return QuotaStatus(
@@ -706,6 +772,14 @@ class SqlLedger:
 
     async def budget(self, month: str | None = None, scope: str = GLOBAL_SCOPE) -> Budget:
         return await self.database.run(self._budget, month or month_of(self._clock()), scope)
+
+    def _left(self, tx: Tx, month: str, scope: str, cap: int | None) -> int | None:
+        """What a budget has left this month (None: no cap), from its one row."""
+        if cap is None:
+            return None
+        row = tx.execute("SELECT held_micros FROM budgets WHERE scope = ? AND period = ?",
+                         (scope, month)).fetchone()
+        return max(0, cap - (row["held_micros"] if row else 0))
 
     def _budget(self, tx: Tx, month: str, scope: str) -> Budget:
         row = tx.execute("SELECT cap_micros, held_micros FROM budgets"
