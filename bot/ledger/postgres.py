@@ -1,10 +1,10 @@
 """The shared store: PostgreSQL, for several bot instances on one database.
 
 Transactions run on a small pool of threads, each with a pooled connection (psycopg 3), at
-READ COMMITTED. What makes the rules hold across instances: a transaction-scoped advisory lock
-per user around reserving and settling, and budget changes made only by conditional UPDATEs of
-one row, which PostgreSQL re-checks after any concurrent writer commits.
-"""
+READ COMMITTED; single statements run in autocommit. What makes the rules hold across
+instances: a transaction-scoped advisory lock per user around reserving, and budget changes
+made only by conditional UPDATEs of one row, which PostgreSQL re-checks after any concurrent
+writer commits."""
 
 from __future__ import annotations
 
@@ -52,7 +52,8 @@ class PostgresDatabase:
     async def open(self) -> None:
         def connect() -> ConnectionPool:
             pool = ConnectionPool(self.url, min_size=1, max_size=self._size,
-                                  kwargs={"row_factory": dict_row}, timeout=self._timeout,
+                                  kwargs={"row_factory": dict_row, "autocommit": True},
+                                  timeout=self._timeout,
                                   open=False)
             pool.open(wait=True, timeout=self._timeout)
             return pool
@@ -67,6 +68,16 @@ class PostgresDatabase:
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         return await self._on_thread(self._transaction, fn, *args)
+
+    async def statement(self, sql: str, args: Sequence[Any] = ()) -> list:
+        return await self._on_thread(self._statement, sql, args)
+
+    def _statement(self, sql: str, args: Sequence[Any]) -> list:
+        # Autocommit: one statement is one transaction, with no BEGIN / COMMIT round trips.
+        assert self._pool is not None, "ledger is not open"
+        with self._pool.connection() as connection:
+            cursor = PostgresTx(connection).execute(sql, args)
+            return cursor.fetchall() if cursor.description else []
 
     async def _on_thread(self, fn: Callable[..., T], *args: Any) -> T:
         try:

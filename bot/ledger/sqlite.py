@@ -79,6 +79,9 @@ class SqliteDatabase:
             self._thread.submit(self._drain, asyncio.get_running_loop())
         return await future
 
+    async def statement(self, sql: str, args: Sequence[Any] = ()) -> list:
+        return await self.run(_rows_of, sql, args)
+
     async def _on_thread(self, fn: Callable[..., T], *args: Any) -> T:
         try:
             return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
@@ -122,6 +125,10 @@ class SqliteDatabase:
             db.execute("ROLLBACK")
             return [(False, _unavailable(exc))] * len(batch)
         return outcomes
+
+
+def _rows_of(tx: SqliteTx, sql: str, args: Sequence[Any]) -> list:
+    return tx.execute(sql, args).fetchall()
 
 
 def _unavailable(exc: Exception) -> LedgerUnavailable:

@@ -143,6 +143,49 @@ MIGRATIONS: list[list[Statement]] = [
         "UPDATE budgets SET held_micros = reserved_micros + committed_micros",
         "ALTER TABLE budgets DROP COLUMN reserved_micros",
         "ALTER TABLE budgets DROP COLUMN committed_micros",
+        # Budget rows follow their jobs: when a job settles at another price than it reserved,
+        # or is refunded before it was charged, the database moves the difference itself,
+        # in the same statement (server's budget first, then the global one).
+        {
+            "sqlite": """CREATE TRIGGER budget_job_settled AFTER UPDATE OF committed ON jobs
+                WHEN NEW.committed = 1 AND OLD.committed = 0
+                     AND NEW.cost_micros <> NEW.reserved_micros
+                BEGIN
+                UPDATE budgets SET held_micros = held_micros + NEW.cost_micros - NEW.reserved_micros
+                 WHERE period = NEW.period AND scope = NEW.platform || ':' || NEW.guild_id;
+                UPDATE budgets SET held_micros = held_micros + NEW.cost_micros - NEW.reserved_micros
+                 WHERE period = NEW.period AND scope = 'global';
+                END""",
+            "postgres": """CREATE FUNCTION budget_job() RETURNS trigger LANGUAGE plpgsql AS $$
+                DECLARE delta BIGINT := 0;
+                BEGIN
+                IF NEW.committed = 1 AND OLD.committed = 0 THEN
+                    delta := NEW.cost_micros - NEW.reserved_micros;
+                ELSIF NEW.state = 'refunded' AND OLD.state <> 'refunded'
+                      AND OLD.committed = 0 THEN
+                    delta := -NEW.reserved_micros;
+                END IF;
+                IF delta <> 0 THEN
+                    UPDATE budgets SET held_micros = held_micros + delta
+                     WHERE period = NEW.period AND scope = NEW.platform || ':' || NEW.guild_id;
+                    UPDATE budgets SET held_micros = held_micros + delta
+                     WHERE period = NEW.period AND scope = 'global';
+                END IF;
+                RETURN NULL;
+                END $$""",
+        },
+        {
+            "sqlite": """CREATE TRIGGER budget_job_refunded AFTER UPDATE OF state ON jobs
+                WHEN NEW.state = 'refunded' AND OLD.state <> 'refunded' AND OLD.committed = 0
+                BEGIN
+                UPDATE budgets SET held_micros = held_micros - NEW.reserved_micros
+                 WHERE period = NEW.period AND scope = NEW.platform || ':' || NEW.guild_id;
+                UPDATE budgets SET held_micros = held_micros - NEW.reserved_micros
+                 WHERE period = NEW.period AND scope = 'global';
+                END""",
+            "postgres": """CREATE TRIGGER budget_job AFTER UPDATE ON jobs
+                FOR EACH ROW EXECUTE FUNCTION budget_job()""",
+        },
         # Every change of a job is audited by the database itself, with the actor the change
         # names: code cannot forget an entry, and an entry cannot miss its change.
         "ALTER TABLE jobs ADD COLUMN actor TEXT NOT NULL DEFAULT 'system'",
@@ -261,6 +304,10 @@ class Database(Protocol):
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run fn(tx, *args) in one transaction on the database's own thread(s)."""
+        ...
+
+    async def statement(self, sql: str, args: Sequence[Any] = ()) -> list:
+        """Run one statement, atomic by itself; returns its rows (RETURNING), if any."""
         ...
 
 
@@ -466,14 +513,6 @@ class SqlLedger:
         # The first that refused, if any (the caller rolls back the others' holds).
         return next((scope for scope, _ in holds if scope not in held), None)
 
-    def _move_money(self, tx: Tx, row, delta: int) -> None:
-        """Change what a job holds on every budget it counts against (server, then global)."""
-        if delta == 0:  # settled at its reserved price: nothing moves
-            return
-        for scope in filter(None, (guild_scope(row["platform"], row["guild_id"]), GLOBAL_SCOPE)):
-            tx.execute("UPDATE budgets SET held_micros = held_micros + ?"
-                       " WHERE scope = ? AND period = ?", (delta, scope, row["period"]))
-
     # -- who runs what ----------------------------------------------------------------------
 
     async def renew(self, job_ids: Sequence[str]) -> None:
@@ -513,55 +552,44 @@ class SqlLedger:
 
     # -- moving through states ---------------------------------------------------------------
 
-    async def mark_submitted(self, job_id: str, request_id: str, resume_ref: dict) -> None:
-        await self.database.run(self._mark_submitted, job_id, request_id, resume_ref)
+    # Each of these is one statement, atomic by itself with what the database's triggers do
+    # for it (the audit entry, the budget rows): no transaction round trips around it.
 
-    def _mark_submitted(self, tx: Tx, job_id, request_id, resume_ref) -> None:
-        tx.execute(
+    async def mark_submitted(self, job_id: str, request_id: str, resume_ref: dict) -> None:
+        await self.database.statement(
             "UPDATE jobs SET state = 'submitted', request_id = ?, resume_ref = ?, updated_at = ?,"
             " actor = 'system' WHERE id = ?",
-            (request_id, json.dumps(resume_ref), self._clock(), job_id),
-        )
+            (request_id, json.dumps(resume_ref), self._clock(), job_id))
 
     async def set_state(self, job_id: str, state: JobState) -> None:
-        await self.database.run(self._set_state, job_id, state)
-
-    def _set_state(self, tx: Tx, job_id, state) -> None:
-        tx.execute("UPDATE jobs SET state = ?, updated_at = ?, actor = 'system' WHERE id = ?",
-                   (str(state), self._clock(), job_id))
+        await self.database.statement(
+            "UPDATE jobs SET state = ?, updated_at = ?, actor = 'system' WHERE id = ?",
+            (str(state), self._clock(), job_id))
 
     async def commit(self, job_id: str, cost_micros: int) -> None:
-        await self.database.run(self._commit, job_id, cost_micros)
-
-    def _commit(self, tx: Tx, job_id: str, cost: int) -> None:
-        # The conditional UPDATE is the charge-once rule: a second commit, or a commit racing a
-        # refund, finds nothing to change. `reserved_micros` stays on the job as its history.
-        rows = tx.execute(
+        # The condition is the charge-once rule: a second commit, or a commit racing a refund,
+        # finds nothing to change. `reserved_micros` stays on the job as its history.
+        await self.database.statement(
             "UPDATE jobs SET cost_micros = ?, committed = 1, updated_at = ?, actor = 'system'"
-            " WHERE id = ? AND committed = 0 AND state <> 'refunded' RETURNING *",
-            (cost, self._clock(), job_id)).fetchall()
-        if rows:
-            self._move_money(tx, rows[0], cost - rows[0]["reserved_micros"])
+            " WHERE id = ? AND committed = 0 AND state <> 'refunded'",
+            (cost_micros, self._clock(), job_id))
 
     async def finish(self, job_id: str, state: JobState, error: str | None = None) -> None:
-        await self.database.run(self._finish, job_id, state, error)
-
-    def _finish(self, tx: Tx, job_id, state, error) -> None:
-        tx.execute("UPDATE jobs SET state = ?, error = ?, updated_at = ?, actor = 'system'"
-                   " WHERE id = ?", (str(state), error, self._clock(), job_id))
+        await self.database.statement(
+            "UPDATE jobs SET state = ?, error = ?, updated_at = ?, actor = 'system' WHERE id = ?",
+            (str(state), error, self._clock(), job_id))
 
     async def refund(self, job_id: str, reason: str, actor: str = "system") -> bool:
-        return await self.database.run(self._refund, job_id, reason, actor)
+        return bool(await self.database.statement(*self._refund_statement(job_id, reason, actor)))
 
     def _refund(self, tx: Tx, job_id: str, reason: str, actor: str) -> bool:
-        rows = tx.execute(
-            "UPDATE jobs SET state = 'refunded', error = ?, updated_at = ?, actor = ?"
-            " WHERE id = ? AND committed = 0 AND state <> 'refunded' RETURNING *",
-            (reason, self._clock(), actor, job_id)).fetchall()
-        if not rows:
-            return False
-        self._move_money(tx, rows[0], -rows[0]["reserved_micros"])
-        return True
+        return bool(tx.execute(*self._refund_statement(job_id, reason, actor)).fetchall())
+
+    def _refund_statement(self, job_id: str, reason: str, actor: str) -> tuple[str, tuple]:
+        """Release an uncharged job's reservation (its budget rows follow by trigger)."""
+        return ("UPDATE jobs SET state = 'refunded', error = ?, updated_at = ?, actor = ?"
+                " WHERE id = ? AND committed = 0 AND state <> 'refunded' RETURNING id",
+                (reason, self._clock(), actor, job_id))
 
     async def admin_refund(self, job_id: str, actor: str, reason: str) -> str:
         return await self.database.run(self._admin_refund, job_id, actor, reason)
