@@ -35,7 +35,7 @@ class Settings(BaseSettings):
     # Storage
     data_dir: Path = Path("./data")
     database_url: str = ""
-    database_pool_size: int = Field(8, ge=1, le=100)
+    database_pool_size: int = Field(4, ge=1, le=100)
     job_lease_seconds: float = Field(60.0, ge=1)
 
     # Chat platforms

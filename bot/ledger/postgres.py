@@ -42,7 +42,7 @@ class PostgresTx:
 class PostgresDatabase:
     dialect = "postgres"
 
-    def __init__(self, url: str, pool_size: int = 8, connect_timeout_s: float = 10.0):
+    def __init__(self, url: str, pool_size: int = 4, connect_timeout_s: float = 10.0):
         self.url = url
         self._size = pool_size
         self._timeout = connect_timeout_s
@@ -93,5 +93,5 @@ class PostgresDatabase:
 
 def PostgresLedger(url: str, policy: QuotaPolicy,
                    clock: Callable[[], float] = time.time, lease_s: float = 60.0,
-                   pool_size: int = 8) -> SqlLedger:
+                   pool_size: int = 4) -> SqlLedger:
     return SqlLedger(PostgresDatabase(url, pool_size), policy, clock, lease_s)
