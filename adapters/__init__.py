@@ -1,1 +1,1 @@
-"""Chat platform adapters; each translates its platform's types to the core's at the edge."""
+"""Chat platform adapters: each translates its platform to the core at the edge."""

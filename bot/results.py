@@ -25,6 +25,29 @@ class ResultStore:
         await asyncio.to_thread(path.mkdir, parents=True, exist_ok=True)
         return path
 
+    async def keep_inputs(self, job_id: str, image: bytes, mask: bytes | None) -> None:
+        """The checked photo (and mask) a job ran on, so it can run again with another seed."""
+        await asyncio.to_thread(self._keep_inputs, job_id, image, mask)
+
+    async def inputs_of(self, job_id: str) -> tuple[bytes, bytes | None] | None:
+        return await asyncio.to_thread(self._inputs_of, job_id)
+
+    def _keep_inputs(self, job_id: str, image: bytes, mask: bytes | None) -> None:
+        folder = self._jobs / job_id
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "input.img").write_bytes(image)
+        if mask is not None:
+            (folder / "mask.img").write_bytes(mask)
+
+    def _inputs_of(self, job_id: str) -> tuple[bytes, bytes | None] | None:
+        folder = self._jobs / job_id
+        try:
+            image = (folder / "input.img").read_bytes()
+        except FileNotFoundError:
+            return None
+        mask = folder / "mask.img"
+        return image, (mask.read_bytes() if mask.exists() else None)
+
     async def remember(self, cache_key: str, result: JobResult) -> None:
         await asyncio.to_thread(self._remember, cache_key, result)
 

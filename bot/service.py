@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .errors import BotError, DeliveryError, ServiceStopping
+from .errors import BotError, DeliveryError, InputError, ServiceStopping
 from .images import InputValidator
 from .ledger import Ledger
 from .models import (
+    SEED_MAX,
+    SEED_MIN,
+    ImageSource,
     JobRequest,
     JobResult,
     JobState,
@@ -135,6 +139,8 @@ class Service:
         if record.duplicate:
             log.info("job %s: duplicate delivery ignored", record.id)
             return None
+        await self._results.keep_inputs(record.id, validated.image.data,
+                                        validated.mask.data if validated.mask else None)
         job = _Job(record, replier, started)
         job.lap("validate", started)
         return await self._guarded(job, self._upstream_then_deliver(job, validated))
@@ -275,6 +281,32 @@ class Service:
         await _tell_failure(job.replier, ServiceStopping(
             "The bot is restarting and your job had not started; nothing was charged. "
             "Please send it again in a minute."), refunded)
+
+    async def again(self, job_id: str, requester: Requester, replier: Replier,
+                    seed: int | None = None, reply_to: dict | None = None,
+                    idempotency_key: str | None = None) -> JobResult | None:
+        """Run a finished job's photo and settings again with another seed ("New seed"):
+        a new job, under the requester's own quota."""
+        record = await self._ledger.get(job_id)
+        inputs = await self._results.inputs_of(job_id)
+        if record is None or inputs is None:
+            await _tell_failure(replier, InputError(
+                "job", "that job's photo is no longer kept; send the photo again"), False)
+            return None
+        image, mask = inputs
+        params = record.params
+        request = JobRequest(
+            requester=requester,
+            image=ImageSource.from_bytes(image, "photo"),
+            prompt=params.get("prompt"),
+            bbox=",".join(map(str, params["bbox"])) if params.get("bbox") else None,
+            points=";".join(f"{x},{y}" for x, y in params["points"])
+            if params.get("points") else None,
+            mask=ImageSource.from_bytes(mask, "mask") if mask else None,
+            seed=random.randint(SEED_MIN, SEED_MAX) if seed is None else seed,
+            reply_to=reply_to or record.reply_to,
+        )
+        return await self.run(request, replier, idempotency_key)
 
     # -- after a restart ---------------------------------------------------------------------
 

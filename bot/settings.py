@@ -40,6 +40,10 @@ class Settings(BaseSettings):
 
     # Chat platforms
     discord_token: SecretStr = SecretStr("")
+    discord_api_url: str = "https://discord.com/api/v10"
+    discord_dev_guild_id: str = ""
+    discord_sync_commands: bool = True
+    progress_edit_interval_s: float = Field(3.0, ge=0)
     slack_bot_token: SecretStr = SecretStr("")
     slack_signing_secret: SecretStr = SecretStr("")
     slack_app_token: SecretStr = SecretStr("")
@@ -82,7 +86,7 @@ class Settings(BaseSettings):
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
-    @field_validator("segmind_base_url", "slack_api_url", "public_url")
+    @field_validator("segmind_base_url", "slack_api_url", "discord_api_url", "public_url")
     @classmethod
     def _http_url(cls, value: str, info) -> str:
         if value == "" and info.field_name == "public_url":

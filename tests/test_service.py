@@ -367,3 +367,18 @@ async def test_policy_refusals_reach_the_user_with_nothing_reserved(make_service
     assert isinstance(error, errors.BudgetExhausted) and "server's budget" in error.user_message
     assert fake_segmind.counters.submits == 0
     assert (await ledger.budget()).reserved_micros == 0
+
+
+async def test_a_job_runs_again_with_another_seed_under_the_quota(make_service, ledger,
+                                                                  fake_segmind):
+    service = make_service()
+    first = await service.run(request(bbox="100,50,500,400"), Recorder())
+    reply = Recorder()
+    again = await service.again(first.job_id, ALICE, reply, seed=99)
+    assert again is not None and again.job_id != first.job_id
+    sent = fake_segmind.counters.payloads[-1]
+    assert (sent["seed"], sent["bounding_box"]) == (99, "[100, 50, 500, 400]")
+    assert (await ledger.quota_status(ALICE)).used == 2  # a new job, on the quota
+    missing = Recorder()
+    assert await service.again("nope", ALICE, missing) is None
+    assert "no longer kept" in missing.failure[0].user_message

@@ -1,0 +1,142 @@
+"""Where Discord's types stop: interactions become core requests, core results become
+messages. Nothing here talks to Discord; it only converts."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import discord
+
+from bot.errors import BotError
+from bot.models import FileKind, JobResult, OutputFile, Requester
+from bot.settings import micros_to_usd
+
+PLATFORM = "discord"
+TOKEN_LIFETIME_S = 15 * 60
+TOKEN_MARGIN_S = 30  # stop using a token this long before Discord does
+MAX_FILES = 10
+IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp")
+NO_PINGS = discord.AllowedMentions.none()
+# Segmind keeps a result's files about an hour; shown beside its links.
+UPSTREAM_LINK_NOTE = "Segmind's link, valid for about an hour"
+
+
+def requester_of(interaction: discord.Interaction) -> Requester:
+    user = interaction.user
+    roles = tuple(str(role.id) for role in getattr(user, "roles", ()) if not role.is_default())
+    permissions = interaction.permissions
+    return Requester(
+        platform=PLATFORM,
+        user_id=str(user.id),
+        guild_id=str(interaction.guild_id) if interaction.guild_id else None,
+        display_name=user.display_name,
+        roles=roles,
+        is_admin=bool(interaction.guild_id)
+        and (permissions.manage_guild or permissions.administrator),
+    )
+
+
+def reply_to_of(interaction: discord.Interaction) -> dict[str, Any]:
+    """What a restarted bot needs to answer this user: where, and the token while it lives."""
+    return {
+        "channel_id": interaction.channel_id,
+        "guild_id": interaction.guild_id,
+        "user_id": interaction.user.id,
+        "application_id": interaction.application_id,
+        "token": interaction.token,
+        "token_expires_at": interaction.created_at.timestamp() + TOKEN_LIFETIME_S,
+    }
+
+
+def token_alive(reply_to: dict[str, Any], now: float | None = None) -> bool:
+    expires = reply_to.get("token_expires_at", 0)
+    return (now or time.time()) < expires - TOKEN_MARGIN_S
+
+
+def failure_text(error: BotError, refunded: bool) -> str:
+    note = " Nothing was charged." if refunded else ""
+    return f"{error.user_message}{note}"
+
+
+def images_in(message: discord.Message) -> list[tuple[str, str]]:
+    """(label, url) of every image a message carries: attachments first, then embeds."""
+    found = []
+    for attachment in message.attachments:
+        if (attachment.content_type or "").split(";")[0] in IMAGE_TYPES \
+                or attachment.filename.lower().endswith((".png", ".jpg", ".jpeg", ".webp")):
+            found.append((attachment.filename, attachment.url))
+    for embed in message.embeds:
+        for part in (embed.image, embed.thumbnail):
+            if part and part.url:
+                found.append((part.url.rsplit("/", 1)[-1][:80] or "embedded image", part.url))
+    return found
+
+
+@dataclass
+class ResultMessage:
+    embed: discord.Embed
+    files: list[discord.File]
+    links: list[str]  # files too large to attach, as lines with their links
+
+
+def result_message(result: JobResult, size_limit: int) -> ResultMessage:
+    """The embed, the attachments that fit (at most 10) and links for the rest."""
+    params = result.params
+    embed = discord.Embed(title="3D model ready", colour=0x5865F2)
+    if params.get("prompt"):
+        embed.description = f"**{discord.utils.escape_markdown(params['prompt'])}**"
+    embed.add_field(name="Seed", value=str(params.get("seed", "?")))
+    embed.add_field(name="Cost", value=cost_text(result))
+    embed.add_field(name="Time", value=f"{result.seconds:.0f} s")
+    if result.note:
+        embed.set_footer(text=result.note)
+    files: list[discord.File] = []
+    links: list[str] = []
+    thumbnail = result.file(FileKind.THUMBNAIL)
+    if thumbnail is not None and thumbnail.size <= size_limit:
+        files.append(discord.File(thumbnail.path, filename="thumbnail.png"))
+        embed.set_image(url="attachment://thumbnail.png")
+    for file in result.files:
+        if file.kind not in (FileKind.MESH, FileKind.SPLAT, FileKind.ARCHIVE):
+            continue
+        name = attachment_name(file)
+        if file.size <= size_limit and len(files) < MAX_FILES:
+            files.append(discord.File(file.path, filename=name))
+        else:
+            links.append(link_line(file, name))
+    return ResultMessage(embed, files, links)
+
+
+def attachment_name(file: OutputFile) -> str:
+    suffix = file.path.suffix or {FileKind.MESH: ".glb", FileKind.SPLAT: ".ply"}.get(
+        file.kind, "")
+    return {FileKind.MESH: "model", FileKind.SPLAT: "splat",
+            FileKind.ARCHIVE: "artifacts"}.get(file.kind, file.path.stem) + suffix
+
+
+def link_line(file: OutputFile, name: str) -> str:
+    size = f"{file.size / 1e6:.1f} MB"
+    if file.source_url:
+        return f"{name} ({size}): {file.source_url} ({UPSTREAM_LINK_NOTE})"
+    return f"{name} ({size}) is too large to attach here and has no link"
+
+
+def cost_text(result: JobResult) -> str:
+    if result.offline or result.cached or not result.cost_micros:
+        return "free"
+    return f"${micros_to_usd(result.cost_micros):.3f}"
+
+
+def details_text(result_params: dict[str, Any], job_id: str, cost_micros: int,
+                 timings: dict[str, float] | None = None) -> str:
+    lines = [f"Job `{job_id}`"]
+    for key in ("prompt", "seed", "bbox", "points", "mask", "width", "height"):
+        value = result_params.get(key)
+        if value not in (None, False, ""):
+            lines.append(f"{key}: {discord.utils.escape_markdown(str(value))}")
+    lines.append(f"cost: ${micros_to_usd(cost_micros):.3f}")
+    for stage, seconds in (timings or {}).items():
+        lines.append(f"{stage}: {seconds:.1f} s")
+    return "\n".join(lines)

@@ -1,0 +1,193 @@
+"""A loopback fake of Discord's REST API and CDN, enough for the bot: login, command sync,
+interaction callbacks, webhook follow-ups and edits, channel messages (JSON or multipart with
+files), and attachment downloads. It records every call, with the time it arrived."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+BOT_ID = "900000000000000001"
+APP_ID = "900000000000000002"
+API = "/api/v10"
+
+
+@dataclass
+class Call:
+    method: str
+    path: str
+    at: float
+    json: dict[str, Any] | list | None = None
+    files: dict[str, tuple[str, bytes]] = field(default_factory=dict)  # field -> (name, bytes)
+
+
+def _json(value: Any, status: int = 200) -> web.Response:
+    # Exactly "application/json": discord.py reads JSON only under that header, with no charset.
+    return web.Response(body=json.dumps(value).encode(), status=status,
+                        content_type="application/json")
+
+
+def user_json(user_id: str, name: str, bot: bool = False) -> dict[str, Any]:
+    return {"id": user_id, "username": name, "discriminator": "0", "global_name": name,
+            "avatar": None, "bot": bot}
+
+
+class FakeDiscord:
+    def __init__(self):
+        self.calls: list[Call] = []
+        self.cdn: dict[str, bytes] = {}  # file name -> bytes served under /cdn/
+        self.forbidden_channels: set[str] = set()  # posting there answers 403
+        self._ids = itertools.count(1_000_000_000_000_000_001)
+        self._messages: dict[str, dict[str, Any]] = {}
+        self._originals: dict[str, str] = {}  # interaction token -> its response's message id
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    @property
+    def api_url(self) -> str:
+        return f"{self.url}{API}"
+
+    def cdn_url(self, name: str) -> str:
+        return f"{self.url}/cdn/{name}"
+
+    async def __aenter__(self) -> FakeDiscord:
+        app = web.Application(client_max_size=200 * 1024 * 1024)
+        app.router.add_route("*", API + "/{tail:.*}", self.api)
+        app.router.add_get("/cdn/{name}", self.serve_cdn)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    # -- what the tests look at ------------------------------------------------------------------
+
+    def find(self, method: str, path_part: str) -> list[Call]:
+        return [c for c in self.calls if c.method == method and path_part in c.path]
+
+    def callbacks(self) -> list[Call]:
+        return self.find("POST", "/callback")
+
+    def channel_posts(self) -> list[Call]:
+        return [c for c in self.find("POST", "/channels/") if c.path.endswith("/messages")]
+
+    def followups(self) -> list[Call]:
+        return [c for c in self.find("POST", "/webhooks/")]
+
+    def original_edits(self) -> list[Call]:
+        return self.find("PATCH", "/messages/@original")
+
+    # -- the API --------------------------------------------------------------------------------
+
+    async def serve_cdn(self, request: web.Request) -> web.Response:
+        data = self.cdn.get(request.match_info["name"])
+        if data is None:
+            return web.Response(status=404)
+        return web.Response(body=data, content_type="application/octet-stream")
+
+    async def api(self, request: web.Request) -> web.StreamResponse:
+        path = "/" + request.match_info["tail"]
+        call = Call(request.method, path, time.monotonic())
+        await self._read_body(request, call)
+        self.calls.append(call)
+        route = (request.method, path)
+        if route == ("GET", "/users/@me"):
+            return _json(user_json(BOT_ID, "sam3d", bot=True))
+        if route == ("GET", "/oauth2/applications/@me"):
+            return _json({
+                "id": APP_ID, "name": "sam3d", "description": "", "icon": None,
+                "bot_public": True, "bot_require_code_grant": False, "verify_key": "0" * 64,
+                "owner": user_json("900000000000000003", "owner"), "flags": 0,
+                "rpc_origins": [], "team": None, "summary": ""})
+        if request.method == "PUT" and path.endswith("/commands"):
+            commands = call.json or []
+            return _json([
+                {"description": "", "options": [], **c, "id": str(next(self._ids)),
+                 "application_id": APP_ID, "version": "1",
+                 "default_member_permissions": c.get("default_member_permissions")}
+                for c in commands])
+        if path.endswith("/callback"):
+            return self._callback(call)
+        if path.startswith("/webhooks/"):
+            return self._webhook(call)
+        if path.startswith("/channels/"):
+            return self._channel(call)
+        return _json({"message": "unknown route", "code": 0}, status=404)
+
+    async def _read_body(self, request: web.Request, call: Call) -> None:
+        if request.content_type.startswith("multipart/"):
+            reader = await request.multipart()
+            async for part in reader:
+                data = await part.read()
+                if part.name == "payload_json":
+                    call.json = json.loads(data)
+                else:
+                    call.files[part.name or ""] = (part.filename or "", bytes(data))
+        elif request.can_read_body:
+            text = await request.text()
+            call.json = json.loads(text) if text else None
+
+    def _message(self, channel_id: str, body: dict[str, Any] | None,
+                 files: dict[str, tuple[str, bytes]], message_id: str | None = None
+                 ) -> dict[str, Any]:
+        body = body or {}
+        attachments = [
+            {"id": str(next(self._ids)), "filename": name, "size": len(data),
+             "url": self.cdn_url(name), "proxy_url": self.cdn_url(name)}
+            for name, data in files.values()]
+        message = {
+            "id": message_id or str(next(self._ids)), "channel_id": channel_id,
+            "author": user_json(BOT_ID, "sam3d", bot=True), "content": body.get("content", ""),
+            "timestamp": "2026-11-25T12:00:00+00:00", "edited_timestamp": None, "tts": False,
+            "mention_everyone": False, "mentions": [], "mention_roles": [],
+            "attachments": attachments, "embeds": body.get("embeds", []), "pinned": False,
+            "type": 0, "flags": body.get("flags", 0), "components": body.get("components", []),
+        }
+        for name, data in files.values():
+            self.cdn[name] = data
+        self._messages[message["id"]] = message
+        return message
+
+    def _callback(self, call: Call) -> web.Response:
+        interaction_id, token = call.path.split("/")[2:4]
+        kind = (call.json or {}).get("type")
+        message = self._message("0", (call.json or {}).get("data"), call.files)
+        self._originals[token] = message["id"]
+        return _json({
+            "interaction": {"id": interaction_id, "type": 2, "response_message_id": message["id"],
+                            "response_message_loading": kind == 5,
+                            "response_message_ephemeral": bool(
+                                ((call.json or {}).get("data") or {}).get("flags", 0) & 64)},
+            "resource": {"type": kind, "message": message} if kind in (4, 5) else {"type": kind},
+        })
+
+    def _webhook(self, call: Call) -> web.Response:
+        if call.method == "DELETE":
+            return web.Response(status=204)
+        parts = call.path.split("/")
+        message_id = parts[-1] if "messages" in parts else None
+        if message_id == "@original":
+            message_id = self._originals.get(parts[3]) or str(next(self._ids))
+        return _json(self._message("0", call.json, call.files, message_id))
+
+    def _channel(self, call: Call) -> web.Response:
+        parts = call.path.split("/")
+        channel_id = parts[2]
+        if call.method == "POST" and channel_id in self.forbidden_channels:
+            return _json({"message": "Missing Permissions", "code": 50013},
+                                     status=403)
+        if call.method == "DELETE":
+            return web.Response(status=204)
+        message_id = parts[4] if len(parts) > 4 else None
+        return _json(self._message(channel_id, call.json, call.files, message_id))

@@ -1,0 +1,301 @@
+"""The Discord adapter, driven the way Discord drives it: interaction payloads dispatched through
+discord.py's real CommandTree, against a loopback fake of Discord's REST API and CDN. The tests
+look at what reached the fake."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from contextlib import asynccontextmanager
+
+import pytest
+
+from adapters.discord.app import build_client
+from bot.app import build_core
+from bot.settings import load_settings
+from tests.conftest import photo_bytes
+from tests.fakes.discord import FakeDiscord
+from tests.fakes.segmind import API_KEY
+from tests.payloads import discord as payloads
+
+EPHEMERAL = 64
+
+
+@pytest.fixture
+async def fake_discord():
+    async with FakeDiscord() as fake:
+        fake.cdn["photo.png"] = photo_bytes()
+        fake.cdn["other.png"] = photo_bytes(colour=(20, 140, 40))
+        fake.cdn["notes.png"] = b"<html>not an image</html>"
+        yield fake
+
+
+@asynccontextmanager
+async def running_bot(fake_discord, fake_segmind, tmp_path, **settings):
+    values = {"segmind_api_key": API_KEY, "segmind_base_url": fake_segmind.url,
+              "segmind_poll_interval_s": 0.05, "discord_token": "bot-token",
+              "discord_api_url": fake_discord.api_url, "data_dir": tmp_path / "data",
+              "render_enabled": False, "progress_edit_interval_s": 0.2, **settings}
+    config = load_settings(None, **values)
+    async with build_core(config) as core:
+        client = build_client(core)
+        async with client:
+            await client.login("bot-token")
+            yield client
+
+
+@pytest.fixture
+async def bot(fake_discord, fake_segmind, tmp_path, settings_env):
+    async with running_bot(fake_discord, fake_segmind, tmp_path) as client:
+        yield client
+
+
+def photo(fake, name="photo.png"):
+    return payloads.attachment(name, fake.cdn_url(name), len(fake.cdn[name]))
+
+
+def dispatch(client, payload) -> float:
+    client._connection.parsers["INTERACTION_CREATE"](payload)
+    return time.monotonic()
+
+
+async def settle(client, until=None, limit_s: float = 20.0) -> None:
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+        if until is not None and until():
+            break
+        if until is None and not client.jobs:
+            break
+    await asyncio.gather(*client.jobs, return_exceptions=True)
+
+
+def callback_for(fake, payload):
+    return next(c for c in fake.callbacks() if c.path.split("/")[2] == payload["id"])
+
+
+async def test_commands_are_synced_at_start(bot, fake_discord):
+    [sync] = fake_discord.find("PUT", "/commands")
+    names = {c["name"] for c in sync.json}
+    assert names == {"sam3d", "Make 3D model", "sam3d-quota", "sam3d-admin"}
+    sam3d = next(c for c in sync.json if c["name"] == "sam3d")
+    seed = next(o for o in sam3d["options"] if o["name"] == "seed")
+    prompt = next(o for o in sam3d["options"] if o["name"] == "prompt")
+    assert (seed["min_value"], seed["max_value"], prompt["max_length"]) == (0, 1_000_000, 200)
+    admin = next(c for c in sync.json if c["name"] == "sam3d-admin")
+    assert int(admin["default_member_permissions"]) == 32  # Manage Server
+
+
+async def test_a_job_from_a_server_defers_shows_progress_and_posts_the_model(
+        bot, fake_discord, fake_segmind):
+    payload = payloads.sam3d(photo(fake_discord), prompt="a <@&123> ball @everyone", seed=42)
+    sent = dispatch(bot, payload)
+    await settle(bot)
+    deferral = callback_for(fake_discord, payload)
+    assert deferral.json["type"] == 5 and deferral.at - sent < 3.0
+    assert any("⏳" in (c.json or {}).get("content", "") for c in fake_discord.original_edits())
+    [post] = fake_discord.channel_posts()
+    assert post.path == f"/channels/{payloads.CHANNEL_ID}/messages"
+    names = {name for name, _ in post.files.values()}
+    assert names == {"model.glb", "splat.ply"}
+    sizes = {name: len(data) for name, data in post.files.values()}
+    assert sizes["model.glb"] == len(fake_segmind.glb)
+    embed = post.json["embeds"][0]
+    fields = {f["name"]: f["value"] for f in embed["fields"]}
+    assert fields["Seed"] == "42" and fields["Cost"] == "$0.065"
+    assert post.json["content"] == f"<@{payloads.ALICE_ID}>"
+    mentions = post.json["allowed_mentions"]
+    assert mentions["parse"] == [] and [str(u) for u in mentions["users"]] == [payloads.ALICE_ID]
+    ids = [b["custom_id"] for b in post.json["components"][0]["components"]]
+    assert [i.split(":")[1] for i in ids] == ["seed", "details", "delete"]
+    assert "✅ Done" in fake_discord.original_edits()[-1].json["content"]
+    assert fake_segmind.counters.payloads[0]["seed"] == 42
+
+
+async def test_a_job_in_a_dm_works_too(bot, fake_discord):
+    payload = payloads.sam3d(photo(fake_discord), guild=False)
+    dispatch(bot, payload)
+    await settle(bot)
+    [post] = fake_discord.channel_posts()
+    assert {name for name, _ in post.files.values()} == {"model.glb", "splat.ply"}
+
+
+async def test_files_over_the_upload_limit_become_links(bot, fake_discord, fake_segmind):
+    limit = len(fake_segmind.ply) + 1  # the splat fits, the GLB does not
+    dispatch(bot, payloads.sam3d(photo(fake_discord), size_limit=limit))
+    await settle(bot)
+    [post] = fake_discord.channel_posts()
+    assert {name for name, _ in post.files.values()} == {"splat.ply"}
+    assert "model.glb (" in post.json["content"] and fake_segmind.url in post.json["content"]
+    assert "valid for about an hour" in post.json["content"]
+
+
+async def test_errors_are_ephemeral_specific_and_say_nothing_was_charged(bot, fake_discord):
+    both_missing = payloads.sam3d(None)
+    dispatch(bot, both_missing)
+    await settle(bot)
+    answer = callback_for(fake_discord, both_missing).json
+    assert answer["type"] == 4 and answer["data"]["flags"] & EPHEMERAL
+    assert "attachment or as a link" in answer["data"]["content"]
+
+    not_an_image = payloads.sam3d(photo(fake_discord, "notes.png"))
+    dispatch(bot, not_an_image)
+    await settle(bot)
+    [error] = [c for c in fake_discord.followups() if (c.json or {}).get("flags") == EPHEMERAL]
+    assert "not a PNG, JPEG or WebP" in error.json["content"] or "image" in error.json["content"]
+    assert fake_discord.find("DELETE", "/messages/@original")  # the public progress is gone
+    assert fake_discord.channel_posts() == []
+
+    box = payloads.sam3d(photo(fake_discord), bbox="0,0,9000,9000")
+    dispatch(bot, box)
+    await settle(bot)
+    texts = [c.json["content"] for c in fake_discord.followups()]
+    assert any("bbox" in t for t in texts)
+
+
+async def test_quota_refusal_says_when_the_next_job_frees(fake_discord, fake_segmind, tmp_path,
+                                                          settings_env):
+    async with running_bot(fake_discord, fake_segmind, tmp_path, quota_jobs=1) as client:
+        dispatch(client, payloads.sam3d(photo(fake_discord)))
+        await settle(client)
+        dispatch(client, payloads.sam3d(photo(fake_discord), seed=9))
+        await settle(client)
+        [refusal] = [c for c in fake_discord.followups()
+                     if (c.json or {}).get("flags") == EPHEMERAL]
+        assert "all 1 jobs allowed per 24 h" in refusal.json["content"]
+        assert "next one frees" in refusal.json["content"]
+        quota = payloads.slash("sam3d-quota")
+        dispatch(client, quota)
+        await settle(client)
+        answer = callback_for(fake_discord, quota).json["data"]
+        assert answer["flags"] & EPHEMERAL and "Jobs left: 0 of 1" in answer["content"]
+
+
+async def test_missing_permissions_are_named_before_anything_runs(bot, fake_discord,
+                                                                  fake_segmind):
+    import discord
+
+    cannot_attach = discord.Permissions(send_messages=True, embed_links=True)
+    payload = payloads.sam3d(photo(fake_discord), app_permissions=cannot_attach)
+    dispatch(bot, payload)
+    await settle(bot)
+    answer = callback_for(fake_discord, payload).json["data"]
+    assert "Attach Files" in answer["content"] and answer["flags"] & EPHEMERAL
+    assert fake_segmind.counters.submits == 0
+
+
+async def test_a_channel_the_bot_may_not_post_in_gets_the_result_through_the_token(
+        bot, fake_discord):
+    fake_discord.forbidden_channels.add(payloads.CHANNEL_ID)
+    dispatch(bot, payloads.sam3d(photo(fake_discord)))
+    await settle(bot)
+    [result] = [c for c in fake_discord.followups() if c.files]
+    assert {name for name, _ in result.files.values()} == {"model.glb", "splat.ply"}
+
+
+async def test_admin_commands_are_checked_again_in_the_handler(bot, fake_discord):
+    sneaky = payloads.admin("pause")
+    dispatch(bot, sneaky)
+    await settle(bot)
+    assert "Manage Server" in callback_for(fake_discord, sneaky).json["data"]["content"]
+
+    pause = payloads.admin("pause", [{"name": "reason", "type": 3, "value": "upgrade"}],
+                           user_id=payloads.ADMIN_ID, permissions=payloads.ADMIN_CAN)
+    dispatch(bot, pause)
+    await settle(bot)
+    assert callback_for(fake_discord, pause).json["data"]["content"] == \
+        "new jobs are paused on this server"
+    job = payloads.sam3d(photo(fake_discord))
+    dispatch(bot, job)
+    await settle(bot)
+    texts = [c.json["content"] for c in fake_discord.followups()]
+    assert any("paused by the admins (upgrade)" in t for t in texts)
+
+    budget = payloads.admin("budget", [{"name": "usd", "type": 3, "value": "12.5"}],
+                            user_id=payloads.ADMIN_ID, permissions=payloads.ADMIN_CAN)
+    dispatch(bot, budget)
+    await settle(bot)
+    assert "$12.50" in callback_for(fake_discord, budget).json["data"]["content"]
+
+
+async def test_the_message_command_asks_for_prompt_and_seed_then_runs(bot, fake_discord,
+                                                                      fake_segmind):
+    one = payloads.make_3d([photo(fake_discord)])
+    dispatch(bot, one)
+    await settle(bot)
+    modal = callback_for(fake_discord, one).json
+    assert modal["type"] == 9 and modal["data"]["title"] == "Make a 3D model"
+    custom_id = modal["data"]["custom_id"]
+    fields = [row["components"][0]["custom_id"] for row in modal["data"]["components"]]
+    submit = payloads.modal_submit(custom_id, dict(zip(fields, ["mug", "77"], strict=True)))
+    dispatch(bot, submit)
+    await settle(bot)
+    assert callback_for(fake_discord, submit).json["type"] == 5
+    [post] = fake_discord.channel_posts()
+    assert post.files and fake_segmind.counters.payloads[0]["seed"] == 77
+    assert fake_segmind.counters.payloads[0]["prompt"] == "mug"
+
+    several = payloads.make_3d([photo(fake_discord), photo(fake_discord, "other.png")])
+    dispatch(bot, several)
+    await settle(bot)
+    picker = callback_for(fake_discord, several).json["data"]
+    assert picker["flags"] & EPHEMERAL
+    options = picker["components"][0]["components"][0]["options"]
+    assert [o["label"] for o in options] == ["photo.png", "other.png"]
+
+    nothing = payloads.make_3d([])
+    dispatch(bot, nothing)
+    await settle(bot)
+    assert "no image" in callback_for(fake_discord, nothing).json["data"]["content"]
+
+
+async def test_buttons_work_on_a_freshly_started_bot(fake_discord, fake_segmind, tmp_path,
+                                                     settings_env):
+    async with running_bot(fake_discord, fake_segmind, tmp_path) as first:
+        dispatch(first, payloads.sam3d(photo(fake_discord), prompt="ball"))
+        await settle(first)
+    [post] = fake_discord.channel_posts()
+    job_id = post.json["components"][0]["components"][0]["custom_id"].split(":")[2]
+
+    async with running_bot(fake_discord, fake_segmind, tmp_path) as restarted:
+        details = payloads.button(f"sam3d:details:{job_id}")
+        dispatch(restarted, details)
+        await settle(restarted)
+        answer = callback_for(fake_discord, details).json["data"]
+        assert answer["flags"] & EPHEMERAL and "prompt: ball" in answer["content"]
+
+        stranger = payloads.button(f"sam3d:delete:{job_id}", user_id=payloads.BOB_ID)
+        dispatch(restarted, stranger)
+        await settle(restarted)
+        assert "Only the person" in callback_for(fake_discord, stranger).json["data"]["content"]
+        owner = payloads.button(f"sam3d:delete:{job_id}", message_id="500000000000000077")
+        dispatch(restarted, owner)
+        await settle(restarted)
+        assert fake_discord.find("DELETE", "/messages/500000000000000077")
+
+        again = payloads.button(f"sam3d:seed:{job_id}")
+        dispatch(restarted, again)
+        await settle(restarted, until=lambda: len(fake_discord.channel_posts()) == 2)
+        assert callback_for(fake_discord, again).json["type"] == 5
+        assert len(fake_discord.channel_posts()) == 2
+        assert fake_segmind.counters.payloads[-1]["prompt"] == "ball"
+
+
+async def test_fifty_commands_at_once_are_all_deferred_in_time(fake_discord, fake_segmind,
+                                                               tmp_path, settings_env):
+    fake_segmind.behaviour.complete_after_s = 1.0
+    # Pictures are drawn (small, no turntables) in the worker process while interactions
+    # keep arriving: the event loop must answer each within Discord's 3 s regardless.
+    async with running_bot(fake_discord, fake_segmind, tmp_path, render_enabled=True,
+                           render_size=128, render_turntable=False,
+                           max_concurrent_jobs=8) as client:
+        sent = {}
+        for index in range(50):
+            payload = payloads.sam3d(photo(fake_discord), seed=index,
+                                     user_id=str(700_000_000_000_100_000 + index))
+            sent[payload["id"]] = dispatch(client, payload)
+        await settle(client, limit_s=120)
+        late = [c for c in fake_discord.callbacks()
+                if c.at - sent[c.path.split("/")[2]] >= 3.0]
+        assert len(fake_discord.callbacks()) == 50 and late == []
+        assert len(fake_discord.channel_posts()) == 50
