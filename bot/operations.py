@@ -119,6 +119,23 @@ class Operations:
             return "new jobs are open again"
         return "new jobs were not paused"
 
+    async def allow_channel(self, actor: str, where: Where, channel_id: str, allowed: bool
+                            ) -> tuple[bool, list[str]]:
+        """Add or remove a channel where jobs may start: (changed, the channels now; none
+        means every channel)."""
+        if not where.guild_id:
+            raise InputError("channel", "channels belong to a server")
+        changed = await self.ledger.allow_channel(where.platform, where.guild_id, channel_id,
+                                                  allowed, actor)
+        return changed, await self.ledger.allowed_channels(where.platform, where.guild_id)
+
+    async def may_start_in(self, where: Where, channel_id: str) -> list[str] | None:
+        """None if jobs may start in this channel, else the channels where they may."""
+        if not where.guild_id:
+            return None
+        channels = await self.ledger.allowed_channels(where.platform, where.guild_id)
+        return None if not channels or channel_id in channels else channels
+
     async def refund(self, actor: str, where: Where | None, job_id: str, reason: str = ""
                      ) -> str:
         job = await self.ledger.get(job_id.strip())

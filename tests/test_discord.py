@@ -299,3 +299,56 @@ async def test_fifty_commands_at_once_are_all_deferred_in_time(fake_discord, fak
                 if c.at - sent[c.path.split("/")[2]] >= 3.0]
         assert len(fake_discord.callbacks()) == 50 and late == []
         assert len(fake_discord.channel_posts()) == 50
+
+
+async def test_admins_keep_jobs_to_some_channels(bot, fake_discord, fake_segmind):
+    elsewhere = "800000000000000555"
+    options, resolved = payloads.channel_option(elsewhere)
+    allow = payloads.admin("channel", [*options, {"name": "allowed", "type": 5, "value": True}],
+                           resolved, user_id=payloads.ADMIN_ID, permissions=payloads.ADMIN_CAN)
+    dispatch(bot, allow)
+    await settle(bot)
+    said = callback_for(fake_discord, allow).json["data"]["content"]
+    assert said == f"<#{elsewhere}>: allowed. Jobs start in: <#{elsewhere}>."
+    here = payloads.sam3d(photo(fake_discord))
+    dispatch(bot, here)
+    await settle(bot)
+    refusal = callback_for(fake_discord, here).json["data"]
+    assert refusal["flags"] & EPHEMERAL and f"<#{elsewhere}>" in refusal["content"]
+    assert fake_segmind.counters.submits == 0
+
+
+async def test_an_upstream_failure_is_told_with_the_refund(bot, fake_discord, fake_segmind):
+    fake_segmind.behaviour.fail_message = "no object found"
+    dispatch(bot, payloads.sam3d(photo(fake_discord)))
+    await settle(bot)
+    [error] = [c for c in fake_discord.followups() if (c.json or {}).get("flags") == EPHEMERAL]
+    assert "Nothing was charged." in error.json["content"]
+    assert fake_discord.channel_posts() == []
+
+
+async def test_the_turntable_joins_the_result_when_it_is_ready(fake_discord, fake_segmind,
+                                                              tmp_path, settings_env):
+    async with running_bot(fake_discord, fake_segmind, tmp_path, render_enabled=True,
+                           render_size=128, render_turntable_size=96,
+                           render_turntable_frames=4) as client:
+        dispatch(client, payloads.sam3d(photo(fake_discord)))
+        await settle(client, until=lambda: fake_discord.find("PATCH", "/channels/"),
+                     limit_s=60)
+        [post] = fake_discord.channel_posts()
+        assert "thumbnail.png" in {name for name, _ in post.files.values()}
+        assert post.json["embeds"][0]["image"]["url"] == "attachment://thumbnail.png"
+        [edit] = fake_discord.find("PATCH", "/channels/")
+        assert {name for name, _ in edit.files.values()} == {"turntable.gif"}
+        assert edit.json["embeds"][0]["image"]["url"] == "attachment://turntable.gif"
+        kept = {a.get("filename") for a in edit.json["attachments"]}
+        assert {"model.glb", "splat.ply", "thumbnail.png"} <= kept
+
+
+async def test_commands_go_to_one_development_server_when_set(fake_discord, fake_segmind,
+                                                              tmp_path, settings_env):
+    async with running_bot(fake_discord, fake_segmind, tmp_path,
+                           discord_dev_guild_id=payloads.GUILD_ID):
+        [sync] = fake_discord.find("PUT", "/commands")
+        assert sync.path == f"/applications/900000000000000002/guilds/{payloads.GUILD_ID}" \
+                            "/commands"

@@ -107,7 +107,7 @@ class Sam3dClient(discord.AutoShardedClient):
                         points: str | None = None, mask: ImageSource | None = None,
                         seed: int | None = None, artifacts: bool = False) -> None:
         """Defer within Discord's 3 s, then run the job in the background."""
-        if not await self.may_post_here(interaction):
+        if not await self.may_post_here(interaction) or not await self.may_start_here(interaction):
             return
         await interaction.response.defer(thinking=True)
         replier = self.replier_for(interaction)
@@ -123,6 +123,16 @@ class Sam3dClient(discord.AutoShardedClient):
         self.jobs.add(task)
         task.add_done_callback(self.jobs.discard)
         return task
+
+    async def may_start_here(self, interaction: discord.Interaction) -> bool:
+        """Admins may keep /sam3d to some channels of their server."""
+        where = Where(PLATFORM, str(interaction.guild_id) if interaction.guild_id else None)
+        channels = await self.operations.may_start_in(where, str(interaction.channel_id))
+        if channels is None:
+            return True
+        await ephemeral(interaction, "On this server, 3D models are made in "
+                                     + ", ".join(f"<#{c}>" for c in channels) + ".")
+        return False
 
     async def may_post_here(self, interaction: discord.Interaction) -> bool:
         """The bot needs to post files and embeds where the result goes; say so up front."""
@@ -414,6 +424,21 @@ class AdminCommands(app_commands.Group):
     async def resume(self, interaction: discord.Interaction) -> None:
         await self._answer(interaction, self.client.operations.resume(
             requester_of(interaction).key, self._where(interaction)))
+
+    @app_commands.command(name="channel", description="Allow or stop /sam3d in a channel "
+                                                      "(none allowed: every channel)")
+    async def channel(self, interaction: discord.Interaction,
+                      channel: app_commands.AppCommandChannel, allowed: bool) -> None:
+        try:
+            changed, channels = await self.client.operations.allow_channel(
+                requester_of(interaction).key, self._where(interaction), str(channel.id),
+                allowed)
+        except BotError as error:
+            await ephemeral(interaction, error.user_message)
+            return
+        listed = ", ".join(f"<#{c}>" for c in channels) if channels else "every channel"
+        done = ("allowed" if allowed else "no longer allowed") if changed else "unchanged"
+        await ephemeral(interaction, f"<#{channel.id}>: {done}. Jobs start in: {listed}.")
 
     @app_commands.command(name="refund", description="Give a finished job back to its member")
     async def refund(self, interaction: discord.Interaction, job: str, reason: str = "") -> None:

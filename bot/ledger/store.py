@@ -280,6 +280,16 @@ MIGRATIONS: list[list[Statement]] = [
     ],
 ]
 
+MIGRATIONS.append([
+    # Where jobs may start, per server: no row for a server means every channel.
+    """CREATE TABLE channel_rules (
+        platform TEXT NOT NULL,
+        guild_id TEXT NOT NULL,
+        channel_id TEXT NOT NULL,
+        PRIMARY KEY (platform, guild_id, channel_id)
+    )""",
+])
+
 # A budget row always exists, so a server's spend is counted even before it has a cap;
 # "no cap" is stored as this many micros.
 NO_CAP = 2**62
@@ -704,6 +714,34 @@ class SqlLedger:
             self._audit(tx, None, actor, "unblock", 0,
                         f"{platform}:{user_id} guild={guild_id or '*'}")
         return bool(cursor.rowcount)
+
+    async def allow_channel(self, platform: str, guild_id: str, channel_id: str, allowed: bool,
+                            actor: str) -> bool:
+        """Add or remove a channel where jobs may start; False if nothing changed."""
+        return await self.database.run(self._allow_channel, platform, guild_id, channel_id,
+                                       allowed, actor)
+
+    def _allow_channel(self, tx: Tx, platform, guild_id, channel_id, allowed, actor) -> bool:
+        if allowed:
+            changed = tx.execute(
+                "INSERT INTO channel_rules (platform, guild_id, channel_id) VALUES (?, ?, ?)"
+                " ON CONFLICT (platform, guild_id, channel_id) DO NOTHING",
+                (platform, guild_id, channel_id)).rowcount
+        else:
+            changed = tx.execute(
+                "DELETE FROM channel_rules WHERE platform = ? AND guild_id = ?"
+                " AND channel_id = ?", (platform, guild_id, channel_id)).rowcount
+        if changed:
+            self._audit(tx, None, actor, "allow_channel" if allowed else "disallow_channel", 0,
+                        f"{platform} guild={guild_id} channel={channel_id}")
+        return bool(changed)
+
+    async def allowed_channels(self, platform: str, guild_id: str) -> list[str]:
+        """The channels where jobs may start on a server; empty: all of them."""
+        rows = await self.database.run(
+            _fetch_all, "SELECT channel_id FROM channel_rules WHERE platform = ?"
+            " AND guild_id = ? ORDER BY channel_id", (platform, guild_id))
+        return [r["channel_id"] for r in rows]
 
     async def pause(self, scope: str, actor: str, reason: str = "") -> None:
         await self.database.run(self._pause, scope, actor, reason)

@@ -102,10 +102,21 @@ def sam3d(image: dict[str, Any] | None = None, **options: Any) -> dict[str, Any]
     return slash("sam3d", opts, [image] if image else None, **kw)
 
 
-def admin(sub: str, options: list[dict[str, Any]] | None = None, **kw) -> dict[str, Any]:
-    data = {"id": str(next(_ids)), "name": "sam3d-admin", "type": 1,
-            "options": [{"name": sub, "type": 1, "options": options or []}]}
+def admin(sub: str, options: list[dict[str, Any]] | None = None,
+          resolved: dict[str, Any] | None = None, **kw) -> dict[str, Any]:
+    data: dict[str, Any] = {"id": str(next(_ids)), "name": "sam3d-admin", "type": 1,
+                            "options": [{"name": sub, "type": 1, "options": options or []}]}
+    if resolved:
+        data["resolved"] = resolved
     return base(2, data, **kw)
+
+
+def channel_option(channel_id: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """A channel option and its resolved channel, as Discord sends them."""
+    resolved = {"channels": {channel_id: {"id": channel_id, "type": 0, "name": "models-only",
+                                          "permissions": str(MEMBER_CAN.value),
+                                          "guild_id": GUILD_ID}}}
+    return [{"name": "channel", "type": 7, "value": channel_id}], resolved
 
 
 def message_json(message_id: str, attachments: list[dict[str, Any]]) -> dict[str, Any]:
