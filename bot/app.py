@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import aiohttp
 
+from .downloads import DownloadLinks
 from .errors import RenderError
 from .images import ImageFetcher, ImageLimits, InputValidator, guarded_session
 from .ledger import Ledger, ledger_from_settings
@@ -43,6 +44,7 @@ class Core:
     api_session: aiohttp.ClientSession
     fetch_session: aiohttp.ClientSession  # for users' image URLs: private addresses refused
     renderer: F3dRenderer | None = None
+    links: DownloadLinks | None = None  # signed links to files, when PUBLIC_URL is set
 
 
 @asynccontextmanager
@@ -72,8 +74,9 @@ async def build_core(settings: Settings, *, allow_paths: bool = False,
             max_concurrent=settings.max_concurrent_jobs,
             price_micros=settings.price_micros,
         )
+        links = await asyncio.to_thread(DownloadLinks.from_settings, settings)
         yield Core(settings, service, ledger, backend, results, api_session, fetch_session,
-                   renderer)
+                   renderer, links)
 
 
 @asynccontextmanager
@@ -129,7 +132,8 @@ async def run_adapters(settings: Settings, adapters: list[Any]) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     async with build_core(settings) as core:
-        runner = await start_web(build_web_app(), settings.http_host, settings.http_port)
+        runner = await start_web(build_web_app(core.links, settings.data_dir),
+                                 settings.http_host, settings.http_port)
         try:
             await asyncio.gather(*(adapter.run(core, stop) for adapter in adapters))
         finally:

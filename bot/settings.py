@@ -53,6 +53,8 @@ class Settings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: int = Field(8080, ge=1, le=65535)
     public_url: str = ""
+    download_secret: SecretStr = SecretStr("")
+    download_link_days: float = Field(7.0, gt=0, le=365)
 
     # Money and fair use
     price_per_job_usd: Decimal = Field(Decimal("0.065"), ge=0, le=100)

@@ -1,19 +1,74 @@
-"""The bot's web server (aiohttp): health now; downloads, metrics and the viewer build on it."""
+"""The bot's web server (aiohttp): health, and a job's files under signed, expiring links.
+Metrics and the 3D viewer build on it."""
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 from aiohttp import web
 
+from .downloads import FILE_NAME, JOB_ID, DownloadLinks, LinkCheck
 
-def build_web_app() -> web.Application:
+MEDIA_TYPES = {
+    ".glb": "model/gltf-binary",
+    ".ply": "application/octet-stream",
+    ".png": "image/png",
+    ".webp": "image/webp",
+    ".gif": "image/gif",
+    ".zip": "application/zip",
+}
+LINKS = web.AppKey("links", DownloadLinks)
+JOBS_DIR = web.AppKey("jobs_dir", Path)
+
+
+def build_web_app(links: DownloadLinks | None = None, data_dir: Path | None = None
+                  ) -> web.Application:
     app = web.Application(client_max_size=1024 * 1024)
     app.router.add_get("/healthz", healthz)
+    if links is not None and data_dir is not None:
+        app[LINKS] = links
+        app[JOBS_DIR] = (Path(data_dir) / "jobs").resolve()
+        app.router.add_get("/files/{job}/{name}", download)
     return app
 
 
 async def healthz(request: web.Request) -> web.Response:
     """The process is up and its event loop answers."""
     return web.Response(text="ok\n")
+
+
+def plain(status: int, text: str) -> web.Response:
+    return web.Response(status=status, text=text + "\n", content_type="text/plain")
+
+
+async def download(request: web.Request) -> web.StreamResponse:
+    """A job's file, if the link is ours and current; streamed, with Range support."""
+    job, name = request.match_info["job"], request.match_info["name"]
+    if not JOB_ID.fullmatch(job) or not FILE_NAME.fullmatch(name):
+        return plain(404, "No such file.")
+    check = request.app[LINKS].check(request.path, request.query.get("e", ""),
+                                     request.query.get("s", ""))
+    if check is LinkCheck.FORBIDDEN:
+        return plain(403, "This link is not valid.")
+    if check is LinkCheck.EXPIRED:
+        return plain(410, "This link has expired; ask the bot for the model again.")
+    path = await asyncio.to_thread(locate, request.app[JOBS_DIR], job, name)
+    if path is None:
+        return plain(404, "No such file.")
+    media_type = MEDIA_TYPES.get(path.suffix.lower(), "application/octet-stream")
+    return web.FileResponse(path, headers={
+        "Content-Type": media_type,
+        "Content-Disposition": f'attachment; filename="{name}"',
+        "Cache-Control": "private, max-age=3600",
+        "X-Content-Type-Options": "nosniff",
+    })
+
+
+def locate(jobs: Path, job: str, name: str) -> Path | None:
+    """The file, only if it really is inside the jobs folder (links cannot climb out)."""
+    path = (jobs / job / name).resolve()
+    return path if path.is_relative_to(jobs) and path.is_file() else None
 
 
 async def start_web(app: web.Application, host: str, port: int) -> web.AppRunner:

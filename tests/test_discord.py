@@ -21,9 +21,13 @@ from tests.payloads import discord as payloads
 EPHEMERAL = 64
 
 
+FAKES: list[FakeDiscord] = []
+
+
 @pytest.fixture
 async def fake_discord():
     async with FakeDiscord() as fake:
+        FAKES.append(fake)
         fake.cdn["photo.png"] = photo_bytes()
         fake.cdn["other.png"] = photo_bytes(colour=(20, 140, 40))
         fake.cdn["notes.png"] = b"<html>not an image</html>"
@@ -54,18 +58,28 @@ def photo(fake, name="photo.png"):
     return payloads.attachment(name, fake.cdn_url(name), len(fake.cdn[name]))
 
 
+DISPATCHED: dict[int, list[str]] = {}  # client -> interaction ids sent to it
+
+
 def dispatch(client, payload) -> float:
+    DISPATCHED.setdefault(id(client), []).append(payload["id"])
     client._connection.parsers["INTERACTION_CREATE"](payload)
     return time.monotonic()
 
 
 async def settle(client, until=None, limit_s: float = 20.0) -> None:
+    """Until every interaction sent was answered and the jobs it started have ended (or
+    `until` holds)."""
+    fake = FAKES[-1]
     deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline:
         await asyncio.sleep(0.05)
-        if until is not None and until():
-            break
-        if until is None and not client.jobs:
+        if until is not None:
+            if until():
+                break
+            continue
+        answered = {c.path.split("/")[2] for c in fake.callbacks()}
+        if set(DISPATCHED.get(id(client), ())) <= answered and not client.jobs:
             break
     await asyncio.gather(*client.jobs, return_exceptions=True)
 
@@ -294,7 +308,8 @@ async def test_fifty_commands_at_once_are_all_deferred_in_time(fake_discord, fak
             payload = payloads.sam3d(photo(fake_discord), seed=index,
                                      user_id=str(700_000_000_000_100_000 + index))
             sent[payload["id"]] = dispatch(client, payload)
-        await settle(client, limit_s=120)
+        await settle(client, until=lambda: len(fake_discord.channel_posts()) == 50,
+                     limit_s=120)
         late = [c for c in fake_discord.callbacks()
                 if c.at - sent[c.path.split("/")[2]] >= 3.0]
         assert len(fake_discord.callbacks()) == 50 and late == []
@@ -352,3 +367,18 @@ async def test_commands_go_to_one_development_server_when_set(fake_discord, fake
         [sync] = fake_discord.find("PUT", "/commands")
         assert sync.path == f"/applications/900000000000000002/guilds/{payloads.GUILD_ID}" \
                             "/commands"
+
+
+async def test_with_a_public_url_big_files_link_to_the_bots_own_signed_download(
+        fake_discord, fake_segmind, tmp_path, settings_env):
+    async with running_bot(fake_discord, fake_segmind, tmp_path,
+                           public_url="https://models.example.org") as client:
+        dispatch(client, payloads.sam3d(photo(fake_discord), size_limit=1000))
+        await settle(client)
+        [post] = fake_discord.channel_posts()
+        content = post.json["content"]
+        assert "https://models.example.org/files/" in content and "valid 7 days" in content
+        link = next(w for w in content.split() if w.startswith("https://models.example.org"))
+        path, query = link.removeprefix("https://models.example.org").split("?")
+        expires, signature = (part.split("=")[1] for part in query.split("&"))
+        assert client.core.links.check(path, expires, signature).value == "ok"

@@ -92,7 +92,8 @@ class Sam3dClient(discord.AutoShardedClient):
     def replier_for(self, interaction: discord.Interaction) -> DiscordReplier:
         return DiscordReplier(self, reply_to_of(interaction), interaction,
                               interval_s=self.settings.progress_edit_interval_s,
-                              size_limit=self.size_limit_of(interaction), view_for=result_view)
+                              size_limit=self.size_limit_of(interaction), view_for=result_view,
+                              links=self.core.links)
 
     def replier_for_record(self, record: JobRecord) -> DiscordReplier | None:
         """After a restart: the channel, the user, and the token while it still lives."""
@@ -100,7 +101,7 @@ class Sam3dClient(discord.AutoShardedClient):
             return None
         return DiscordReplier(self, record.reply_to, None,
                               interval_s=self.settings.progress_edit_interval_s,
-                              view_for=result_view)
+                              view_for=result_view, links=self.core.links)
 
     async def start_job(self, interaction: discord.Interaction, image: ImageSource, *,
                         prompt: str | None = None, bbox: str | None = None,

@@ -27,13 +27,14 @@ log = logging.getLogger(__name__)
 class DiscordReplier:
     def __init__(self, client: discord.Client, reply_to: dict[str, Any],
                  interaction: discord.Interaction | None = None, *, interval_s: float = 3.0,
-                 size_limit: int = 10 * 1024 * 1024, view_for=None):
+                 size_limit: int = 10 * 1024 * 1024, view_for=None, links=None):
         self._client = client
         self._reply_to = reply_to
         self._interaction = interaction
         self._interval_s = interval_s
         self._size_limit = size_limit
         self._view_for = view_for  # job id -> the result's buttons
+        self._links = links  # the bot's signed download links, for files too big to attach
         self._last_edit = 0.0
         self._pending: Progress | None = None
         self._flush: asyncio.Task | None = None
@@ -88,7 +89,7 @@ class DiscordReplier:
 
     async def deliver(self, result: JobResult) -> None:
         self._finish_progress()
-        made = result_message(result, self._size_limit)
+        made = result_message(result, self._size_limit, self._links)
         content = f"<@{self._reply_to['user_id']}>"
         if made.links:
             content += "\n" + "\n".join(made.links)
@@ -106,7 +107,7 @@ class DiscordReplier:
                     from None
             # A user-installed app, or no right to post: answer through the interaction
             # (with new file objects: the refused request used up the first ones).
-            made = result_message(result, self._size_limit)
+            made = result_message(result, self._size_limit, self._links)
             self.result_message = await self._interaction.followup.send(
                 content, embed=made.embed, files=made.files, view=view, wait=True,
                 allowed_mentions=mentions)

@@ -81,7 +81,8 @@ class ResultMessage:
     links: list[str]  # files too large to attach, as lines with their links
 
 
-def result_message(result: JobResult, size_limit: int) -> ResultMessage:
+def result_message(result: JobResult, size_limit: int, links=None) -> ResultMessage:
+    """`links`: the bot's signed download links (used when PUBLIC_URL is set)."""
     """The embed, the attachments that fit (at most 10) and links for the rest."""
     params = result.params
     embed = discord.Embed(title="3D model ready", colour=0x5865F2)
@@ -93,7 +94,7 @@ def result_message(result: JobResult, size_limit: int) -> ResultMessage:
     if result.note:
         embed.set_footer(text=result.note)
     files: list[discord.File] = []
-    links: list[str] = []
+    too_big: list[str] = []
     thumbnail = result.file(FileKind.THUMBNAIL)
     if thumbnail is not None and thumbnail.size <= size_limit:
         files.append(discord.File(thumbnail.path, filename="thumbnail.png"))
@@ -105,8 +106,8 @@ def result_message(result: JobResult, size_limit: int) -> ResultMessage:
         if file.size <= size_limit and len(files) < MAX_FILES:
             files.append(discord.File(file.path, filename=name))
         else:
-            links.append(link_line(file, name))
-    return ResultMessage(embed, files, links)
+            too_big.append(link_line(file, name, result.job_id, links))
+    return ResultMessage(embed, files, too_big)
 
 
 def attachment_name(file: OutputFile) -> str:
@@ -116,8 +117,11 @@ def attachment_name(file: OutputFile) -> str:
             FileKind.ARCHIVE: "artifacts"}.get(file.kind, file.path.stem) + suffix
 
 
-def link_line(file: OutputFile, name: str) -> str:
+def link_line(file: OutputFile, name: str, job_id: str, links=None) -> str:
     size = f"{file.size / 1e6:.1f} MB"
+    if links is not None and links.enabled:
+        days = links.lifetime_s / 86400
+        return f"{name} ({size}): {links.link(job_id, file.path.name)} (valid {days:g} days)"
     if file.source_url:
         return f"{name} ({size}): {file.source_url} ({UPSTREAM_LINK_NOTE})"
     return f"{name} ({size}) is too large to attach here and has no link"
