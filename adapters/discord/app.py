@@ -115,7 +115,7 @@ class Sam3dClient(discord.AutoShardedClient):
         request = JobRequest(
             requester=requester_of(interaction), image=image, prompt=prompt, bbox=bbox,
             points=points, mask=mask, seed=seed, include_artifacts=artifacts,
-            reply_to=replier._reply_to)
+            reply_to=replier.reply_to)
         self.background(self.core.service.run(request, replier,
                                               idempotency_key=f"discord:{interaction.id}"))
 
@@ -298,7 +298,7 @@ class NewSeedButton(discord.ui.DynamicItem[discord.ui.Button],
         await interaction.response.defer(thinking=True)
         replier = client.replier_for(interaction)
         client.background(client.core.service.again(
-            self.job_id, requester_of(interaction), replier, reply_to=replier._reply_to,
+            self.job_id, requester_of(interaction), replier, reply_to=replier.reply_to,
             idempotency_key=f"discord:{interaction.id}"))
 
 

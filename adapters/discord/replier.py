@@ -42,6 +42,11 @@ class DiscordReplier:
         self.result_message: discord.Message | None = None
 
     @property
+    def reply_to(self) -> dict[str, Any]:
+        """Where this job answers: kept with the job, so a restarted bot can answer too."""
+        return self._reply_to
+
+    @property
     def _user(self) -> discord.Object:
         return discord.Object(int(self._reply_to["user_id"]))
 
