@@ -111,6 +111,10 @@ class Adapter(Protocol):
 
     async def run(self, core: Core, stop: asyncio.Event) -> None: ...
 
+    def ready(self) -> bool:
+        """Connected to its platform and answering."""
+        ...
+
 
 def installed_adapters() -> list[Any]:
     return [ep.load() for ep in entry_points(group=ADAPTER_GROUP)]
@@ -125,6 +129,16 @@ def configured_platforms(settings: Settings) -> list[str]:
     return platforms
 
 
+async def readiness(core: Core, adapters: list[Any]) -> dict[str, bool]:
+    """/readyz: each part the bot needs to serve users, and whether it is ready."""
+    checks = {"database": await core.ledger.ping()}
+    if core.renderer is not None:
+        checks["renderer"] = core.renderer.ready
+    for adapter in adapters:
+        checks[adapter.name] = adapter.ready()
+    return checks
+
+
 async def run_adapters(settings: Settings, adapters: list[Any]) -> None:
     """Run until SIGTERM / SIGINT, then let the adapters and the core close cleanly."""
     stop = asyncio.Event()
@@ -132,8 +146,12 @@ async def run_adapters(settings: Settings, adapters: list[Any]) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     async with build_core(settings) as core:
-        runner = await start_web(build_web_app(core.links, settings.data_dir),
-                                 settings.http_host, settings.http_port)
+        app = build_web_app(
+            core.links, settings.data_dir, readiness=lambda: readiness(core, adapters),
+            scrape=lambda: core.service.metrics.scrape(core.ledger,
+                                                       lambda: core.service.queue_length),
+            metrics_token=settings.metrics_token.get_secret_value())
+        runner = await start_web(app, settings.http_host, settings.http_port)
         try:
             await asyncio.gather(*(adapter.run(core, stop) for adapter in adapters))
         finally:

@@ -220,6 +220,10 @@ class Ledger(Protocol):
 
     async def quota_status(self, requester: Requester) -> QuotaStatus: ...
 
+    async def ping(self) -> bool:
+        """The database answers."""
+        ...
+
     async def admit(self, requester: Requester) -> None:
         """Raise UserBlocked / JobsPaused before any work is done for this requester."""
         ...

@@ -18,6 +18,7 @@ from pathlib import Path
 from .errors import BotError, DeliveryError, InputError, ServiceStopping
 from .images import InputValidator
 from .ledger import Ledger
+from .metrics import Metrics
 from .models import (
     SEED_MAX,
     SEED_MIN,
@@ -85,6 +86,7 @@ class Service:
         turntable: bool = True,
         max_concurrent: int = 4,
         price_micros: int = 65_000,
+        metrics: Metrics | None = None,
     ):
         self._validator = validator
         self._backend = backend
@@ -95,6 +97,7 @@ class Service:
         self._scheduler = FairScheduler(max_concurrent)
         # The offline backend costs nothing, so it reserves nothing.
         self._price = 0 if backend.offline else price_micros
+        self.metrics = metrics or Metrics()
         self._tasks: set[asyncio.Task] = set()
         # Jobs this process runs: their leases are renewed so no other instance takes them.
         self._running: set[str] = set()
@@ -127,6 +130,7 @@ class Service:
         cached = await self._results.lookup(validated.cache_key, offline=self.offline)
         if cached is not None:
             await replier.deliver(cached)
+            self.metrics.delivered(request.requester.platform, cached)
             return cached
         try:
             record = await self._ledger.reserve(NewJob(
@@ -231,7 +235,9 @@ class Service:
         """Run `work`; on any failure settle the money honestly and tell the user once."""
         self._hold_lease(job.record.id)
         try:
-            return await work
+            result = await work
+            self.metrics.delivered(job.record.platform, result)
+            return result
         except asyncio.CancelledError:
             await asyncio.shield(self._on_cancel(job))
             raise
@@ -268,6 +274,7 @@ class Service:
         else:
             refunded = await self._ledger.refund(job.record.id, error.code)
         log.info("job %s: %s (refunded=%s)", job.record.id, error.code, refunded)
+        self.metrics.failed(job.record.platform, error, refunded)
         await _tell_failure(job.replier, error, refunded)
 
     async def _on_cancel(self, job: _Job) -> None:

@@ -55,6 +55,7 @@ class Settings(BaseSettings):
     public_url: str = ""
     download_secret: SecretStr = SecretStr("")
     download_link_days: float = Field(7.0, gt=0, le=365)
+    metrics_token: SecretStr = SecretStr("")
 
     # Money and fair use
     price_per_job_usd: Decimal = Field(Decimal("0.065"), ge=0, le=100)

@@ -1,9 +1,11 @@
-"""The bot's web server (aiohttp): health, and a job's files under signed, expiring links.
-Metrics and the 3D viewer build on it."""
+"""The bot's web server (aiohttp): health and readiness, Prometheus metrics, and a job's files
+under signed, expiring links. The 3D viewer builds on it."""
 
 from __future__ import annotations
 
 import asyncio
+import hmac
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -20,12 +22,26 @@ MEDIA_TYPES = {
 }
 LINKS = web.AppKey("links", DownloadLinks)
 JOBS_DIR = web.AppKey("jobs_dir", Path)
+READINESS = web.AppKey("readiness", Callable[[], Awaitable[dict[str, bool]]])
+SCRAPE = web.AppKey("scrape", Callable[[], Awaitable[bytes]])
+METRICS_TOKEN = web.AppKey("metrics_token", str)
+LOOPBACK = ("127.0.0.1", "::1")
+PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
-def build_web_app(links: DownloadLinks | None = None, data_dir: Path | None = None
-                  ) -> web.Application:
+def build_web_app(links: DownloadLinks | None = None, data_dir: Path | None = None, *,
+                  readiness: Callable[[], Awaitable[dict[str, bool]]] | None = None,
+                  scrape: Callable[[], Awaitable[bytes]] | None = None,
+                  metrics_token: str = "") -> web.Application:
     app = web.Application(client_max_size=1024 * 1024)
     app.router.add_get("/healthz", healthz)
+    if readiness is not None:
+        app[READINESS] = readiness
+        app.router.add_get("/readyz", readyz)
+    if scrape is not None:
+        app[SCRAPE] = scrape
+        app[METRICS_TOKEN] = metrics_token
+        app.router.add_get("/metrics", metrics)
     if links is not None and data_dir is not None:
         app[LINKS] = links
         app[JOBS_DIR] = (Path(data_dir) / "jobs").resolve()
@@ -36,6 +52,29 @@ def build_web_app(links: DownloadLinks | None = None, data_dir: Path | None = No
 async def healthz(request: web.Request) -> web.Response:
     """The process is up and its event loop answers."""
     return web.Response(text="ok\n")
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready to serve users: the database answers, the renderer runs, the chats are connected.
+    Lists each check, so an operator sees which one is not."""
+    try:
+        checks = await asyncio.wait_for(request.app[READINESS](), 5.0)
+    except Exception:  # a check that cannot even run is a failed check
+        checks = {"checks": False}
+    lines = "".join(f"{name}: {'ok' if ok else 'NOT READY'}\n" for name, ok in checks.items())
+    return web.Response(status=200 if all(checks.values()) else 503, text=lines)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus metrics, for loopback or with the bearer token (METRICS_TOKEN)."""
+    token = request.app[METRICS_TOKEN]
+    given = request.headers.get("Authorization", "")
+    allowed = request.remote in LOOPBACK or (
+        bool(token) and hmac.compare_digest(given.encode(), f"Bearer {token}".encode()))
+    if not allowed:
+        return plain(403, "Metrics are shown to loopback or with the bearer token.")
+    body = await request.app[SCRAPE]()
+    return web.Response(body=body, headers={"Content-Type": PROMETHEUS_TYPE})
 
 
 def plain(status: int, text: str) -> web.Response:

@@ -382,3 +382,17 @@ async def test_a_job_runs_again_with_another_seed_under_the_quota(make_service, 
     missing = Recorder()
     assert await service.again("nope", ALICE, missing) is None
     assert "no longer kept" in missing.failure[0].user_message
+
+
+async def test_the_pipeline_counts_jobs_for_the_metrics(make_service, fake_segmind):
+    service = make_service()
+    await service.run(request(), Recorder())
+    await service.run(request(), Recorder())  # the same again: from the store
+    fake_segmind.behaviour.fail_message = "no object found"
+    await service.run(request(seed=8), Recorder())
+    sample = service.metrics.registry.get_sample_value
+    assert sample("sam3d_jobs_total", {"platform": "discord", "outcome": "delivered"}) == 1
+    assert sample("sam3d_jobs_total", {"platform": "discord", "outcome": "cached"}) == 1
+    assert sample("sam3d_jobs_total", {"platform": "discord", "outcome": "refunded"}) == 1
+    assert sample("sam3d_upstream_errors_total", {"code": "generation_failed"}) == 1
+    assert sample("sam3d_upstream_seconds_count", {}) == 1

@@ -1,10 +1,18 @@
 from __future__ import annotations
 
+from unittest import mock
+
 import aiohttp
 import pytest
+from aiohttp.test_utils import make_mocked_request
 
 from bot.downloads import DownloadLinks
+from bot.errors import UpstreamRejected
+from bot.metrics import Metrics
+from bot.models import JobResult
+from bot.ports import Budget
 from bot.web import build_web_app, start_web
+from bot.web import metrics as metrics_handler
 
 
 async def test_healthz_answers(unused_tcp_port):
@@ -71,3 +79,91 @@ async def test_tampered_expired_and_climbing_links_are_refused(files_server):
             assert response.status == 404, path
     async with session.get(links.link("abc999", "model.glb")) as response:
         assert response.status == 404 and await response.text() == "No such file.\n"
+
+
+async def test_readyz_lists_each_check_and_fails_when_one_does(unused_tcp_port):
+    state = {"database": True, "renderer": True, "discord": True}
+
+    async def readiness():
+        return dict(state)
+
+    runner = await start_web(build_web_app(readiness=readiness), "127.0.0.1", unused_tcp_port)
+    url = f"http://127.0.0.1:{unused_tcp_port}/readyz"
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(url) as response:
+                assert response.status == 200 and "discord: ok" in await response.text()
+            state["discord"] = False
+            async with session.get(url) as response:
+                assert response.status == 503
+                assert "discord: NOT READY" in await response.text()
+    finally:
+        await runner.cleanup()
+
+
+async def test_metrics_speak_prometheus_to_loopback_or_a_bearer_token(unused_tcp_port):
+    metrics = Metrics()
+    result = JobResult("abc123", {}, (), 65_000, seconds=31.0,
+                       timings={"upstream": 28.0, "render": 0.5})
+    metrics.delivered("discord", result)
+    metrics.failed("slack", UpstreamRejected("no"), refunded=True)
+
+    class Ledger:
+        async def budget(self):
+            return Budget("global", "2026-11", 20_000_000, 65_000, 130_000, 195_000)
+
+    app = build_web_app(scrape=lambda: metrics.scrape(Ledger(), lambda: 3),
+                        metrics_token="s3cret")
+    runner = await start_web(app, "127.0.0.1", unused_tcp_port)
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://127.0.0.1:{unused_tcp_port}/metrics") as response:
+                text = await response.text()
+        assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        assert 'sam3d_jobs_total{outcome="delivered",platform="discord"} 1.0' in text
+        assert 'sam3d_jobs_total{outcome="refunded",platform="slack"} 1.0' in text
+        assert 'sam3d_upstream_errors_total{code="upstream_rejected"} 1.0' in text
+        assert "sam3d_upstream_seconds_count 1.0" in text
+        assert 'sam3d_budget_usd{state="committed"} 0.13' in text
+        assert "sam3d_queue_length 3.0" in text
+    finally:
+        await runner.cleanup()
+
+    def from_afar(headers):
+        transport = mock.Mock()
+        transport.get_extra_info.return_value = ("203.0.113.9", 40000)
+        return make_mocked_request("GET", "/metrics", headers=headers, app=app,
+                                   transport=transport)
+
+    handler = metrics_handler
+    assert (await handler(from_afar({}))).status == 403
+    assert (await handler(from_afar({"Authorization": "Bearer wrong"}))).status == 403
+    assert (await handler(from_afar({"Authorization": "Bearer s3cret"}))).status == 200
+
+
+async def test_the_running_bot_serves_readiness_and_metrics(unused_tcp_port, settings_env,
+                                                            tmp_path):
+    from bot.app import run_adapters
+    from bot.settings import load_settings
+
+    seen = {}
+
+    class Adapter:
+        name = "chat"
+
+        def ready(self) -> bool:
+            return True
+
+        async def run(self, core, stop):
+            base = f"http://127.0.0.1:{unused_tcp_port}"
+            async with aiohttp.ClientSession() as session:
+                for path in ("/readyz", "/metrics"):
+                    async with session.get(base + path) as response:
+                        seen[path] = (response.status, await response.text())
+
+    settings = load_settings(None, data_dir=tmp_path / "data", http_port=unused_tcp_port,
+                             render_enabled=False)
+    await run_adapters(settings, [Adapter()])
+    assert seen["/readyz"] == (200, "database: ok\nchat: ok\n")
+    status, text = seen["/metrics"]
+    assert status == 200 and 'sam3d_budget_usd{state="cap"} 20.0' in text

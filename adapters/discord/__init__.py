@@ -14,6 +14,12 @@ log = logging.getLogger(__name__)
 class DiscordAdapter:
     name = "discord"
 
+    def __init__(self):
+        self.client: discord.Client | None = None
+
+    def ready(self) -> bool:
+        return self.client is not None and self.client.is_ready()
+
     def enabled(self, settings) -> bool:
         return bool(settings.discord_token.get_secret_value())
 
@@ -21,6 +27,7 @@ class DiscordAdapter:
         from .app import Sam3dClient, build_client
 
         client: Sam3dClient = build_client(core)
+        self.client = client
         async with client:
             await client.login(core.settings.discord_token.get_secret_value())
             gateway = asyncio.create_task(client.connect(reconnect=True))

@@ -366,6 +366,14 @@ class SqlLedger:
 
     # -- reserving ---------------------------------------------------------------------------
 
+    async def ping(self) -> bool:
+        """The database answers (for /readyz)."""
+        try:
+            await self.database.statement("SELECT 1")
+        except Exception:  # any failure means not ready; /readyz says so
+            return False
+        return True
+
     async def admit(self, requester: Requester) -> None:
         await self.database.run(self._admit, requester)
 

@@ -101,6 +101,11 @@ class F3dRenderer:
                 self._worker = None
 
     @property
+    def ready(self) -> bool:
+        """A worker is running (one starts on demand after a crash)."""
+        return self._worker is not None and self._worker.alive()
+
+    @property
     def worker_peak_rss_mb(self) -> float:
         return self._worker.peak_rss_mb() if self._worker else 0.0
 
