@@ -382,3 +382,18 @@ async def test_with_a_public_url_big_files_link_to_the_bots_own_signed_download(
         path, query = link.removeprefix("https://models.example.org").split("?")
         expires, signature = (part.split("=")[1] for part in query.split("&"))
         assert client.core.links.check(path, expires, signature).value == "ok"
+
+
+async def test_run_stops_with_one_clear_line_when_discord_refuses_the_token(
+        fake_discord, tmp_path, unused_tcp_port):
+    from tests.helpers import run_bot
+
+    fake_discord.token = "the-right-token"
+    ran = await run_bot("run", cwd=tmp_path, DISCORD_TOKEN="a-wrong-token",
+                        DISCORD_API_URL=fake_discord.api_url, HTTP_PORT=str(unused_tcp_port),
+                        RENDER_ENABLED="false")
+    assert ran.code == 1
+    assert ran.err.strip().splitlines()[-1] == (
+        "sam3d-bot: error: Discord refused the token: check DISCORD_TOKEN (Developer Portal > "
+        "your application > Bot > Reset Token)")
+    assert "a-wrong-token" not in ran.err + ran.out

@@ -8,7 +8,13 @@ import logging
 
 import discord
 
+from bot.errors import BotError
+
 log = logging.getLogger(__name__)
+
+
+class AdapterFailed(BotError):
+    code = "adapter"
 
 
 class DiscordAdapter:
@@ -29,16 +35,22 @@ class DiscordAdapter:
         client: Sam3dClient = build_client(core)
         self.client = client
         async with client:
-            await client.login(core.settings.discord_token.get_secret_value())
+            try:
+                await client.login(core.settings.discord_token.get_secret_value())
+            except discord.LoginFailure:
+                raise AdapterFailed("Discord refused the token: check DISCORD_TOKEN (Developer "
+                                    "Portal > your application > Bot > Reset Token)") from None
             gateway = asyncio.create_task(client.connect(reconnect=True))
             stopping = asyncio.create_task(stop.wait())
             await asyncio.wait({gateway, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            if gateway.done() and gateway.exception():
-                log.error("Discord connection ended: %s", gateway.exception())
-            await client.close()
-            gateway.cancel()
             stopping.cancel()
+            await client.close()
             await asyncio.gather(*client.jobs, return_exceptions=True)
+            if gateway.done() and not gateway.cancelled() and gateway.exception():
+                # discord.py retries what can be retried; what reaches here (a bad token,
+                # intents refused) will not mend by itself: stop the bot with its reason.
+                raise AdapterFailed(f"Discord: {gateway.exception()}") from gateway.exception()
+            gateway.cancel()
 
 
 adapter = DiscordAdapter()

@@ -42,6 +42,7 @@ class FakeDiscord:
         self.calls: list[Call] = []
         self.cdn: dict[str, bytes] = {}  # file name -> bytes served under /cdn/
         self.forbidden_channels: set[str] = set()  # posting there answers 403
+        self.token = ""  # when set, requests with another bot token get 401
         self._ids = itertools.count(1_000_000_000_000_000_001)
         self._messages: dict[str, dict[str, Any]] = {}
         self._originals: dict[str, str] = {}  # interaction token -> its response's message id
@@ -101,6 +102,8 @@ class FakeDiscord:
         call = Call(request.method, path, time.monotonic())
         await self._read_body(request, call)
         self.calls.append(call)
+        if self.token and request.headers.get("Authorization") != f"Bot {self.token}":
+            return _json({"message": "401: Unauthorized", "code": 0}, status=401)
         route = (request.method, path)
         if route == ("GET", "/users/@me"):
             return _json(user_json(BOT_ID, "sam3d", bot=True))
