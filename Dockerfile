@@ -1,4 +1,10 @@
 # sam3d-bot: docker run -d --env-file .env -v sam3d-data:/data -p 8080:8080 sam3d-bot
+
+# The 3D viewer's JavaScript, from the npm registry at build time (served by the bot itself).
+FROM node:20-bookworm-slim AS viewer
+COPY scripts/fetch-viewer-js /src/scripts/fetch-viewer-js
+RUN /src/scripts/fetch-viewer-js /vendor
+
 FROM python:3.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -20,6 +26,7 @@ RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin bot \
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY bot ./bot
+COPY --from=viewer /vendor ./bot/static/vendor
 COPY adapters ./adapters
 RUN pip install .
 

@@ -47,6 +47,19 @@ class DownloadLinks:
         expires = int(self._clock() + self.lifetime_s)
         return f"{self.public_url}{path}?e={expires}&s={self._sign(path, expires)}"
 
+    def viewer_link(self, job_id: str) -> str:
+        """PUBLIC_URL/m/JOB.EXPIRES.SIGNATURE: the page that shows the model in 3D."""
+        expires = int(self._clock() + self.lifetime_s)
+        return f"{self.public_url}/m/{job_id}.{expires}.{self._sign(f'/m/{job_id}', expires)}"
+
+    def check_viewer(self, token: str) -> tuple[LinkCheck, str]:
+        """(the check, the job id) of a viewer link's last part."""
+        parts = token.split(".")
+        if len(parts) != 3 or not JOB_ID.fullmatch(parts[0]):
+            return LinkCheck.FORBIDDEN, ""
+        job, expires, signature = parts
+        return self.check(f"/m/{job}", expires, signature), job
+
     def expires_at(self) -> float:
         return self._clock() + self.lifetime_s
 

@@ -1,10 +1,12 @@
-"""The bot's web server (aiohttp): health and readiness, Prometheus metrics, and a job's files
-under signed, expiring links. The 3D viewer builds on it."""
+"""The bot's web server (aiohttp): health and readiness, Prometheus metrics, a job's files
+under signed, expiring links, and /m/<signed id>, a page that shows the model in 3D
+(model-viewer for the GLB, Spark for the splat; the JavaScript is served from here)."""
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import html
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -26,6 +28,7 @@ READINESS = web.AppKey("readiness", Callable[[], Awaitable[dict[str, bool]]])
 SCRAPE = web.AppKey("scrape", Callable[[], Awaitable[bytes]])
 METRICS_TOKEN = web.AppKey("metrics_token", str)
 LOOPBACK = ("127.0.0.1", "::1")
+STATIC = Path(__file__).parent / "static"
 PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
@@ -46,6 +49,9 @@ def build_web_app(links: DownloadLinks | None = None, data_dir: Path | None = No
         app[LINKS] = links
         app[JOBS_DIR] = (Path(data_dir) / "jobs").resolve()
         app.router.add_get("/files/{job}/{name}", download)
+        app.router.add_get("/m/{token}", viewer)
+        app.router.add_static("/static/", STATIC, follow_symlinks=False,
+                              append_version=False)
     return app
 
 
@@ -102,6 +108,102 @@ async def download(request: web.Request) -> web.StreamResponse:
         "Cache-Control": "private, max-age=3600",
         "X-Content-Type-Options": "nosniff",
     })
+
+
+async def viewer(request: web.Request) -> web.Response:
+    """The model in 3D: turnable and zoomable, with the picture as a poster while it loads,
+    download buttons, and Open Graph tags so the link unfurls with the picture."""
+    links = request.app[LINKS]
+    check, job = links.check_viewer(request.match_info["token"])
+    if check is LinkCheck.FORBIDDEN:
+        return plain(403, "This link is not valid.")
+    if check is LinkCheck.EXPIRED:
+        return plain(410, "This link has expired; ask the bot for the model again.")
+    files = await asyncio.to_thread(job_files, request.app[JOBS_DIR], job)
+    if not files:
+        return plain(404, "This model is no longer kept.")
+    view = "splat" if request.query.get("view") == "splat" and "splat" in files else \
+        ("mesh" if "mesh" in files else "splat")
+    signed = {kind: links.link(job, path.name) for kind, (path, _) in files.items()}
+    page = viewer_page(signed, view, request.url.with_query(None), files)
+    return web.Response(text=page, content_type="text/html", headers={
+        "Content-Security-Policy": "default-src 'self'; "
+        "script-src 'self' 'unsafe-inline' 'wasm-unsafe-eval'; "
+        "style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "
+        "connect-src 'self' data: blob:; worker-src 'self' blob:",
+        "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"})
+
+
+def job_files(jobs: Path, job: str) -> dict[str, tuple[Path, int]]:
+    """The job's model, splat and picture, by what they are, with their sizes."""
+    folder = jobs / job
+    if not folder.is_dir():
+        return {}
+    found: dict[str, tuple[Path, int]] = {}
+    for path in sorted(folder.iterdir()):
+        if not FILE_NAME.fullmatch(path.name) or not path.is_file():
+            continue
+        kind = {".glb": "mesh", ".ply": "splat"}.get(path.suffix)
+        if path.name == "thumbnail.png":
+            kind = "picture"
+        if kind and kind not in found and not path.name.startswith("render-"):
+            found[kind] = (path, path.stat().st_size)
+    return found
+
+
+def viewer_page(signed: dict[str, str], view: str, page_url,
+                files: dict[str, tuple[Path, int]]) -> str:
+    esc = html.escape
+    picture = signed.get("picture", "")
+    other = "splat" if view == "mesh" else "mesh"
+    switch = (f'<a class="switch" href="?view={other}">See the '
+              f'{"Gaussian splat" if other == "splat" else "mesh"}</a>'
+              if other in signed else "")
+    if view == "mesh":
+        stage = (f'<model-viewer id="model" src="{esc(signed["mesh"])}" '
+                 f'poster="{esc(picture)}" camera-controls auto-rotate touch-action="pan-y" '
+                 f'shadow-intensity="0.6" exposure="1.1" alt="The 3D model"></model-viewer>'
+                 '<script type="module" src="/static/vendor/model-viewer/model-viewer.min.js">'
+                 '</script><script type="module">const m = document.getElementById("model");'
+                 'm.addEventListener("load", () => document.body.dataset.loaded = "true");'
+                 '</script>')
+    else:
+        poster = f' style="background-image:url({esc(picture)})"' if picture else ""
+        stage = (f'<canvas id="splat" data-src="{esc(signed["splat"])}"{poster}></canvas>'
+                 '<script type="importmap">{"imports": {'
+                 '"three": "/static/vendor/three/three.module.js", '
+                 '"three/addons/": "/static/vendor/three/addons/", '
+                 '"@sparkjsdev/spark": "/static/vendor/spark/spark.module.min.js"}}</script>'
+                 '<script type="module" src="/static/splat-viewer.js"></script>')
+    names = {"mesh": "Model (GLB)", "splat": "Gaussian splat (PLY)", "picture": "Picture (PNG)"}
+    buttons = "".join(
+        f'<a class="button" href="{esc(signed[kind])}" download>{label} '
+        f'<small>{files[kind][1] / 1e6:.1f} MB</small></a>'
+        for kind, label in names.items() if kind in signed)
+    og_image = f'<meta property="og:image" content="{esc(picture)}">' if picture else ""
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="icon" href="data:,">
+<title>3D model made with SAM 3D</title>
+<meta property="og:type" content="website">
+<meta property="og:title" content="3D model made with SAM 3D">
+<meta property="og:description" content="Turn it around and zoom in, in your browser.">
+<meta property="og:url" content="{esc(str(page_url))}">
+{og_image}
+<meta name="twitter:card" content="summary_large_image">
+<style>
+body {{ margin: 0; font: 16px system-ui, sans-serif; background: #f4f4f6; color: #222; }}
+main {{ max-width: 960px; margin: 0 auto; padding: 16px; }}
+model-viewer, canvas {{ width: 100%; height: min(70vh, 720px); background: #e9e9ec center /
+  contain no-repeat; border-radius: 12px; display: block; }}
+nav {{ display: flex; flex-wrap: wrap; gap: 8px; margin-top: 12px; align-items: center; }}
+.button {{ background: #5865f2; color: white; padding: 8px 14px; border-radius: 8px;
+  text-decoration: none; }}
+.switch {{ margin-left: auto; }}
+</style></head>
+<body><main>{stage}<nav>{buttons}{switch}</nav></main></body></html>
+"""
 
 
 def locate(jobs: Path, job: str, name: str) -> Path | None:

@@ -4,8 +4,8 @@
 
 # Mesa through EGL: what f3d draws with when there is no GPU.
 MESA_PACKAGES="libegl1 libegl-mesa0 libgl1-mesa-dri"
-# The tests run the ledger on a real PostgreSQL server too.
-TEST_PACKAGES="postgresql"
+# The tests run the ledger on a real PostgreSQL server and the 3D viewer in a real browser.
+TEST_PACKAGES="postgresql chromium"
 
 as_root() {
     if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
@@ -42,4 +42,21 @@ ensure_venv() {
         "$root/.venv/bin/python" -m pip install -q --disable-pip-version-check -e "$root$extra" >&2
         echo "$wanted" > "$stamp"
     fi
+}
+
+# The 3D viewer's JavaScript, from the npm registry (pinned in scripts/fetch-viewer-js).
+# `ensure_viewer_js install` installs npm first if needed (the tests); running the bot only
+# uses an npm that is there: the viewer is for bots with a PUBLIC_URL, and the image has it.
+ensure_viewer_js() {
+    local root
+    root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+    if ! command -v npm >/dev/null && [ "${1:-}" = install ]; then
+        ensure_debian_packages npm
+    fi
+    if ! command -v npm >/dev/null; then
+        echo "note: without npm the 3D viewer page has no JavaScript" >&2
+        return 0
+    fi
+    # The bot runs without it (the page then shows the picture and downloads only).
+    "$root/scripts/fetch-viewer-js" >&2 || echo "note: could not fetch the viewer JavaScript" >&2
 }

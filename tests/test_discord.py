@@ -382,6 +382,10 @@ async def test_with_a_public_url_big_files_link_to_the_bots_own_signed_download(
         path, query = link.removeprefix("https://models.example.org").split("?")
         expires, signature = (part.split("=")[1] for part in query.split("&"))
         assert client.core.links.check(path, expires, signature).value == "ok"
+        embed = post.json["embeds"][0]
+        assert embed["url"].startswith("https://models.example.org/m/")
+        fields = {f["name"]: f["value"] for f in embed["fields"]}
+        assert fields["View in 3D"] == f"[Open in the browser]({embed['url']})"
 
 
 async def test_run_stops_with_one_clear_line_when_discord_refuses_the_token(

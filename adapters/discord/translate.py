@@ -91,6 +91,10 @@ def result_message(result: JobResult, size_limit: int, links=None) -> ResultMess
     embed.add_field(name="Seed", value=str(params.get("seed", "?")))
     embed.add_field(name="Cost", value=cost_text(result))
     embed.add_field(name="Time", value=f"{result.seconds:.0f} s")
+    if links is not None and links.enabled:
+        embed.url = links.viewer_link(result.job_id)
+        embed.add_field(name="View in 3D", value=f"[Open in the browser]({embed.url})",
+                        inline=False)
     if result.note:
         embed.set_footer(text=result.note)
     files: list[discord.File] = []
