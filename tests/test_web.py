@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 from unittest import mock
 
 import aiohttp
@@ -167,3 +168,17 @@ async def test_the_running_bot_serves_readiness_and_metrics(unused_tcp_port, set
     assert seen["/readyz"] == (200, "database: ok\nchat: ok\n")
     status, text = seen["/metrics"]
     assert status == 200 and 'sam3d_budget_usd{state="cap"} 20.0' in text
+
+
+async def test_huge_headers_get_a_plain_400(unused_tcp_port):
+    runner = await start_web(build_web_app(), "127.0.0.1", unused_tcp_port)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", unused_tcp_port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n")
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(4096), 5)
+        writer.close()
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.split(b"\r\n")[0].endswith(b" 400 Bad Request") and b"Traceback" not in answer
+    finally:
+        await runner.cleanup()
