@@ -212,8 +212,11 @@ def locate(jobs: Path, job: str, name: str) -> Path | None:
     return path if path.is_relative_to(jobs) and path.is_file() else None
 
 
-async def start_web(app: web.Application, host: str, port: int) -> web.AppRunner:
-    runner = web.AppRunner(app, access_log=None)
+async def start_web(app: web.Application, host: str, port: int,
+                    idle_timeout_s: float = 15.0) -> web.AppRunner:
+    # A connection that has not finished a request within idle_timeout_s is closed, also one
+    # that dribbles its headers (slowloris); request lines and headers are capped at 8 KB.
+    runner = web.AppRunner(app, access_log=None, keepalive_timeout=idle_timeout_s)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     return runner

@@ -182,3 +182,21 @@ async def test_huge_headers_get_a_plain_400(unused_tcp_port):
         assert head.split(b"\r\n")[0].endswith(b" 400 Bad Request") and b"Traceback" not in answer
     finally:
         await runner.cleanup()
+
+
+async def test_a_client_that_dribbles_its_headers_is_cut_off(unused_tcp_port):
+    runner = await start_web(build_web_app(), "127.0.0.1", unused_tcp_port, idle_timeout_s=1)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", unused_tcp_port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        started = asyncio.get_running_loop().time()
+        for _ in range(10):  # one header line per 0.5 s, never the end of the request
+            writer.write(b"X-Slow: 1\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.5)
+            if reader.at_eof():
+                break
+        assert reader.at_eof() and asyncio.get_running_loop().time() - started < 3.5
+        writer.close()
+    finally:
+        await runner.cleanup()
