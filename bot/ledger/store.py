@@ -143,6 +143,9 @@ MIGRATIONS: list[list[Statement]] = [
         "UPDATE budgets SET held_micros = reserved_micros + committed_micros",
         "ALTER TABLE budgets DROP COLUMN reserved_micros",
         "ALTER TABLE budgets DROP COLUMN committed_micros",
+        # Which instance runs a job, until when: another may take it over only once it lapses.
+        "ALTER TABLE jobs ADD COLUMN owner TEXT",
+        "ALTER TABLE jobs ADD COLUMN lease_until DOUBLE PRECISION",
         # Budget rows follow their jobs: when a job settles at another price than it reserved,
         # or is refunded before it was charged, the database moves the difference itself,
         # in the same statement (server's budget first, then the global one).
@@ -260,9 +263,6 @@ MIGRATIONS: list[list[Statement]] = [
                 END""",
             "postgres": "",
         },
-        # Which instance runs a job, until when: another may take it over only once it lapses.
-        "ALTER TABLE jobs ADD COLUMN owner TEXT",
-        "ALTER TABLE jobs ADD COLUMN lease_until DOUBLE PRECISION",
         # The audit trail is append-only: the database itself refuses edits and deletions.
         {
             "sqlite": """CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
@@ -278,17 +278,16 @@ MIGRATIONS: list[list[Statement]] = [
                 FOR EACH ROW EXECUTE FUNCTION audit_append_only()""",
         },
     ],
+    [
+        # Where jobs may start, per server: no row for a server means every channel.
+        """CREATE TABLE channel_rules (
+            platform TEXT NOT NULL,
+            guild_id TEXT NOT NULL,
+            channel_id TEXT NOT NULL,
+            PRIMARY KEY (platform, guild_id, channel_id)
+        )""",
+    ],
 ]
-
-MIGRATIONS.append([
-    # Where jobs may start, per server: no row for a server means every channel.
-    """CREATE TABLE channel_rules (
-        platform TEXT NOT NULL,
-        guild_id TEXT NOT NULL,
-        channel_id TEXT NOT NULL,
-        PRIMARY KEY (platform, guild_id, channel_id)
-    )""",
-])
 
 # A budget row always exists, so a server's spend is counted even before it has a cap;
 # "no cap" is stored as this many micros.
