@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import secrets
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,16 +24,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import psycopg  # noqa: E402
-
 from bot.errors import BudgetExhausted  # noqa: E402
 from bot.ledger import QuotaPolicy, SqliteLedger  # noqa: E402
 from bot.ledger.postgres import PostgresLedger  # noqa: E402
 from bot.models import Requester  # noqa: E402
 from bot.ports import NewJob  # noqa: E402
+from tests.postgres import fresh_schema_url, start_server, stop_server  # noqa: E402
 
 PRICE = 65_000
-SERVER_SCRIPT = ROOT / "scripts" / "pg-test-server"
 
 
 async def run(make_ledger, callers: int, pairs: int) -> dict:
@@ -76,26 +73,11 @@ async def run(make_ledger, callers: int, pairs: int) -> dict:
     }
 
 
-def start_private_postgres() -> tuple[str, str]:
-    ran = subprocess.run([str(SERVER_SCRIPT), "start"], capture_output=True, text=True,
-                         check=True)
-    directory, url = ran.stdout.split()
-    return url, directory
-
-
-def fresh_schema(url: str) -> str:
-    schema = f"bench_{secrets.token_hex(4)}"
-    with psycopg.connect(url, autocommit=True) as connection:
-        connection.execute(f"CREATE SCHEMA {schema}")
-    joiner = "&" if "?" in url else "?"
-    return f"{url}{joiner}options=-csearch_path%3D{schema}"
-
-
 async def main(args) -> None:
     directory = None
     url = args.postgres
-    if url is None:
-        url, directory = await asyncio.to_thread(start_private_postgres)
+    if url is None:  # TEST_DATABASE_URL, or a private server from Debian's package
+        url, directory = await asyncio.to_thread(start_server)
     print(f"{'store':10} {'callers':>7} {'pairs/s':>8} {'p50 ms':>7} {'p99 ms':>7} "
           f"{'granted':>7} {'refused':>7} {'overspend':>9}")
     try:
@@ -103,7 +85,7 @@ async def main(args) -> None:
             stores = {
                 "sqlite": lambda policy: SqliteLedger(
                     Path(tmp) / f"{secrets.token_hex(4)}.sqlite3", policy),
-                "postgres": lambda policy: PostgresLedger(fresh_schema(url), policy,
+                "postgres": lambda policy: PostgresLedger(fresh_schema_url(url), policy,
                                                           pool_size=args.pool),
             }
             for name, make in stores.items():
@@ -116,7 +98,7 @@ async def main(args) -> None:
                           f"{r['overspend']:9}")
     finally:
         if directory:
-            await asyncio.to_thread(subprocess.run, [str(SERVER_SCRIPT), "stop", directory])
+            await asyncio.to_thread(stop_server, directory)
 
 
 if __name__ == "__main__":

@@ -69,7 +69,7 @@ class Sam3dClient(discord.AutoShardedClient):
             parse(data)
 
         self._connection.parsers["INTERACTION_CREATE"] = parse_keeping_limit
-        self.add_dynamic_items(NewSeedButton, DetailsButton, DeleteButton)
+        self.add_dynamic_items(ResultButton)
         if self.settings.discord_sync_commands:
             await self.sync_commands()
         log.info("invite the bot with: %s", invite_url(self.application_id))
@@ -268,83 +268,72 @@ class PickImage(discord.ui.View):
         self.add_item(select)
 
 
-# -- the buttons on a result (they work after a restart: their ids carry the job) ---------------
+# -- the buttons on a result ------------------------------------------------------------------
 
 
 def result_view(job_id: str) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
-    view.add_item(NewSeedButton(job_id))
-    view.add_item(DetailsButton(job_id))
-    view.add_item(DeleteButton(job_id))
+    for action in BUTTONS:
+        view.add_item(ResultButton(action, job_id))
     return view
 
 
-class NewSeedButton(discord.ui.DynamicItem[discord.ui.Button],
-                    template=rf"sam3d:seed:{JOB_ID}"):
-    def __init__(self, job_id: str):
-        super().__init__(discord.ui.Button(label="New seed", emoji="🎲",
-                                           style=discord.ButtonStyle.primary,
-                                           custom_id=f"sam3d:seed:{job_id}"))
-        self.job_id = job_id
+async def new_seed(client: Sam3dClient, interaction: discord.Interaction, job_id: str) -> None:
+    """Run the job's photo again with another seed, as a new job under the quota."""
+    if not await client.may_post_here(interaction):
+        return
+    await interaction.response.defer(thinking=True)
+    replier = client.replier_for(interaction)
+    client.background(client.core.service.again(
+        job_id, requester_of(interaction), replier, reply_to=replier.reply_to,
+        idempotency_key=f"discord:{interaction.id}"))
+
+
+async def details(client: Sam3dClient, interaction: discord.Interaction, job_id: str) -> None:
+    record = await client.core.ledger.get(job_id)
+    if record is None:
+        await ephemeral(interaction, "I no longer know that job.")
+        return
+    await ephemeral(interaction, details_text(record.params, record.id, record.cost_micros))
+
+
+async def delete(client: Sam3dClient, interaction: discord.Interaction, job_id: str) -> None:
+    record = await client.core.ledger.get(job_id)
+    who = requester_of(interaction)
+    if record is None or (record.user_id != who.user_id and not who.is_admin):
+        await ephemeral(interaction, "Only the person who asked for it, or an admin, "
+                                     "can delete this.")
+        return
+    await interaction.response.defer(ephemeral=True, thinking=False)
+    if interaction.message is not None:
+        await interaction.message.delete()
+
+
+# action -> (label, emoji, style, what it does)
+BUTTONS = {
+    "seed": ("New seed", "🎲", discord.ButtonStyle.primary, new_seed),
+    "details": ("Details", None, discord.ButtonStyle.secondary, details),
+    "delete": ("Delete", None, discord.ButtonStyle.danger, delete),
+}
+
+
+class ResultButton(discord.ui.DynamicItem[discord.ui.Button],
+                   template=rf"sam3d:(?P<action>seed|details|delete):{JOB_ID}"):
+    """The buttons on a result. Their ids carry the action and the job, so they keep working
+    after a restart (discord.py rebuilds them from the id)."""
+
+    def __init__(self, action: str, job_id: str):
+        label, emoji, style, _ = BUTTONS[action]
+        super().__init__(discord.ui.Button(label=label, emoji=emoji, style=style,
+                                           custom_id=f"sam3d:{action}:{job_id}"))
+        self.action, self.job_id = action, job_id
 
     @classmethod
     async def from_custom_id(cls, interaction, item, match: re.Match[str]):
-        return cls(match["job"])
+        return cls(match["action"], match["job"])
 
     async def callback(self, interaction: discord.Interaction) -> None:
-        client: Sam3dClient = interaction.client  # type: ignore[assignment]
-        if not await client.may_post_here(interaction):
-            return
-        await interaction.response.defer(thinking=True)
-        replier = client.replier_for(interaction)
-        client.background(client.core.service.again(
-            self.job_id, requester_of(interaction), replier, reply_to=replier.reply_to,
-            idempotency_key=f"discord:{interaction.id}"))
-
-
-class DetailsButton(discord.ui.DynamicItem[discord.ui.Button],
-                    template=rf"sam3d:details:{JOB_ID}"):
-    def __init__(self, job_id: str):
-        super().__init__(discord.ui.Button(label="Details", style=discord.ButtonStyle.secondary,
-                                           custom_id=f"sam3d:details:{job_id}"))
-        self.job_id = job_id
-
-    @classmethod
-    async def from_custom_id(cls, interaction, item, match: re.Match[str]):
-        return cls(match["job"])
-
-    async def callback(self, interaction: discord.Interaction) -> None:
-        client: Sam3dClient = interaction.client  # type: ignore[assignment]
-        record = await client.core.ledger.get(self.job_id)
-        if record is None:
-            await ephemeral(interaction, "I no longer know that job.")
-            return
-        await ephemeral(interaction, details_text(record.params, record.id,
-                                                  record.cost_micros))
-
-
-class DeleteButton(discord.ui.DynamicItem[discord.ui.Button],
-                   template=rf"sam3d:delete:{JOB_ID}"):
-    def __init__(self, job_id: str):
-        super().__init__(discord.ui.Button(label="Delete", style=discord.ButtonStyle.danger,
-                                           custom_id=f"sam3d:delete:{job_id}"))
-        self.job_id = job_id
-
-    @classmethod
-    async def from_custom_id(cls, interaction, item, match: re.Match[str]):
-        return cls(match["job"])
-
-    async def callback(self, interaction: discord.Interaction) -> None:
-        client: Sam3dClient = interaction.client  # type: ignore[assignment]
-        record = await client.core.ledger.get(self.job_id)
-        who = requester_of(interaction)
-        if record is None or (record.user_id != who.user_id and not who.is_admin):
-            await ephemeral(interaction, "Only the person who asked for it, or an admin, "
-                                         "can delete this.")
-            return
-        await interaction.response.defer(ephemeral=True, thinking=False)
-        if interaction.message is not None:
-            await interaction.message.delete()
+        await BUTTONS[self.action][3](interaction.client, interaction, self.job_id)
 
 
 # -- /sam3d-admin ------------------------------------------------------------------------------
