@@ -24,7 +24,7 @@ from bot.errors import (
 )
 from bot.ledger import QuotaPolicy, SqliteLedger, month_of
 from bot.ledger.postgres import PostgresLedger
-from bot.ledger.store import MIGRATIONS
+from bot.ledger.store import MIGRATIONS, sql_for
 from bot.models import JobState, Requester
 from bot.ports import NewJob, QuotaRule
 from tests.helpers import ROOT, bot_env
@@ -450,7 +450,7 @@ async def test_a_first_version_database_is_upgraded_in_place(tmp_path, clock):
     path = tmp_path / "old.sqlite3"
     db = sqlite3.connect(path)
     for statement in MIGRATIONS[0]:
-        db.execute(statement if isinstance(statement, str) else statement["sqlite"])
+        db.execute(sql_for(statement, "sqlite"))
     db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
     db.execute("INSERT INTO schema_version VALUES (1)")
     db.execute("INSERT INTO jobs (id, platform, user_id, state, created_at, updated_at, period,"

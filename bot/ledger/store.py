@@ -80,26 +80,16 @@ MIGRATIONS: list[list[Statement]] = [
             committed_micros BIGINT NOT NULL DEFAULT 0,
             PRIMARY KEY (scope, period)
         )""",
-        {
-            "sqlite": """CREATE TABLE audit (
-                id INTEGER PRIMARY KEY AUTOINCREMENT,
-                at DOUBLE PRECISION NOT NULL,
-                job_id TEXT,
-                actor TEXT NOT NULL,
-                action TEXT NOT NULL,
-                amount_micros BIGINT NOT NULL DEFAULT 0,
-                detail TEXT NOT NULL DEFAULT ''
-            )""",
-            "postgres": """CREATE TABLE audit (
-                id BIGSERIAL PRIMARY KEY,
-                at DOUBLE PRECISION NOT NULL,
-                job_id TEXT,
-                actor TEXT NOT NULL,
-                action TEXT NOT NULL,
-                amount_micros BIGINT NOT NULL DEFAULT 0,
-                detail TEXT NOT NULL DEFAULT ''
-            )""",
-        },
+        # The one column type the dialects spell differently; see SERIAL_KEY.
+        """CREATE TABLE audit (
+            id SERIAL_KEY,
+            at DOUBLE PRECISION NOT NULL,
+            job_id TEXT,
+            actor TEXT NOT NULL,
+            action TEXT NOT NULL,
+            amount_micros BIGINT NOT NULL DEFAULT 0,
+            detail TEXT NOT NULL DEFAULT ''
+        )""",
     ],
     [
         # Admins' controls: quota overrides, budget caps, blocks and pauses.
@@ -289,9 +279,18 @@ MIGRATIONS: list[list[Statement]] = [
     ],
 ]
 
+# An auto-numbered primary key, as each dialect writes it.
+SERIAL_KEY = {"sqlite": "INTEGER PRIMARY KEY AUTOINCREMENT", "postgres": "BIGSERIAL PRIMARY KEY"}
+
 # A budget row always exists, so a server's spend is counted even before it has a cap;
 # "no cap" is stored as this many micros.
 NO_CAP = 2**62
+
+
+def sql_for(statement: Statement, dialect: str) -> str:
+    """A migration statement as `dialect` writes it."""
+    sql = statement if isinstance(statement, str) else statement[dialect]
+    return sql.replace("SERIAL_KEY", SERIAL_KEY[dialect])
 
 
 class Tx(Protocol):
@@ -333,10 +332,6 @@ class SqlLedger:
         self.lease_s = lease_s
         self._rules_cache: tuple[int, list[QuotaRule]] = (-1, [])  # (version, every rule)
 
-    @property
-    def policy(self) -> QuotaPolicy:
-        return self._policy
-
     async def open(self) -> None:
         await self.database.open()
         await self.database.run(self._migrate)
@@ -350,8 +345,7 @@ class SqlLedger:
         current = tx.execute("SELECT max(version) AS v FROM schema_version").fetchone()["v"] or 0
         for version, statements in enumerate(MIGRATIONS[current:], start=current + 1):
             for statement in statements:
-                sql = statement if isinstance(statement, str) \
-                    else statement[self.database.dialect]
+                sql = sql_for(statement, self.database.dialect)
                 if sql:
                     tx.execute(sql)
             tx.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
@@ -672,16 +666,6 @@ class SqlLedger:
             self._audit(tx, None, actor, "clear_quota", 0,
                         f"{platform} guild={guild_id or '*'} {kind}={target}")
         return bool(cursor.rowcount)
-
-    async def quota_rules(self, platform: str, guild_id: str | None) -> list[QuotaRule]:
-        return await self.database.run(self._rules, platform, guild_id)
-
-    def _rules(self, tx: Tx, platform: str, guild_id: str | None) -> list[QuotaRule]:
-        rows = tx.execute(
-            "SELECT * FROM quota_rules WHERE platform = ? AND guild_id IN (?, '')"
-            " ORDER BY guild_id, kind, target", (platform, guild_id or "")).fetchall()
-        return [QuotaRule(r["platform"], r["guild_id"], r["kind"], r["target"], r["jobs"],
-                          r["window_hours"]) for r in rows]
 
     async def set_budget_cap(self, scope: str, cap_micros: int | None, actor: str) -> None:
         if cap_micros is not None and cap_micros < 0:
