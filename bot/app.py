@@ -16,6 +16,7 @@ from importlib.metadata import entry_points
 from typing import Any, Protocol
 
 import aiohttp
+from aiohttp import web
 
 from .downloads import DownloadLinks
 from .errors import RenderError
@@ -109,6 +110,10 @@ class Adapter(Protocol):
 
     def enabled(self, settings: Settings) -> bool: ...
 
+    def routes(self, core: Core) -> list[web.RouteDef]:
+        """What it serves on the bot's web server (Slack's HTTP mode); often nothing."""
+        ...
+
     async def run(self, core: Core, stop: asyncio.Event) -> None: ...
 
     def ready(self) -> bool:
@@ -151,6 +156,8 @@ async def run_adapters(settings: Settings, adapters: list[Any]) -> None:
             scrape=lambda: core.service.metrics.scrape(core.ledger,
                                                        lambda: core.service.queue_length),
             metrics_token=settings.metrics_token.get_secret_value())
+        for adapter in adapters:
+            app.add_routes(adapter.routes(core))
         runner = await start_web(app, settings.http_host, settings.http_port)
         try:
             await asyncio.gather(*(adapter.run(core, stop) for adapter in adapters))

@@ -150,3 +150,9 @@ class DeliveryError(BotError):
 
 class ServiceStopping(BotError):
     code = "stopping"
+
+
+class AdapterFailed(BotError):
+    """A chat platform refused the bot in a way that will not mend by itself (a bad token)."""
+
+    code = "adapter"

@@ -139,7 +139,7 @@ class ImageFetcher:
                         continue
                     if response.status != 200:
                         raise InputError(field, f"the server answered HTTP {response.status}")
-                    return await self._read_capped(response, field)
+                    return await read_capped(response, field, self._limits.max_bytes)
             except aiohttp.ClientConnectorError as exc:
                 if isinstance(exc.os_error, BlockedAddress):
                     raise InputError(field, "links to private or local addresses are refused")\
@@ -160,16 +160,17 @@ class ImageFetcher:
         if not self._allowed(literal):
             raise InputError(field, "links to private or local addresses are refused")
 
-    async def _read_capped(self, response: aiohttp.ClientResponse, field: str) -> bytes:
-        cap = self._limits.max_bytes
-        if response.content_length is not None and response.content_length > cap:
+
+async def read_capped(response: aiohttp.ClientResponse, field: str, cap: int) -> bytes:
+    """The body, refused as soon as it passes `cap` bytes (declared or received)."""
+    if response.content_length is not None and response.content_length > cap:
+        raise InputError(field, f"the file is larger than {cap // 1_000_000} MB")
+    buffer = bytearray()
+    async for chunk in response.content.iter_chunked(65536):
+        buffer += chunk
+        if len(buffer) > cap:
             raise InputError(field, f"the file is larger than {cap // 1_000_000} MB")
-        buffer = bytearray()
-        async for chunk in response.content.iter_chunked(65536):
-            buffer += chunk
-            if len(buffer) > cap:
-                raise InputError(field, f"the file is larger than {cap // 1_000_000} MB")
-        return bytes(buffer)
+    return bytes(buffer)
 
 
 # --- bytes to a checked image ---------------------------------------------------------------

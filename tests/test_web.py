@@ -155,6 +155,9 @@ async def test_the_running_bot_serves_readiness_and_metrics(unused_tcp_port, set
         def ready(self) -> bool:
             return True
 
+        def routes(self, core):
+            return []
+
         async def run(self, core, stop):
             base = f"http://127.0.0.1:{unused_tcp_port}"
             async with aiohttp.ClientSession() as session:

@@ -8,13 +8,9 @@ import logging
 
 import discord
 
-from bot.errors import BotError
+from bot.errors import AdapterFailed
 
 log = logging.getLogger(__name__)
-
-
-class AdapterFailed(BotError):
-    code = "adapter"
 
 
 class DiscordAdapter:
@@ -28,6 +24,9 @@ class DiscordAdapter:
 
     def enabled(self, settings) -> bool:
         return bool(settings.discord_token.get_secret_value())
+
+    def routes(self, core) -> list:
+        return []  # Discord reaches the bot through its gateway, not the web server
 
     async def run(self, core, stop: asyncio.Event) -> None:
         from .app import Sam3dClient, build_client

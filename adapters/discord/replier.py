@@ -9,17 +9,17 @@ otherwise. Errors go to the user alone (ephemeral) while the token lives.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 from typing import Any
 
 import discord
 
 from bot.errors import BotError, DeliveryError
 from bot.models import FileKind, JobResult, OutputFile, Progress
+from bot.replies import failure_text
+from bot.throttle import ProgressThrottle
 
-from .translate import NO_PINGS, failure_text, result_message, token_alive
+from .translate import NO_PINGS, result_message, token_alive
 
 log = logging.getLogger(__name__)
 
@@ -31,14 +31,10 @@ class DiscordReplier:
         self._client = client
         self._reply_to = reply_to
         self._interaction = interaction
-        self._interval_s = interval_s
         self._size_limit = size_limit
         self._view_for = view_for  # job id -> the result's buttons
         self._links = links  # the bot's signed download links, for files too big to attach
-        self._last_edit = 0.0
-        self._pending: Progress | None = None
-        self._flush: asyncio.Task | None = None
-        self._done = False
+        self._progress = ProgressThrottle(self._edit, interval_s)
         self.result_message: discord.Message | None = None
 
     @property
@@ -61,24 +57,10 @@ class DiscordReplier:
     # -- progress ------------------------------------------------------------------------------
 
     async def progress(self, update: Progress) -> None:
-        if self._done or not self._token_usable():
-            return
-        wait = self._last_edit + self._interval_s - time.monotonic()
-        if wait > 0:  # too soon: show this state when the interval is up (if still current)
-            self._pending = update
-            if self._flush is None or self._flush.done():
-                self._flush = asyncio.create_task(self._edit_later(wait))
-            return
-        await self._edit(update)
-
-    async def _edit_later(self, wait: float) -> None:
-        await asyncio.sleep(wait)
-        if self._pending is not None and not self._done:
-            update, self._pending = self._pending, None
-            await self._edit(update)
+        if self._token_usable():
+            await self._progress.update(update)
 
     async def _edit(self, update: Progress) -> None:
-        self._last_edit = time.monotonic()
         try:
             await self._interaction.edit_original_response(content=f"⏳ {update.describe()}…",
                                                            allowed_mentions=NO_PINGS)
@@ -86,9 +68,7 @@ class DiscordReplier:
             log.info("progress edit failed: %s", exc)
 
     def _finish_progress(self) -> None:
-        self._done = True
-        if self._flush is not None:
-            self._flush.cancel()
+        self._progress.close()
 
     # -- results -------------------------------------------------------------------------------
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import discord
 
-from bot.errors import BotError
-from bot.models import FileKind, JobResult, OutputFile, Requester
+from bot.models import FileKind, JobResult, Requester
+from bot.replies import SHARED_KINDS, attachment_name, cost_text, link_line
 from bot.settings import micros_to_usd
 
 PLATFORM = "discord"
@@ -19,8 +19,6 @@ TOKEN_MARGIN_S = 30  # stop using a token this long before Discord does
 MAX_FILES = 10
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp")
 NO_PINGS = discord.AllowedMentions.none()
-# Segmind keeps a result's files about an hour; shown beside its links.
-UPSTREAM_LINK_NOTE = "Segmind's link, valid for about an hour"
 
 
 def requester_of(interaction: discord.Interaction) -> Requester:
@@ -55,11 +53,6 @@ def token_alive(reply_to: dict[str, Any], now: float | None = None) -> bool:
     return (now or time.time()) < expires - TOKEN_MARGIN_S
 
 
-def failure_text(error: BotError, refunded: bool) -> str:
-    note = " Nothing was charged." if refunded else ""
-    return f"{error.user_message}{note}"
-
-
 def images_in(message: discord.Message) -> list[tuple[str, str]]:
     """(label, url) of every image a message carries: attachments first, then embeds."""
     found = []
@@ -82,7 +75,6 @@ class ResultMessage:
 
 
 def result_message(result: JobResult, size_limit: int, links=None) -> ResultMessage:
-    """`links`: the bot's signed download links (used when PUBLIC_URL is set)."""
     """The embed, the attachments that fit (at most 10) and links for the rest."""
     params = result.params
     embed = discord.Embed(title="3D model ready", colour=0x5865F2)
@@ -104,7 +96,7 @@ def result_message(result: JobResult, size_limit: int, links=None) -> ResultMess
         files.append(discord.File(thumbnail.path, filename="thumbnail.png"))
         embed.set_image(url="attachment://thumbnail.png")
     for file in result.files:
-        if file.kind not in (FileKind.MESH, FileKind.SPLAT, FileKind.ARCHIVE):
+        if file.kind not in SHARED_KINDS:
             continue
         name = attachment_name(file)
         if file.size <= size_limit and len(files) < MAX_FILES:
@@ -112,29 +104,6 @@ def result_message(result: JobResult, size_limit: int, links=None) -> ResultMess
         else:
             too_big.append(link_line(file, name, result.job_id, links))
     return ResultMessage(embed, files, too_big)
-
-
-def attachment_name(file: OutputFile) -> str:
-    suffix = file.path.suffix or {FileKind.MESH: ".glb", FileKind.SPLAT: ".ply"}.get(
-        file.kind, "")
-    return {FileKind.MESH: "model", FileKind.SPLAT: "splat",
-            FileKind.ARCHIVE: "artifacts"}.get(file.kind, file.path.stem) + suffix
-
-
-def link_line(file: OutputFile, name: str, job_id: str, links=None) -> str:
-    size = f"{file.size / 1e6:.1f} MB"
-    if links is not None and links.enabled:
-        days = links.lifetime_s / 86400
-        return f"{name} ({size}): {links.link(job_id, file.path.name)} (valid {days:g} days)"
-    if file.source_url:
-        return f"{name} ({size}): {file.source_url} ({UPSTREAM_LINK_NOTE})"
-    return f"{name} ({size}) is too large to attach here and has no link"
-
-
-def cost_text(result: JobResult) -> str:
-    if result.offline or result.cached or not result.cost_micros:
-        return "free"
-    return f"${micros_to_usd(result.cost_micros):.3f}"
 
 
 def details_text(result_params: dict[str, Any], job_id: str, cost_micros: int,

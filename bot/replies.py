@@ -1,0 +1,41 @@
+"""How a job's outcome is worded on every platform: what it cost, why it failed, what a file
+is called and where a file too large to attach can be fetched."""
+
+from __future__ import annotations
+
+from .errors import BotError
+from .models import FileKind, JobResult, OutputFile
+from .settings import micros_to_usd
+
+# Segmind keeps a result's files about an hour; shown beside its links.
+UPSTREAM_LINK_NOTE = "Segmind's link, valid for about an hour"
+SHARED_KINDS = (FileKind.MESH, FileKind.SPLAT, FileKind.ARCHIVE)  # the files users download
+
+
+def failure_text(error: BotError, refunded: bool) -> str:
+    note = " Nothing was charged." if refunded else ""
+    return f"{error.user_message}{note}"
+
+
+def cost_text(result: JobResult) -> str:
+    if result.offline or result.cached or not result.cost_micros:
+        return "free"
+    return f"${micros_to_usd(result.cost_micros):.3f}"
+
+
+def attachment_name(file: OutputFile) -> str:
+    suffix = file.path.suffix or {FileKind.MESH: ".glb", FileKind.SPLAT: ".ply"}.get(
+        file.kind, "")
+    return {FileKind.MESH: "model", FileKind.SPLAT: "splat",
+            FileKind.ARCHIVE: "artifacts"}.get(file.kind, file.path.stem) + suffix
+
+
+def link_line(file: OutputFile, name: str, job_id: str, links=None) -> str:
+    """`links`: the bot's signed download links (used when PUBLIC_URL is set)."""
+    size = f"{file.size / 1e6:.1f} MB"
+    if links is not None and links.enabled:
+        days = links.lifetime_s / 86400
+        return f"{name} ({size}): {links.link(job_id, file.path.name)} (valid {days:g} days)"
+    if file.source_url:
+        return f"{name} ({size}): {file.source_url} ({UPSTREAM_LINK_NOTE})"
+    return f"{name} ({size}) is too large to attach here and has no link"
