@@ -48,6 +48,7 @@ class Settings(BaseSettings):
     slack_signing_secret: SecretStr = SecretStr("")
     slack_app_token: SecretStr = SecretStr("")
     slack_api_url: str = "https://slack.com/api/"
+    slack_admin_users: str = ""  # Slack user ids (U...) who may use /sam3d admin, comma-separated
 
     # Web server
     http_host: str = "127.0.0.1"
@@ -133,6 +134,10 @@ class Settings(BaseSettings):
         if self.database_url.startswith("sqlite:///"):
             return Path(self.database_url.removeprefix("sqlite:///"))
         return self.data_dir / "sam3d.sqlite3"
+
+    @property
+    def slack_admins(self) -> frozenset[str]:
+        return frozenset(u.strip() for u in self.slack_admin_users.split(",") if u.strip())
 
     @property
     def price_micros(self) -> int:

@@ -1,0 +1,437 @@
+"""The Slack bot: `/sam3d` (a form, a link with options, quota, help, admin), the "Make 3D model"
+message shortcut, mentions with a photo, and the New seed button. Every request is
+acknowledged at once; jobs run in the background and report through a SlackReplier.
+
+Slack re-delivers what it thinks was lost (events with X-Slack-Retry-Num, a double click on
+Submit, a repeated shortcut): each delivery has a key (event id, view id, trigger id) that is
+remembered here and passed to the ledger, so a delivery starts at most one job and one charge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
+from slack_bolt.app.async_app import AsyncApp
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.errors import AdapterFailed, BotError, InputError
+from bot.models import ImageSource, JobRequest, Requester
+from bot.operations import (
+    Operations,
+    Where,
+    describe_budget,
+    describe_quota,
+    usage_table,
+)
+from bot.ports import JobRecord
+
+from .files import SlackFiles
+from .replier import NotInChannel, SlackReplier, slack_error
+from .translate import (
+    ADMIN_HELP,
+    COMMAND,
+    HELP,
+    JOB_VIEW,
+    NEW_SEED,
+    PLATFORM,
+    SHORTCUT,
+    JobArgs,
+    Place,
+    channel_id_in,
+    check_answers,
+    image_files,
+    job_modal,
+    modal_answers,
+    parse_job_text,
+    requester,
+    strip_mentions,
+    team_of,
+    user_id_in,
+)
+
+log = logging.getLogger(__name__)
+
+SEEN_MAX = 10_000  # delivery keys remembered (a retry comes within minutes)
+ADMIN_CACHE_S = 300.0
+
+
+class SlackBot:
+    def __init__(self, core, client: AsyncWebClient, *, socket_mode: bool):
+        self.core = core
+        self.settings = core.settings
+        self.client = client
+        self.operations = Operations(core.ledger)
+        self.files = SlackFiles(core.api_session, client.token or "", self.settings.slack_api_url,
+                                self.settings.max_image_bytes,
+                                self.settings.image_fetch_timeout_s)
+        self.jobs: set[asyncio.Task] = set()
+        self.bot_user_id: str | None = None
+        self.connected = False
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._admins: dict[tuple[str, str], tuple[bool, float]] = {}
+        self.app = AsyncApp(
+            client=client,
+            signing_secret=self.settings.slack_signing_secret.get_secret_value() or None,
+            request_verification_enabled=not socket_mode,
+            logger=logging.getLogger("slack_bolt"),
+        )
+        add_listeners(self)
+
+    async def start(self) -> None:
+        """Check the token, learn the bot's own id, and take over jobs a stopped bot left."""
+        try:
+            identity = await self.client.auth_test()
+        except SlackApiError as exc:
+            raise AdapterFailed(f"Slack refused SLACK_BOT_TOKEN ({slack_error(exc)}): copy the "
+                                "Bot User OAuth Token from OAuth & Permissions") from None
+        self.bot_user_id = identity.get("user_id")
+        self.connected = True
+        log.info("Slack: signed in as %s in %s", identity.get("user"), identity.get("team"))
+        resumed = await self.core.service.recover(self.replier_for_record, {PLATFORM})
+        if resumed:
+            log.info("resuming %d Slack job(s) Segmind still has", resumed)
+
+    async def close(self) -> None:
+        await asyncio.gather(*self.jobs, return_exceptions=True)
+
+    async def handle_http(self, request: web.Request) -> web.Response:
+        """HTTP mode: Slack's requests arrive at /slack/events on the bot's web server."""
+        response = await self.app.async_dispatch(await to_bolt_request(request))
+        return await to_aiohttp_response(response)
+
+    # -- bookkeeping -----------------------------------------------------------------------
+
+    def first_delivery(self, key: str) -> bool:
+        """False if this delivery key was seen already (a retry or a double click)."""
+        if key in self._seen:
+            return False
+        self._seen[key] = None
+        while len(self._seen) > SEEN_MAX:
+            self._seen.popitem(last=False)
+        return True
+
+    def background(self, work: Awaitable[Any]) -> asyncio.Task:
+        task = asyncio.create_task(work)
+        self.jobs.add(task)
+        task.add_done_callback(self.jobs.discard)
+        return task
+
+    async def is_admin(self, team_id: str | None, user_id: str) -> bool:
+        """Workspace admins and owners, or SLACK_ADMIN_USERS; asked of Slack every few
+        minutes at most."""
+        if user_id in self.settings.slack_admins:
+            return True
+        known = self._admins.get((team_id or "", user_id))
+        if known and known[1] > time.monotonic():
+            return known[0]
+        try:
+            user = (await self.client.users_info(user=user_id))["user"]
+        except SlackApiError as exc:
+            log.info("users.info failed: %s", slack_error(exc))
+            return False
+        admin = bool(user.get("is_admin") or user.get("is_owner")
+                     or user.get("is_primary_owner"))
+        self._admins[(team_id or "", user_id)] = (admin, time.monotonic() + ADMIN_CACHE_S)
+        return admin
+
+    async def requester_of(self, team_id: str | None, user_id: str, name: str = ""
+                           ) -> Requester:
+        return requester(user_id, team_id, name, await self.is_admin(team_id, user_id))
+
+    def replier(self, reply_to: dict[str, Any]) -> SlackReplier:
+        return SlackReplier(self.client, reply_to,
+                            interval_s=self.settings.progress_edit_interval_s,
+                            links=self.core.links)
+
+    def replier_for_record(self, record: JobRecord) -> SlackReplier | None:
+        if "channel_id" not in record.reply_to:
+            return None
+        return self.replier(dict(record.reply_to))
+
+    async def file_info(self, file_id: str) -> dict[str, Any]:
+        try:
+            return (await self.client.files_info(file=file_id))["file"]
+        except SlackApiError as exc:
+            raise InputError("image", f"Slack would not show me that file "
+                                      f"({slack_error(exc)})") from None
+
+    # -- a job ---------------------------------------------------------------------------------
+
+    async def run_job(self, who: Requester, place: Place, args: JobArgs,
+                      photo: Callable[[], Awaitable[ImageSource]],
+                      mask: Callable[[], Awaitable[ImageSource]] | None, key: str) -> None:
+        """Post the progress message, fetch the photo and run the job; every refusal goes to
+        the user alone, and nothing is charged unless Segmind ran."""
+        replier = self.replier(place.reply_to(who.user_id, who.guild_id))
+        channels = await self.operations.may_start_in(Where(PLATFORM, who.guild_id),
+                                                      place.channel_id)
+        if channels is not None:
+            await replier.tell("In this workspace, 3D models are made in "
+                               + ", ".join(f"<#{c}>" for c in channels) + ".")
+            return
+        try:
+            await replier.start()
+        except NotInChannel as error:
+            await replier.tell(error.user_message)
+            return
+        try:
+            image = await photo()
+            mask_image = await mask() if mask else None
+        except BotError as error:
+            await replier.fail(error, refunded=False)
+            return
+        request = JobRequest(requester=who, image=image, prompt=args.prompt, bbox=args.bbox,
+                             points=args.points, mask=mask_image, seed=args.seed,
+                             reply_to=replier.reply_to)
+        await self.core.service.run(request, replier, idempotency_key=f"slack:{key}")
+        if not replier.answered:  # another delivery of the same request has this job
+            await replier.withdraw()
+
+    def slack_file(self, file: dict[str, Any] | None, file_id: str | None = None,
+                   field: str = "image") -> Callable[[], Awaitable[ImageSource]]:
+        """A Slack file to fetch when the job starts (looked up first when only its id, or
+        a partial object, is known)."""
+        async def fetch() -> ImageSource:
+            known = file
+            if known is None or not (known.get("url_private") or known.get("url_private_download")):
+                known = await self.file_info(file_id or (known or {})["id"])
+            if not image_files([known]):
+                raise InputError(field, f"{known.get('name') or 'that file'} is not a PNG, "
+                                        "JPEG or WebP photo")
+            return ImageSource.from_bytes(await self.files.download(known, field),
+                                          known.get("name") or "photo")
+        return fetch
+
+
+def link(url: str) -> Callable[[], Awaitable[ImageSource]]:
+    async def fetch() -> ImageSource:
+        return ImageSource.from_url(url)
+    return fetch
+
+
+# -- listeners -------------------------------------------------------------------------------
+
+
+def add_listeners(bot: SlackBot) -> None:
+    app = bot.app
+
+    @app.command(COMMAND)
+    async def command(ack, body, respond) -> None:
+        text = (body.get("text") or "").strip()
+        word = text.split(maxsplit=1)[0].lower() if text else ""
+        team, user = team_of(body), body["user_id"]
+        if not text:
+            await ack()
+            await open_form(bot, body["trigger_id"], {
+                "channel_id": body["channel_id"], "response_url": body.get("response_url")})
+        elif word == "help":
+            await ack(HELP)
+        elif word == "quota":
+            await ack()
+            status = await bot.operations.my_quota(await bot.requester_of(team, user))
+            await respond(describe_quota(status))
+        elif word == "admin":
+            await ack()
+            await respond(await admin(bot, team, user, text.split()[1:]))
+        else:
+            try:
+                args = parse_job_text(text)
+            except InputError as error:
+                await ack(error.user_message)
+                return
+            if args.url is None:
+                await ack(f"Give a link to the photo, or run `{COMMAND}` alone for a form "
+                          f"where you can upload it. `{COMMAND} help` shows more.")
+                return
+            await ack()
+            if not bot.first_delivery(f"command:{body['trigger_id']}"):
+                return
+            who = await bot.requester_of(team, user, body.get("user_name", ""))
+            place = Place(body["channel_id"], None, body.get("response_url"))
+            bot.background(bot.run_job(who, place, args, link(args.url),
+                                       link(args.mask_url) if args.mask_url else None,
+                                       f"command:{body['trigger_id']}"))
+
+    @app.shortcut(SHORTCUT)
+    async def shortcut(ack, body, respond) -> None:
+        await ack()
+        message = body.get("message") or {}
+        images = image_files(message.get("files") or [])
+        if not images:
+            await respond("That message has no PNG, JPEG or WebP photo to make a model from.",
+                          response_type="ephemeral")
+            return
+        if not bot.first_delivery(f"shortcut:{body['trigger_id']}"):
+            return
+        await open_form(bot, body["trigger_id"], {
+            "channel_id": body["channel"]["id"],
+            "thread_ts": message.get("thread_ts") or message.get("ts"),
+            "response_url": body.get("response_url"),
+            "files": [f["id"] for f in images]}, images)
+
+    @app.view(JOB_VIEW)
+    async def submitted(ack, body, view) -> None:
+        answers = modal_answers(view)
+        errors = check_answers(answers)
+        if errors:
+            await ack(response_action="errors", errors=errors)
+            return
+        await ack()
+        key = f"view:{view['id']}"
+        if not bot.first_delivery(key):
+            return
+        meta = answers.metadata
+        user = body["user"]
+        who = await bot.requester_of(team_of(body), user["id"], user.get("name", ""))
+        place = Place(meta["channel_id"], meta.get("thread_ts"), meta.get("response_url"))
+        args = JobArgs(prompt=answers.prompt, seed=answers.seed, bbox=answers.bbox,
+                       points=answers.points)
+        photo = bot.slack_file(answers.files[0] if answers.files else None, answers.file_id)
+        mask = bot.slack_file(answers.mask, field="mask") if answers.mask else None
+        bot.background(bot.run_job(who, place, args, photo, mask, key))
+
+    @app.event("app_mention")
+    async def mentioned(body, event) -> None:
+        key = f"event:{body.get('event_id') or event.get('client_msg_id') or event['ts']}"
+        if not bot.first_delivery(key):
+            return
+        who = await bot.requester_of(team_of(body) or event.get("team"), event["user"])
+        place = Place(event["channel"], event.get("thread_ts") or event["ts"])
+        try:
+            args = parse_job_text(strip_mentions(event.get("text") or "", bot.bot_user_id))
+        except InputError as error:
+            await bot.replier(place.reply_to(who.user_id, who.guild_id)).tell(error.user_message)
+            return
+        images = image_files(event.get("files") or [])
+        if images:
+            photo = bot.slack_file(images[0])
+        elif args.url:
+            photo = link(args.url)
+        else:
+            await bot.replier(place.reply_to(who.user_id, who.guild_id)).tell(
+                "Mention me in a message with a photo attached (or a link to one), for "
+                "example `@sam3d red chair`.")
+            return
+        bot.background(bot.run_job(who, place, args, photo,
+                                   link(args.mask_url) if args.mask_url else None, key))
+
+    @app.action(NEW_SEED)
+    async def new_seed(ack, body) -> None:
+        await ack()
+        key = f"action:{body.get('trigger_id') or body['actions'][0].get('action_ts')}"
+        if not bot.first_delivery(key):
+            return
+        user = body["user"]
+        who = await bot.requester_of(team_of(body), user["id"], user.get("name", ""))
+        message = body.get("message") or {}
+        place = Place(body["channel"]["id"], message.get("thread_ts"),
+                      body.get("response_url"))
+        bot.background(again(bot, who, place, body["actions"][0]["value"], key))
+
+
+async def open_form(bot: SlackBot, trigger_id: str, metadata: dict[str, Any],
+                    images: list[dict[str, Any]] | None = None) -> None:
+    try:
+        await bot.client.views_open(trigger_id=trigger_id, view=job_modal(metadata, images))
+    except SlackApiError as exc:
+        log.warning("views.open failed: %s", slack_error(exc))
+
+
+async def again(bot: SlackBot, who: Requester, place: Place, job_id: str, key: str) -> None:
+    """New seed: the job's kept photo and settings again, as a new job under the quota."""
+    replier = bot.replier(place.reply_to(who.user_id, who.guild_id))
+    try:
+        await replier.start("starting again with a new seed")
+    except NotInChannel as error:
+        await replier.tell(error.user_message)
+        return
+    await bot.core.service.again(job_id, who, replier, reply_to=replier.reply_to,
+                                 idempotency_key=f"slack:{key}")
+    if not replier.answered:
+        await replier.withdraw()
+
+
+# -- /sam3d admin ----------------------------------------------------------------------------
+
+
+async def admin(bot: SlackBot, team_id: str | None, user_id: str, words: list[str]) -> str:
+    if not await bot.is_admin(team_id, user_id):
+        return "Only workspace admins and owners (or the bot's configured admins) can do this."
+    if not words or words[0].lower() == "help":
+        return ADMIN_HELP
+    verb, rest = words[0].lower(), words[1:]
+    where, actor = Where(PLATFORM, team_id), f"{PLATFORM}:{user_id}"
+    ops = bot.operations
+    try:
+        if verb == "usage":
+            month = rest[0] if rest else None
+            rows = await ops.usage(where, month)
+            budgets = await ops.budgets(where, month)
+            return (f"```\n{usage_table(rows[:20])}\n```\n"
+                    + "\n".join(describe_budget(b) for b in budgets))
+        if verb == "quota":
+            return await set_quota(ops, actor, where, rest)
+        if verb == "budget":
+            return await ops.set_budget(actor, where, rest[0] if rest else None)
+        if verb in ("block", "unblock"):
+            target = user_id_in(rest[0]) if rest else None
+            if target is None:
+                raise InputError("user", f"name the user: `{verb} @someone`")
+            if verb == "block":
+                return await ops.block(actor, where, target, " ".join(rest[1:]))
+            return await ops.unblock(actor, where, target)
+        if verb == "pause":
+            return await ops.pause(actor, where, " ".join(rest))
+        if verb == "resume":
+            return await ops.resume(actor, where)
+        if verb == "refund":
+            if not rest:
+                raise InputError("job", "give the job id, as shown on the result")
+            return await ops.refund(actor, where, rest[0].strip("`"), " ".join(rest[1:]))
+        if verb == "channel":
+            return await allow_channel(ops, actor, where, rest)
+    except BotError as error:
+        return error.user_message
+    return f"I do not know `{verb}`.\n{ADMIN_HELP}"
+
+
+async def set_quota(ops: Operations, actor: str, where: Where, words: list[str]) -> str:
+    """quota <jobs|unlimited|default> [@user] [hours]"""
+    if not words:
+        raise InputError("jobs", "say how many: `quota 10`, `quota 3 @someone 24`, "
+                                 "`quota unlimited @someone` or `quota default @someone`")
+    jobs, target, hours = words[0].lower(), None, None
+    for word in words[1:]:
+        if user_id_in(word):
+            target = user_id_in(word)
+            continue
+        try:
+            hours = float(word.removesuffix("h"))
+        except ValueError:
+            raise InputError("quota", f"`{word}` is neither a user nor a number of hours") \
+                from None
+        if not 0.1 <= hours <= 744:
+            raise InputError("window", "give between 0.1 and 744 hours")
+    kind = "user" if target else "guild"
+    said = await ops.set_quota(actor, where, kind, target or "", jobs, hours)
+    return said.replace("this server", "this workspace").replace(
+        f"user {target}", f"<@{target}>")
+
+
+async def allow_channel(ops: Operations, actor: str, where: Where, words: list[str]) -> str:
+    channel = channel_id_in(words[0]) if words else None
+    switch = words[1].lower() if len(words) > 1 else ""
+    if channel is None or switch not in ("on", "off"):
+        raise InputError("channel", "say `channel #name on` or `channel #name off`")
+    changed, channels = await ops.allow_channel(actor, where, channel, switch == "on")
+    listed = ", ".join(f"<#{c}>" for c in channels) if channels else "every channel"
+    done = ("allowed" if switch == "on" else "no longer allowed") if changed else "unchanged"
+    return f"<#{channel}>: {done}. Jobs start in: {listed}."

@@ -1,0 +1,254 @@
+"""A loopback fake of Slack for the bot: the Web API methods it calls, private file downloads
+that check the bot token (Slack's sign-in page otherwise), file uploads, response_url hooks,
+and a Socket Mode WebSocket that sends envelopes and collects their acknowledgements.
+It records every call, with the time it arrived."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+BOT_TOKEN = "xoxb-test-token"
+APP_TOKEN = "xapp-test-token"
+SIGNING_SECRET = "test-signing-secret"
+BOT_USER = "UBOT0001"
+TEAM = "T0000TEAM"
+SIGN_IN_PAGE = b"<!DOCTYPE html><html><head><title>Slack</title></head><body>Sign in</body></html>"
+JSON_PARAMS = ("view", "files", "blocks", "attachments")
+
+
+@dataclass
+class Call:
+    method: str
+    at: float
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SlackFile:
+    id: str
+    name: str
+    data: bytes
+    mimetype: str = "image/png"
+
+
+class FakeSlack:
+    def __init__(self):
+        self.calls: list[Call] = []
+        self.files: dict[str, SlackFile] = {}  # shared files users have in Slack
+        self.uploads: dict[str, dict[str, Any]] = {}  # file id -> name, bytes, title
+        self.hooks: list[tuple[str, dict[str, Any]]] = []  # response_url posts
+        self.not_member: set[str] = set()  # channels the bot is not in
+        self.admins: set[str] = set()
+        self.scopes = {"app_mentions:read", "chat:write", "commands", "files:read",
+                       "files:write", "users:read"}  # the bot token's
+        self.envelopes_acked: dict[str, dict[str, Any]] = {}
+        self.socket: web.WebSocketResponse | None = None
+        self.socket_open = asyncio.Event()
+        self._ts = itertools.count(1)
+        self._ids = itertools.count(1)
+        self._ack_waiters: dict[str, asyncio.Future] = {}
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    @property
+    def api_url(self) -> str:
+        return f"{self.url}/api/"
+
+    def response_url(self, name: str = "cmd") -> str:
+        return f"{self.url}/hooks/{name}"
+
+    def add_file(self, name: str, data: bytes, mimetype: str = "image/png") -> dict[str, Any]:
+        """A file a user shared; returns the file object Slack puts in payloads."""
+        file = SlackFile(f"F{next(self._ids):08d}", name, data, mimetype)
+        self.files[file.id] = file
+        return self.file_object(file)
+
+    def file_object(self, file: SlackFile) -> dict[str, Any]:
+        private = f"{self.url}/files-pri/{TEAM}-{file.id}/{file.name}"
+        return {"id": file.id, "name": file.name, "title": file.name, "mimetype": file.mimetype,
+                "filetype": file.name.rsplit(".", 1)[-1], "size": len(file.data),
+                "url_private": private, "url_private_download": private + "?download=1"}
+
+    async def __aenter__(self) -> FakeSlack:
+        app = web.Application(client_max_size=400 * 1024 * 1024)
+        app.router.add_route("*", "/api/{method}", self.api)
+        app.router.add_get("/files-pri/{key}/{name}", self.download)
+        app.router.add_post("/upload/{file}", self.upload)
+        app.router.add_post("/hooks/{name}", self.hook)
+        app.router.add_get("/socket", self.websocket)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        if self.socket is not None:
+            await self.socket.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    # -- what the tests look at ------------------------------------------------------------
+
+    def find(self, method: str) -> list[Call]:
+        return [c for c in self.calls if c.method == method]
+
+    def ephemerals(self) -> list[str]:
+        """Every text the user alone saw: ephemeral messages and response_url answers."""
+        said = [c.args.get("text", "") for c in self.find("chat.postEphemeral")
+                if c.args.get("channel") not in self.not_member]
+        return said + [body.get("text", "") for _, body in self.hooks]
+
+    # -- the Web API -----------------------------------------------------------------------
+
+    async def api(self, request: web.Request) -> web.Response:
+        method = request.match_info["method"]
+        args = dict(request.query)
+        if request.content_type == "application/json":
+            args.update(await request.json())
+        elif request.method == "POST":
+            args.update(dict(await request.post()))
+        for key in JSON_PARAMS:
+            if isinstance(args.get(key), str) and args[key][:1] in "[{":
+                args[key] = json.loads(args[key])
+        self.calls.append(Call(method, time.monotonic(), args))
+        token = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        if method == "apps.connections.open":
+            if token != APP_TOKEN:
+                return _ok(False, error="invalid_auth")
+            return _ok(url=f"{self.url.replace('http', 'ws')}/socket")
+        if token != BOT_TOKEN:
+            return _ok(False, error="invalid_auth")
+        handler = getattr(self, "m_" + method.replace(".", "_"), None)
+        if handler is None:
+            return _ok(False, error="unknown_method")
+        return handler(args)
+
+    def m_auth_test(self, args) -> web.Response:
+        return _ok(user_id=BOT_USER, user="sam3d", team="Test team", team_id=TEAM,
+                   bot_id="B0001", url="https://test.slack.com/")
+
+    def m_views_open(self, args) -> web.Response:
+        if not args.get("trigger_id"):
+            return _ok(False, error="invalid_trigger_id")
+        return _ok(view={"id": f"V{next(self._ids):08d}", **args["view"]})
+
+    def m_chat_postMessage(self, args) -> web.Response:
+        if args["channel"] in self.not_member:
+            return _ok(False, error="not_in_channel")
+        ts = f"{int(time.time())}.{next(self._ts):06d}"
+        return _ok(channel=args["channel"], ts=ts, message={"text": args.get("text"), "ts": ts})
+
+    def m_chat_update(self, args) -> web.Response:
+        return _ok(channel=args["channel"], ts=args["ts"], text=args.get("text"))
+
+    def m_chat_delete(self, args) -> web.Response:
+        return _ok(channel=args["channel"], ts=args["ts"])
+
+    def m_chat_postEphemeral(self, args) -> web.Response:
+        if args["channel"] in self.not_member:
+            return _ok(False, error="not_in_channel")
+        return _ok(message_ts=f"{int(time.time())}.{next(self._ts):06d}")
+
+    def m_files_getUploadURLExternal(self, args) -> web.Response:
+        file_id = f"F{next(self._ids):08d}"
+        self.uploads[file_id] = {"name": args["filename"], "length": int(args["length"]),
+                                 "data": None}
+        return _ok(upload_url=f"{self.url}/upload/{file_id}", file_id=file_id)
+
+    def m_files_completeUploadExternal(self, args) -> web.Response:
+        if args.get("channel_id") in self.not_member:
+            return _ok(False, error="not_in_channel")
+        done = []
+        for item in args["files"]:
+            upload = self.uploads.get(item["id"])
+            if upload is None or upload["data"] is None:
+                return _ok(False, error="file_not_found")
+            upload.update(title=item.get("title"), channel=args.get("channel_id"),
+                          thread_ts=args.get("thread_ts"), comment=args.get("initial_comment"))
+            done.append({"id": item["id"], "title": item.get("title"), "name": upload["name"]})
+        return _ok(files=done)
+
+    def m_files_info(self, args) -> web.Response:
+        file = self.files.get(args.get("file", ""))
+        if file is None:
+            return _ok(False, error="file_not_found")
+        return _ok(file=self.file_object(file))
+
+    def m_users_info(self, args) -> web.Response:
+        user = args["user"]
+        admin = user in self.admins
+        return _ok(user={"id": user, "name": user.lower(), "team_id": TEAM, "is_admin": admin,
+                         "is_owner": False, "is_primary_owner": False})
+
+    # -- files, hooks and the socket -------------------------------------------------------
+
+    async def download(self, request: web.Request) -> web.Response:
+        file = self.files.get(request.match_info["key"].split("-", 1)[1])
+        self.calls.append(Call("download", time.monotonic(),
+                               {"auth": request.headers.get("Authorization", "")}))
+        if request.headers.get("Authorization") != f"Bearer {BOT_TOKEN}" \
+                or "files:read" not in self.scopes:
+            # Slack answers a request without the right token with its sign-in page.
+            return web.Response(body=SIGN_IN_PAGE, content_type="text/html")
+        if file is None:
+            return web.Response(status=404)
+        return web.Response(body=file.data, content_type=file.mimetype)
+
+    async def upload(self, request: web.Request) -> web.Response:
+        upload = self.uploads.get(request.match_info["file"])
+        if upload is None:
+            return web.Response(status=404)
+        upload["data"] = await request.read()
+        return web.Response(text=f"OK - {len(upload['data'])}")
+
+    async def hook(self, request: web.Request) -> web.Response:
+        self.hooks.append((request.match_info["name"], await request.json()))
+        return web.Response(text="ok")
+
+    async def websocket(self, request: web.Request) -> web.WebSocketResponse:
+        socket = web.WebSocketResponse()
+        await socket.prepare(request)
+        self.socket = socket
+        await socket.send_json({"type": "hello", "num_connections": 1,
+                                "connection_info": {"app_id": "A0001"}})
+        self.socket_open.set()
+        async for message in socket:
+            if message.type != WSMsgType.TEXT:
+                continue
+            ack = json.loads(message.data)
+            envelope = ack.get("envelope_id")
+            self.envelopes_acked[envelope] = ack
+            waiter = self._ack_waiters.pop(envelope, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result((time.monotonic(), ack))
+        return socket
+
+    async def send_envelope(self, kind: str, payload: dict[str, Any], retry: int = 0
+                            ) -> tuple[float, dict[str, Any]]:
+        """Send one Socket Mode envelope; returns (seconds until acknowledged, the ack)."""
+        await asyncio.wait_for(self.socket_open.wait(), 10)
+        envelope = str(uuid.uuid4())
+        waiter = asyncio.get_running_loop().create_future()
+        self._ack_waiters[envelope] = waiter
+        sent = time.monotonic()
+        await self.socket.send_json({
+            "envelope_id": envelope, "type": kind, "payload": payload,
+            "accepts_response_payload": kind != "events_api", "retry_attempt": retry,
+            "retry_reason": "timeout" if retry else ""})
+        at, ack = await asyncio.wait_for(waiter, 10)
+        return at - sent, ack
+
+
+def _ok(ok: bool = True, **fields: Any) -> web.Response:
+    return web.json_response({"ok": ok, **fields})

@@ -1,0 +1,556 @@
+"""The Slack adapter, driven the way Slack drives it: signed requests through the real Bolt app
+on the bot's aiohttp server (HTTP mode), and envelopes over a WebSocket (Socket Mode), against
+a loopback fake of Slack's Web API. The tests look at what reached the fake."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import sys
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+import yaml
+from aiohttp import web
+from aiohttp.abc import AbstractResolver
+
+from adapters.slack import SlackAdapter
+from adapters.slack.translate import parse_job_text
+from bot.app import build_core
+from bot.settings import load_settings
+from bot.web import build_web_app, start_web
+from tests.conftest import photo_bytes
+from tests.fakes.segmind import API_KEY
+from tests.fakes.slack import APP_TOKEN, BOT_TOKEN, SIGNING_SECRET, FakeSlack
+from tests.helpers import ROOT, bot_env
+from tests.payloads import slack as payloads
+
+PHOTO_HOST = "photos.example"  # resolved to the fake by the test's own resolver
+
+
+class ToLoopback(AbstractResolver):
+    """Every name is the loopback fake (users' photo links, in tests)."""
+
+    async def resolve(self, host, port=0, family=socket.AF_INET):
+        return [{"hostname": host, "host": "127.0.0.1", "port": port, "family": socket.AF_INET,
+                 "proto": 0, "flags": 0}]
+
+    async def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+async def fake_slack():
+    async with FakeSlack() as fake:
+        yield fake
+
+
+@dataclass
+class Harness:
+    adapter: SlackAdapter
+    core: object
+    url: str
+    session: aiohttp.ClientSession
+    fake: FakeSlack
+
+    @property
+    def bot(self):
+        return self.adapter.bot
+
+    async def post(self, body: bytes, content_type: str = "application/x-www-form-urlencoded",
+                   **headers: str) -> tuple[int, str, float]:
+        signed = payloads.signed_headers(body, content_type=content_type)
+        signed.update(headers)
+        sent = time.monotonic()
+        async with self.session.post(self.url + "/slack/events", data=body,
+                                     headers=signed) as response:
+            return response.status, await response.text(), time.monotonic() - sent
+
+    async def command(self, text: str = "", **fields) -> tuple[int, str, float]:
+        fields.setdefault("response_url", self.fake.response_url())
+        return await self.post(payloads.form_body(payloads.slash(text, **fields)))
+
+    async def interact(self, payload: dict) -> tuple[int, str, float]:
+        return await self.post(payloads.interactive_body(payload))
+
+    async def event(self, payload: dict, **headers: str) -> tuple[int, str, float]:
+        return await self.post(payloads.event_body(payload), "application/json", **headers)
+
+    async def settle(self, until=None, limit_s: float = 20.0) -> None:
+        """Until the jobs started have ended (and `until` holds, if given)."""
+        deadline = time.monotonic() + limit_s
+        await asyncio.sleep(0.2)  # Bolt runs listeners after the acknowledgement
+        while time.monotonic() < deadline:
+            if not self.bot.jobs and (until is None or until()):
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.gather(*self.bot.jobs, return_exceptions=True)
+
+    async def jobs(self) -> list:
+        rows = await self.core.ledger.usage()
+        return rows
+
+
+@asynccontextmanager
+async def running_slack(fake, fake_segmind, tmp_path, port, *, socket_mode=False, **settings):
+    values = {"segmind_api_key": API_KEY, "segmind_base_url": fake_segmind.url,
+              "segmind_poll_interval_s": 0.05, "slack_bot_token": BOT_TOKEN,
+              "slack_signing_secret": SIGNING_SECRET, "slack_api_url": fake.api_url,
+              "data_dir": tmp_path / "data", "render_enabled": False,
+              "progress_edit_interval_s": 0.2, "http_port": port, **settings}
+    if socket_mode:
+        values["slack_app_token"] = APP_TOKEN
+    config = load_settings(None, **values)
+    connector = aiohttp.TCPConnector(resolver=ToLoopback())
+    async with aiohttp.ClientSession(connector=connector) as fetch, \
+            build_core(config, fetch_session=fetch) as core, aiohttp.ClientSession() as client:
+        adapter = SlackAdapter()
+        app = build_web_app()
+        app.add_routes(adapter.routes(core))
+        runner = await start_web(app, "127.0.0.1", port)
+        stop = asyncio.Event()
+        running = asyncio.create_task(adapter.run(core, stop))
+        try:
+            for _ in range(200):
+                if adapter.ready() or running.done():
+                    break
+                await asyncio.sleep(0.025)
+            assert adapter.ready(), running.exception() if running.done() else "not ready"
+            yield Harness(adapter, core, f"http://127.0.0.1:{port}", client, fake)
+        finally:
+            stop.set()
+            await running
+            await runner.cleanup()
+
+
+@pytest.fixture
+async def slack(fake_slack, fake_segmind, tmp_path, settings_env, unused_tcp_port):
+    async with running_slack(fake_slack, fake_segmind, tmp_path, unused_tcp_port) as harness:
+        yield harness
+
+
+def photo_file(fake: FakeSlack, name="photo.png", data: bytes | None = None) -> dict:
+    return fake.add_file(name, photo_bytes() if data is None else data)
+
+
+def opened_view(fake: FakeSlack) -> dict:
+    return fake.find("views.open")[-1].args["view"]
+
+
+def uploaded(fake: FakeSlack) -> dict[str, dict]:
+    """name -> upload, for files that reached a channel."""
+    return {u["name"]: u for u in fake.uploads.values() if u.get("channel")}
+
+
+async def submit_form(slack: Harness, values: dict, view_id: str | None = None):
+    view = opened_view(slack.fake)
+    return await slack.interact(payloads.view_submission(view, values, view_id=view_id))
+
+
+def file_value(file: dict) -> dict:
+    return {"type": "file_input", "files": [file]}
+
+
+def text_value(text: str) -> dict:
+    return {"type": "plain_text_input", "value": text}
+
+
+# -- /sam3d and its form ----------------------------------------------------------------------
+
+
+async def test_sam3d_alone_is_acknowledged_at_once_and_opens_the_form(slack, fake_slack):
+    status, body, seconds = await slack.command("")
+    assert status == 200 and seconds < 3.0
+    await slack.settle(until=lambda: fake_slack.find("views.open"))
+    view = opened_view(fake_slack)
+    blocks = {b["block_id"]: b for b in view["blocks"]}
+    assert view["callback_id"] == "sam3d_job"
+    assert blocks["image"]["element"]["type"] == "file_input"
+    assert not blocks["image"]["optional"] and blocks["mask"]["optional"]
+    assert set(blocks) == {"image", "mask", "prompt", "bbox", "points", "seed"}
+    seed = blocks["seed"]["element"]
+    assert (seed["min_value"], seed["max_value"]) == ("0", "1000000")
+    assert json.loads(view["private_metadata"])["channel_id"] == payloads.CHANNEL
+
+
+async def test_the_form_runs_a_job_with_progress_and_uploads_the_model(slack, fake_slack,
+                                                                      fake_segmind):
+    await slack.command("")
+    await slack.settle(until=lambda: fake_slack.find("views.open"))
+    status, body, seconds = await submit_form(slack, {
+        "image": file_value(photo_file(fake_slack)), "prompt": text_value("a red ball"),
+        "seed": {"type": "number_input", "value": "42"}})
+    assert status == 200 and seconds < 3.0
+    await slack.settle(until=lambda: uploaded(fake_slack))
+    [progress] = fake_slack.find("chat.postMessage")
+    assert progress.args["channel"] == payloads.CHANNEL and "⏳" in progress.args["text"]
+    updates = fake_slack.find("chat.update")
+    assert any("SAM 3D" in u.args["text"] for u in updates[:-1])
+    files = uploaded(fake_slack)
+    assert set(files) == {"model.glb", "splat.ply"}
+    assert files["model.glb"]["data"] == fake_segmind.glb
+    assert files["splat.ply"]["data"] == fake_segmind.ply
+    comment = files["model.glb"]["comment"]
+    assert f"<@{payloads.ALICE}>" in comment and "*a red ball*" in comment
+    assert "Seed 42" in comment and "$0.065" in comment
+    assert fake_segmind.counters.payloads[0]["seed"] == 42
+    assert len({u.args["ts"] for u in updates}) == 1  # one message, changed as it goes
+    done = updates[-1].args
+    assert done["text"].startswith("✅")
+    button = done["blocks"][1]["elements"][0]
+    assert button["action_id"] == "sam3d_new_seed"
+    [download] = fake_slack.find("download")
+    assert download.args["auth"] == f"Bearer {BOT_TOKEN}"
+
+
+async def test_a_double_click_on_submit_starts_one_job(slack, fake_slack, fake_segmind):
+    await slack.command("")
+    await slack.settle(until=lambda: fake_slack.find("views.open"))
+    values = {"image": file_value(photo_file(fake_slack))}
+    first, second = await asyncio.gather(submit_form(slack, values, view_id="V00000DBL"),
+                                         submit_form(slack, values, view_id="V00000DBL"))
+    assert first[0] == second[0] == 200
+    await slack.settle(until=lambda: uploaded(fake_slack))
+    assert fake_segmind.counters.submits == 1
+    assert len(fake_slack.find("chat.postMessage")) == 1
+    [row] = await slack.jobs()
+    assert row.jobs == 1 and row.cost_micros == 65_000
+
+
+async def test_a_form_without_a_photo_file_is_refused_in_the_form(slack, fake_slack):
+    await slack.command("")
+    await slack.settle(until=lambda: fake_slack.find("views.open"))
+    notes = fake_slack.add_file("notes.pdf", b"%PDF-1.4", "application/pdf")
+    status, body, _ = await submit_form(slack, {"image": file_value(notes)})
+    assert status == 200
+    answer = json.loads(body)
+    assert answer["response_action"] == "errors" and "PNG" in answer["errors"]["image"]
+    assert not fake_slack.find("chat.postMessage")
+
+
+async def test_a_link_with_options_runs_without_the_form(slack, fake_slack, fake_segmind,
+                                                         unused_tcp_port_factory):
+    image = await serve_photo(unused_tcp_port_factory())
+    try:
+        status, _, seconds = await slack.command(
+            f"<{image}> wooden chair seed=7 bbox=100,60,540,420")
+        assert status == 200 and seconds < 3.0
+        await slack.settle(until=lambda: uploaded(fake_slack))
+    finally:
+        await image.runner.cleanup()
+    assert not fake_slack.find("views.open")
+    sent = fake_segmind.counters.payloads[0]
+    assert sent["seed"] == 7 and sent["prompt"] == "wooden chair"
+    assert "Seed 7" in uploaded(fake_slack)["model.glb"]["comment"]
+
+
+class PhotoServer(str):
+    runner: web.AppRunner
+
+
+async def serve_photo(port: int) -> PhotoServer:
+    app = web.Application()
+    data = photo_bytes()
+
+    async def serve(request: web.Request) -> web.Response:
+        return web.Response(body=data, content_type="image/png")
+
+    app.router.add_get("/p.png", serve)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    url = PhotoServer(f"http://{PHOTO_HOST}:{port}/p.png")
+    url.runner = runner
+    return url
+
+
+async def test_text_without_a_link_gets_a_hint_and_help_lists_the_ways_in(slack, fake_slack):
+    # An acknowledgement's body is what the user alone sees.
+    status, body, _ = await slack.command("just words")
+    assert status == 200 and "link to the photo" in body
+    status, body, _ = await slack.command("help")
+    assert "Make 3D model" in body and "/sam3d quota" in body
+
+
+def test_command_text_is_read_the_way_people_type_it():
+    args = parse_job_text("<https://x.test/a.png|a.png> red  chair seed=5 "
+                          "points=10,20;30,40 bbox=1,2,3,4")
+    assert args.url == "https://x.test/a.png" and args.prompt == "red chair"
+    assert (args.seed, args.points, args.bbox) == ("5", "10,20;30,40", "1,2,3,4")
+    assert parse_job_text("https://x.test/b.jpg").url == "https://x.test/b.jpg"
+
+
+# -- the message shortcut and mentions --------------------------------------------------------
+
+
+async def test_the_shortcut_asks_which_settings_then_runs_in_the_message_thread(
+        slack, fake_slack, fake_segmind):
+    photo = photo_file(fake_slack)
+    partial = {k: photo[k] for k in ("id", "name", "mimetype")}  # as in shortcut payloads
+    status, _, seconds = await slack.interact(payloads.shortcut(
+        [partial], response_url=fake_slack.response_url("sc"), message_ts="1700000000.000100"))
+    assert status == 200 and seconds < 3.0
+    await slack.settle(until=lambda: fake_slack.find("views.open"))
+    view = opened_view(fake_slack)
+    assert "file_input" not in json.dumps(view["blocks"][0])  # the photo is the message's
+    await submit_form(slack, {"prompt": text_value("mug")})
+    await slack.settle(until=lambda: uploaded(fake_slack))
+    assert fake_slack.find("files.info")[0].args["file"] == photo["id"]
+    [progress] = fake_slack.find("chat.postMessage")
+    assert progress.args["thread_ts"] == "1700000000.000100"
+    assert uploaded(fake_slack)["model.glb"]["thread_ts"] == "1700000000.000100"
+    assert fake_segmind.counters.payloads[0]["prompt"] == "mug"
+
+
+async def test_the_shortcut_on_a_message_without_a_photo_says_so(slack, fake_slack):
+    pdf = fake_slack.add_file("notes.pdf", b"%PDF-1.4", "application/pdf")
+    await slack.interact(payloads.shortcut([pdf], response_url=fake_slack.response_url("sc")))
+    await slack.settle(until=lambda: fake_slack.hooks)
+    assert "no PNG, JPEG or WebP photo" in fake_slack.ephemerals()[0]
+    assert not fake_slack.find("views.open")
+
+
+async def test_a_mention_with_a_photo_runs_in_its_thread(slack, fake_slack, fake_segmind):
+    event = payloads.mention("red car seed=9", [photo_file(fake_slack)])
+    status, _, seconds = await slack.event(event)
+    assert status == 200 and seconds < 3.0
+    await slack.settle(until=lambda: uploaded(fake_slack))
+    ts = event["event"]["ts"]
+    assert fake_slack.find("chat.postMessage")[0].args["thread_ts"] == ts
+    assert uploaded(fake_slack)["splat.ply"]["thread_ts"] == ts
+    sent = fake_segmind.counters.payloads[0]
+    assert sent["prompt"] == "red car" and sent["seed"] == 9
+
+
+async def test_a_retried_event_starts_one_job(slack, fake_slack, fake_segmind):
+    event = payloads.mention("car", [photo_file(fake_slack)], event_id="Ev0RETRIED")
+    await slack.event(event)
+    status, _, _ = await slack.event(event, **{"X-Slack-Retry-Num": "1",
+                                               "X-Slack-Retry-Reason": "http_timeout"})
+    assert status == 200
+    await slack.settle(until=lambda: uploaded(fake_slack))
+    await asyncio.sleep(0.3)
+    assert fake_segmind.counters.submits == 1
+    assert len(fake_slack.find("chat.postMessage")) == 1
+
+
+async def test_a_mention_without_a_photo_explains_how(slack, fake_slack):
+    await slack.event(payloads.mention("make this 3d"))
+    await slack.settle(until=lambda: fake_slack.find("chat.postEphemeral"))
+    [told] = fake_slack.find("chat.postEphemeral")
+    assert told.args["user"] == payloads.ALICE and "photo attached" in told.args["text"]
+
+
+# -- refusals and failures --------------------------------------------------------------------
+
+
+async def test_requests_with_a_bad_signature_or_an_old_timestamp_are_refused(slack,
+                                                                            fake_slack):
+    body = payloads.form_body(payloads.slash(""))
+    forged = payloads.signed_headers(body, secret="not-the-secret")
+    stale = payloads.signed_headers(body, timestamp=int(time.time()) - 6 * 60)
+    for headers in (forged, stale):
+        async with slack.session.post(slack.url + "/slack/events", data=body,
+                                      headers=headers) as response:
+            assert response.status == 401
+    await asyncio.sleep(0.3)
+    assert not fake_slack.find("views.open")
+
+
+async def test_a_missing_files_read_scope_is_explained(slack, fake_slack, fake_segmind):
+    fake_slack.scopes.discard("files:read")  # Slack then answers downloads with a sign-in page
+    await slack.event(payloads.mention("chair", [photo_file(fake_slack)]))
+    await slack.settle(until=lambda: fake_slack.find("chat.postEphemeral"))
+    [told] = fake_slack.find("chat.postEphemeral")
+    assert "sign-in page" in told.args["text"] and "files:read" in told.args["text"]
+    assert fake_segmind.counters.submits == 0
+    assert fake_slack.find("chat.delete"), "the progress message is taken away"
+
+
+async def test_a_bot_not_in_the_channel_says_how_to_invite_it(slack, fake_slack, fake_segmind):
+    fake_slack.not_member.add("C0000SECRET")
+    await slack.command("")
+    await slack.settle(until=lambda: fake_slack.find("views.open"))
+    view = opened_view(fake_slack)
+    view["private_metadata"] = json.dumps({"channel_id": "C0000SECRET",
+                                           "response_url": fake_slack.response_url("sc")})
+    await slack.interact(payloads.view_submission(view, {
+        "image": file_value(photo_file(fake_slack))}))
+    await slack.settle(until=lambda: fake_slack.hooks)
+    assert "/invite @sam3d" in fake_slack.ephemerals()[0]
+    assert fake_segmind.counters.submits == 0 and not fake_slack.find("download")
+    assert await slack.jobs() == []
+
+
+async def test_a_box_outside_the_photo_is_explained_to_the_user_alone(slack, fake_slack,
+                                                                     fake_segmind):
+    await slack.event(payloads.mention("chair bbox=0,0,5000,10", [photo_file(fake_slack)]))
+    await slack.settle(until=lambda: fake_slack.find("chat.postEphemeral"))
+    [told] = fake_slack.find("chat.postEphemeral")
+    assert "bbox" in told.args["text"] and told.args["user"] == payloads.ALICE
+    assert fake_segmind.counters.submits == 0
+
+
+async def test_an_upstream_failure_is_refunded_and_told_privately(slack, fake_slack,
+                                                                 fake_segmind):
+    fake_segmind.behaviour.fail_message = "no object found"
+    await slack.event(payloads.mention("chair", [photo_file(fake_slack)]))
+    await slack.settle(until=lambda: fake_slack.find("chat.postEphemeral"))
+    [told] = fake_slack.find("chat.postEphemeral")
+    assert "Nothing was charged" in told.args["text"]
+    assert not uploaded(fake_slack) and fake_slack.find("chat.delete")
+    [row] = await slack.jobs()
+    assert row.refunded == 1 and row.cost_micros == 0
+
+
+# -- quota, admin and New seed ----------------------------------------------------------------
+
+
+async def test_quota_answers_privately(slack, fake_slack):
+    status, _, seconds = await slack.command("quota")
+    assert status == 200 and seconds < 3.0
+    await slack.settle(until=lambda: fake_slack.hooks)
+    assert "Jobs left: 5 of 5 per 24 h" in fake_slack.ephemerals()[0]
+
+
+async def test_admin_commands_are_for_admins_and_change_what_users_may_do(slack, fake_slack,
+                                                                         fake_segmind):
+    fake_slack.admins.add(payloads.ALICE)
+    await slack.command("admin quota 1", user=payloads.BOB)
+    await slack.settle(until=lambda: fake_slack.hooks)
+    assert "Only workspace admins" in fake_slack.ephemerals()[-1]
+    await slack.command(f"admin quota 1 <@{payloads.BOB}|bob> 12")
+    await slack.settle(until=lambda: len(fake_slack.hooks) == 2)
+    assert fake_slack.ephemerals()[-1] == f"<@{payloads.BOB}>: 1 jobs per 12 h"
+    await slack.event(payloads.mention("cup", [photo_file(fake_slack)], user=payloads.BOB))
+    await slack.settle(until=lambda: uploaded(fake_slack))
+    await slack.event(payloads.mention("mug", [photo_file(fake_slack)], user=payloads.BOB))
+    await slack.settle(until=lambda: fake_slack.find("chat.postEphemeral"))
+    [refused] = fake_slack.find("chat.postEphemeral")
+    assert "1 job" in refused.args["text"] and refused.args["user"] == payloads.BOB
+    assert fake_segmind.counters.submits == 1
+    await slack.command(f"admin block <@{payloads.BOB}|bob> spam")
+    await slack.command("admin pause maintenance")
+    await slack.command("admin usage")
+    await slack.settle(until=lambda: len(fake_slack.hooks) == 5)
+    said = fake_slack.ephemerals()
+    assert said[-3] == f"blocked {payloads.BOB}"
+    assert said[-2] == "new jobs are paused on this server"
+    assert payloads.BOB in said[-1] and "0.065" in said[-1]
+    audit = await slack.core.ledger.audit_trail()
+    assert {"slack:" + payloads.ALICE} <= {e.actor for e in audit}
+
+
+async def test_new_seed_runs_the_photo_again_as_a_new_job(slack, fake_slack, fake_segmind):
+    await slack.event(payloads.mention("lamp seed=3", [photo_file(fake_slack)]))
+    await slack.settle(until=lambda: uploaded(fake_slack))
+    job_id = fake_slack.find("chat.update")[-1].args["blocks"][1]["elements"][0]["value"]
+    status, _, seconds = await slack.interact(payloads.button(job_id))
+    assert status == 200 and seconds < 3.0
+    await slack.settle(until=lambda: fake_segmind.counters.submits == 2 and len(
+        [u for u in fake_slack.uploads.values() if u.get("channel")]) == 4)
+    first, second = fake_segmind.counters.payloads
+    assert first["prompt"] == second["prompt"] == "lamp" and second["seed"] != 3
+    [row] = await slack.jobs()
+    assert row.jobs == 2
+
+
+async def test_results_carry_the_picture_the_turntable_and_a_view_in_3d_link(
+        fake_slack, fake_segmind, tmp_path, settings_env, unused_tcp_port):
+    async with running_slack(fake_slack, fake_segmind, tmp_path, unused_tcp_port,
+                             render_enabled=True, render_turntable_frames=4,
+                             render_turntable_size=96, render_size=128,
+                             public_url="https://bot.example") as slack:
+        event = payloads.mention("ball", [photo_file(fake_slack)])
+        await slack.event(event)
+        await slack.settle(until=lambda: "turntable.gif" in uploaded(fake_slack),
+                           limit_s=90)
+    files = uploaded(fake_slack)
+    assert files["thumbnail.png"]["data"].startswith(b"\x89PNG")
+    assert files["turntable.gif"]["data"].startswith(b"GIF8")
+    assert files["turntable.gif"]["thread_ts"] == event["event"]["ts"]
+    comment = files["model.glb"]["comment"]
+    assert "|View in 3D>" in comment and "<https://bot.example/m/" in comment
+
+
+# -- Socket Mode -----------------------------------------------------------------------------
+
+
+async def test_socket_mode_acknowledges_envelopes_and_runs_the_same_handlers(
+        fake_slack, fake_segmind, tmp_path, settings_env, unused_tcp_port):
+    async with running_slack(fake_slack, fake_segmind, tmp_path, unused_tcp_port,
+                             socket_mode=True) as slack:
+        seconds, ack = await fake_slack.send_envelope("slash_commands", payloads.slash(
+            "", response_url=fake_slack.response_url()))
+        assert seconds < 3.0
+        await slack.settle(until=lambda: fake_slack.find("views.open"))
+        event = payloads.mention("kettle", [photo_file(fake_slack)], event_id="Ev0SOCKET")
+        await fake_slack.send_envelope("events_api", event)
+        await fake_slack.send_envelope("events_api", event, retry=1)
+        await slack.settle(until=lambda: uploaded(fake_slack))
+        status, _, _ = await slack.command("")  # no HTTP route in Socket Mode
+    assert status == 404
+    assert fake_segmind.counters.submits == 1
+    assert uploaded(fake_slack)["model.glb"]["thread_ts"] == event["event"]["ts"]
+
+
+# -- the real command, and the app manifest --------------------------------------------------
+
+
+async def test_sam3d_bot_run_in_http_mode_answers_a_signed_command_within_3_s(
+        fake_slack, tmp_path, unused_tcp_port):
+    env = bot_env(SLACK_BOT_TOKEN=BOT_TOKEN, SLACK_SIGNING_SECRET=SIGNING_SECRET,
+                  SLACK_API_URL=fake_slack.api_url, HTTP_PORT=str(unused_tcp_port),
+                  DATA_DIR=str(tmp_path / "data"), RENDER_ENABLED="false")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", "run", cwd=tmp_path, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    url = f"http://127.0.0.1:{unused_tcp_port}"
+    try:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(300):
+                try:
+                    async with session.get(url + "/readyz") as response:
+                        if response.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    pass
+                assert process.returncode is None, (await process.stderr.read()).decode()
+                await asyncio.sleep(0.1)
+            body = payloads.form_body(payloads.slash("", response_url=fake_slack.response_url()))
+            sent = time.monotonic()
+            async with session.post(url + "/slack/events", data=body,
+                                    headers=payloads.signed_headers(body)) as response:
+                assert response.status == 200
+            assert time.monotonic() - sent < 3.0
+        for _ in range(100):
+            if fake_slack.find("views.open"):
+                break
+            await asyncio.sleep(0.05)
+        assert opened_view(fake_slack)["callback_id"] == "sam3d_job"
+    finally:
+        process.terminate()
+        await asyncio.wait_for(process.wait(), 20)
+    assert process.returncode == 0
+
+
+def test_the_manifest_declares_everything_the_bot_uses():
+    manifest = yaml.safe_load((ROOT / "slack-app-manifest.yml").read_text())
+    features = manifest["features"]
+    assert [c["command"] for c in features["slash_commands"]] == ["/sam3d"]
+    assert features["slash_commands"][0]["should_escape"] is True
+    [shortcut] = features["shortcuts"]
+    assert (shortcut["type"], shortcut["callback_id"]) == ("message", "sam3d_make")
+    scopes = set(manifest["oauth_config"]["scopes"]["bot"])
+    assert {"commands", "chat:write", "files:read", "files:write", "users:read",
+            "app_mentions:read"} <= scopes
+    settings = manifest["settings"]
+    assert settings["event_subscriptions"]["bot_events"] == ["app_mention"]
+    assert settings["interactivity"]["is_enabled"] is True
+    assert settings["event_subscriptions"]["request_url"].endswith("/slack/events")
+    assert Path(ROOT / "README.md").read_text().count("slack-app-manifest.yml") >= 1
