@@ -26,6 +26,7 @@ from bot.images import (
 )
 from bot.models import ImageSource, JobRequest, Requester
 from tests.conftest import photo_bytes
+from tests.fakes import serve_on_loopback
 
 ME = Requester("test", "u1")
 
@@ -242,12 +243,8 @@ async def image_server():
     for path, handler in [("/p.png", image), ("/go", redirect), ("/slow", slow),
                           ("/huge", huge), ("/page", page)]:
         app.router.add_get(path, handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}"
+    runner, url = await serve_on_loopback(app)
+    yield url
     await runner.cleanup()
 
 

@@ -25,6 +25,7 @@ from bot.app import build_core
 from bot.settings import load_settings
 from bot.web import build_web_app, start_web
 from tests.conftest import photo_bytes
+from tests.fakes import serve_on_loopback
 from tests.fakes.segmind import API_KEY
 from tests.fakes.slack import APP_TOKEN, BOT_TOKEN, SIGNING_SECRET, FakeSlack
 from tests.helpers import ROOT, bot_env
@@ -261,9 +262,7 @@ async def serve_photo(port: int) -> PhotoServer:
         return web.Response(body=data, content_type="image/png")
 
     app.router.add_get("/p.png", serve)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    runner, _ = await serve_on_loopback(app, port)
     url = PhotoServer(f"http://{PHOTO_HOST}:{port}/p.png")
     url.runner = runner
     return url
@@ -305,6 +304,24 @@ async def test_the_shortcut_asks_which_settings_then_runs_in_the_message_thread(
     assert progress.args["thread_ts"] == "1700000000.000100"
     assert uploaded(fake_slack)["model.glb"]["thread_ts"] == "1700000000.000100"
     assert fake_segmind.counters.payloads[0]["prompt"] == "mug"
+
+
+async def test_a_repeated_shortcut_starts_one_job(slack, fake_slack, fake_segmind):
+    fake_segmind.behaviour.complete_after_s = 1.0
+    photo = photo_file(fake_slack)
+    shortcut = payloads.shortcut([photo], response_url=fake_slack.response_url("sc"))
+    await slack.interact(shortcut)
+    await slack.interact(shortcut)  # the same delivery again: one form
+    await slack.settle(until=lambda: fake_slack.find("views.open"))
+    await slack.interact(payloads.shortcut([photo]))  # used again on the same message
+    await slack.settle(until=lambda: len(fake_slack.find("views.open")) == 2)
+    assert len(fake_slack.find("views.open")) == 2
+    first, second = (c.args["view"] for c in fake_slack.find("views.open"))
+    await slack.interact(payloads.view_submission(first, {}))
+    await slack.interact(payloads.view_submission(second, {}))
+    await slack.settle(until=lambda: uploaded(fake_slack))
+    assert fake_segmind.counters.submits == 1
+    assert "already on its way" in fake_slack.ephemerals()[0]
 
 
 async def test_the_shortcut_on_a_message_without_a_photo_says_so(slack, fake_slack):
@@ -476,6 +493,36 @@ async def test_results_carry_the_picture_the_turntable_and_a_view_in_3d_link(
     assert files["turntable.gif"]["thread_ts"] == event["event"]["ts"]
     comment = files["model.glb"]["comment"]
     assert "|View in 3D>" in comment and "<https://bot.example/m/" in comment
+
+
+async def test_a_job_running_when_the_bot_stopped_is_finished_after_the_restart(
+        fake_slack, fake_segmind, tmp_path, settings_env, unused_tcp_port):
+    fake_segmind.behaviour.complete_after_s = 2.0
+    event = payloads.mention("vase", [photo_file(fake_slack)])
+    async with running_slack(fake_slack, fake_segmind, tmp_path, unused_tcp_port,
+                             job_lease_seconds=1) as slack:
+        await slack.event(event)
+        for _ in range(100):
+            if fake_segmind.counters.submits:
+                break
+            await asyncio.sleep(0.05)
+        for job in slack.bot.jobs:
+            job.cancel()  # the process stops with the job at Segmind
+    assert not uploaded(fake_slack)
+    await asyncio.sleep(1.2)  # its lease lapses
+    async with running_slack(fake_slack, fake_segmind, tmp_path, unused_tcp_port,
+                             job_lease_seconds=1) as restarted:
+        for _ in range(200):
+            if uploaded(fake_slack):
+                break
+            await asyncio.sleep(0.05)
+        await restarted.core.service.wait_resumed()
+        [row] = await restarted.jobs()
+    assert row.delivered == 1 and row.cost_micros == 65_000
+    assert fake_segmind.counters.submits == 1
+    assert uploaded(fake_slack)["model.glb"]["thread_ts"] == event["event"]["ts"]
+    [progress] = fake_slack.find("chat.postMessage")  # the same message, carried on
+    assert fake_slack.find("chat.update")[-1].args["text"].startswith("✅")
 
 
 # -- Socket Mode -----------------------------------------------------------------------------

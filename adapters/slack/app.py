@@ -76,6 +76,7 @@ class SlackBot:
         self.bot_user_id: str | None = None
         self.connected = False
         self._seen: OrderedDict[str, None] = OrderedDict()
+        self._making: set[str] = set()  # the same request, while its job runs
         self._admins: dict[tuple[str, str], tuple[bool, float]] = {}
         self.app = AsyncApp(
             client=client,
@@ -167,10 +168,26 @@ class SlackBot:
 
     async def run_job(self, who: Requester, place: Place, args: JobArgs,
                       photo: Callable[[], Awaitable[ImageSource]],
-                      mask: Callable[[], Awaitable[ImageSource]] | None, key: str) -> None:
+                      mask: Callable[[], Awaitable[ImageSource]] | None, key: str,
+                      same_as: str | None = None) -> None:
         """Post the progress message, fetch the photo and run the job; every refusal goes to
-        the user alone, and nothing is charged unless Segmind ran."""
+        the user alone, and nothing is charged unless Segmind ran. `same_as` names the
+        request itself (user, photo, settings): while it runs, asking again starts nothing."""
         replier = self.replier(place.reply_to(who.user_id, who.guild_id))
+        if same_as is not None:
+            if same_as in self._making:
+                await replier.tell("That model is already on its way; it will appear here.")
+                return
+            self._making.add(same_as)
+        try:
+            await self._run_job(who, place, args, photo, mask, key, replier)
+        finally:
+            self._making.discard(same_as)
+
+    async def _run_job(self, who: Requester, place: Place, args: JobArgs,
+                       photo: Callable[[], Awaitable[ImageSource]],
+                       mask: Callable[[], Awaitable[ImageSource]] | None, key: str,
+                       replier: SlackReplier) -> None:
         channels = await self.operations.may_start_in(Where(PLATFORM, who.guild_id),
                                                       place.channel_id)
         if channels is not None:
@@ -296,7 +313,10 @@ def add_listeners(bot: SlackBot) -> None:
                        points=answers.points)
         photo = bot.slack_file(answers.files[0] if answers.files else None, answers.file_id)
         mask = bot.slack_file(answers.mask, field="mask") if answers.mask else None
-        bot.background(bot.run_job(who, place, args, photo, mask, key))
+        # A message's photo asked for twice (the shortcut used again) is one request.
+        same = None if answers.files or answers.mask else ":".join(map(str, (
+            who.user_id, place.channel_id, place.thread_ts, answers.file_id, args)))
+        bot.background(bot.run_job(who, place, args, photo, mask, key, same))
 
     @app.event("app_mention")
     async def mentioned(body, event) -> None:

@@ -1,1 +1,14 @@
 """Loopback fake servers that speak the real protocols, for tests and benchmarks."""
+
+from aiohttp import web
+
+
+async def serve_on_loopback(app: web.Application, port: int = 0, **runner_options
+                            ) -> tuple[web.AppRunner, str]:
+    """Start `app` on 127.0.0.1 (a free port unless given); returns its runner and base URL."""
+    runner = web.AppRunner(app, **runner_options)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, f"http://127.0.0.1:{bound}"

@@ -12,6 +12,8 @@ from typing import Any
 
 from aiohttp import web
 
+from . import serve_on_loopback
+
 BOT_ID = "900000000000000001"
 APP_ID = "900000000000000002"
 API = "/api/v10"
@@ -60,12 +62,7 @@ class FakeDiscord:
         app = web.Application(client_max_size=200 * 1024 * 1024)
         app.router.add_route("*", API + "/{tail:.*}", self.api)
         app.router.add_get("/cdn/{name}", self.serve_cdn)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"http://127.0.0.1:{port}"
+        self._runner, self.url = await serve_on_loopback(app)
         return self
 
     async def __aexit__(self, *exc) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
+from . import serve_on_loopback
 from .models3d import sam3d_glb_bytes, splat_ply_bytes
 
 API_KEY = "sk-test-5e9a1c0ffee"
@@ -80,12 +81,7 @@ class FakeSegmind:
         app.router.add_post(f"/v1/{MODEL}", self.run_v1)
         app.router.add_get("/v1/get-user-credits", self.credits)
         app.router.add_get("/files/{name}", self.file)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
+        self._runner, self.url = await serve_on_loopback(app, access_log=None)
         return self
 
     async def __aexit__(self, *exc) -> None:
