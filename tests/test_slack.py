@@ -366,6 +366,12 @@ async def test_a_mention_without_a_photo_explains_how(slack, fake_slack):
 # -- refusals and failures --------------------------------------------------------------------
 
 
+async def test_slack_can_verify_the_request_url(slack):
+    status, body, _ = await slack.event({"token": "legacy", "challenge": "c-123",
+                                         "type": "url_verification"})
+    assert status == 200 and json.loads(body) == {"challenge": "c-123"}
+
+
 async def test_requests_with_a_bad_signature_or_an_old_timestamp_are_refused(slack,
                                                                             fake_slack):
     body = payloads.form_body(payloads.slash(""))
@@ -457,7 +463,7 @@ async def test_admin_commands_are_for_admins_and_change_what_users_may_do(slack,
     await slack.settle(until=lambda: len(fake_slack.hooks) == 5)
     said = fake_slack.ephemerals()
     assert said[-3] == f"blocked {payloads.BOB}"
-    assert said[-2] == "new jobs are paused on this server"
+    assert said[-2] == "new jobs are paused in this workspace"
     assert payloads.BOB in said[-1] and "0.065" in said[-1]
     audit = await slack.core.ledger.audit_trail()
     assert {"slack:" + payloads.ALICE} <= {e.actor for e in audit}

@@ -254,10 +254,10 @@ def add_listeners(bot: SlackBot) -> None:
         elif word == "quota":
             await ack()
             status = await bot.operations.my_quota(await bot.requester_of(team, user))
-            await respond(describe_quota(status))
+            await respond(in_workspace(describe_quota(status)))
         elif word == "admin":
             await ack()
-            await respond(await admin(bot, team, user, text.split()[1:]))
+            await respond(in_workspace(await admin(bot, team, user, text.split()[1:])))
         else:
             try:
                 args = parse_job_text(text)
@@ -423,6 +423,12 @@ async def admin(bot: SlackBot, team_id: str | None, user_id: str, words: list[st
     return f"I do not know `{verb}`.\n{ADMIN_HELP}"
 
 
+def in_workspace(text: str) -> str:
+    """The core words a Discord guild or a Slack workspace as a server; Slack says workspace."""
+    return text.replace("on this server", "in this workspace").replace(
+        "this server", "this workspace").replace("a server", "a workspace")
+
+
 async def set_quota(ops: Operations, actor: str, where: Where, words: list[str]) -> str:
     """quota <jobs|unlimited|default> [@user] [hours]"""
     if not words:
@@ -442,8 +448,7 @@ async def set_quota(ops: Operations, actor: str, where: Where, words: list[str])
             raise InputError("window", "give between 0.1 and 744 hours")
     kind = "user" if target else "guild"
     said = await ops.set_quota(actor, where, kind, target or "", jobs, hours)
-    return said.replace("this server", "this workspace").replace(
-        f"user {target}", f"<@{target}>")
+    return said.replace(f"user {target}", f"<@{target}>")
 
 
 async def allow_channel(ops: Operations, actor: str, where: Where, words: list[str]) -> str:
