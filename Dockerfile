@@ -17,7 +17,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 # Mesa through EGL: f3d draws previews on the CPU.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends libegl1 libegl-mesa0 libgl1-mesa-dri \
+    && apt-get install -y --no-install-recommends libegl1 libegl-mesa0 libgl1-mesa-dri libopengl0 \
     && rm -rf /var/lib/apt/lists/*
 
 RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin bot \

@@ -31,7 +31,7 @@ FIXTURE_FILES = ["sam3d_objects_0.glb", "donut_3dgs_sh0.ply", "khronos_Duck.glb"
 
 
 def made_models(folder: Path) -> list[Path]:
-    sphere = trimesh.creation.uv_sphere(radius=1.0, count=[708, 708])  # about 1M triangles
+    sphere = trimesh.creation.uv_sphere(radius=1.0, count=[501, 501])  # 1,004,000 triangles
     glb = folder / "made_1M_triangles.glb"
     glb.write_bytes(sphere.export(file_type="glb"))
     paths = [glb]

@@ -3,7 +3,7 @@
 # per change of pyproject.toml. Needs Debian's python3 (3.11+).
 
 # Mesa through EGL: what f3d draws with when there is no GPU.
-MESA_PACKAGES="libegl1 libegl-mesa0 libgl1-mesa-dri"
+MESA_PACKAGES="libegl1 libegl-mesa0 libgl1-mesa-dri libopengl0"
 # The tests run the ledger on a real PostgreSQL server and the 3D viewer in a real browser.
 TEST_PACKAGES="postgresql chromium"
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 # isort: off
 import f3d  # first: before anything can load the system's libssl
 # isort: on
-
+import ctypes
 import json
 import math
 import os
@@ -77,7 +77,7 @@ def main(backend: str) -> None:
     replies = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)
     try:
-        drawer = Drawer(make_engine(backend))
+        drawer = Drawer(*make_engine(backend))
         drawer.warm_up()
     except Exception as exc:  # report why, then end: the parent shows it to the admin
         _send(replies, {"ok": False, "error": f"the renderer could not start ({exc})"})
@@ -102,21 +102,109 @@ def _send(stream, message: dict) -> None:
 
 
 def make_engine(backend: str):
+    """The engine and the canvas it draws on. auto: our own EGL surface where we can have one
+    (one render per picture), else f3d's own EGL window, else OSMesa. egl: f3d's EGL window.
+    osmesa: f3d's OSMesa window."""
     f3d.Log.set_verbose_level(f3d.Log.VerboseLevel.QUIET)
     f3d.Engine.autoload_plugins()
     if backend == "osmesa":
-        return f3d.Engine.create_osmesa()
-    if backend == "egl":
-        return f3d.Engine.create_egl()
+        return f3d.Engine.create_osmesa(), F3dCanvas()
+    if backend == "auto":
+        try:
+            canvas = EglCanvas()
+            return f3d.Engine.create_external_egl(), canvas
+        except Exception as exc:  # no libOpenGL, no EGL platform: f3d's own window
+            print(f"own EGL surface unavailable ({exc}); using f3d's window", file=sys.stderr)
     try:
-        return f3d.Engine.create_egl()
-    except Exception:  # no EGL device: software OSMesa, same pictures
-        return f3d.Engine.create_osmesa()
+        return f3d.Engine.create_egl(), F3dCanvas()
+    except Exception:
+        if backend == "egl":
+            raise
+        return f3d.Engine.create_osmesa(), F3dCanvas()  # software OSMesa, same pictures
+
+
+class F3dCanvas:
+    """Pixels through f3d's render_to_image (which renders the picture three times over)."""
+
+    def draw(self, window, size: int) -> Image.Image:
+        window.size = (size, size)
+        image = window.render_to_image(True)
+        channels = image.channel_count
+        pixels = np.frombuffer(bytes(image.content), np.uint8).reshape(
+            image.height, image.width, channels)[::-1]  # f3d's rows run bottom to top
+        return Image.fromarray(np.ascontiguousarray(pixels), "RGBA" if channels == 4 else "RGB")
+
+
+class EglCanvas:
+    """An EGL context and pbuffer of our own, current while f3d draws into it as an external
+    window: one render() per picture, read back with glReadPixels. Mesa's surfaceless
+    platform needs no display or GPU."""
+
+    def __init__(self, side: int = 512):
+        os.environ.setdefault("EGL_PLATFORM", "surfaceless")
+        os.environ.setdefault("PYOPENGL_PLATFORM", "egl")  # read at PyOpenGL's first import
+        from OpenGL import EGL, GL
+
+        self.EGL, self.GL = EGL, GL
+        self.display = EGL.eglGetDisplay(EGL.EGL_DEFAULT_DISPLAY)
+        major, minor = EGL.EGLint(), EGL.EGLint()
+        if not EGL.eglInitialize(self.display, ctypes.pointer(major), ctypes.pointer(minor)):
+            raise RuntimeError("eglInitialize failed")
+        self.config = EGL.EGLConfig()
+        found = EGL.EGLint()
+        wanted = _egl_attributes(EGL, EGL.EGL_SURFACE_TYPE, EGL.EGL_PBUFFER_BIT,
+                                 EGL.EGL_RED_SIZE, 8, EGL.EGL_GREEN_SIZE, 8,
+                                 EGL.EGL_BLUE_SIZE, 8, EGL.EGL_ALPHA_SIZE, 8,
+                                 EGL.EGL_DEPTH_SIZE, 24,
+                                 EGL.EGL_RENDERABLE_TYPE, EGL.EGL_OPENGL_BIT)
+        if not EGL.eglChooseConfig(self.display, wanted, ctypes.pointer(self.config), 1,
+                                   ctypes.pointer(found)) or not found.value:
+            raise RuntimeError("no EGL configuration with RGBA and depth")
+        EGL.eglBindAPI(EGL.EGL_OPENGL_API)
+        self.context = EGL.eglCreateContext(
+            self.display, self.config, EGL.EGL_NO_CONTEXT,
+            _egl_attributes(EGL, EGL.EGL_CONTEXT_MAJOR_VERSION, 3,
+                            EGL.EGL_CONTEXT_MINOR_VERSION, 2,
+                            EGL.EGL_CONTEXT_OPENGL_PROFILE_MASK,
+                            EGL.EGL_CONTEXT_OPENGL_CORE_PROFILE_BIT))
+        if not self.context:
+            raise RuntimeError("eglCreateContext failed")
+        self.surface, self.side = None, 0
+        self._ensure(side)
+
+    def _ensure(self, size: int) -> None:
+        """A pbuffer at least `size` square (f3d draws in its lower left corner)."""
+        if size <= self.side:
+            return
+        EGL = self.EGL
+        surface = EGL.eglCreatePbufferSurface(
+            self.display, self.config,
+            _egl_attributes(EGL, EGL.EGL_WIDTH, size, EGL.EGL_HEIGHT, size))
+        if not surface or not EGL.eglMakeCurrent(self.display, surface, surface, self.context):
+            raise RuntimeError(f"no {size} px EGL surface")
+        if self.surface is not None:
+            EGL.eglDestroySurface(self.display, self.surface)
+        self.surface, self.side = surface, size
+
+    def draw(self, window, size: int) -> Image.Image:
+        self._ensure(size)
+        window.size = (size, size)
+        window.render()
+        GL = self.GL
+        data = GL.glReadPixels(0, 0, size, size, GL.GL_RGBA, GL.GL_UNSIGNED_BYTE)
+        pixels = np.frombuffer(data, np.uint8).reshape(size, size, 4)[::-1]  # bottom row first
+        return Image.fromarray(np.ascontiguousarray(pixels), "RGBA")
+
+
+def _egl_attributes(EGL, *pairs: int):
+    values = [*pairs, EGL.EGL_NONE]
+    return (EGL.EGLint * len(values))(*values)
 
 
 class Drawer:
-    def __init__(self, engine):
+    def __init__(self, engine, canvas):
         self.engine = engine
+        self.canvas = canvas
         self.window = engine.window
         self.applied: dict = {}
 
@@ -171,12 +259,7 @@ class Drawer:
         camera.view_up = list(map(float, upward))
 
     def _draw(self, size: int) -> Image.Image:
-        self.window.size = (size, size)
-        image = self.window.render_to_image(True)
-        channels = image.channel_count
-        pixels = np.frombuffer(bytes(image.content), np.uint8).reshape(
-            image.height, image.width, channels)[::-1]  # f3d's rows run bottom to top
-        return Image.fromarray(np.ascontiguousarray(pixels), "RGBA" if channels == 4 else "RGB")
+        return self.canvas.draw(self.window, size)
 
     def _fit(self, centre, distance, up):
         """Move in and re-centre so the object fills FILL of the picture (two small probes:
