@@ -431,6 +431,28 @@ async def test_an_upstream_failure_is_refunded_and_told_privately(slack, fake_sl
     assert row.refunded == 1 and row.cost_micros == 0
 
 
+async def test_fifty_people_at_once_in_one_channel_are_all_answered(slack, fake_slack,
+                                                                    fake_segmind):
+    # Slack lets a bot post about one message a second per channel (bursts allowed): here 10.
+    fake_slack.per_second = {"chat.postMessage": 10, "chat.update": 10}
+    photos = [photo_file(fake_slack, f"p{i}.png", photo_bytes(colour=(i * 5, 40, 30)))
+              for i in range(50)]
+    users = [f"U{i:08d}X" for i in range(50)]
+    answers = await asyncio.gather(*(
+        slack.event(payloads.mention("thing", [photo], user=user))
+        for photo, user in zip(photos, users, strict=True)))
+    assert all(status == 200 for status, _, _ in answers)
+    assert max(seconds for _, _, seconds in answers) < 3.0
+    await slack.settle(until=lambda: len([u for u in fake_slack.uploads.values()
+                                          if u.get("channel") and u["name"] == "model.glb"])
+                       == 50, limit_s=60)
+    models = [u for u in fake_slack.uploads.values() if u["name"] == "model.glb"]
+    assert len(models) == 50 and fake_segmind.counters.submits == 50
+    assert {m["comment"].split(">")[0] for m in models} == {f"<@{u}" for u in users}
+    assert fake_slack.rate_limited > 0  # the limit was reached, and waited out
+    assert not fake_slack.find("chat.postEphemeral")
+
+
 # -- quota, admin and New seed ----------------------------------------------------------------
 
 

@@ -67,13 +67,13 @@ class DiscordReplier:
         except discord.HTTPException as exc:  # progress is best effort; the result is not
             log.info("progress edit failed: %s", exc)
 
-    def _finish_progress(self) -> None:
-        self._progress.close()
+    async def _finish_progress(self) -> None:
+        await self._progress.close()
 
     # -- results -------------------------------------------------------------------------------
 
     async def deliver(self, result: JobResult) -> None:
-        self._finish_progress()
+        await self._finish_progress()
         made = result_message(result, self._size_limit, self._links)
         content = f"<@{self._reply_to['user_id']}>"
         if made.links:
@@ -121,7 +121,7 @@ class DiscordReplier:
                                                      discord.File(gif.path, "turntable.gif")])
 
     async def fail(self, error: BotError, refunded: bool) -> None:
-        self._finish_progress()
+        await self._finish_progress()
         text = failure_text(error, refunded)
         if self._token_usable():
             try:

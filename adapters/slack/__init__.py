@@ -22,6 +22,7 @@ from .app import SlackBot
 
 log = logging.getLogger(__name__)
 EVENTS_PATH = "/slack/events"
+RATE_LIMIT_RETRIES = 8
 
 
 class SlackAdapter:
@@ -82,10 +83,11 @@ def socket_mode(settings) -> bool:
 
 def web_client(core) -> AsyncWebClient:
     """Slack's Web API at SLACK_API_URL, on the bot's own HTTP session; rate-limited calls
-    are retried after the wait Slack asks for."""
+    are retried after the wait Slack asks for (chat.postMessage allows about one message a
+    second per channel, so a burst of jobs in one channel waits its turn)."""
     client = AsyncWebClient(token=core.settings.slack_bot_token.get_secret_value(),
                             base_url=core.settings.slack_api_url, session=core.api_session)
-    client.retry_handlers.append(AsyncRateLimitErrorRetryHandler(max_retry_count=2))
+    client.retry_handlers.append(AsyncRateLimitErrorRetryHandler(max_retry_count=RATE_LIMIT_RETRIES))
     return client
 
 

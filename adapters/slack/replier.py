@@ -39,6 +39,8 @@ REMOVED = ("The model is ready, but I was removed from the channel before I coul
 
 
 class NotInChannel(BotError):
+    """The progress message could not be posted, so the job does not start."""
+
     code = "not_in_channel"
 
 
@@ -92,7 +94,8 @@ class SlackReplier:
                 raise NotInChannel(NOT_IN_DM) from None
             if error in CHANNEL_ERRORS:
                 raise NotInChannel(CHANNEL_ERRORS[error]) from None
-            raise
+            raise NotInChannel(f"Slack would not let me post here ({error}); nothing was "
+                               "charged. Try again in a minute.") from None
         self._reply_to["progress_ts"] = posted["ts"]
 
     # -- progress ------------------------------------------------------------------------------
@@ -111,7 +114,7 @@ class SlackReplier:
     # -- results -------------------------------------------------------------------------------
 
     async def deliver(self, result: JobResult) -> None:
-        self._progress.close()
+        await self._progress.close()
         text = result_text(result, self._user, self._links)
         try:
             await self._client.files_upload_v2(
@@ -140,7 +143,7 @@ class SlackReplier:
             channel=self._channel, thread_ts=self._thread or self._progress_ts)
 
     async def fail(self, error: BotError, refunded: bool) -> None:
-        self._progress.close()
+        await self._progress.close()
         self.answered = True
         await self.withdraw()
         await self.tell(failure_text(error, refunded))

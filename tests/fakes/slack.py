@@ -51,6 +51,11 @@ class FakeSlack:
         self.admins: set[str] = set()
         self.scopes = {"app_mentions:read", "chat:write", "commands", "files:read",
                        "files:write", "users:read"}  # the bot token's
+        # method -> calls allowed per second per channel, as Slack limits chat.postMessage;
+        # past it the answer is 429 with Retry-After, like Slack's.
+        self.per_second: dict[str, int] = {}
+        self._recent: dict[tuple[str, str], list[float]] = {}
+        self.rate_limited = 0
         self.envelopes_acked: dict[str, dict[str, Any]] = {}
         self.socket: web.WebSocketResponse | None = None
         self.socket_open = asyncio.Event()
@@ -126,10 +131,26 @@ class FakeSlack:
             return _ok(url=f"{self.url.replace('http', 'ws')}/socket")
         if token != BOT_TOKEN:
             return _ok(False, error="invalid_auth")
+        if self._over_limit(method, str(args.get("channel") or args.get("channel_id") or "")):
+            self.rate_limited += 1
+            return web.json_response({"ok": False, "error": "ratelimited"}, status=429,
+                                     headers={"Retry-After": "1"})
         handler = getattr(self, "m_" + method.replace(".", "_"), None)
         if handler is None:
             return _ok(False, error="unknown_method")
         return handler(args)
+
+    def _over_limit(self, method: str, channel: str) -> bool:
+        limit = self.per_second.get(method)
+        if limit is None:
+            return False
+        now = time.monotonic()
+        recent = [t for t in self._recent.get((method, channel), []) if now - t < 1.0]
+        if len(recent) >= limit:
+            self._recent[(method, channel)] = recent
+            return True
+        self._recent[(method, channel)] = [*recent, now]
+        return False
 
     def m_auth_test(self, args) -> web.Response:
         return _ok(user_id=BOT_USER, user="sam3d", team="Test team", team_id=TEAM,
