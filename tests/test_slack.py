@@ -581,7 +581,7 @@ async def test_sam3d_bot_run_in_http_mode_answers_a_signed_command_within_3_s(
         fake_slack, tmp_path, unused_tcp_port):
     env = bot_env(SLACK_BOT_TOKEN=BOT_TOKEN, SLACK_SIGNING_SECRET=SIGNING_SECRET,
                   SLACK_API_URL=fake_slack.api_url, HTTP_PORT=str(unused_tcp_port),
-                  DATA_DIR=str(tmp_path / "data"), RENDER_ENABLED="false")
+                  DATA_DIR=str(tmp_path / "data"), RENDER_ENABLED="false", LOG_LEVEL="DEBUG")
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bot", "run", cwd=tmp_path, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
@@ -610,8 +610,11 @@ async def test_sam3d_bot_run_in_http_mode_answers_a_signed_command_within_3_s(
         assert opened_view(fake_slack)["callback_id"] == "sam3d_job"
     finally:
         process.terminate()
-        await asyncio.wait_for(process.wait(), 20)
+        _, logged = await asyncio.wait_for(process.communicate(), 20)
     assert process.returncode == 0
+    logged = logged.decode()
+    assert "views.open" in logged  # Slack's library logs its calls at DEBUG...
+    assert BOT_TOKEN not in logged and SIGNING_SECRET not in logged  # ...never the secrets
 
 
 def test_the_manifest_declares_everything_the_bot_uses():
