@@ -388,3 +388,15 @@ async def test_the_own_egl_surface_draws_what_f3ds_window_draws(tmp_path):
     assert np.abs(np.array(own.box) - np.array(f3ds.box)).max() <= 3
     assert abs(own.coverage - f3ds.coverage) < 0.01
     assert np.abs(own.colour() - f3ds.colour()).max() < 12
+
+
+async def test_without_a_surface_of_its_own_the_renderer_uses_f3ds_window(monkeypatch,
+                                                                          tmp_path):
+    monkeypatch.setenv("PYOPENGL_PLATFORM", "osmesa")  # PyOpenGL then offers no EGL
+    renderer = F3dRenderer(RenderOptions(size=128))
+    try:
+        picture = await thumb(renderer, as_files(need("khronos_Duck.glb")), tmp_path)
+    finally:
+        await renderer.close()
+    picture.assert_framed()
+    assert picture.coverage > 0.1
