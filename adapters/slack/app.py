@@ -174,43 +174,36 @@ class SlackBot:
         the user alone, and nothing is charged unless Segmind ran. `same_as` names the
         request itself (user, photo, settings): while it runs, asking again starts nothing."""
         replier = self.replier(place.reply_to(who.user_id, who.guild_id))
+        if same_as in self._making:
+            await replier.tell("That model is already on its way; it will appear here.")
+            return
         if same_as is not None:
-            if same_as in self._making:
-                await replier.tell("That model is already on its way; it will appear here.")
-                return
             self._making.add(same_as)
         try:
-            await self._run_job(who, place, args, photo, mask, key, replier)
+            channels = await self.operations.may_start_in(Where(PLATFORM, who.guild_id),
+                                                          place.channel_id)
+            if channels is not None:
+                await replier.tell("In this workspace, 3D models are made in "
+                                   + ", ".join(f"<#{c}>" for c in channels) + ".")
+                return
+            try:
+                await replier.start()
+                image = await photo()
+                mask_image = await mask() if mask else None
+            except NotInChannel as error:
+                await replier.tell(error.user_message)
+                return
+            except BotError as error:
+                await replier.fail(error, refunded=False)
+                return
+            request = JobRequest(requester=who, image=image, prompt=args.prompt,
+                                 bbox=args.bbox, points=args.points, mask=mask_image,
+                                 seed=args.seed, reply_to=replier.reply_to)
+            await self.core.service.run(request, replier, idempotency_key=f"slack:{key}")
+            if not replier.answered:  # another delivery of the same request has this job
+                await replier.withdraw()
         finally:
             self._making.discard(same_as)
-
-    async def _run_job(self, who: Requester, place: Place, args: JobArgs,
-                       photo: Callable[[], Awaitable[ImageSource]],
-                       mask: Callable[[], Awaitable[ImageSource]] | None, key: str,
-                       replier: SlackReplier) -> None:
-        channels = await self.operations.may_start_in(Where(PLATFORM, who.guild_id),
-                                                      place.channel_id)
-        if channels is not None:
-            await replier.tell("In this workspace, 3D models are made in "
-                               + ", ".join(f"<#{c}>" for c in channels) + ".")
-            return
-        try:
-            await replier.start()
-        except NotInChannel as error:
-            await replier.tell(error.user_message)
-            return
-        try:
-            image = await photo()
-            mask_image = await mask() if mask else None
-        except BotError as error:
-            await replier.fail(error, refunded=False)
-            return
-        request = JobRequest(requester=who, image=image, prompt=args.prompt, bbox=args.bbox,
-                             points=args.points, mask=mask_image, seed=args.seed,
-                             reply_to=replier.reply_to)
-        await self.core.service.run(request, replier, idempotency_key=f"slack:{key}")
-        if not replier.answered:  # another delivery of the same request has this job
-            await replier.withdraw()
 
     def slack_file(self, file: dict[str, Any] | None, file_id: str | None = None,
                    field: str = "image") -> Callable[[], Awaitable[ImageSource]]:
