@@ -491,6 +491,37 @@ async def test_admin_commands_are_for_admins_and_change_what_users_may_do(slack,
     assert {"slack:" + payloads.ALICE} <= {e.actor for e in audit}
 
 
+async def test_admins_set_budgets_lift_blocks_and_pauses_refund_and_pick_channels(
+        slack, fake_slack, fake_segmind):
+    fake_slack.admins.add(payloads.ALICE)
+    await slack.event(payloads.mention("bowl", [photo_file(fake_slack)], user=payloads.BOB))
+    await slack.settle(until=lambda: uploaded(fake_slack))
+    job_id = fake_slack.find("chat.update")[-1].args["blocks"][1]["elements"][0]["value"]
+    commands = ["admin budget 12.50", f"admin block {payloads.BOB}",
+                f"admin unblock <@{payloads.BOB}|bob>", "admin pause", "admin resume",
+                f"admin refund {job_id} wrong photo", "admin channel <#C0000ART|art> on",
+                "admin quota lots"]
+    for count, command in enumerate(commands, 1):
+        await slack.command(command)
+        await slack.settle(until=lambda count=count: len(fake_slack.hooks) == count)
+    assert fake_slack.ephemerals() == [
+        "this workspace's monthly budget: $12.50",
+        f"blocked {payloads.BOB}",
+        f"unblocked {payloads.BOB}",
+        "new jobs are paused in this workspace",
+        "new jobs are open again",
+        f"job {job_id}: the user has the quota slot back; the $0.065 it cost stays spent "
+        "(Segmind billed it)",
+        "<#C0000ART>: allowed. Jobs start in: <#C0000ART>.",
+        "jobs: must be a whole number, unlimited or default",
+    ]
+    # Jobs now start only in #art: elsewhere the user is told where.
+    await slack.event(payloads.mention("cup", [photo_file(fake_slack)]))
+    await slack.settle(until=lambda: fake_slack.find("chat.postEphemeral"))
+    assert "<#C0000ART>" in fake_slack.find("chat.postEphemeral")[-1].args["text"]
+    assert fake_segmind.counters.submits == 1
+
+
 async def test_new_seed_runs_the_photo_again_as_a_new_job(slack, fake_slack, fake_segmind):
     await slack.event(payloads.mention("lamp seed=3", [photo_file(fake_slack)]))
     await slack.settle(until=lambda: uploaded(fake_slack))
