@@ -344,6 +344,26 @@ async def test_a_mention_with_a_photo_runs_in_its_thread(slack, fake_slack, fake
     assert sent["prompt"] == "red car" and sent["seed"] == 9
 
 
+async def test_a_mention_in_the_thread_of_a_photo_uses_that_photo(slack, fake_slack,
+                                                                 fake_segmind):
+    parent_ts = "1700000000.000200"
+    fake_slack.messages[(payloads.CHANNEL, parent_ts)] = {
+        "ts": parent_ts, "user": payloads.BOB, "text": "our new chair",
+        "files": [photo_file(fake_slack)]}
+    await slack.event(payloads.mention("chair", thread_ts=parent_ts))
+    await slack.settle(until=lambda: uploaded(fake_slack))
+    assert uploaded(fake_slack)["model.glb"]["thread_ts"] == parent_ts
+    assert fake_segmind.counters.payloads[0]["prompt"] == "chair"
+
+
+async def test_without_the_history_scope_a_thread_mention_says_what_to_do(slack, fake_slack):
+    fake_slack.scopes.discard("channels:history")
+    await slack.event(payloads.mention("chair", thread_ts="1700000000.000300"))
+    await slack.settle(until=lambda: fake_slack.find("chat.postEphemeral"))
+    text = fake_slack.find("chat.postEphemeral")[0].args["text"]
+    assert "channels:history" in text and "Make 3D model" in text
+
+
 async def test_a_retried_event_starts_one_job(slack, fake_slack, fake_segmind):
     event = payloads.mention("car", [photo_file(fake_slack)], event_id="Ev0RETRIED")
     await slack.event(event)
@@ -657,7 +677,7 @@ def test_the_manifest_declares_everything_the_bot_uses():
     assert (shortcut["type"], shortcut["callback_id"]) == ("message", "sam3d_make")
     scopes = set(manifest["oauth_config"]["scopes"]["bot"])
     assert {"commands", "chat:write", "files:read", "files:write", "users:read",
-            "app_mentions:read"} <= scopes
+            "app_mentions:read", "channels:history", "groups:history"} <= scopes
     settings = manifest["settings"]
     assert settings["event_subscriptions"]["bot_events"] == ["app_mention"]
     assert settings["interactivity"]["is_enabled"] is True

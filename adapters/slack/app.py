@@ -164,6 +164,22 @@ class SlackBot:
             raise InputError("image", f"Slack would not show me that file "
                                       f"({slack_error(exc)})") from None
 
+    async def thread_files(self, channel: str, thread_ts: str) -> list[dict[str, Any]]:
+        """The files of the message that starts a thread."""
+        try:
+            replies = await self.client.conversations_replies(channel=channel, ts=thread_ts,
+                                                              limit=1, inclusive=True)
+        except SlackApiError as exc:
+            if slack_error(exc) == "missing_scope":
+                raise InputError("image", "I may not read this thread (the app lacks the "
+                                          "channels:history scope): mention me in the "
+                                          "message with the photo, or use ⋯ > Make 3D model "
+                                          "on it") from None
+            raise InputError("image", f"Slack would not show me this thread "
+                                      f"({slack_error(exc)})") from None
+        messages = replies.get("messages") or []
+        return messages[0].get("files") or [] if messages else []
+
     # -- a job ---------------------------------------------------------------------------------
 
     async def run_job(self, who: Requester, place: Place, args: JobArgs,
@@ -323,15 +339,23 @@ def add_listeners(bot: SlackBot) -> None:
         except InputError as error:
             await bot.replier(place.reply_to(who.user_id, who.guild_id)).tell(error.user_message)
             return
+        replier = bot.replier(place.reply_to(who.user_id, who.guild_id))
         images = image_files(event.get("files") or [])
+        if not images and not args.url and event.get("thread_ts") not in (None, event["ts"]):
+            try:  # a reply in a photo's thread: that photo
+                images = image_files(await bot.thread_files(event["channel"],
+                                                            event["thread_ts"]))
+            except BotError as error:
+                await replier.tell(error.user_message)
+                return
         if images:
             photo = bot.slack_file(images[0])
         elif args.url:
             photo = link(args.url)
         else:
-            await bot.replier(place.reply_to(who.user_id, who.guild_id)).tell(
-                "Mention me in a message with a photo attached (or a link to one), for "
-                "example `@sam3d red chair`.")
+            await replier.tell("Mention me in a message with a photo attached (or a link to "
+                               "one, or in the thread of a photo), for example "
+                               "`@sam3d red chair`.")
             return
         bot.background(bot.run_job(who, place, args, photo,
                                    link(args.mask_url) if args.mask_url else None, key))

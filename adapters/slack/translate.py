@@ -28,7 +28,7 @@ points and a seed.
 • `{COMMAND} <photo link> [what it is] [seed=42] [bbox=x1,y1,x2,y2] [points=x,y;x,y]` \
 runs at once.
 • On a message with a photo: ⋯ More actions > *Make 3D model*.
-• Mention me in a message with a photo: `@sam3d red chair`.
+• Mention me in a message with a photo, or in reply to one: `@sam3d red chair`.
 • `{COMMAND} quota`: how many jobs you have left.
 • `{COMMAND} admin ...`: usage, quotas, budget, blocks and pauses (workspace admins)."""
 

@@ -49,8 +49,10 @@ class FakeSlack:
         self.hooks: list[tuple[str, dict[str, Any]]] = []  # response_url posts
         self.not_member: set[str] = set()  # channels the bot is not in
         self.admins: set[str] = set()
-        self.scopes = {"app_mentions:read", "chat:write", "commands", "files:read",
-                       "files:write", "users:read"}  # the bot token's
+        self.scopes = {"app_mentions:read", "channels:history", "chat:write", "commands",
+                       "files:read", "files:write", "groups:history",
+                       "users:read"}  # the bot token's
+        self.messages: dict[tuple[str, str], dict[str, Any]] = {}  # (channel, ts) -> message
         # method -> calls allowed per second per channel, as Slack limits chat.postMessage;
         # past it the answer is 429 with Retry-After, like Slack's.
         self.per_second: dict[str, int] = {}
@@ -196,6 +198,14 @@ class FakeSlack:
                           thread_ts=args.get("thread_ts"), comment=args.get("initial_comment"))
             done.append({"id": item["id"], "title": item.get("title"), "name": upload["name"]})
         return _ok(files=done)
+
+    def m_conversations_replies(self, args) -> web.Response:
+        if "channels:history" not in self.scopes:
+            return _ok(False, error="missing_scope", needed="channels:history")
+        parent = self.messages.get((args["channel"], args["ts"]))
+        if parent is None:
+            return _ok(False, error="thread_not_found")
+        return _ok(messages=[parent], has_more=False)
 
     def m_files_info(self, args) -> web.Response:
         file = self.files.get(args.get("file", ""))
