@@ -473,6 +473,22 @@ async def test_fifty_people_at_once_in_one_channel_are_all_answered(slack, fake_
     assert not fake_slack.find("chat.postEphemeral")
 
 
+async def test_a_crowd_under_slacks_one_post_a_second_is_served_in_turn(slack, fake_slack,
+                                                                       fake_segmind):
+    # Slack's own limit: about one post a second per channel. Posts wait their turn;
+    # progress edits that meet the limit are dropped, so they never starve the posts.
+    fake_slack.per_second = {"chat.postMessage": 1, "chat.update": 1}
+    users = [f"U{i:08d}Y" for i in range(12)]
+    for index, user in enumerate(users):
+        await slack.event(payloads.mention("thing", [photo_file(
+            fake_slack, f"q{index}.png", photo_bytes(colour=(index * 9, 90, 30)))], user=user))
+    await slack.settle(until=lambda: len([u for u in fake_slack.uploads.values()
+                                          if u.get("channel") and u["name"] == "model.glb"])
+                       == 12, limit_s=90)
+    assert fake_segmind.counters.submits == 12
+    assert not fake_slack.find("chat.postEphemeral")
+
+
 # -- quota, admin and New seed ----------------------------------------------------------------
 
 

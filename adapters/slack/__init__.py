@@ -22,7 +22,7 @@ from .app import SlackBot
 
 log = logging.getLogger(__name__)
 EVENTS_PATH = "/slack/events"
-RATE_LIMIT_RETRIES = 8
+RATE_LIMIT_RETRIES = 30
 
 
 class SlackAdapter:
@@ -51,7 +51,8 @@ class SlackAdapter:
                 raise AdapterFailed("Slack: set SLACK_SIGNING_SECRET (HTTP mode, Basic "
                                     "Information > Signing Secret) or SLACK_APP_TOKEN (Socket "
                                     "Mode)")
-            self.bot = SlackBot(core, web_client(core), socket_mode=socket_mode(settings))
+            self.bot = SlackBot(core, web_client(core), socket_mode=socket_mode(settings),
+                                progress_client=web_client(core, wait_out_rate_limits=False))
         return self.bot
 
     def routes(self, core) -> list[web.RouteDef]:
@@ -81,13 +82,16 @@ def socket_mode(settings) -> bool:
     return bool(settings.slack_app_token.get_secret_value())
 
 
-def web_client(core) -> AsyncWebClient:
-    """Slack's Web API at SLACK_API_URL, on the bot's own HTTP session; rate-limited calls
-    are retried after the wait Slack asks for (chat.postMessage allows about one message a
-    second per channel, so a burst of jobs in one channel waits its turn)."""
+def web_client(core, wait_out_rate_limits: bool = True) -> AsyncWebClient:
+    """Slack's Web API at SLACK_API_URL, on the bot's own HTTP session. Rate-limited calls are
+    retried after the wait Slack asks for (chat.postMessage allows about one message a second
+    per channel, so a burst of jobs in one channel waits its turn), except by the client for
+    progress edits: a rate-limited edit is dropped, leaving the turn to what must arrive."""
     client = AsyncWebClient(token=core.settings.slack_bot_token.get_secret_value(),
                             base_url=core.settings.slack_api_url, session=core.api_session)
-    client.retry_handlers.append(AsyncRateLimitErrorRetryHandler(max_retry_count=RATE_LIMIT_RETRIES))
+    if wait_out_rate_limits:
+        client.retry_handlers.append(
+            AsyncRateLimitErrorRetryHandler(max_retry_count=RATE_LIMIT_RETRIES))
     return client
 
 

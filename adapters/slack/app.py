@@ -64,10 +64,12 @@ ADMIN_CACHE_S = 300.0
 
 
 class SlackBot:
-    def __init__(self, core, client: AsyncWebClient, *, socket_mode: bool):
+    def __init__(self, core, client: AsyncWebClient, *, socket_mode: bool,
+                 progress_client: AsyncWebClient | None = None):
         self.core = core
         self.settings = core.settings
         self.client = client
+        self.progress_client = progress_client or client
         self.operations = Operations(core.ledger)
         self.files = SlackFiles(core.api_session, client.token or "", self.settings.slack_api_url,
                                 self.settings.max_image_bytes,
@@ -150,7 +152,7 @@ class SlackBot:
     def replier(self, reply_to: dict[str, Any]) -> SlackReplier:
         return SlackReplier(self.client, reply_to,
                             interval_s=self.settings.progress_edit_interval_s,
-                            links=self.core.links)
+                            links=self.core.links, progress_client=self.progress_client)
 
     def replier_for_record(self, record: JobRecord) -> SlackReplier | None:
         if "channel_id" not in record.reply_to:

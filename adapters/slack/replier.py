@@ -54,8 +54,10 @@ def slack_error(exc: SlackApiError) -> str:
 
 class SlackReplier:
     def __init__(self, client: AsyncWebClient, reply_to: dict[str, Any], *,
-                 interval_s: float = 3.0, links=None):
+                 interval_s: float = 3.0, links=None,
+                 progress_client: AsyncWebClient | None = None):
         self._client = client
+        self._progress_client = progress_client or client  # may drop edits under a limit
         self._reply_to = reply_to
         self._links = links  # the bot's signed links, for "View in 3D"
         self._progress = ProgressThrottle(self._show, interval_s)
@@ -106,8 +108,9 @@ class SlackReplier:
 
     async def _show(self, update: Progress) -> None:
         try:
-            await self._client.chat_update(channel=self._channel, ts=self._progress_ts,
-                                           text=progress_text(self._user, update.describe()))
+            await self._progress_client.chat_update(
+                channel=self._channel, ts=self._progress_ts,
+                text=progress_text(self._user, update.describe()))
         except SlackApiError as exc:  # progress is best effort; the result is not
             log.info("progress update failed: %s", slack_error(exc))
 
