@@ -3,6 +3,9 @@ is called and where a file too large to attach can be fetched."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from .errors import BotError
 from .models import FileKind, JobResult, OutputFile
 from .settings import micros_to_usd
@@ -39,3 +42,19 @@ def link_line(file: OutputFile, name: str, job_id: str, links=None) -> str:
     if file.source_url:
         return f"{name} ({size}): {file.source_url} ({UPSTREAM_LINK_NOTE})"
     return f"{name} ({size}) is too large to attach here and has no link"
+
+
+def details_text(params: dict[str, Any], job_id: str, cost_micros: int,
+                 escape: Callable[[str], str] = str,
+                 timings: dict[str, float] | None = None) -> str:
+    """A job's settings and cost, one per line; `escape` makes user text inert on the
+    platform."""
+    lines = [f"Job `{job_id}`"]
+    for key in ("prompt", "seed", "bbox", "points", "mask", "width", "height"):
+        value = params.get(key)
+        if value not in (None, False, ""):
+            lines.append(f"{key}: {escape(str(value))}")
+    lines.append(f"cost: ${micros_to_usd(cost_micros):.3f}")
+    for stage, seconds in (timings or {}).items():
+        lines.append(f"{stage}: {seconds:.1f} s")
+    return "\n".join(lines)

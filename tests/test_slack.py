@@ -558,6 +558,32 @@ async def test_admins_set_budgets_lift_blocks_and_pauses_refund_and_pick_channel
     assert fake_segmind.counters.submits == 1
 
 
+async def test_details_and_delete_on_a_result(slack, fake_slack):
+    await slack.event(payloads.mention("jug seed=11", [photo_file(fake_slack)]))
+    await slack.settle(until=lambda: uploaded(fake_slack))
+    header = fake_slack.find("chat.update")[-1].args
+    buttons = {b["action_id"]: b for b in header["blocks"][1]["elements"]}
+    assert set(buttons) == {"sam3d_new_seed", "sam3d_details", "sam3d_delete"}
+    await slack.interact(payloads.button(buttons["sam3d_details"]["value"],
+                                         action="sam3d_details",
+                                         response_url=fake_slack.response_url("details")))
+    await slack.settle(until=lambda: fake_slack.hooks)
+    said = fake_slack.ephemerals()[0]
+    assert "prompt: jug" in said and "seed: 11" in said and "cost: $0.065" in said
+    delete = buttons["sam3d_delete"]
+    assert delete["confirm"]["confirm"]["text"] == "Delete"
+    await slack.interact(payloads.button(delete["value"], user=payloads.BOB,
+                                         action="sam3d_delete",
+                                         response_url=fake_slack.response_url("delete")))
+    await slack.settle(until=lambda: len(fake_slack.hooks) == 2)
+    assert "Only the person who asked" in fake_slack.ephemerals()[1]
+    assert not fake_slack.find("files.delete")
+    await slack.interact(payloads.button(delete["value"], action="sam3d_delete"))
+    await slack.settle(until=lambda: fake_slack.find("chat.delete"))
+    assert all(u.get("deleted") for u in uploaded(fake_slack).values())
+    assert len(fake_slack.find("files.delete")) == 2  # the model and the splat
+
+
 async def test_new_seed_runs_the_photo_again_as_a_new_job(slack, fake_slack, fake_segmind):
     await slack.event(payloads.mention("lamp seed=3", [photo_file(fake_slack)]))
     await slack.settle(until=lambda: uploaded(fake_slack))
@@ -588,6 +614,8 @@ async def test_results_carry_the_picture_the_turntable_and_a_view_in_3d_link(
     assert files["turntable.gif"]["thread_ts"] == event["event"]["ts"]
     comment = files["model.glb"]["comment"]
     assert "|View in 3D>" in comment and "<https://bot.example/m/" in comment
+    delete = fake_slack.find("chat.update")[-1].args["blocks"][1]["elements"][2]
+    assert len(json.loads(delete["value"])["files"]) == 4  # Delete takes the turntable too
 
 
 async def test_a_job_running_when_the_bot_stopped_is_finished_after_the_restart(

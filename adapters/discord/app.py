@@ -23,12 +23,12 @@ from bot.operations import (
     usage_table,
 )
 from bot.ports import JobRecord
+from bot.replies import details_text
 
 from .replier import DiscordReplier
 from .translate import (
     NO_PINGS,
     PLATFORM,
-    details_text,
     images_in,
     reply_to_of,
     requester_of,
@@ -294,7 +294,8 @@ async def details(client: Sam3dClient, interaction: discord.Interaction, job_id:
     if record is None:
         await ephemeral(interaction, "I no longer know that job.")
         return
-    await ephemeral(interaction, details_text(record.params, record.id, record.cost_micros))
+    await ephemeral(interaction, details_text(record.params, record.id, record.cost_micros,
+                                              discord.utils.escape_markdown))
 
 
 async def delete(client: Sam3dClient, interaction: discord.Interaction, job_id: str) -> None:

@@ -11,7 +11,6 @@ import discord
 
 from bot.models import FileKind, JobResult, Requester
 from bot.replies import SHARED_KINDS, attachment_name, cost_text, link_line
-from bot.settings import micros_to_usd
 
 PLATFORM = "discord"
 TOKEN_LIFETIME_S = 15 * 60
@@ -104,16 +103,3 @@ def result_message(result: JobResult, size_limit: int, links=None) -> ResultMess
         else:
             too_big.append(link_line(file, name, result.job_id, links))
     return ResultMessage(embed, files, too_big)
-
-
-def details_text(result_params: dict[str, Any], job_id: str, cost_micros: int,
-                 timings: dict[str, float] | None = None) -> str:
-    lines = [f"Job `{job_id}`"]
-    for key in ("prompt", "seed", "bbox", "points", "mask", "width", "height"):
-        value = result_params.get(key)
-        if value not in (None, False, ""):
-            lines.append(f"{key}: {discord.utils.escape_markdown(str(value))}")
-    lines.append(f"cost: ${micros_to_usd(cost_micros):.3f}")
-    for stage, seconds in (timings or {}).items():
-        lines.append(f"{stage}: {seconds:.1f} s")
-    return "\n".join(lines)

@@ -10,6 +10,7 @@ remembered here and passed to the ledger, so a delivery starts at most one job a
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections import OrderedDict
@@ -32,12 +33,15 @@ from bot.operations import (
     usage_table,
 )
 from bot.ports import JobRecord
+from bot.replies import details_text
 
 from .files import SlackFiles
-from .replier import NotInChannel, SlackReplier, slack_error
+from .replier import NotInChannel, SlackReplier, quietly, slack_error
 from .translate import (
     ADMIN_HELP,
     COMMAND,
+    DELETE,
+    DETAILS,
     HELP,
     JOB_VIEW,
     NEW_SEED,
@@ -47,6 +51,7 @@ from .translate import (
     Place,
     channel_id_in,
     check_answers,
+    escape,
     image_files,
     job_modal,
     modal_answers,
@@ -374,6 +379,33 @@ def add_listeners(bot: SlackBot) -> None:
         place = Place(body["channel"]["id"], message.get("thread_ts"),
                       body.get("response_url"))
         bot.background(again(bot, who, place, body["actions"][0]["value"], key))
+
+    @app.action(DETAILS)
+    async def details(ack, body, respond) -> None:
+        await ack()
+        record = await bot.core.ledger.get(body["actions"][0]["value"])
+        if record is None:
+            await respond("I no longer know that job.", response_type="ephemeral",
+                          replace_original=False)
+            return
+        await respond(details_text(record.params, record.id, record.cost_micros, escape),
+                      response_type="ephemeral", replace_original=False)
+
+    @app.action(DELETE)
+    async def delete(ack, body, respond) -> None:
+        await ack()
+        value = json.loads(body["actions"][0]["value"])
+        record = await bot.core.ledger.get(value["job"])
+        user = body["user"]["id"]
+        if record is None or (record.user_id != user
+                              and not await bot.is_admin(team_of(body), user)):
+            await respond("Only the person who asked for it, or an admin, can delete this.",
+                          response_type="ephemeral", replace_original=False)
+            return
+        for file_id in value["files"]:
+            await quietly(bot.client.files_delete(file=file_id))
+        await quietly(bot.client.chat_delete(channel=body["channel"]["id"],
+                                             ts=body["message"]["ts"]))
 
 
 async def open_form(bot: SlackBot, trigger_id: str, metadata: dict[str, Any],

@@ -21,7 +21,7 @@ from bot.models import FileKind, JobResult, OutputFile, Progress
 from bot.replies import SHARED_KINDS, attachment_name, failure_text
 from bot.throttle import ProgressThrottle
 
-from .translate import new_seed_blocks, progress_text, result_text
+from .translate import progress_text, result_blocks, result_text
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,7 @@ class SlackReplier:
         self._links = links  # the bot's signed links, for "View in 3D"
         self._progress = ProgressThrottle(self._show, interval_s)
         self.answered = False  # delivered or told of a failure
+        self._uploaded: list[str] = []  # the ids of the files posted for this job
 
     @property
     def reply_to(self) -> dict[str, Any]:
@@ -120,7 +121,7 @@ class SlackReplier:
         await self._progress.close()
         text = result_text(result, self._user, self._links)
         try:
-            await self._client.files_upload_v2(
+            posted = await self._client.files_upload_v2(
                 file_uploads=uploads_of(result), channel=self._channel, thread_ts=self._thread,
                 initial_comment=text)
         except SlackApiError as exc:
@@ -129,11 +130,16 @@ class SlackReplier:
                 else f"The model is ready but Slack refused the upload ({error})."
             raise DeliveryError(text, charged=True) from None
         self.answered = True
-        header = f"✅ <@{self._user}>'s 3D model is ready (job `{result.job_id}`)."
+        self._uploaded = [f["id"] for f in posted.get("files") or []]
+        await self._show_header(result.job_id)
+
+    async def _show_header(self, job_id: str) -> None:
+        """The progress message, now the result's header with its buttons."""
         if self._progress_ts:
-            await self._quietly(self._client.chat_update(
+            header = f"✅ <@{self._user}>'s 3D model is ready (job `{job_id}`)."
+            await quietly(self._client.chat_update(
                 channel=self._channel, ts=self._progress_ts, text=header,
-                blocks=new_seed_blocks(header, result.job_id)))
+                blocks=result_blocks(header, job_id, self._uploaded)))
 
     async def deliver_more(self, result: JobResult, files: tuple[OutputFile, ...]) -> None:
         """The turntable, as a GIF (Slack animates GIFs, not WebP), in the result's thread."""
@@ -141,9 +147,11 @@ class SlackReplier:
                     and f.path.suffix == ".gif"), None)
         if gif is None:
             return
-        await self._client.files_upload_v2(
+        posted = await self._client.files_upload_v2(
             file=str(gif.path), filename="turntable.gif", title="Turntable",
             channel=self._channel, thread_ts=self._thread or self._progress_ts)
+        self._uploaded += [f["id"] for f in posted.get("files") or []]
+        await self._show_header(result.job_id)  # Delete takes the turntable too
 
     async def fail(self, error: BotError, refunded: bool) -> None:
         await self._progress.close()
@@ -154,7 +162,7 @@ class SlackReplier:
     async def withdraw(self) -> None:
         """Take the progress message away (the job will not deliver here)."""
         if self._progress_ts:
-            await self._quietly(self._client.chat_delete(channel=self._channel,
+            await quietly(self._client.chat_delete(channel=self._channel,
                                                          ts=self._progress_ts))
             self._reply_to["progress_ts"] = None
 
@@ -175,11 +183,14 @@ class SlackReplier:
                 log.warning("could not reach the user through response_url (%s)",
                             response.status_code)
 
-    async def _quietly(self, call) -> None:
-        try:
-            await call
-        except SlackApiError as exc:
-            log.info("%s", slack_error(exc))
+
+
+async def quietly(call) -> None:
+    """A call whose failure (a message already gone) changes nothing for the user."""
+    try:
+        await call
+    except SlackApiError as exc:
+        log.info("%s", slack_error(exc))
 
 
 def uploads_of(result: JobResult) -> list[dict[str, str]]:

@@ -16,7 +16,9 @@ PLATFORM = "slack"
 COMMAND = "/sam3d"
 JOB_VIEW = "sam3d_job"  # the modal's callback_id
 SHORTCUT = "sam3d_make"  # the message shortcut's callback_id
-NEW_SEED = "sam3d_new_seed"  # the button on a finished job
+NEW_SEED = "sam3d_new_seed"  # the buttons on a finished job
+DETAILS = "sam3d_details"
+DELETE = "sam3d_delete"
 MAX_PROMPT = 200
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp")
@@ -276,8 +278,20 @@ def result_text(result: JobResult, user_id: str, links=None) -> str:
     return "\n".join(lines)
 
 
-def new_seed_blocks(text: str, job_id: str) -> list[dict[str, Any]]:
+def result_blocks(text: str, job_id: str, file_ids: list[str]) -> list[dict[str, Any]]:
+    """The result's header: its text and the New seed, Details and Delete buttons. Delete
+    carries the ids of the files it takes away with the header."""
+    def button(action: str, label: str, value: str, **extra: Any) -> dict[str, Any]:
+        return {"type": "button", "action_id": action, "value": value,
+                "text": {"type": "plain_text", "text": label}, **extra}
+
+    confirm = {"title": {"type": "plain_text", "text": "Delete this model?"},
+               "text": {"type": "plain_text", "text": "Its files and this message go away."},
+               "confirm": {"type": "plain_text", "text": "Delete"},
+               "deny": {"type": "plain_text", "text": "Keep"}}
     return [{"type": "section", "text": {"type": "mrkdwn", "text": text}},
             {"type": "actions", "elements": [
-                {"type": "button", "action_id": NEW_SEED, "value": job_id,
-                 "text": {"type": "plain_text", "text": "🎲 New seed"}}]}]
+                button(NEW_SEED, "🎲 New seed", job_id),
+                button(DETAILS, "Details", job_id),
+                button(DELETE, "Delete", json.dumps({"job": job_id, "files": file_ids}),
+                       style="danger", confirm=confirm)]}]

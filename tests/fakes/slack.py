@@ -207,6 +207,13 @@ class FakeSlack:
             return _ok(False, error="thread_not_found")
         return _ok(messages=[parent], has_more=False)
 
+    def m_files_delete(self, args) -> web.Response:
+        upload = self.uploads.get(args.get("file", ""))
+        if upload is None or upload.get("deleted"):
+            return _ok(False, error="file_not_found")
+        upload["deleted"] = True
+        return _ok()
+
     def m_files_info(self, args) -> web.Response:
         file = self.files.get(args.get("file", ""))
         if file is None:

@@ -75,15 +75,17 @@ def mention(text: str, files: list[dict[str, Any]] | None = None, user: str = AL
             "authorizations": [{"team_id": TEAM, "user_id": BOT_USER, "is_bot": True}]}
 
 
-def button(job_id: str, user: str = ALICE, channel: str = CHANNEL) -> dict[str, Any]:
+def button(value: str, user: str = ALICE, channel: str = CHANNEL,
+           action: str = "sam3d_new_seed", response_url: str = "") -> dict[str, Any]:
     ts = f"{time.time():.6f}"
     return {"type": "block_actions", "team": {"id": TEAM, "domain": "test"},
             "user": _user(user), "api_app_id": "A0001", "token": "legacy",
             "trigger_id": _next("trigger."), "channel": {"id": channel, "name": "general"},
             "container": {"type": "message", "message_ts": ts, "channel_id": channel},
-            "message": {"type": "message", "ts": ts, "text": "done"}, "response_url": "",
-            "actions": [{"type": "button", "action_id": "sam3d_new_seed", "block_id": "b",
-                         "value": job_id, "action_ts": ts}]}
+            "message": {"type": "message", "ts": ts, "text": "done"},
+            "response_url": response_url,
+            "actions": [{"type": "button", "action_id": action, "block_id": "b",
+                         "value": value, "action_ts": ts}]}
 
 
 # -- HTTP mode: bodies as Slack sends them, signed ---------------------------------------
