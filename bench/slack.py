@@ -32,6 +32,7 @@ from PIL import Image  # noqa: E402
 from tests.fakes.models3d import made_glb, made_splat_ply  # noqa: E402
 from tests.fakes.segmind import API_KEY, Behaviour, FakeSegmind  # noqa: E402
 from tests.fakes.slack import BOT_TOKEN, SIGNING_SECRET, FakeSlack  # noqa: E402
+from tests.helpers import wait_until_ready  # noqa: E402
 from tests.payloads import slack as payloads  # noqa: E402
 
 
@@ -102,16 +103,7 @@ async def bench(args) -> None:
 
 async def measure(args, slack: FakeSlack, pid: int, url: str) -> None:
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-        for _ in range(300):
-            try:
-                async with session.get(url + "/readyz") as response:
-                    if response.status == 200:
-                        break
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-        else:
-            raise SystemExit("the bot did not become ready")
+        await wait_until_ready(session, url)
         users = [f"U{i:08d}B" for i in range(args.jobs)]
         events = [payloads.mention("thing", [slack.add_file(f"p{i}.png", photo(i))],
                                    user=user, channel=f"C{i % args.channels:08d}")

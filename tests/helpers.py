@@ -8,6 +8,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
+
 ROOT = Path(__file__).resolve().parents[1]
 CLEAN_ENV_DROP = ("SEGMIND_API_KEY", "DISCORD_TOKEN", "SLACK_BOT_TOKEN", "SLACK_APP_TOKEN",
                   "SLACK_SIGNING_SECRET", "DATABASE_URL", "SEGMIND_BASE_URL")
@@ -34,3 +36,18 @@ async def run_bot(*args: str, cwd: Path, limit_s: float = 60, **settings: str) -
         stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(process.communicate(), limit_s)
     return Ran(process.returncode, out.decode(), err.decode())
+
+
+async def wait_until_ready(session, url: str, process=None, limit_s: float = 30) -> None:
+    """Until the bot at `url` answers /readyz with 200; fails early if `process` ended."""
+    for _ in range(int(limit_s * 10)):
+        try:
+            async with session.get(url + "/readyz") as response:
+                if response.status == 200:
+                    return
+        except aiohttp.ClientError:
+            pass
+        if process is not None and process.returncode is not None:
+            raise AssertionError(f"the bot stopped ({process.returncode})")
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{url} was not ready within {limit_s:g} s")

@@ -28,7 +28,7 @@ from tests.conftest import photo_bytes
 from tests.fakes import serve_on_loopback
 from tests.fakes.segmind import API_KEY
 from tests.fakes.slack import APP_TOKEN, BOT_TOKEN, SIGNING_SECRET, FakeSlack
-from tests.helpers import ROOT, bot_env
+from tests.helpers import ROOT, bot_env, wait_until_ready
 from tests.payloads import slack as payloads
 
 PHOTO_HOST = "photos.example"  # resolved to the fake by the test's own resolver
@@ -683,15 +683,7 @@ async def test_sam3d_bot_run_in_http_mode_answers_a_signed_command_within_3_s(
     url = f"http://127.0.0.1:{unused_tcp_port}"
     try:
         async with aiohttp.ClientSession() as session:
-            for _ in range(300):
-                try:
-                    async with session.get(url + "/readyz") as response:
-                        if response.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                assert process.returncode is None, (await process.stderr.read()).decode()
-                await asyncio.sleep(0.1)
+            await wait_until_ready(session, url, process)
             body = payloads.form_body(payloads.slash("", response_url=fake_slack.response_url()))
             sent = time.monotonic()
             async with session.post(url + "/slack/events", data=body,
