@@ -163,7 +163,7 @@ class SlackReplier:
         """Take the progress message away (the job will not deliver here)."""
         if self._progress_ts:
             await quietly(self._client.chat_delete(channel=self._channel,
-                                                         ts=self._progress_ts))
+                                                   ts=self._progress_ts))
             self._reply_to["progress_ts"] = None
 
     async def tell(self, text: str) -> None:
