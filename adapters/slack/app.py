@@ -36,7 +36,7 @@ from bot.ports import JobRecord
 from bot.replies import details_text
 
 from .files import SlackFiles
-from .replier import NotInChannel, SlackReplier, quietly, slack_error
+from .replier import SlackReplier, quietly, slack_error
 from .translate import (
     ADMIN_HELP,
     COMMAND,
@@ -209,13 +209,11 @@ class SlackBot:
                 await replier.tell("In this workspace, 3D models are made in "
                                    + ", ".join(f"<#{c}>" for c in channels) + ".")
                 return
+            if not await replier.start():
+                return
             try:
-                await replier.start()
                 image = await photo()
                 mask_image = await mask() if mask else None
-            except NotInChannel as error:
-                await replier.tell(error.user_message)
-                return
             except BotError as error:
                 await replier.fail(error, refunded=False)
                 return
@@ -223,8 +221,7 @@ class SlackBot:
                                  bbox=args.bbox, points=args.points, mask=mask_image,
                                  seed=args.seed, reply_to=replier.reply_to)
             await self.core.service.run(request, replier, idempotency_key=f"slack:{key}")
-            if not replier.answered:  # another delivery of the same request has this job
-                await replier.withdraw()
+            await replier.withdraw_unless_answered()
         finally:
             self._making.discard(same_as)
 
@@ -419,15 +416,11 @@ async def open_form(bot: SlackBot, trigger_id: str, metadata: dict[str, Any],
 async def again(bot: SlackBot, who: Requester, place: Place, job_id: str, key: str) -> None:
     """New seed: the job's kept photo and settings again, as a new job under the quota."""
     replier = bot.replier(place.reply_to(who.user_id, who.guild_id))
-    try:
-        await replier.start("starting again with a new seed")
-    except NotInChannel as error:
-        await replier.tell(error.user_message)
+    if not await replier.start("starting again with a new seed"):
         return
     await bot.core.service.again(job_id, who, replier, reply_to=replier.reply_to,
                                  idempotency_key=f"slack:{key}")
-    if not replier.answered:
-        await replier.withdraw()
+    await replier.withdraw_unless_answered()
 
 
 # -- /sam3d admin ----------------------------------------------------------------------------

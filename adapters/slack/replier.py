@@ -38,10 +38,12 @@ REMOVED = ("The model is ready, but I was removed from the channel before I coul
            "Invite me back with `/invite @sam3d`; an admin can refund the job.")
 
 
-class NotInChannel(BotError):
-    """The progress message could not be posted, so the job does not start."""
-
-    code = "not_in_channel"
+def refusal_text(error: str, channel: str) -> str:
+    """Why a job could not start where it was asked for, from Slack's error code."""
+    if error == "channel_not_found" and channel.startswith("D"):
+        return NOT_IN_DM
+    return CHANNEL_ERRORS.get(error) or (f"Slack would not let me post here ({error}); "
+                                         "nothing was charged. Try again in a minute.")
 
 
 def slack_error(exc: SlackApiError) -> str:
@@ -85,21 +87,18 @@ class SlackReplier:
     def _progress_ts(self) -> str | None:
         return self._reply_to.get("progress_ts")
 
-    async def start(self, stage: str = "getting your photo") -> None:
-        """Post the progress message; raises NotInChannel where the bot may not post."""
+    async def start(self, stage: str = "getting your photo") -> bool:
+        """Post the progress message; where the bot may not post, tell the user why (nothing
+        has started) and answer False."""
         try:
             posted = await self._client.chat_postMessage(
                 channel=self._channel, thread_ts=self._thread,
                 text=progress_text(self._user, stage))
         except SlackApiError as exc:
-            error = slack_error(exc)
-            if error == "channel_not_found" and self._channel.startswith("D"):
-                raise NotInChannel(NOT_IN_DM) from None
-            if error in CHANNEL_ERRORS:
-                raise NotInChannel(CHANNEL_ERRORS[error]) from None
-            raise NotInChannel(f"Slack would not let me post here ({error}); nothing was "
-                               "charged. Try again in a minute.") from None
+            await self.tell(refusal_text(slack_error(exc), self._channel))
+            return False
         self._reply_to["progress_ts"] = posted["ts"]
+        return True
 
     # -- progress ------------------------------------------------------------------------------
 
@@ -158,6 +157,12 @@ class SlackReplier:
         self.answered = True
         await self.withdraw()
         await self.tell(failure_text(error, refunded))
+
+    async def withdraw_unless_answered(self) -> None:
+        """After the job: a delivery of the same request that another one already has was
+        neither delivered nor failed here; its progress message goes."""
+        if not self.answered:
+            await self.withdraw()
 
     async def withdraw(self) -> None:
         """Take the progress message away (the job will not deliver here)."""
