@@ -38,6 +38,9 @@ def percentiles(values: list[float]) -> str:
 
 
 class Quiet:
+    async def prepare(self):
+        pass
+
     async def progress(self, update):
         pass
 

@@ -26,6 +26,7 @@ from .offline import OfflineBackend
 from .ports import ImageTo3D
 from .render.renderer import F3dRenderer, RenderOptions
 from .results import ResultStore
+from .runner import JobRunner
 from .segmind import SegmindClient
 from .service import Service
 from .settings import Settings
@@ -46,6 +47,11 @@ class Core:
     fetch_session: aiohttp.ClientSession  # for users' image URLs: private addresses refused
     renderer: F3dRenderer | None = None
     links: DownloadLinks | None = None  # signed links to files, when PUBLIC_URL is set
+
+    @property
+    def runner(self) -> JobRunner:
+        """The one owner of job tasks: front ends start their jobs here."""
+        return self.service.runner
 
 
 @asynccontextmanager
@@ -74,7 +80,9 @@ async def build_core(settings: Settings, *, allow_paths: bool = False,
             turntable=settings.render_turntable,
             max_concurrent=settings.max_concurrent_jobs,
             price_micros=settings.price_micros,
+            runner=JobRunner(),
         )
+        stack.push_async_callback(service.close)
         links = await asyncio.to_thread(DownloadLinks.from_settings, settings)
         yield Core(settings, service, ledger, backend, results, api_session, fetch_session,
                    renderer, links)
@@ -145,7 +153,9 @@ async def readiness(core: Core, adapters: list[Any]) -> dict[str, bool]:
 
 
 async def run_adapters(settings: Settings, adapters: list[Any]) -> None:
-    """Run until SIGTERM / SIGINT, then let the adapters and the core close cleanly."""
+    """Run until SIGTERM / SIGINT, then stop in bounded time: take no new work, let jobs in
+    flight finish within SHUTDOWN_GRACE_S, leave the rest to resume, and only then close the
+    platform clients (a job finishing needs them) and the core."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -157,10 +167,42 @@ async def run_adapters(settings: Settings, adapters: list[Any]) -> None:
                                                        lambda: core.service.queue_length),
             metrics_token=settings.metrics_token.get_secret_value())
         for adapter in adapters:
-            app.add_routes(adapter.routes(core))
+            app.add_routes(refused_while_stopping(adapter.routes(core), core.runner))
         runner = await start_web(app, settings.http_host, settings.http_port)
+        close_clients = asyncio.Event()
+        running = [asyncio.create_task(adapter.run(core, close_clients), name=adapter.name)
+                   for adapter in adapters]
+        stopping = asyncio.create_task(stop.wait())
         try:
-            await asyncio.gather(*(adapter.run(core, stop) for adapter in adapters))
+            await asyncio.wait({stopping, *running}, return_when=asyncio.FIRST_COMPLETED)
+            log.info("stopping: no new jobs; %d in flight get %g s to finish",
+                     len(core.runner.tasks), settings.shutdown_grace_s)
+            await core.service.shutdown(settings.shutdown_grace_s)
         finally:
+            stopping.cancel()
+            close_clients.set()
+            ended = await asyncio.wait(running, timeout=CLOSE_CLIENTS_S)
+            for task in ended[1]:
+                task.cancel()
             await runner.cleanup()
+        for task in running:  # an adapter that stopped the bot says why
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                raise task.exception()
     log.info("stopped")
+
+
+CLOSE_CLIENTS_S = 1.5  # for the platform clients to close, within docker stop's 10 s
+
+
+def refused_while_stopping(routes: list[web.RouteDef], runner: JobRunner) -> list[web.RouteDef]:
+    """A platform's requests are answered 503 once the bot is stopping, so the platform
+    sends them again later, or to another instance (Slack retries a 5xx)."""
+    def guard(handler):
+        async def guarded(request: web.Request) -> web.StreamResponse:
+            if not runner.accepting:
+                return web.Response(status=503, text="stopping",
+                                    headers={"Retry-After": "10"})
+            return await handler(request)
+        return guarded
+
+    return [web.RouteDef(r.method, r.path, guard(r.handler), r.kwargs) for r in routes]

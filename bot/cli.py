@@ -21,7 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
 
-from .errors import BotError, InputError
+from .errors import BotError, DeliveryError, InputError
 from .logs import RedactSecrets, secrets_of, setup_logging
 from .models import FileKind, ImageSource, JobRequest, JobResult, Progress, Requester
 from .operations import GROUPINGS, Operations, Where, describe_budget, usage_csv, usage_table
@@ -137,6 +137,20 @@ class TerminalReplier:
         self.error: BotError | None = None
         self.refunded = False
 
+    async def prepare(self) -> None:
+        """The folder must take the files before the job is paid for."""
+        await asyncio.to_thread(self._check_out_dir)
+
+    def _check_out_dir(self) -> None:
+        try:
+            self._out_dir.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=self._out_dir, prefix=".sam3d-check-"):
+                pass
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            raise DeliveryError(f"cannot write the model files to {self._out_dir}: {reason} "
+                                "(choose another --out)") from None
+
     async def progress(self, update: Progress) -> None:
         if self._live:
             elapsed = time.monotonic() - self._started
@@ -229,7 +243,8 @@ async def generate(settings: Settings, args, out: TextIO, err: TextIO) -> int:
     if result is None:
         error = replier.error or BotError("the job did not finish")
         note = " (nothing was charged)" if replier.refunded else ""
-        code = USAGE if isinstance(error, InputError) else FAILED
+        code = USAGE if isinstance(error, InputError | DeliveryError) and not error.charged \
+            else FAILED
         raise CliFailure(f"{error.user_message}{note}", code)
     return OK
 

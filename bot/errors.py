@@ -86,6 +86,12 @@ class LedgerUnavailable(BotError):
         super().__init__("The bot's database is not reachable right now; please try again soon.")
 
 
+class LedgerTimeout(LedgerUnavailable):
+    """The database did not answer within the ledger's time bound."""
+
+    code = "ledger_timeout"
+
+
 class UpstreamError(BotError):
     """Segmind said no, or could not be reached. `status` is the HTTP status when there was one."""
 
@@ -114,6 +120,13 @@ class ModelRetired(UpstreamError):
 
 class GenerationFailed(UpstreamError):
     code = "generation_failed"
+
+
+class SubmitUncertain(UpstreamError):
+    """The submit may have reached Segmind (the connection broke after the body went out):
+    never sent again, never refunded as unsent."""
+
+    code = "submit_uncertain"
 
 
 class RateLimited(UpstreamError):
@@ -150,6 +163,15 @@ class DeliveryError(BotError):
 
 class ServiceStopping(BotError):
     code = "stopping"
+
+
+class JobLost(Exception):
+    """This process no longer owns the job (its lease lapsed and another process took it, or
+    it was settled meanwhile): it stops working on it at once and writes nothing more."""
+
+    def __init__(self, job_id: str):
+        super().__init__(f"job {job_id} is no longer this process's")
+        self.job_id = job_id
 
 
 class AdapterFailed(BotError):

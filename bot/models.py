@@ -122,6 +122,7 @@ class ValidatedInput:
 
 
 class Stage(StrEnum):
+    RESUMED = "resumed"  # taken up again after a restart (or by another instance)
     QUEUED = "queued"
     SUBMITTED = "submitted"
     PROCESSING = "processing"
@@ -137,6 +138,7 @@ class Progress:
         if self.stage is Stage.QUEUED:
             return f"Queued, position {self.position}" if self.position else "Queued"
         return {
+            Stage.RESUMED: "The bot restarted; your job continues",
             Stage.SUBMITTED: "Sent to SAM 3D, waiting for a GPU",
             Stage.PROCESSING: "SAM 3D is building the model",
             Stage.RENDERING: "Rendering a preview",
@@ -175,11 +177,15 @@ class UpstreamResult:
 
 class JobState(StrEnum):
     QUEUED = "queued"
+    SUBMITTING = "submitting"  # the POST to Segmind is (or was) in flight: maybe billed
     SUBMITTED = "submitted"
     RENDERING = "rendering"
     DELIVERED = "delivered"
     FAILED = "failed"  # ended without a delivery although Segmind billed it
     REFUNDED = "refunded"  # ended without a billed result; reservation and quota returned
+    # A submit cut off in flight: Segmind may have billed it, and no request id says which.
+    # Its price stays held and its quota slot used until an admin settles or refunds it.
+    HELD = "held"
 
 
 @dataclass(frozen=True)

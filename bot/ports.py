@@ -21,6 +21,7 @@ from .models import (
 
 OnSubmitted = Callable[[str, dict[str, Any]], Awaitable[None]]  # request_id, how to resume
 OnProcessing = Callable[[], Awaitable[None]]
+OnSending = Callable[[], Awaitable[None]]  # just before the POST that may be billed
 
 
 class ImageTo3D(Protocol):
@@ -34,7 +35,11 @@ class ImageTo3D(Protocol):
         workdir: Path,
         on_submitted: OnSubmitted,
         on_processing: OnProcessing,
-    ) -> UpstreamResult: ...
+        on_sending: OnSending | None = None,
+    ) -> UpstreamResult:
+        """`on_sending` runs once before the request that may be billed leaves; if it raises,
+        nothing is sent."""
+        ...
 
     async def resume(
         self, resume_ref: dict[str, Any], workdir: Path, on_processing: OnProcessing
@@ -57,6 +62,11 @@ class Renderer(Protocol):
 
 class Replier(Protocol):
     """Where a job reports to: a chat message, a terminal, a test recorder."""
+
+    async def prepare(self) -> None:
+        """Check that a result can be delivered where it goes; raise DeliveryError if not.
+        Called before anything is charged."""
+        ...
 
     async def progress(self, update: Progress) -> None: ...
 
@@ -97,6 +107,7 @@ class JobRecord:
     resume_ref: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     duplicate: bool = False  # reserve() found this job already made under the same key
+    committed: bool = False  # Segmind billed it and the cost is recorded
 
 
 @dataclass(frozen=True)
@@ -190,28 +201,47 @@ class Ledger(Protocol):
         """Check quota and budget and hold the price; raises QuotaExceeded / BudgetExhausted."""
         ...
 
-    async def mark_submitted(self, job_id: str, request_id: str, resume_ref: dict) -> None: ...
+    # Every state change below is made only while this process owns the job and the job is
+    # unfinished; each answers False when it changed nothing (the job was lost or settled).
 
-    async def set_state(self, job_id: str, state: JobState) -> None: ...
+    async def mark_submitting(self, job_id: str) -> bool:
+        """Just before the POST that may be billed."""
+        ...
 
-    async def commit(self, job_id: str, cost_micros: int) -> None:
+    async def mark_submitted(self, job_id: str, request_id: str, resume_ref: dict) -> bool: ...
+
+    async def set_state(self, job_id: str, state: JobState) -> bool: ...
+
+    async def commit(self, job_id: str, cost_micros: int) -> bool:
         """Turn the reservation into the real cost; a second call changes nothing."""
         ...
 
-    async def finish(self, job_id: str, state: JobState, error: str | None = None) -> None:
-        """End a committed job as delivered or failed."""
+    async def finish(self, job_id: str, state: JobState, error: str | None = None) -> bool:
+        """End a job as delivered or failed."""
         ...
 
-    async def refund(self, job_id: str, reason: str, actor: str = "system") -> bool:
+    async def hold(self, job_id: str, reason: str) -> bool:
+        """A submit that may have been billed: keep its price held for an admin."""
+        ...
+
+    async def refund(self, job_id: str, reason: str) -> bool:
         """Release an uncommitted reservation and the quota slot; False if nothing to refund."""
+        ...
+
+    async def note(self, job_id: str, action: str, detail: str) -> None:
+        """An audit entry about a job (also one this process no longer owns)."""
         ...
 
     async def get(self, job_id: str) -> JobRecord | None: ...
 
     async def unfinished(self) -> list[JobRecord]: ...
 
-    async def renew(self, job_ids: Sequence[str]) -> None:
-        """Extend this process's leases on the jobs it runs."""
+    async def renew(self, job_ids: Sequence[str]) -> set[str]:
+        """Extend this process's leases on the jobs it runs; returns the ones it still owns."""
+        ...
+
+    async def release(self, job_ids: Sequence[str]) -> None:
+        """Let this process's leases on these jobs lapse now (it is stopping)."""
         ...
 
     async def claim_orphans(self, platforms: set[str] | None = None) -> list[JobRecord]:

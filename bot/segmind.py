@@ -268,8 +268,11 @@ class SegmindClient:
 
     # -- public ------------------------------------------------------------------------------
 
-    async def generate(self, job: ValidatedInput, workdir: Path, on_submitted, on_processing):
+    async def generate(self, job: ValidatedInput, workdir: Path, on_submitted, on_processing,
+                       on_sending=None):
         payload = build_payload(job)
+        if on_sending is not None:
+            await on_sending()
         if self._version == "v1":
             return await self._run_v1(payload, workdir, on_submitted, on_processing)
         submitted = await self._submit_v2(payload)
@@ -352,9 +355,11 @@ class SegmindClient:
                 delay = self._retry.delay(connect_failures, self._rng)
             except (TimeoutError, aiohttp.ClientError):
                 # It may have been received: never POST again (it would be billed twice).
-                raise errors.UpstreamUnavailable(
-                    "The connection to Segmind broke while sending the job; it was not retried "
-                    "so it cannot be billed twice.") from None
+                raise errors.SubmitUncertain(
+                    "The connection to Segmind broke while sending your job, so the bot cannot "
+                    "tell whether SAM 3D got it. It was not sent again (that could charge "
+                    "twice); its price stays held until an admin checks the Segmind account."
+                    ) from None
             waited += delay
             await self._sleep(delay)
 
@@ -377,8 +382,10 @@ class SegmindClient:
             if not isinstance(data.get("request_id"), str):
                 raise ValueError
         except (ValueError, AttributeError):
-            raise errors.BadUpstreamResult("Segmind accepted the job but sent no request id.")\
-                from None
+            # Accepted, so maybe billed, but with nothing to follow it by.
+            raise errors.SubmitUncertain(
+                "Segmind accepted the job but sent no request id to follow it by; its price "
+                "stays held until an admin checks the Segmind account.") from None
         return data
 
     async def _run_v1(self, payload, workdir, on_submitted, on_processing) -> UpstreamResult:

@@ -11,11 +11,19 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .errors import BotError, DeliveryError, InputError, ServiceStopping
+from .errors import (
+    BotError,
+    DeliveryError,
+    InputError,
+    JobLost,
+    ServiceStopping,
+    SubmitUncertain,
+    UpstreamError,
+)
 from .images import InputValidator
 from .ledger import Ledger
 from .metrics import Metrics
@@ -34,15 +42,27 @@ from .models import (
 )
 from .ports import ImageTo3D, JobRecord, NewJob, QuotaStatus, Renderer, Replier
 from .results import ResultStore
+from .runner import JobRunner
 from .scheduler import FairScheduler
 
 log = logging.getLogger(__name__)
 
 INTERNAL_ERROR = "Something went wrong inside the bot; the job was stopped."
+RESTARTING = "The bot is restarting; please send it again in a minute."
+PHOTO_GONE = ("The bot restarted before your job reached SAM 3D, and its photo was not kept; "
+              "nothing was charged. Please send it again.")
+HELD_AFTER_STOP = ("The bot stopped while sending your job to SAM 3D, so it cannot tell "
+                   "whether Segmind got it. It was not sent again (that could charge twice); "
+                   "its price stays held until an admin checks the Segmind account.")
+FILES_LOST = "The model was made, but its files were lost when the bot restarted."
+KEPT = "It is kept: ask again with the same photo and settings and it is sent free."
 
 
 class NullReplier:
     """For jobs whose requester cannot be reached (e.g. resumed after a restart from the CLI)."""
+
+    async def prepare(self) -> None:
+        pass
 
     async def progress(self, update: Progress) -> None:
         pass
@@ -65,8 +85,16 @@ class _Job:
     replier: Replier
     started: float
     timings: dict[str, float] = field(default_factory=dict)
+    sending: bool = False  # the POST that may be billed has started
     submitted: bool = False  # Segmind has it: from here on a restart resumes, not refunds
     committed: bool = False  # Segmind billed it: from here on nothing is refunded
+    finished: bool = False  # delivered: what follows (the turntable) is extra
+    lost: bool = False  # another process owns it now: write nothing more
+    task: asyncio.Task | None = None
+
+    @property
+    def id(self) -> str:
+        return self.record.id
 
     def lap(self, name: str, since: float) -> float:
         now = time.monotonic()
@@ -87,6 +115,7 @@ class Service:
         max_concurrent: int = 4,
         price_micros: int = 65_000,
         metrics: Metrics | None = None,
+        runner: JobRunner | None = None,
     ):
         self._validator = validator
         self._backend = backend
@@ -98,10 +127,13 @@ class Service:
         # The offline backend costs nothing, so it reserves nothing.
         self._price = 0 if backend.offline else price_micros
         self.metrics = metrics or Metrics()
-        self._tasks: set[asyncio.Task] = set()
+        self.runner = runner or JobRunner()
         # Jobs this process runs: their leases are renewed so no other instance takes them.
-        self._running: set[str] = set()
+        self._running: dict[str, _Job] = {}
         self._lease_keeper: asyncio.Task | None = None
+        # Front ends whose lapsed jobs this process takes over, every lease period.
+        self._watched: list[tuple[Callable[[JobRecord], Replier | None], set[str] | None]] = []
+        self._watcher: asyncio.Task | None = None
 
     @property
     def offline(self) -> bool:
@@ -121,9 +153,13 @@ class Service:
     ) -> JobResult | None:
         """Run one job to the end, telling `replier` everything; returns the result if any."""
         started = time.monotonic()
+        if not self.runner.accepting:
+            await _tell_failure(replier, ServiceStopping(RESTARTING), refunded=False)
+            return None
         try:
             await self._ledger.admit(request.requester)  # blocked or paused: say so at once
             validated = await self._validator.validate(request)
+            await replier.prepare()  # where the result goes, before anything is charged
         except BotError as error:
             await _tell_failure(replier, error, refunded=False)
             return None
@@ -143,11 +179,14 @@ class Service:
         if record.duplicate:
             log.info("job %s: duplicate delivery ignored", record.id)
             return None
-        await self._results.keep_inputs(record.id, validated.image.data,
-                                        validated.mask.data if validated.mask else None)
         job = _Job(record, replier, started)
         job.lap("validate", started)
-        return await self._guarded(job, self._upstream_then_deliver(job, validated))
+        return await self._guarded(job, self._keep_then_run(job, validated))
+
+    async def _keep_then_run(self, job: _Job, validated: ValidatedInput) -> JobResult:
+        # Kept before it queues: a job the bot stops while it waits runs after the restart.
+        await self._results.keep_inputs(job.id, validated)
+        return await self._upstream_then_deliver(job, validated)
 
     async def _upstream_then_deliver(self, job: _Job, validated: ValidatedInput) -> JobResult:
         queued_at = time.monotonic()
@@ -159,17 +198,27 @@ class Service:
                                         on_position):
             upstream_at = job.lap("queue", queued_at)
 
+            async def on_sending() -> None:
+                await self._write(job, self._ledger.mark_submitting(job.id))
+                job.sending = True
+
             async def on_submitted(request_id: str, resume_ref: dict) -> None:
+                if not await self._ledger.mark_submitted(job.id, request_id, resume_ref):
+                    # Taken over while sending (its new owner holds it): what Segmind
+                    # answered goes on record for the admin who settles it.
+                    await self._ledger.note(job.id, "late_submit", request_id)
+                    job.lost = True
+                    raise JobLost(job.id)
                 job.submitted = True
-                await self._ledger.mark_submitted(job.record.id, request_id, resume_ref)
                 await job.replier.progress(Progress(Stage.SUBMITTED))
 
-            workdir = await self._results.workdir(job.record.id)
+            workdir = await self._results.workdir(job.id)
             upstream = await self._backend.generate(
-                validated, workdir, on_submitted, self._processing(job))
+                validated, workdir, on_submitted, self._processing(job), on_sending)
         # The slot is for Segmind only: the next job may go upstream while this one renders.
         job.lap("upstream", upstream_at)
         job.timings["download"] = round(upstream.download_s, 3)
+        await self._results.keep_upstream(job.id, upstream)
         return await self._settle_and_deliver(job, upstream, workdir)
 
     def _processing(self, job: _Job):
@@ -180,21 +229,24 @@ class Service:
     async def _settle_and_deliver(
         self, job: _Job, upstream: UpstreamResult, workdir: Path
     ) -> JobResult:
-        cost = upstream.cost_micros if upstream.cost_micros is not None else self._price
-        await self._ledger.commit(job.record.id, cost)
-        job.committed = True
+        if job.committed:  # settled before a restart: its recorded cost stands
+            cost = job.record.cost_micros
+        else:
+            cost = upstream.cost_micros if upstream.cost_micros is not None else self._price
+            await self._write(job, self._ledger.commit(job.id, cost))
+            job.committed = True
         files = upstream.files
         if self._renderer is not None:
             render_at = time.monotonic()
-            await self._ledger.set_state(job.record.id, JobState.RENDERING)
+            await self._write(job, self._ledger.set_state(job.id, JobState.RENDERING))
             await job.replier.progress(Progress(Stage.RENDERING))
             try:
                 files += await self._renderer.thumbnail(files, workdir)
             except BotError as error:  # the model still goes out without its picture
-                log.warning("job %s: no thumbnail: %s", job.record.id, error.user_message)
+                log.warning("job %s: no thumbnail: %s", job.id, error.user_message)
             job.lap("render", render_at)
         result = JobResult(
-            job_id=job.record.id,
+            job_id=job.id,
             params=job.record.params,
             files=files,
             cost_micros=cost,
@@ -202,15 +254,19 @@ class Service:
             seconds=round(time.monotonic() - job.started, 3),
             timings=dict(job.timings),
         )
+        await self._still_mine(job)  # a job another process took over is posted by it alone
         try:
             await job.replier.deliver(result)
         except BotError:
+            await self._results.remember(job.record.cache_key, result)  # paid for: kept
             raise
         except Exception as exc:
-            log.exception("job %s: delivery failed", job.record.id)
+            log.exception("job %s: delivery failed", job.id)
+            await self._results.remember(job.record.cache_key, result)
             raise DeliveryError("The model was made but could not be posted here.",
                                 charged=True) from exc
-        await self._ledger.finish(job.record.id, JobState.DELIVERED)
+        await self._write(job, self._ledger.finish(job.id, JobState.DELIVERED))
+        job.finished = True
         if self._turntable:
             result = await self._add_turntable(job, result, workdir)
         await self._results.remember(job.record.cache_key, result)
@@ -223,71 +279,110 @@ class Service:
             more = await self._renderer.turntable(result.files, workdir)
             await job.replier.deliver_more(result, more)
         except BotError as error:
-            log.warning("job %s: no turntable: %s", job.record.id, error.user_message)
+            log.warning("job %s: no turntable: %s", job.id, error.user_message)
             return result
         except Exception:
-            log.exception("job %s: the turntable could not be posted", job.record.id)
+            log.exception("job %s: the turntable could not be posted", job.id)
             return result
         timings = {**result.timings, "turntable": round(time.monotonic() - started, 3)}
         return replace(result, files=result.files + more, timings=timings)
 
+    # -- owning a job ------------------------------------------------------------------------
+
+    async def _write(self, job: _Job, change: Awaitable[bool]) -> None:
+        """A state change the ledger makes only while this process owns the job."""
+        if not await change:
+            job.lost = True
+            raise JobLost(job.id)
+
+    async def _still_mine(self, job: _Job) -> None:
+        if job.id not in await self._ledger.renew([job.id]):
+            job.lost = True
+            raise JobLost(job.id)
+
     async def _guarded(self, job: _Job, work) -> JobResult | None:
         """Run `work`; on any failure settle the money honestly and tell the user once."""
-        self._hold_lease(job.record.id)
+        job.task = asyncio.current_task()
+        self._hold_lease(job)
         try:
             result = await work
             self.metrics.delivered(job.record.platform, result)
             return result
         except asyncio.CancelledError:
+            if job.lost:  # the lease keeper stopped it: its new owner carries on
+                if job.task is not None:
+                    job.task.uncancel()
+                log.warning("job %s: taken over by another process; stopped here", job.id)
+                return None
             await asyncio.shield(self._on_cancel(job))
             raise
+        except JobLost:
+            log.warning("job %s: taken over by another process; stopped here", job.id)
         except BotError as error:
-            await self._on_failure(job, error)
+            await self._settle_failure(job, error)
         except Exception:
-            log.exception("job %s failed", job.record.id)
-            await self._on_failure(job, BotError(INTERNAL_ERROR))
+            log.exception("job %s failed", job.id)
+            await self._settle_failure(job, BotError(INTERNAL_ERROR))
         finally:
-            self._running.discard(job.record.id)
+            self._running.pop(job.id, None)
         return None
 
-    def _hold_lease(self, job_id: str) -> None:
-        self._running.add(job_id)
+    def _hold_lease(self, job: _Job) -> None:
+        self._running[job.id] = job
         if self._lease_keeper is None or self._lease_keeper.done():
             self._lease_keeper = asyncio.create_task(self._keep_leases())
 
     async def _keep_leases(self) -> None:
-        """While this process runs jobs, renew their leases a few times per lease."""
+        """While this process runs jobs, renew their leases a few times per lease; a job whose
+        lease another process took is stopped at once."""
         while self._running:
             await asyncio.sleep(self._ledger.lease_s / 3)
+            running = list(self._running)
             try:
-                await self._ledger.renew(sorted(self._running))
+                owned = await self._ledger.renew(running)
             except Exception:  # the next renewal may succeed; a lapse only risks a takeover
                 log.warning("could not renew job leases", exc_info=True)
+                continue
+            for job_id in set(running) - owned:
+                job = self._running.get(job_id)
+                if job is not None and not job.finished and job.task is not None:
+                    job.lost = True
+                    job.task.cancel()
+
+    async def _settle_failure(self, job: _Job, error: BotError) -> None:
+        try:
+            await self._on_failure(job, error)
+        except JobLost:
+            log.warning("job %s: taken over by another process before it failed here", job.id)
 
     async def _on_failure(self, job: _Job, error: BotError) -> None:
         if error.charged and not job.committed:  # billed upstream, lost afterwards
-            await self._ledger.commit(job.record.id, self._price)
+            await self._write(job, self._ledger.commit(job.id, self._price))
             job.committed = True
+        refunded = False
         if job.committed:
-            await self._ledger.finish(job.record.id, JobState.FAILED, error.code)
-            refunded = False
+            await self._write(job, self._ledger.finish(job.id, JobState.FAILED, error.code))
+            if isinstance(error, DeliveryError):
+                error = DeliveryError(f"{error.user_message} {KEPT}", charged=True)
+        elif _maybe_billed(job, error):
+            await self._write(job, self._ledger.hold(job.id, error.code))
+            log.warning("job %s: %s; held for an admin (sam3d-bot admin refund %s releases it)",
+                        job.id, error.code, job.id)
         else:
-            refunded = await self._ledger.refund(job.record.id, error.code)
-        log.info("job %s: %s (refunded=%s)", job.record.id, error.code, refunded)
+            await self._write(job, self._ledger.refund(job.id, error.code))
+            refunded = True
+        job.finished = True
+        log.info("job %s: %s (refunded=%s)", job.id, error.code, refunded)
         self.metrics.failed(job.record.platform, error, refunded)
         await _tell_failure(job.replier, error, refunded)
 
     async def _on_cancel(self, job: _Job) -> None:
-        """Shutting down: a job Segmind has is resumed at the next start; any other is refunded."""
-        if job.submitted and not job.committed:
-            return
-        if job.committed:
-            await self._ledger.finish(job.record.id, JobState.FAILED, "stopped")
-            return
-        refunded = await self._ledger.refund(job.record.id, "stopped")
-        await _tell_failure(job.replier, ServiceStopping(
-            "The bot is restarting and your job had not started; nothing was charged. "
-            "Please send it again in a minute."), refunded)
+        """Stopping: nothing is refunded or failed. The job's lease lapses at once, and the next
+        start (or another instance) carries it on from where it was: queued, sent, rendering."""
+        try:
+            await self._ledger.release([job.id])
+        except Exception:  # its lease then lapses by itself
+            log.warning("job %s: could not release its lease", job.id, exc_info=True)
 
     async def again(self, job_id: str, requester: Requester, replier: Replier,
                     seed: int | None = None, reply_to: dict | None = None,
@@ -315,52 +410,129 @@ class Service:
         )
         return await self.run(request, replier, idempotency_key)
 
-    # -- after a restart ---------------------------------------------------------------------
+    # -- taking over jobs a stopped process left --------------------------------------------
 
     async def recover(
         self,
         replier_for: Callable[[JobRecord], Replier | None],
         platforms: set[str] | None = None,
     ) -> int:
-        """Take over the jobs a stopped process left (its leases lapsed): resume those Segmind
-        has, refund the rest and tell their users. Returns the number of jobs resumed.
+        """Take over the jobs a stopped process left (their leases lapsed) and carry each on
+        from where it was; refund only what cannot be finished, and tell its user. Returns the
+        number of jobs carried on.
 
         Jobs of processes still running (another instance on the same database) keep their
         leases and are left alone; `platforms` limits this to one front end's jobs.
         """
-        resumed = 0
+        carried = 0
         for record in await self._ledger.claim_orphans(platforms):
             replier = replier_for(record) or NullReplier()
-            if record.resume_ref and not self._backend.offline:
-                resumed += 1
-                self._hold_lease(record.id)  # renewed from now, before the task starts
-                task = asyncio.create_task(self._resume(record, replier))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+            job = _Job(record, replier, time.monotonic(), submitted=record.request_id is not None,
+                       committed=record.committed)
+            try:
+                work = await self._carry_on(job)
+            except JobLost:
                 continue
-            refunded = await self._ledger.refund(record.id, "restart")
-            await _tell_failure(replier, ServiceStopping(
-                "The bot restarted before your job reached SAM 3D; nothing was charged. "
-                "Please send it again."), refunded)
-        return resumed
+            if work is not None:
+                carried += 1
+                self._hold_lease(job)  # renewed from now, before the task starts
+                self.runner.start(self._guarded(job, work), f"job {record.id}")
+        if carried:
+            log.info("took over %d job(s) a stopped bot left", carried)
+        return carried
 
-    async def _resume(self, record: JobRecord, replier: Replier) -> JobResult | None:
-        # A job caught while rendering was billed already: it is settled, never refunded.
-        job = _Job(record, replier, time.monotonic(), submitted=True,
-                   committed=record.state is JobState.RENDERING)
+    async def _carry_on(self, job: _Job):
+        """What finishes a job taken over, or None when it is settled here and now."""
+        record = job.record
+        if record.state is JobState.SUBMITTING:
+            # Cut off while sending: Segmind may have it, and nothing says under which id.
+            await self._write(job, self._ledger.hold(job.id, "submit_interrupted"))
+            log.warning("job %s: stopped while being sent; held for an admin", job.id)
+            await _tell_failure(job.replier, SubmitUncertain(HELD_AFTER_STOP), refunded=False)
+            return None
+        if record.state is JobState.QUEUED:
+            validated = await self._results.validated_of(job.id)
+            if validated is None:
+                await self._write(job, self._ledger.refund(job.id, "restart"))
+                await _tell_failure(job.replier, ServiceStopping(PHOTO_GONE), refunded=True)
+                return None
+            return self._continue_queued(job, validated)
+        upstream = await self._results.upstream_of(job.id)
+        if upstream is not None:  # downloaded before the stop: finished from these files
+            return self._finish_from(job, upstream)
+        if record.resume_ref and not self._backend.offline:
+            return self._resume_upstream(job)
+        if job.committed:
+            await self._write(job, self._ledger.finish(job.id, JobState.FAILED, "files_lost"))
+            await _tell_failure(job.replier, DeliveryError(FILES_LOST, charged=True), False)
+            return None
+        await self._write(job, self._ledger.hold(job.id, "cannot_resume"))
+        await _tell_failure(job.replier, SubmitUncertain(HELD_AFTER_STOP), refunded=False)
+        return None
 
-        async def work() -> JobResult:
-            workdir = await self._results.workdir(record.id)
-            await replier.progress(Progress(Stage.PROCESSING))
-            upstream = await self._backend.resume(record.resume_ref, workdir,
-                                                  self._processing(job))
-            return await self._settle_and_deliver(job, upstream, workdir)
+    async def _continue_queued(self, job: _Job, validated: ValidatedInput) -> JobResult:
+        await job.replier.progress(Progress(Stage.RESUMED))
+        return await self._upstream_then_deliver(job, validated)
 
-        return await self._guarded(job, work())
+    async def _finish_from(self, job: _Job, upstream: UpstreamResult) -> JobResult:
+        workdir = await self._results.workdir(job.id)
+        await job.replier.progress(Progress(Stage.RESUMED))
+        return await self._settle_and_deliver(job, upstream, workdir)
+
+    async def _resume_upstream(self, job: _Job) -> JobResult:
+        workdir = await self._results.workdir(job.id)
+        await job.replier.progress(Progress(Stage.PROCESSING))
+        upstream = await self._backend.resume(job.record.resume_ref, workdir,
+                                              self._processing(job))
+        await self._results.keep_upstream(job.id, upstream)
+        return await self._settle_and_deliver(job, upstream, workdir)
+
+    def keep_recovering(self, replier_for: Callable[[JobRecord], Replier | None],
+                        platforms: set[str] | None = None) -> None:
+        """Take over `platforms`' lapsed jobs now and every lease period while running: a
+        job whose instance was killed is finished by another one, not at some later start."""
+        self._watched.append((replier_for, platforms))
+        if self._watcher is None or self._watcher.done():
+            self._watcher = asyncio.create_task(self._watch())
+
+    async def _watch(self) -> None:
+        while self.runner.accepting:
+            for replier_for, platforms in list(self._watched):
+                try:
+                    await self.recover(replier_for, platforms)
+                except Exception:  # the ledger may be back by the next round
+                    log.warning("could not look for jobs to take over", exc_info=True)
+            await asyncio.sleep(self._ledger.lease_s)
 
     async def wait_resumed(self) -> None:
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.runner.idle()
+
+    # -- stopping ----------------------------------------------------------------------------
+
+    async def shutdown(self, grace_s: float) -> None:
+        """Take no new jobs; let those in flight finish within `grace_s`; leave the rest to
+        be carried on by the next start or another instance."""
+        self.runner.accepting = False
+        await self._stop(self._watcher)
+        await self.runner.shutdown(grace_s)
+
+    async def close(self) -> None:
+        self.runner.accepting = False
+        await self._stop(self._watcher)
+        await self._stop(self._lease_keeper)
+
+    @staticmethod
+    async def _stop(task: asyncio.Task | None) -> None:
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
+def _maybe_billed(job: _Job, error: BotError) -> bool:
+    """A failure while the submit was on its way, where Segmind may have taken it."""
+    if not job.sending or job.submitted:
+        return False
+    return isinstance(error, SubmitUncertain) or not isinstance(error, UpstreamError)
 
 
 async def _tell_failure(replier: Replier, error: BotError, refunded: bool) -> None:

@@ -36,7 +36,8 @@ class Settings(BaseSettings):
     data_dir: Path = Path("./data")
     database_url: str = ""
     database_pool_size: int = Field(4, ge=1, le=100)
-    job_lease_seconds: float = Field(60.0, ge=1)
+    job_lease_seconds: float = Field(30.0, ge=1)
+    ledger_timeout_s: float = Field(30.0, gt=0, le=600)
 
     # Chat platforms
     discord_token: SecretStr = SecretStr("")
@@ -68,6 +69,8 @@ class Settings(BaseSettings):
     max_jobs_in_flight_per_user: int = Field(2, ge=1)
     admins_exempt: bool = True
     max_concurrent_jobs: int = Field(4, ge=1, le=256)
+    # At SIGTERM: how long jobs in flight may take to finish before they are left to resume.
+    shutdown_grace_s: float = Field(8.0, ge=0, le=300)
 
     # Input images
     max_image_bytes: int = Field(20_000_000, gt=0)

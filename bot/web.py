@@ -216,7 +216,9 @@ async def start_web(app: web.Application, host: str, port: int,
                     idle_timeout_s: float = 15.0) -> web.AppRunner:
     # A connection that has not finished a request within idle_timeout_s is closed, also one
     # that dribbles its headers (slowloris); request lines and headers are capped at 8 KB.
-    runner = web.AppRunner(app, access_log=None, keepalive_timeout=idle_timeout_s)
+    # At a stop, requests still open get a moment, not aiohttp's default minute.
+    runner = web.AppRunner(app, access_log=None, keepalive_timeout=idle_timeout_s,
+                           shutdown_timeout=1.0)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     return runner

@@ -13,6 +13,8 @@ from tests.fakes.segmind import API_KEY, FakeSegmind
 
 netguard.install()
 
+pytest_plugins = ["tests.pipeline"]  # the pipeline's fixtures: http, ledger, make_service
+
 
 @pytest.fixture(autouse=True)
 def no_network_past_loopback():

@@ -213,7 +213,8 @@ async def test_usage_report_and_admin_commands(workdir, fake_segmind):
     assert "quota slot back" in refund.out
     audit = await run_bot("admin", "audit", job_id, cwd=workdir)
     actions = [line.split()[4] for line in audit.out.splitlines()]
-    assert actions[:3] == ["reserve", "submitted", "commit"] and actions[-1] == "refund_slot"
+    assert actions[:4] == ["reserve", "submitting", "submitted", "commit"]
+    assert actions[-1] == "refund_slot"
     assert f"cli:{getpass.getuser()}" in audit.out.splitlines()[-1]
     role = await run_bot("admin", "set-quota", "--platform", "discord", "--guild", "1",
                          "--role", "2", "5", cwd=workdir)

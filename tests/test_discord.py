@@ -46,6 +46,7 @@ async def running_bot(fake_discord, fake_segmind, tmp_path, **settings):
         async with client:
             await client.login("bot-token")
             yield client
+            await core.service.shutdown(grace_s=10)
 
 
 @pytest.fixture
@@ -79,9 +80,9 @@ async def settle(client, until=None, limit_s: float = 20.0) -> None:
                 break
             continue
         answered = {c.path.split("/")[2] for c in fake.callbacks()}
-        if set(DISPATCHED.get(id(client), ())) <= answered and not client.jobs:
+        if set(DISPATCHED.get(id(client), ())) <= answered and not client.core.runner.tasks:
             break
-    await asyncio.gather(*client.jobs, return_exceptions=True)
+    await asyncio.gather(*client.core.runner.tasks, return_exceptions=True)
 
 
 def callback_for(fake, payload):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import sys
+import threading
 import time
 from datetime import UTC, datetime
 
@@ -19,6 +20,8 @@ from bot.errors import (
     InputError,
     JobInFlight,
     JobsPaused,
+    LedgerTimeout,
+    LedgerUnavailable,
     QuotaExceeded,
     UserBlocked,
 )
@@ -523,3 +526,63 @@ async def test_another_instances_quota_change_applies_at_once(make_ledger):
                                     "x")
     await serving.reserve(new_job())  # a new limit and window, seen by the next reservation
     assert (await serving.quota_status(ALICE)).window_hours == 0.5
+
+
+# -- a ledger that never hangs -----------------------------------------------------------------
+
+
+class FailingConnection:
+    """The store's SQLite connection, with a disk that fails once on the statement named."""
+
+    def __init__(self, connection: sqlite3.Connection, fail_on: str):
+        self._connection = connection
+        self._fail_on = fail_on
+
+    def execute(self, sql, args=()):
+        if self._fail_on and sql.startswith(self._fail_on):
+            self._fail_on = ""
+            raise sqlite3.OperationalError("disk I/O error")
+        return self._connection.execute(sql, args)
+
+    def __getattr__(self, name):
+        return getattr(self._connection, name)
+
+
+@pytest.mark.parametrize("fail_on", ["RELEASE", "COMMIT", "SAVEPOINT", "ROLLBACK TO"])
+async def test_a_disk_error_in_a_batch_fails_its_callers_and_the_store_goes_on(
+        tmp_path, clock, fail_on):
+    ledger = SqliteLedger(tmp_path / "l.sqlite3", QuotaPolicy(max_in_flight=100), clock,
+                          timeout_s=5)
+    await ledger.open()
+    try:
+        database = ledger.database
+        database._db = FailingConnection(database._db, fail_on)
+        # Only a call that fails rolls back to its savepoint: one over the budget, here.
+        price = 10**12 if fail_on == "ROLLBACK TO" else PRICE
+        with pytest.raises(LedgerUnavailable) as caught:
+            await ledger.reserve(new_job(price=price))
+        assert type(caught.value) is LedgerUnavailable  # not a time-out: an answer at once
+        assert await ledger.usage() == []  # the failed batch left nothing behind
+        job = await ledger.reserve(new_job())  # and the store works again
+        assert (await ledger.get(job.id)).state is JobState.QUEUED
+        assert (await ledger.budget()).reserved_micros == PRICE
+    finally:
+        await ledger.close()
+
+
+async def test_every_ledger_call_has_a_time_bound(tmp_path, clock):
+    ledger = SqliteLedger(tmp_path / "l.sqlite3", QuotaPolicy(), clock, timeout_s=0.2)
+    await ledger.open()
+    try:
+        stuck = threading.Event()
+        blocked = asyncio.ensure_future(ledger.database.run(lambda tx: stuck.wait(5)))
+        started = time.monotonic()
+        with pytest.raises(LedgerTimeout) as caught:
+            await ledger.reserve(new_job())
+        assert time.monotonic() - started < 1.0
+        assert "not reachable" in caught.value.user_message
+        stuck.set()
+        await blocked
+        assert await ledger.ping()
+    finally:
+        await ledger.close()

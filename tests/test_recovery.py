@@ -97,7 +97,10 @@ async def test_killed_after_submitting_the_job_is_finished_and_delivered(tmp_pat
     assert spent_and_held(tmp_path) == (2 * 65_000, 2 * 65_000)
 
 
-async def test_killed_before_segmind_had_the_job_is_refunded_and_said(tmp_path, fake_segmind):
+async def test_killed_while_sending_the_job_is_held_for_an_admin_never_refunded(
+        tmp_path, fake_segmind):
+    """SIGKILL while the POST is in flight: Segmind may have the job (and bill it), so the next
+    start neither sends it again nor says "nothing was charged"; its price stays held."""
     (tmp_path / "first.png").write_bytes(photo_bytes())
     (tmp_path / "second.png").write_bytes(photo_bytes(colour=(30, 160, 40)))
     fake_segmind.behaviour.submit_delay_s = 30  # the request id never comes back in time
@@ -105,17 +108,31 @@ async def test_killed_before_segmind_had_the_job_is_refunded_and_said(tmp_path, 
     await wait_for(lambda: fake_segmind.counters.submits == 1)
     await kill(process)
     [(job_id, state)] = ledger_rows(tmp_path, "SELECT id, state FROM jobs")
-    assert state == "queued"
+    assert state == "submitting"
 
     fake_segmind.behaviour.submit_delay_s = 0
     ran = await run_bot("generate", "second.png", "--out", "out2", cwd=tmp_path,
                         **settings(fake_segmind))
     assert ran.code == 0, ran.err
-    assert "earlier job for" in ran.err and "nothing was charged" in ran.err
-    assert not (tmp_path / "out1").exists()
+    assert "earlier job for" in ran.err and "not sent again" in ran.err
+    assert "nothing was charged" not in ran.err.lower()
+    assert not list((tmp_path / "out1").iterdir())  # no model: none was delivered
     states = dict(ledger_rows(tmp_path, "SELECT id, state FROM jobs"))
-    assert states.pop(job_id) == "refunded" and list(states.values()) == ["delivered"]
-    assert spent_and_held(tmp_path) == (65_000, 65_000)  # the second job only
+    assert states.pop(job_id) == "held" and list(states.values()) == ["delivered"]
+    assert fake_segmind.counters.submits == 2  # the held job was not sent again
+    assert spent_and_held(tmp_path) == (65_000, 2 * 65_000)  # the held price stays counted
     [(refunds,)] = ledger_rows(
         tmp_path, "SELECT count(*) FROM audit WHERE action = 'refund' AND job_id = ?", (job_id,))
-    assert refunds == 1
+    assert refunds == 0
+
+
+async def test_an_out_folder_that_cannot_be_written_is_refused_before_any_charge(
+        tmp_path, fake_segmind):
+    (tmp_path / "photo.png").write_bytes(photo_bytes())
+    (tmp_path / "file").write_text("not a folder")
+    ran = await run_bot("generate", "photo.png", "--out", "file/out", cwd=tmp_path,
+                        **settings(fake_segmind))
+    assert ran.code == 2 and "cannot write the model files to file/out" in ran.err
+    assert len(ran.err.strip().splitlines()) == 1
+    assert fake_segmind.counters.submits == 0
+    assert ledger_rows(tmp_path, "SELECT id FROM jobs") == []  # nothing reserved

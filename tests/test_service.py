@@ -3,128 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from contextlib import asynccontextmanager
-from pathlib import Path
-
-import aiohttp
-import pytest
-from pydantic import SecretStr
 
 from bot import errors
-from bot.images import ImageFetcher, ImageLimits, InputValidator
 from bot.ledger import QuotaPolicy, SqliteLedger
-from bot.models import FileKind, ImageSource, JobRequest, JobState, OutputFile, Requester, Stage
+from bot.models import FileKind, ImageSource, JobRequest, JobState, Requester, Stage
 from bot.offline import OfflineBackend
 from bot.ports import NewJob
-from bot.results import ResultStore
-from bot.segmind import RetryPolicy, SegmindClient
-from bot.service import Service
-from tests.conftest import photo_bytes
-from tests.fakes.segmind import API_KEY
-
-ALICE = Requester("discord", "alice", "g1")
-BOB = Requester("discord", "bob", "g1")
-
-
-class Recorder:
-    """A Replier that keeps everything it was told."""
-
-    def __init__(self, fail_delivery: bool = False):
-        self.events: list[tuple] = []
-        self.fail_delivery = fail_delivery
-
-    async def progress(self, update):
-        self.events.append(("progress", update.stage, update.position))
-
-    async def deliver(self, result):
-        if self.fail_delivery:
-            raise ConnectionResetError("chat platform went away")
-        self.events.append(("deliver", result))
-
-    async def deliver_more(self, result, files):
-        self.events.append(("more", files))
-
-    async def fail(self, error, refunded):
-        self.events.append(("fail", error, refunded))
-
-    @property
-    def result(self):
-        return next(e[1] for e in self.events if e[0] == "deliver")
-
-    @property
-    def failure(self):
-        return next((e[1], e[2]) for e in self.events if e[0] == "fail")
-
-    def stages(self):
-        return [e[1] for e in self.events if e[0] == "progress"]
-
-
-class PictureRenderer:
-    """Writes a small PNG for each picture asked for, or fails as told."""
-
-    def __init__(self, fail=False):
-        self.fail = fail
-
-    async def thumbnail(self, files, workdir: Path):
-        return self._picture(workdir / "thumb.png", FileKind.THUMBNAIL)
-
-    async def turntable(self, files, workdir: Path):
-        return self._picture(workdir / "turn.webp", FileKind.TURNTABLE)
-
-    def _picture(self, path, kind):
-        if self.fail:
-            raise errors.RenderError("the model could not be drawn")
-        path.write_bytes(photo_bytes(64, 64))
-        return (OutputFile(kind, path, path.stat().st_size, "image/png"),)
-
-
-@pytest.fixture
-async def http():
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-def money(budget) -> tuple:
-    return budget.cap_micros, budget.reserved_micros, budget.committed_micros
-
-
-@asynccontextmanager
-async def crashed_process(tmp_path):
-    """The ledger of a bot process that stops: its job leases lapse at once."""
-    dead = SqliteLedger(tmp_path / "l.sqlite3", QuotaPolicy(jobs_per_window=3), lease_s=0.01)
-    await dead.open()
-    yield dead
-    await dead.close()
-    await asyncio.sleep(0.05)
-
-
-@pytest.fixture
-async def ledger(tmp_path):
-    ledger = SqliteLedger(tmp_path / "l.sqlite3", QuotaPolicy(jobs_per_window=3))
-    await ledger.open()
-    yield ledger
-    await ledger.close()
-
-
-@pytest.fixture
-def make_service(http, ledger, fake_segmind, tmp_path):
-    default_ledger = ledger
-
-    def make(backend=None, renderer=None, capacity=4, ledger=None):
-        backend = backend or SegmindClient(
-            http, api_key=SecretStr(API_KEY), base_url=fake_segmind.url, poll_interval_s=0.01,
-            retry=RetryPolicy(attempts=3, base_delay_s=0.01))
-        return Service(
-            validator=InputValidator(ImageFetcher(http, ImageLimits()), ImageLimits()),
-            backend=backend, ledger=ledger or default_ledger,
-            results=ResultStore(tmp_path / "data"),
-            renderer=renderer, max_concurrent=capacity, price_micros=65_000)
-    return make
-
-
-def request(who=ALICE, seed=7, **kw) -> JobRequest:
-    return JobRequest(who, ImageSource.from_bytes(photo_bytes()), prompt="ball", seed=seed,
-                      reply_to={"channel": "c1"}, **kw)
+from tests.pipeline import ALICE, BOB, PictureRenderer, Recorder, crashed_process, money, request
 
 
 async def test_a_job_delivers_the_model_and_is_charged_once(make_service, ledger, fake_segmind):
@@ -257,23 +142,39 @@ async def test_offline_backend_is_free_and_says_so(make_service, ledger):
 # --- stopping and starting again ----------------------------------------------------------------
 
 
-async def test_shutdown_while_queued_refunds_and_tells_the_user(make_service, ledger, fake_segmind):
-    fake_segmind.behaviour.polls_before_done = 10_000
+async def test_a_stop_keeps_a_queued_job_in_its_place_for_the_next_start(
+        make_service, ledger, fake_segmind, tmp_path):
+    fake_segmind.behaviour.complete_after_s = 3600
     service = make_service(capacity=1)
-    first = asyncio.create_task(service.run(request(ALICE), Recorder()))
+    first_reply, waiting_reply = Recorder(), Recorder()
+    service.runner.start(service.run(request(ALICE), first_reply))
     while fake_segmind.counters.polls < 2:  # noqa: ASYNC110 (the fake has no event to wait on)
         await asyncio.sleep(0.01)
-    waiting_reply = Recorder()
-    waiting = asyncio.create_task(service.run(request(BOB), waiting_reply))
+    service.runner.start(service.run(request(BOB), waiting_reply))
     while len(await ledger.unfinished()) < 2:  # noqa: ASYNC110 (bob reserved and queued)
         await asyncio.sleep(0.01)
-    first.cancel()
-    waiting.cancel()
-    await asyncio.gather(first, waiting, return_exceptions=True)
-    error, refunded = waiting_reply.failure
-    assert isinstance(error, errors.ServiceStopping) and refunded
+    await service.shutdown(grace_s=0.2)
+    assert not any(e[0] == "fail" for e in first_reply.events + waiting_reply.events)
     states = sorted(r.state.value for r in await ledger.unfinished())
-    assert states == ["submitted"]  # alice's job is with Segmind: resumed at the next start
+    assert states == ["queued", "submitted"]  # nothing refunded, nothing failed
+
+    fake_segmind.behaviour.complete_after_s = 0
+    restarted = SqliteLedger(tmp_path / "l.sqlite3", QuotaPolicy(jobs_per_window=3))
+    await restarted.open()
+    try:
+        replies = {"alice": Recorder(), "bob": Recorder()}
+        fresh = make_service(capacity=1, ledger=restarted)
+        assert await fresh.recover(lambda record: replies[record.user_id]) == 2
+        await fresh.wait_resumed()
+    finally:
+        await restarted.close()
+    assert Stage.RESUMED in replies["bob"].stages()  # told it goes on
+    assert replies["bob"].result.params["prompt"] == "ball"
+    assert replies["alice"].result.cost_micros == 65_000
+    assert fake_segmind.counters.submits == 2  # alice's job was not sent again
+    assert [r.state for r in await ledger.unfinished()] == []
+    assert (await ledger.budget()).committed_micros == 2 * 65_000
+    assert (await ledger.budget()).reserved_micros == 0
 
 
 async def test_restart_resumes_submitted_jobs_and_refunds_the_rest(

@@ -87,10 +87,10 @@ class Harness:
         deadline = time.monotonic() + limit_s
         await asyncio.sleep(0.2)  # Bolt runs listeners after the acknowledgement
         while time.monotonic() < deadline:
-            if not self.bot.jobs and (until is None or until()):
+            if not self.core.runner.tasks and (until is None or until()):
                 break
             await asyncio.sleep(0.05)
-        await asyncio.gather(*self.bot.jobs, return_exceptions=True)
+        await asyncio.gather(*self.core.runner.tasks, return_exceptions=True)
 
     async def jobs(self) -> list:
         rows = await self.core.ledger.usage()
@@ -124,6 +124,7 @@ async def running_slack(fake, fake_segmind, tmp_path, port, *, socket_mode=False
             assert adapter.ready(), running.exception() if running.done() else "not ready"
             yield Harness(adapter, core, f"http://127.0.0.1:{port}", client, fake)
         finally:
+            await core.service.shutdown(grace_s=10)
             stop.set()
             await running
             await runner.cleanup()
@@ -629,7 +630,7 @@ async def test_a_job_running_when_the_bot_stopped_is_finished_after_the_restart(
             if fake_segmind.counters.submits:
                 break
             await asyncio.sleep(0.05)
-        for job in slack.bot.jobs:
+        for job in slack.core.runner.tasks:
             job.cancel()  # the process stops with the job at Segmind
     assert not uploaded(fake_slack)
     await asyncio.sleep(1.2)  # its lease lapses

@@ -29,6 +29,7 @@ class DiscordAdapter:
         return []  # Discord reaches the bot through its gateway, not the web server
 
     async def run(self, core, stop: asyncio.Event) -> None:
+        """Connect and serve until `stop`, which the core sets once jobs are done with."""
         from .app import Sam3dClient, build_client
 
         client: Sam3dClient = build_client(core)
@@ -43,8 +44,9 @@ class DiscordAdapter:
             stopping = asyncio.create_task(stop.wait())
             await asyncio.wait({gateway, stopping}, return_when=asyncio.FIRST_COMPLETED)
             stopping.cancel()
+            # `stop` comes once the core let its jobs finish or leave: closing the client
+            # closes discord.py's REST session, which a job still delivering would need.
             await client.close()
-            await asyncio.gather(*client.jobs, return_exceptions=True)
             if gateway.done() and not gateway.cancelled() and gateway.exception():
                 # discord.py retries what can be retried; what reaches here (a bad token,
                 # intents refused) will not mend by itself: stop the bot with its reason.

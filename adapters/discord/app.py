@@ -53,7 +53,6 @@ class Sam3dClient(discord.AutoShardedClient):
         self.settings = core.settings
         self.operations = Operations(core.ledger)
         self.tree = app_commands.CommandTree(self)
-        self.jobs: set[asyncio.Task] = set()
         # Discord sends each interaction's upload limit; discord.py does not keep it.
         self._size_limits: OrderedDict[int, int] = OrderedDict()
         add_commands(self)
@@ -73,9 +72,7 @@ class Sam3dClient(discord.AutoShardedClient):
         if self.settings.discord_sync_commands:
             await self.sync_commands()
         log.info("invite the bot with: %s", invite_url(self.application_id))
-        resumed = await self.core.service.recover(self.replier_for_record, {PLATFORM})
-        if resumed:
-            log.info("resuming %d job(s) Segmind still has", resumed)
+        self.core.service.keep_recovering(self.replier_for_record, {PLATFORM})
 
     async def sync_commands(self) -> None:
         guild_id = self.settings.discord_dev_guild_id
@@ -120,10 +117,7 @@ class Sam3dClient(discord.AutoShardedClient):
                                               idempotency_key=f"discord:{interaction.id}"))
 
     def background(self, work) -> asyncio.Task:
-        task = asyncio.create_task(work)
-        self.jobs.add(task)
-        task.add_done_callback(self.jobs.discard)
-        return task
+        return self.core.runner.start(work, "discord job")
 
     async def may_start_here(self, interaction: discord.Interaction) -> bool:
         """Admins may keep /sam3d to some channels of their server."""

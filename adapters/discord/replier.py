@@ -54,6 +54,10 @@ class DiscordReplier:
     def _token_usable(self) -> bool:
         return self._interaction is not None and token_alive(self._reply_to)
 
+    async def prepare(self) -> None:
+        """Where results go was checked when the job was asked for (permissions, the progress
+        message)."""
+
     # -- progress ------------------------------------------------------------------------------
 
     async def progress(self, update: Progress) -> None:

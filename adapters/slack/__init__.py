@@ -71,11 +71,10 @@ class SlackAdapter:
         else:
             log.info("Slack: HTTP mode, Slack's requests go to %s", EVENTS_PATH)
         try:
-            await stop.wait()
+            await stop.wait()  # set by the core once its jobs are done with the clients
         finally:
             if self.socket is not None:
                 await self.socket.close_async()
-            await bot.close()
 
 
 def socket_mode(settings) -> bool:

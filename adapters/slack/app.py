@@ -79,7 +79,6 @@ class SlackBot:
         self.files = SlackFiles(core.api_session, client.token or "", self.settings.slack_api_url,
                                 self.settings.max_image_bytes,
                                 self.settings.image_fetch_timeout_s)
-        self.jobs: set[asyncio.Task] = set()
         self.bot_user_id: str | None = None
         self.connected = False
         self._seen: OrderedDict[str, None] = OrderedDict()
@@ -103,12 +102,7 @@ class SlackBot:
         self.bot_user_id = identity.get("user_id")
         self.connected = True
         log.info("Slack: signed in as %s in %s", identity.get("user"), identity.get("team"))
-        resumed = await self.core.service.recover(self.replier_for_record, {PLATFORM})
-        if resumed:
-            log.info("resuming %d Slack job(s) Segmind still has", resumed)
-
-    async def close(self) -> None:
-        await asyncio.gather(*self.jobs, return_exceptions=True)
+        self.core.service.keep_recovering(self.replier_for_record, {PLATFORM})
 
     async def handle_http(self, request: web.Request) -> web.Response:
         """HTTP mode: Slack's requests arrive at /slack/events on the bot's web server."""
@@ -127,10 +121,7 @@ class SlackBot:
         return True
 
     def background(self, work: Awaitable[Any]) -> asyncio.Task:
-        task = asyncio.create_task(work)
-        self.jobs.add(task)
-        task.add_done_callback(self.jobs.discard)
-        return task
+        return self.core.runner.start(work, "slack job")
 
     async def is_admin(self, team_id: str | None, user_id: str) -> bool:
         """Workspace admins and owners, or SLACK_ADMIN_USERS; asked of Slack every few

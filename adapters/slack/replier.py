@@ -100,6 +100,10 @@ class SlackReplier:
         self._reply_to["progress_ts"] = posted["ts"]
         return True
 
+    async def prepare(self) -> None:
+        """Where results go was checked when the job was asked for (permissions, the progress
+        message)."""
+
     # -- progress ------------------------------------------------------------------------------
 
     async def progress(self, update: Progress) -> None:

@@ -18,5 +18,7 @@ def ledger_from_settings(settings) -> SqlLedger:
         from .postgres import PostgresLedger  # psycopg loads only when it is used
 
         return PostgresLedger(settings.database_url, policy, lease_s=settings.job_lease_seconds,
-                              pool_size=settings.database_pool_size)
-    return SqliteLedger(settings.sqlite_path, policy, lease_s=settings.job_lease_seconds)
+                              pool_size=settings.database_pool_size,
+                              timeout_s=settings.ledger_timeout_s)
+    return SqliteLedger(settings.sqlite_path, policy, lease_s=settings.job_lease_seconds,
+                        timeout_s=settings.ledger_timeout_s)

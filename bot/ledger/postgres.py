@@ -92,6 +92,6 @@ class PostgresDatabase:
 
 
 def PostgresLedger(url: str, policy: QuotaPolicy,
-                   clock: Callable[[], float] = time.time, lease_s: float = 60.0,
-                   pool_size: int = 4) -> SqlLedger:
-    return SqlLedger(PostgresDatabase(url, pool_size), policy, clock, lease_s)
+                   clock: Callable[[], float] = time.time, lease_s: float = 30.0,
+                   pool_size: int = 4, timeout_s: float = 30.0) -> SqlLedger:
+    return SqlLedger(PostgresDatabase(url, pool_size), policy, clock, lease_s, timeout_s)

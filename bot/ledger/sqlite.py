@@ -12,6 +12,7 @@ COMMIT, which is most of what a small transaction costs.
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import threading
 import time
@@ -25,6 +26,7 @@ from ..errors import LedgerUnavailable
 from .policy import QuotaPolicy
 from .store import SqlLedger
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 BATCH_MAX = 64  # transactions per COMMIT: bounds how long other processes wait for the lock
 
@@ -89,17 +91,36 @@ class SqliteDatabase:
             raise LedgerUnavailable() from exc
 
     def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
-        """On the store's thread: run what is waiting, a batch per COMMIT, until none is."""
-        while True:
+        """On the store's thread: run what is waiting, a batch per COMMIT, until none is.
+        Whatever goes wrong, every caller hears back and the store keeps draining."""
+        try:
+            while True:
+                with self._guard:
+                    batch = [self._waiting.popleft()
+                             for _ in range(min(BATCH_MAX, len(self._waiting)))]
+                    if not batch:
+                        self._draining = False
+                        return
+                try:
+                    outcomes = self._run_batch(batch)
+                except Exception as exc:  # outside any one call: the whole batch fails
+                    self._roll_back()
+                    outcomes = [(False, _unavailable(exc))] * len(batch)
+                for (_, _, future), (ok, value) in zip(batch, outcomes, strict=True):
+                    loop.call_soon_threadsafe(_settle, future, ok, value)
+        except BaseException:
             with self._guard:
-                batch = [self._waiting.popleft()
-                         for _ in range(min(BATCH_MAX, len(self._waiting)))]
-                if not batch:
-                    self._draining = False
-                    return
-            outcomes = self._run_batch(batch)
-            for (_, _, future), (ok, value) in zip(batch, outcomes, strict=True):
-                loop.call_soon_threadsafe(_settle, future, ok, value)
+                self._draining = False
+            raise
+
+    def _roll_back(self) -> None:
+        """Leave the connection outside any transaction, so the next batch can begin."""
+        db = self._db
+        if db is not None and db.in_transaction:
+            try:
+                db.execute("ROLLBACK")
+            except sqlite3.Error:
+                log.warning("could not roll back a failed batch", exc_info=True)
 
     def _run_batch(self, batch) -> list[tuple[bool, Any]]:
         db = self._db
@@ -119,11 +140,7 @@ class SqliteDatabase:
                 outcomes.append((False, _unavailable(exc)
                                  if isinstance(exc, sqlite3.OperationalError) else exc))
             db.execute("RELEASE job")
-        try:
-            db.execute("COMMIT")
-        except sqlite3.OperationalError as exc:
-            db.execute("ROLLBACK")
-            return [(False, _unavailable(exc))] * len(batch)
+        db.execute("COMMIT")
         return outcomes
 
 
@@ -147,5 +164,5 @@ def _settle(future: asyncio.Future, ok: bool, value: Any) -> None:
 
 
 def SqliteLedger(path: Path, policy: QuotaPolicy, clock: Callable[[], float] = time.time,
-                 lease_s: float = 60.0) -> SqlLedger:
-    return SqlLedger(SqliteDatabase(path), policy, clock, lease_s)
+                 lease_s: float = 30.0, timeout_s: float = 30.0) -> SqlLedger:
+    return SqlLedger(SqliteDatabase(path), policy, clock, lease_s, timeout_s)

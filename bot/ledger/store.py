@@ -10,10 +10,11 @@ and money moves only through conditional UPDATEs of a budget row
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
@@ -23,6 +24,7 @@ from ..errors import (
     InputError,
     JobInFlight,
     JobsPaused,
+    LedgerTimeout,
     QuotaExceeded,
     UserBlocked,
 )
@@ -41,9 +43,10 @@ from .policy import GLOBAL_SCOPE, Limit, QuotaPolicy, guild_scope, month_of
 
 T = TypeVar("T")
 
-# Jobs in these states hold a quota slot; failed and refunded ones give it back.
-COUNTED = ("queued", "submitted", "rendering", "delivered")
-UNFINISHED = ("queued", "submitted", "rendering")
+# Jobs in these states hold a quota slot; failed and refunded ones give it back. A held job
+# keeps its slot (and its price) until an admin settles it.
+COUNTED = ("queued", "submitting", "submitted", "rendering", "delivered", "held")
+UNFINISHED = ("queued", "submitting", "submitted", "rendering")
 
 # Each migration is a list of statements; a dict holds a statement that differs by dialect.
 # Applied in order, once, inside one transaction (a lock keeps two instances from racing).
@@ -323,8 +326,10 @@ class SqlLedger:
     """The Ledger of bot.ports on any Database."""
 
     def __init__(self, database: Database, policy: QuotaPolicy,
-                 clock: Callable[[], float] = time.time, lease_s: float = 60.0):
+                 clock: Callable[[], float] = time.time, lease_s: float = 30.0,
+                 timeout_s: float = 30.0):
         self.database = database
+        self.timeout_s = timeout_s  # no ledger call waits longer: a stuck disk is an answer too
         self._policy = policy
         self._clock = clock
         # This process's name on the jobs it runs; it renews their leases while it lives.
@@ -332,9 +337,22 @@ class SqlLedger:
         self.lease_s = lease_s
         self._rules_cache: tuple[int, list[QuotaRule]] = (-1, [])  # (version, every rule)
 
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        """fn(tx, *args) in one transaction, within the ledger's time bound."""
+        return await self._bounded(self.database.run(fn, *args))
+
+    async def _statement(self, sql: str, args: Sequence[Any] = ()) -> list:
+        return await self._bounded(self.database.statement(sql, args))
+
+    async def _bounded(self, call: Awaitable[T]) -> T:
+        try:
+            return await asyncio.wait_for(call, self.timeout_s)
+        except TimeoutError:
+            raise LedgerTimeout() from None
+
     async def open(self) -> None:
         await self.database.open()
-        await self.database.run(self._migrate)
+        await self._run(self._migrate)
 
     async def close(self) -> None:
         await self.database.close()
@@ -362,19 +380,19 @@ class SqlLedger:
     async def ping(self) -> bool:
         """The database answers (for /readyz)."""
         try:
-            await self.database.statement("SELECT 1")
+            await self._statement("SELECT 1")
         except Exception:  # any failure means not ready; /readyz says so
             return False
         return True
 
     async def admit(self, requester: Requester) -> None:
-        await self.database.run(self._admit, requester)
+        await self._run(self._admit, requester)
 
     def _admit(self, tx: Tx, who: Requester) -> None:
         _refuse_if_barred(self._context(tx, who, self._clock(), 0.0))
 
     async def reserve(self, job: NewJob) -> JobRecord:
-        return await self.database.run(self._reserve, job)
+        return await self._run(self._reserve, job)
 
     def _reserve(self, tx: Tx, job: NewJob) -> JobRecord:
         who = job.requester
@@ -526,20 +544,32 @@ class SqlLedger:
 
     # -- who runs what ----------------------------------------------------------------------
 
-    async def renew(self, job_ids: Sequence[str]) -> None:
-        """Keep this process's jobs its own for another lease."""
-        if job_ids:
-            await self.database.run(self._renew, list(job_ids))
-
-    def _renew(self, tx: Tx, job_ids: list[str]) -> None:
+    async def renew(self, job_ids: Sequence[str]) -> set[str]:
+        """Keep this process's jobs its own for another lease; returns those it still owns
+        (a job missing was taken over by another process, or settled by an admin)."""
+        if not job_ids:
+            return set()
         marks = ",".join("?" * len(job_ids))
-        tx.execute(f"UPDATE jobs SET lease_until = ? WHERE owner = ? AND id IN ({marks})",
-                   (self._clock() + self.lease_s, self.owner, *job_ids))
+        unfinished = ",".join("?" * len(UNFINISHED))
+        rows = await self._statement(
+            f"UPDATE jobs SET lease_until = ? WHERE owner = ? AND id IN ({marks})"
+            f" AND state IN ({unfinished}) RETURNING id",
+            (self._clock() + self.lease_s, self.owner, *job_ids, *UNFINISHED))
+        return {r["id"] for r in rows}
+
+    async def release(self, job_ids: Sequence[str]) -> None:
+        """Let this process's lease on these jobs lapse now (it is stopping): the next process
+        to look takes them over at once instead of a lease later."""
+        if job_ids:
+            marks = ",".join("?" * len(job_ids))
+            await self._statement(
+                f"UPDATE jobs SET lease_until = 0 WHERE owner = ? AND id IN ({marks})",
+                (self.owner, *job_ids))
 
     async def claim_orphans(self, platforms: set[str] | None = None) -> list[JobRecord]:
         """Take over unfinished jobs whose process stopped renewing them (crashed, killed,
         restarted). Two instances claiming at once each get different jobs."""
-        return await self.database.run(self._claim_orphans, platforms)
+        return await self._run(self._claim_orphans, platforms)
 
     def _claim_orphans(self, tx: Tx, platforms: set[str] | None) -> list[JobRecord]:
         now = self._clock()
@@ -554,56 +584,78 @@ class SqlLedger:
                 continue
             taken = tx.execute(
                 "UPDATE jobs SET owner = ?, lease_until = ?, updated_at = ?, actor = 'system'"
-                " WHERE id = ? AND COALESCE(lease_until, 0) < ?",
-                (self.owner, now + self.lease_s, now, row["id"], now)).rowcount
+                " WHERE id = ? AND COALESCE(lease_until, 0) < ? RETURNING *",
+                (self.owner, now + self.lease_s, now, row["id"], now)).fetchall()
             if taken:
-                claimed.append(_record(tx.execute("SELECT * FROM jobs WHERE id = ?",
-                                                  (row["id"],)).fetchone()))
+                claimed.append(_record(taken[0]))
         return claimed
 
     # -- moving through states ---------------------------------------------------------------
 
     # Each of these is one statement, atomic by itself with what the database's triggers do
-    # for it (the audit entry, the budget rows): no transaction round trips around it.
+    # for it (the audit entry, the budget rows): no transaction round trips around it. Each is
+    # also conditional on this process owning the job and on the job being unfinished, and
+    # answers False when it changed nothing: a process that lost a job cannot write over
+    # whatever its new owner (or an admin) did with it.
 
-    async def mark_submitted(self, job_id: str, request_id: str, resume_ref: dict) -> None:
-        await self.database.statement(
-            "UPDATE jobs SET state = 'submitted', request_id = ?, resume_ref = ?, updated_at = ?,"
-            " actor = 'system' WHERE id = ?",
-            (request_id, json.dumps(resume_ref), self._clock(), job_id))
+    def _owned(self, assignments: str, job_id: str, args: Sequence[Any],
+               states: Sequence[str] = UNFINISHED, extra: str = "") -> tuple[str, tuple]:
+        marks = ",".join("?" * len(states))
+        return (f"UPDATE jobs SET {assignments}, updated_at = ?, actor = 'system'"
+                f" WHERE id = ? AND owner = ? AND state IN ({marks}){extra} RETURNING id",
+                (*args, self._clock(), job_id, self.owner, *states))
 
-    async def set_state(self, job_id: str, state: JobState) -> None:
-        await self.database.statement(
-            "UPDATE jobs SET state = ?, updated_at = ?, actor = 'system' WHERE id = ?",
-            (str(state), self._clock(), job_id))
+    async def _changed(self, statement: tuple[str, tuple]) -> bool:
+        return bool(await self._statement(*statement))
 
-    async def commit(self, job_id: str, cost_micros: int) -> None:
+    async def mark_submitting(self, job_id: str) -> bool:
+        """Written just before the POST: from here on the job may be billed."""
+        return await self._changed(self._owned("state = 'submitting'", job_id, (),
+                                               ("queued",)))
+
+    async def mark_submitted(self, job_id: str, request_id: str, resume_ref: dict) -> bool:
+        return await self._changed(self._owned(
+            "state = 'submitted', request_id = ?, resume_ref = ?", job_id,
+            (request_id, json.dumps(resume_ref)), ("queued", "submitting")))
+
+    async def set_state(self, job_id: str, state: JobState) -> bool:
+        return await self._changed(self._owned("state = ?", job_id, (str(state),)))
+
+    async def commit(self, job_id: str, cost_micros: int) -> bool:
         # The condition is the charge-once rule: a second commit, or a commit racing a refund,
         # finds nothing to change. `reserved_micros` stays on the job as its history.
-        await self.database.statement(
-            "UPDATE jobs SET cost_micros = ?, committed = 1, updated_at = ?, actor = 'system'"
-            " WHERE id = ? AND committed = 0 AND state <> 'refunded'",
-            (cost_micros, self._clock(), job_id))
+        return await self._changed(self._owned("cost_micros = ?, committed = 1", job_id,
+                                               (cost_micros,), extra=" AND committed = 0"))
 
-    async def finish(self, job_id: str, state: JobState, error: str | None = None) -> None:
-        await self.database.statement(
-            "UPDATE jobs SET state = ?, error = ?, updated_at = ?, actor = 'system' WHERE id = ?",
-            (str(state), error, self._clock(), job_id))
+    async def finish(self, job_id: str, state: JobState, error: str | None = None) -> bool:
+        return await self._changed(self._owned("state = ?, error = ?", job_id,
+                                               (str(state), error)))
 
-    async def refund(self, job_id: str, reason: str, actor: str = "system") -> bool:
-        return bool(await self.database.statement(*self._refund_statement(job_id, reason, actor)))
+    async def hold(self, job_id: str, reason: str) -> bool:
+        """A submit that may have been billed: its price stays held for an admin to settle."""
+        return await self._changed(self._owned("state = 'held', error = ?", job_id, (reason,),
+                                               extra=" AND committed = 0"))
 
-    def _refund(self, tx: Tx, job_id: str, reason: str, actor: str) -> bool:
-        return bool(tx.execute(*self._refund_statement(job_id, reason, actor)).fetchall())
+    async def refund(self, job_id: str, reason: str) -> bool:
+        """Release an uncharged job's reservation and quota slot (its budget rows follow by
+        trigger). Only the job's owner, only while it is unfinished and uncharged."""
+        return await self._changed(self._owned("state = 'refunded', error = ?", job_id,
+                                               (reason,), extra=" AND committed = 0"))
 
-    def _refund_statement(self, job_id: str, reason: str, actor: str) -> tuple[str, tuple]:
-        """Release an uncharged job's reservation (its budget rows follow by trigger)."""
-        return ("UPDATE jobs SET state = 'refunded', error = ?, updated_at = ?, actor = ?"
-                " WHERE id = ? AND committed = 0 AND state <> 'refunded' RETURNING id",
-                (reason, self._clock(), actor, job_id))
+    def _admin_release(self, tx: Tx, job_id: str, reason: str, actor: str) -> bool:
+        """An admin releases a settled job's reservation (one never charged)."""
+        marks = ",".join("?" * len(UNFINISHED))
+        return bool(tx.execute(
+            "UPDATE jobs SET state = 'refunded', error = ?, updated_at = ?, actor = ?"
+            f" WHERE id = ? AND committed = 0 AND state NOT IN ('refunded', {marks})"
+            " RETURNING id", (reason, self._clock(), actor, job_id, *UNFINISHED)).fetchall())
+
+    async def note(self, job_id: str, action: str, detail: str) -> None:
+        """An audit entry about a job that this process may no longer write to."""
+        await self._run(self._audit, job_id, "system", action, 0, detail)
 
     async def admin_refund(self, job_id: str, actor: str, reason: str) -> str:
-        return await self.database.run(self._admin_refund, job_id, actor, reason)
+        return await self._run(self._admin_refund, job_id, actor, reason)
 
     def _admin_refund(self, tx: Tx, job_id: str, actor: str, reason: str) -> str:
         row = tx.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -614,7 +666,7 @@ class SqlLedger:
         if row["state"] in UNFINISHED:
             # Refunding now would let a running job's charge go unrecorded.
             raise InputError("job", f"job {job_id} is still running; refund it when it ends")
-        if self._refund(tx, job_id, reason, actor):
+        if self._admin_release(tx, job_id, reason, actor):
             return "released"
         # Segmind billed it: the money stays spent, the user gets the quota slot back.
         marks = ",".join("?" * (len(UNFINISHED) + 1))
@@ -635,7 +687,7 @@ class SqlLedger:
             raise InputError("jobs", "must be 0 or more (or unlimited)")
         if rule.window_hours is not None and rule.window_hours <= 0:
             raise InputError("window", "must be more than 0 hours")
-        await self.database.run(self._set_quota_rule, rule, actor)
+        await self._run(self._set_quota_rule, rule, actor)
 
     def _set_quota_rule(self, tx: Tx, rule: QuotaRule, actor: str) -> None:
         tx.execute(
@@ -654,7 +706,7 @@ class SqlLedger:
 
     async def clear_quota_rule(self, platform: str, guild_id: str, kind: str, target: str,
                                actor: str) -> bool:
-        return await self.database.run(self._clear_quota_rule, platform, guild_id, kind,
+        return await self._run(self._clear_quota_rule, platform, guild_id, kind,
                                        target, actor)
 
     def _clear_quota_rule(self, tx: Tx, platform, guild_id, kind, target, actor) -> bool:
@@ -672,7 +724,7 @@ class SqlLedger:
             raise InputError("budget", "must be 0 or more dollars")
         if scope == GLOBAL_SCOPE and cap_micros is None:
             raise InputError("budget", "the global cap cannot be removed, only changed")
-        await self.database.run(self._set_budget_cap, scope, cap_micros, actor)
+        await self._run(self._set_budget_cap, scope, cap_micros, actor)
 
     def _set_budget_cap(self, tx: Tx, scope: str, cap: int | None, actor: str) -> None:
         tx.execute("INSERT INTO budget_caps (scope, cap_micros) VALUES (?, ?)"
@@ -686,7 +738,7 @@ class SqlLedger:
 
     async def block(self, platform: str, guild_id: str, user_id: str, actor: str,
                     reason: str = "") -> None:
-        await self.database.run(self._block, platform, guild_id, user_id, actor, reason)
+        await self._run(self._block, platform, guild_id, user_id, actor, reason)
 
     def _block(self, tx: Tx, platform, guild_id, user_id, actor, reason) -> None:
         tx.execute("INSERT INTO blocks (platform, guild_id, user_id, reason) VALUES (?, ?, ?, ?)"
@@ -696,7 +748,7 @@ class SqlLedger:
                     f"{platform}:{user_id} guild={guild_id or '*'} {reason}".rstrip())
 
     async def unblock(self, platform: str, guild_id: str, user_id: str, actor: str) -> bool:
-        return await self.database.run(self._unblock, platform, guild_id, user_id, actor)
+        return await self._run(self._unblock, platform, guild_id, user_id, actor)
 
     def _unblock(self, tx: Tx, platform, guild_id, user_id, actor) -> bool:
         cursor = tx.execute("DELETE FROM blocks WHERE platform = ? AND guild_id = ?"
@@ -709,7 +761,7 @@ class SqlLedger:
     async def allow_channel(self, platform: str, guild_id: str, channel_id: str, allowed: bool,
                             actor: str) -> bool:
         """Add or remove a channel where jobs may start; False if nothing changed."""
-        return await self.database.run(self._allow_channel, platform, guild_id, channel_id,
+        return await self._run(self._allow_channel, platform, guild_id, channel_id,
                                        allowed, actor)
 
     def _allow_channel(self, tx: Tx, platform, guild_id, channel_id, allowed, actor) -> bool:
@@ -729,13 +781,13 @@ class SqlLedger:
 
     async def allowed_channels(self, platform: str, guild_id: str) -> list[str]:
         """The channels where jobs may start on a server; empty: all of them."""
-        rows = await self.database.run(
+        rows = await self._run(
             _fetch_all, "SELECT channel_id FROM channel_rules WHERE platform = ?"
             " AND guild_id = ? ORDER BY channel_id", (platform, guild_id))
         return [r["channel_id"] for r in rows]
 
     async def pause(self, scope: str, actor: str, reason: str = "") -> None:
-        await self.database.run(self._pause, scope, actor, reason)
+        await self._run(self._pause, scope, actor, reason)
 
     def _pause(self, tx: Tx, scope: str, actor: str, reason: str) -> None:
         tx.execute("INSERT INTO pauses (scope, reason) VALUES (?, ?)"
@@ -743,7 +795,7 @@ class SqlLedger:
         self._audit(tx, None, actor, "pause", 0, f"{scope} {reason}".rstrip())
 
     async def resume(self, scope: str, actor: str) -> bool:
-        return await self.database.run(self._resume, scope, actor)
+        return await self._run(self._resume, scope, actor)
 
     def _resume(self, tx: Tx, scope: str, actor: str) -> bool:
         cursor = tx.execute("DELETE FROM pauses WHERE scope = ?", (scope,))
@@ -754,18 +806,18 @@ class SqlLedger:
     # -- reading -----------------------------------------------------------------------------
 
     async def get(self, job_id: str) -> JobRecord | None:
-        row = await self.database.run(_fetch_one, "SELECT * FROM jobs WHERE id = ?", (job_id,))
+        row = await self._run(_fetch_one, "SELECT * FROM jobs WHERE id = ?", (job_id,))
         return _record(row) if row else None
 
     async def unfinished(self) -> list[JobRecord]:
         marks = ",".join("?" * len(UNFINISHED))
-        rows = await self.database.run(
+        rows = await self._run(
             _fetch_all, f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY created_at",
             UNFINISHED)
         return [_record(r) for r in rows]
 
     async def quota_status(self, requester: Requester) -> QuotaStatus:
-        return await self.database.run(self._quota_status, requester)
+        return await self._run(self._quota_status, requester)
 
     def _quota_status(self, tx: Tx, who: Requester) -> QuotaStatus:
         now, policy = self._clock(), self._policy
@@ -801,7 +853,7 @@ class SqlLedger:
                 where.append(f"{column} = ?")
                 args.append(value)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
-        rows = await self.database.run(
+        rows = await self._run(
             _fetch_all,
             "SELECT period, platform, guild_id, user_id, count(*) AS jobs,"
             " CAST(sum(CASE WHEN state = 'delivered' THEN 1 ELSE 0 END) AS BIGINT) AS delivered,"
@@ -818,17 +870,17 @@ class SqlLedger:
     async def audit_trail(self, job_id: str | None = None, limit: int = 100
                           ) -> list[AuditEntry]:
         if job_id is not None:
-            rows = await self.database.run(
+            rows = await self._run(
                 _fetch_all, "SELECT * FROM audit WHERE job_id = ? ORDER BY id", (job_id,))
         else:
-            rows = await self.database.run(
+            rows = await self._run(
                 _fetch_all, "SELECT * FROM audit ORDER BY id DESC LIMIT ?", (limit,))
             rows = rows[::-1]
         return [AuditEntry(r["id"], _dt(r["at"]), r["actor"], r["action"], r["amount_micros"],
                            r["job_id"], r["detail"]) for r in rows]
 
     async def budget(self, month: str | None = None, scope: str = GLOBAL_SCOPE) -> Budget:
-        return await self.database.run(self._budget, month or month_of(self._clock()), scope)
+        return await self._run(self._budget, month or month_of(self._clock()), scope)
 
     def _left(self, tx: Tx, month: str, scope: str, cap: int | None) -> int | None:
         """What a budget has left this month (None: no cap), from its one row."""
@@ -892,4 +944,5 @@ def _record(row, duplicate: bool = False) -> JobRecord:
         resume_ref=json.loads(row["resume_ref"]),
         error=row["error"],
         duplicate=duplicate,
+        committed=bool(row["committed"]),
     )

@@ -32,6 +32,7 @@ class Behaviour:
 
     submit_error: tuple[int, Any] | None = None  # (status, body dict or bytes) on submit
     submit_delay_s: float = 0.0  # a slow submit: the request id comes this late
+    drop_after_submit: bool = False  # takes the job (and bills it), then the connection breaks
     html_error_status: int | None = None  # submit answers an HTML page with this status
     rate_limited: int = 0  # the next N API calls answer 429
     reset_in_s: float = 0.3  # for x-rate-limit-reset-at-utc
@@ -158,6 +159,10 @@ class FakeSegmind:
         self._next_id += 1
         job_id = f"req-{self._next_id:05d}"
         self.jobs[job_id] = {"created": time.monotonic(), "polls": 0}
+        if self.behaviour.drop_after_submit:
+            assert request.transport is not None
+            request.transport.close()  # the answer never reaches the bot
+            raise web.HTTPInternalServerError()
         return web.json_response({
             "request_id": job_id,
             "status": "QUEUED",
