@@ -31,6 +31,7 @@ class FairScheduler:
         self._last_served: dict[str, int] = {}  # whoever was served longest ago goes next
         self._served = 0
         self._arrivals = 0
+        self.holding = False  # stopping: no job starts, those waiting keep their places
 
     @property
     def running(self) -> int:
@@ -87,8 +88,12 @@ class FairScheduler:
         return sorted(self._queues, key=lambda u: (self._last_served.get(u, -1),
                                                    self._queues[u][0].arrival))
 
+    def hold(self) -> None:
+        """Start nothing more (the bot is stopping; what waits is carried on after it)."""
+        self.holding = True
+
     def _dispatch(self) -> None:
-        while len(self._running) < self._capacity:
+        while len(self._running) < self._capacity and not self.holding:
             user = next((u for u in self._turn_order() if u not in self._running), None)
             if user is None:
                 break

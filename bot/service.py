@@ -513,6 +513,7 @@ class Service:
         """Take no new jobs; let those in flight finish within `grace_s`; leave the rest to
         be carried on by the next start or another instance."""
         self.runner.accepting = False
+        self._scheduler.hold()  # a queued job starting now would only be cut off
         await self._stop(self._watcher)
         await self.runner.shutdown(grace_s)
 

@@ -1,9 +1,12 @@
-"""A loopback fake of Discord's REST API and CDN, enough for the bot: login, command sync,
-interaction callbacks, webhook follow-ups and edits, channel messages (JSON or multipart with
-files), and attachment downloads. It records every call, with the time it arrived."""
+"""A loopback fake of Discord's REST API, CDN and gateway, enough for the bot: login, command
+sync, interaction callbacks, webhook follow-ups and edits, channel messages (JSON or multipart
+with files), attachment downloads, and a gateway session (HELLO, IDENTIFY, READY, heartbeats,
+dispatched interactions) for the real `sam3d-bot run`. It records every call, with the time it
+arrived."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import time
@@ -50,6 +53,8 @@ class FakeDiscord:
         self._originals: dict[str, str] = {}  # interaction token -> its response's message id
         self._runner: web.AppRunner | None = None
         self.url = ""
+        self.sessions: list[web.WebSocketResponse] = []  # gateway connections that identified
+        self._sequence = itertools.count(1)
 
     @property
     def api_url(self) -> str:
@@ -62,12 +67,61 @@ class FakeDiscord:
         app = web.Application(client_max_size=200 * 1024 * 1024)
         app.router.add_route("*", API + "/{tail:.*}", self.api)
         app.router.add_get("/cdn/{name}", self.serve_cdn)
+        app.router.add_get("/gateway", self.gateway)
         self._runner, self.url = await serve_on_loopback(app)
         return self
 
     async def __aexit__(self, *exc) -> None:
+        for session in self.sessions:
+            await session.close()
         if self._runner is not None:
             await self._runner.cleanup()
+
+    # -- the gateway (https://discord.com/developers/docs/events/gateway) ----------------------
+
+    async def gateway(self, request: web.Request) -> web.WebSocketResponse:
+        """One shard's session: HELLO, then READY once the client identifies (with the bot's
+        token and its intents); heartbeats are acknowledged. JSON text frames: Discord
+        compresses only when asked, and what the bot does with an event is the same."""
+        socket = web.WebSocketResponse()
+        await socket.prepare(request)
+        await socket.send_json({"op": 10, "d": {"heartbeat_interval": 41_250}, "s": None,
+                                "t": None})
+        async for message in socket:
+            if message.type is not web.WSMsgType.TEXT:
+                continue
+            frame = json.loads(message.data)
+            if frame.get("op") == 1:  # heartbeat
+                await socket.send_json({"op": 11})
+            elif frame.get("op") == 2:  # identify
+                identity = frame.get("d") or {}
+                if (self.token and identity.get("token") != self.token) \
+                        or not isinstance(identity.get("intents"), int):
+                    await socket.close(code=4004 if self.token else 4013)
+                    break
+                self.sessions.append(socket)
+                await self._dispatch(socket, "READY", {
+                    "v": 10, "user": user_json(BOT_ID, "sam3d", bot=True), "guilds": [],
+                    "session_id": "fake-session", "shard": identity.get("shard", [0, 1]),
+                    "resume_gateway_url": self.url.replace("http", "ws") + "/gateway",
+                    "application": {"id": APP_ID, "flags": 0}, "private_channels": [],
+                    "relationships": []})
+        if socket in self.sessions:
+            self.sessions.remove(socket)
+        return socket
+
+    async def _dispatch(self, socket: web.WebSocketResponse, event: str, data: dict) -> None:
+        await socket.send_json({"op": 0, "t": event, "s": next(self._sequence), "d": data})
+
+    async def send_interaction(self, payload: dict[str, Any]) -> None:
+        """Dispatch INTERACTION_CREATE to the connected bot, as Discord does when a member
+        uses a command."""
+        for _ in range(200):
+            if self.sessions:
+                break
+            await asyncio.sleep(0.05)
+        assert self.sessions, "no bot is connected to the gateway"
+        await self._dispatch(self.sessions[-1], "INTERACTION_CREATE", payload)
 
     # -- what the tests look at ------------------------------------------------------------------
 
@@ -99,9 +153,18 @@ class FakeDiscord:
         call = Call(request.method, path, time.monotonic())
         await self._read_body(request, call)
         self.calls.append(call)
-        if self.token and request.headers.get("Authorization") != f"Bot {self.token}":
+        # Interaction callbacks and webhook routes are authorised by the token in their path,
+        # and discord.py sends no bot token there; every other route needs it.
+        by_path = path.startswith(("/interactions/", "/webhooks/"))
+        if self.token and not by_path \
+                and request.headers.get("Authorization") != f"Bot {self.token}":
             return _json({"message": "401: Unauthorized", "code": 0}, status=401)
         route = (request.method, path)
+        if route == ("GET", "/gateway/bot"):
+            return _json({"url": self.url.replace("http", "ws", 1) + "/gateway", "shards": 1,
+                          "session_start_limit": {"total": 1000, "remaining": 999,
+                                                  "reset_after": 14_400_000,
+                                                  "max_concurrency": 1}})
         if route == ("GET", "/users/@me"):
             return _json(user_json(BOT_ID, "sam3d", bot=True))
         if route == ("GET", "/oauth2/applications/@me"):

@@ -38,6 +38,7 @@ class Behaviour:
     reset_in_s: float = 0.3  # for x-rate-limit-reset-at-utc
     polls_before_done: int = 2  # status answers QUEUED, then PROCESSING..., then COMPLETED
     complete_after_s: float = 0.0  # or: done once this much time has passed since submit
+    held_seeds: set[int] = field(default_factory=set)  # jobs with these seeds never finish
     poll_delay_s: float = 0.0  # a slow status endpoint
     fail_message: str | None = None  # the job ends FAILED (HTTP 422)
     expired: bool = False  # status and result answer 404 (records expire after ~1 h)
@@ -158,7 +159,8 @@ class FakeSegmind:
         self.counters.payloads.append(payload)
         self._next_id += 1
         job_id = f"req-{self._next_id:05d}"
-        self.jobs[job_id] = {"created": time.monotonic(), "polls": 0}
+        self.jobs[job_id] = {"created": time.monotonic(), "polls": 0,
+                             "seed": payload.get("seed")}
         if self.behaviour.drop_after_submit:
             assert request.transport is not None
             request.transport.close()  # the answer never reaches the bot
@@ -172,7 +174,9 @@ class FakeSegmind:
 
     def _job_state(self, job: dict) -> str:
         b = self.behaviour
-        if b.complete_after_s:
+        if job.get("seed") in b.held_seeds:
+            done = False
+        elif b.complete_after_s:
             done = time.monotonic() - job["created"] >= b.complete_after_s
         else:
             done = job["polls"] > b.polls_before_done
