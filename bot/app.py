@@ -23,7 +23,7 @@ from .errors import RenderError
 from .images import ImageFetcher, ImageLimits, InputValidator, guarded_session
 from .ledger import Ledger, ledger_from_settings
 from .offline import OfflineBackend
-from .ports import ImageTo3D
+from .ports import ImageTo3D, Renderer
 from .render.renderer import F3dRenderer, RenderOptions
 from .results import ResultStore
 from .runner import JobRunner
@@ -45,7 +45,7 @@ class Core:
     results: ResultStore
     api_session: aiohttp.ClientSession
     fetch_session: aiohttp.ClientSession  # for users' image URLs: private addresses refused
-    renderer: F3dRenderer | None = None
+    renderer: Renderer | None = None
     links: DownloadLinks | None = None  # signed links to files, when PUBLIC_URL is set
 
     @property
@@ -56,7 +56,9 @@ class Core:
 
 @asynccontextmanager
 async def build_core(settings: Settings, *, allow_paths: bool = False,
-                     fetch_session: aiohttp.ClientSession | None = None) -> AsyncIterator[Core]:
+                     fetch_session: aiohttp.ClientSession | None = None,
+                     renderer: Renderer | None = None) -> AsyncIterator[Core]:
+    """`fetch_session` and `renderer` stand in for the real ones (tests, benchmarks)."""
     async with AsyncExitStack() as stack:
         api_session = await stack.enter_async_context(aiohttp.ClientSession())
         if fetch_session is None:
@@ -70,7 +72,8 @@ async def build_core(settings: Settings, *, allow_paths: bool = False,
         )
         limits = ImageLimits.from_settings(settings)
         results = ResultStore(settings.data_dir)
-        renderer = await stack.enter_async_context(warm_renderer(settings))
+        if renderer is None:
+            renderer = await stack.enter_async_context(warm_renderer(settings))
         service = Service(
             validator=InputValidator(ImageFetcher(fetch_session, limits), limits, allow_paths),
             backend=backend,

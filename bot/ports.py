@@ -51,6 +51,11 @@ class ImageTo3D(Protocol):
 class Renderer(Protocol):
     """Draws preview pictures of a job's model files; raises RenderError when it cannot."""
 
+    @property
+    def ready(self) -> bool:
+        """Able to draw now (for /readyz)."""
+        ...
+
     async def thumbnail(
         self, files: tuple[OutputFile, ...], workdir: Path
     ) -> tuple[OutputFile, ...]: ...

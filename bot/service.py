@@ -481,7 +481,7 @@ class Service:
 
     async def _resume_upstream(self, job: _Job) -> JobResult:
         workdir = await self._results.workdir(job.id)
-        await job.replier.progress(Progress(Stage.PROCESSING))
+        await job.replier.progress(Progress(Stage.RESUMED))
         upstream = await self._backend.resume(job.record.resume_ref, workdir,
                                               self._processing(job))
         await self._results.keep_upstream(job.id, upstream)

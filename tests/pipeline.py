@@ -65,6 +65,8 @@ class Recorder:
 class PictureRenderer:
     """Writes a small PNG for each picture asked for, or fails as told."""
 
+    ready = True
+
     def __init__(self, fail=False):
         self.fail = fail
 
@@ -128,3 +130,15 @@ def make_service(http, ledger, fake_segmind, tmp_path):
 def request(who=ALICE, seed=7, **kw) -> JobRequest:
     return JobRequest(who, ImageSource.from_bytes(photo_bytes()), prompt="ball", seed=seed,
                       reply_to={"channel": "c1"}, **kw)
+
+
+class StuckRenderer(PictureRenderer):
+    """Draws nothing until cancelled: a stop catches its job while rendering."""
+
+    def __init__(self):
+        super().__init__()
+        self.started = asyncio.Event()
+
+    async def thumbnail(self, files, workdir: Path):
+        self.started.set()
+        await asyncio.Event().wait()

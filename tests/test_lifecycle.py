@@ -179,9 +179,10 @@ async def test_discord_bot_delivers_what_finishes_within_the_grace_and_resumes_t
         bot = await start_bot(tmp_path, unused_tcp_port, **settings)
         image = discord_payloads.attachment("photo.png", fake_discord.cdn_url("photo.png"),
                                             len(fake_discord.cdn["photo.png"]))
-        for who, seed in ((discord_payloads.ALICE_ID, 1), (discord_payloads.BOB_ID, 2)):
-            await fake_discord.send_interaction(
-                discord_payloads.sam3d(image, seed=seed, user_id=who))
+        asked = {who: discord_payloads.sam3d(image, seed=seed, user_id=who)
+                 for who, seed in ((discord_payloads.ALICE_ID, 1), (discord_payloads.BOB_ID, 2))}
+        for payload in asked.values():
+            await fake_discord.send_interaction(payload)
         await eventually(lambda: fake_segmind.counters.submits == 2)
         took, logged = await stop(bot)
         assert took < SIGTERM_LIMIT_S and bot.returncode == 0, logged
@@ -195,6 +196,11 @@ async def test_discord_bot_delivers_what_finishes_within_the_grace_and_resumes_t
         bot = await start_bot(tmp_path, unused_tcp_port, **settings)
         await eventually(lambda: len(fake_discord.channel_posts()) == 2)
         _, logged = await stop(bot)
+    # Alice's "thinking" message, edited through her interaction's token after the restart.
+    alice_token = asked[discord_payloads.ALICE_ID]["token"]
+    edits = [c.json.get("content", "") for c in fake_discord.original_edits()
+             if alice_token in c.path]
+    assert any("restarted" in text for text in edits) and "✅ Done" in edits[-1]
     alice_post = fake_discord.channel_posts()[-1]
     assert alice_post.json["content"] == f"<@{discord_payloads.ALICE_ID}>"
     assert {name for name, _ in alice_post.files.values()} == {"model.glb", "splat.ply"}

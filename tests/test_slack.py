@@ -30,6 +30,7 @@ from tests.fakes.segmind import API_KEY
 from tests.fakes.slack import APP_TOKEN, BOT_TOKEN, SIGNING_SECRET, FakeSlack
 from tests.helpers import ROOT, bot_env, wait_until_ready
 from tests.payloads import slack as payloads
+from tests.pipeline import PictureRenderer, StuckRenderer
 
 PHOTO_HOST = "photos.example"  # resolved to the fake by the test's own resolver
 
@@ -98,7 +99,8 @@ class Harness:
 
 
 @asynccontextmanager
-async def running_slack(fake, fake_segmind, tmp_path, port, *, socket_mode=False, **settings):
+async def running_slack(fake, fake_segmind, tmp_path, port, *, socket_mode=False,
+                        renderer=None, grace_s=10.0, **settings):
     values = {"segmind_api_key": API_KEY, "segmind_base_url": fake_segmind.url,
               "segmind_poll_interval_s": 0.05, "slack_bot_token": BOT_TOKEN,
               "slack_signing_secret": SIGNING_SECRET, "slack_api_url": fake.api_url,
@@ -109,7 +111,8 @@ async def running_slack(fake, fake_segmind, tmp_path, port, *, socket_mode=False
     config = load_settings(None, **values)
     connector = aiohttp.TCPConnector(resolver=ToLoopback())
     async with aiohttp.ClientSession(connector=connector) as fetch, \
-            build_core(config, fetch_session=fetch) as core, aiohttp.ClientSession() as client:
+            build_core(config, fetch_session=fetch, renderer=renderer) as core, \
+            aiohttp.ClientSession() as client:
         adapter = SlackAdapter()
         app = build_web_app()
         app.add_routes(adapter.routes(core))
@@ -124,7 +127,7 @@ async def running_slack(fake, fake_segmind, tmp_path, port, *, socket_mode=False
             assert adapter.ready(), running.exception() if running.done() else "not ready"
             yield Harness(adapter, core, f"http://127.0.0.1:{port}", client, fake)
         finally:
-            await core.service.shutdown(grace_s=10)
+            await core.service.shutdown(grace_s)
             stop.set()
             await running
             await runner.cleanup()
@@ -647,6 +650,29 @@ async def test_a_job_running_when_the_bot_stopped_is_finished_after_the_restart(
     assert uploaded(fake_slack)["model.glb"]["thread_ts"] == event["event"]["ts"]
     [progress] = fake_slack.find("chat.postMessage")  # the same message, carried on
     assert fake_slack.find("chat.update")[-1].args["text"].startswith("✅")
+
+
+async def test_a_job_stopped_while_rendering_is_posted_after_the_restart_from_its_files(
+        fake_slack, fake_segmind, tmp_path, settings_env, unused_tcp_port):
+    stuck = StuckRenderer()
+    event = payloads.mention("vase", [photo_file(fake_slack)])
+    async with running_slack(fake_slack, fake_segmind, tmp_path, unused_tcp_port,
+                             renderer=stuck, grace_s=0.2) as slack:
+        await slack.event(event)
+        await asyncio.wait_for(stuck.started.wait(), 10)
+    assert not uploaded(fake_slack)
+    asked = (fake_segmind.counters.polls, fake_segmind.counters.downloads)
+    async with running_slack(fake_slack, fake_segmind, tmp_path, unused_tcp_port,
+                             renderer=PictureRenderer()) as restarted:
+        await restarted.settle(until=lambda: "model.glb" in uploaded(fake_slack))
+        [row] = await restarted.jobs()
+    files = uploaded(fake_slack)
+    assert {"thumbnail.png", "model.glb", "splat.ply"} <= set(files)
+    assert files["model.glb"]["thread_ts"] == event["event"]["ts"]
+    assert (row.delivered, row.cost_micros) == (1, 65_000)
+    assert (fake_segmind.counters.polls, fake_segmind.counters.downloads) == asked
+    texts = [c.args["text"] for c in fake_slack.find("chat.update")]
+    assert any("restarted" in t for t in texts) and texts[-1].startswith("✅")
 
 
 # -- Socket Mode -----------------------------------------------------------------------------

@@ -16,19 +16,7 @@ from bot.ledger.postgres import PostgresLedger
 from bot.models import JobState, Stage
 from bot.ports import NewJob
 from bot.runner import JobRunner
-from tests.pipeline import ALICE, PictureRenderer, Recorder, request
-
-
-class StuckRenderer(PictureRenderer):
-    """Draws nothing until told: a stop catches its job while rendering."""
-
-    def __init__(self):
-        super().__init__()
-        self.started = asyncio.Event()
-
-    async def thumbnail(self, files, workdir):
-        self.started.set()
-        await asyncio.Event().wait()
+from tests.pipeline import ALICE, PictureRenderer, Recorder, StuckRenderer, request
 
 
 async def until(condition, limit_s: float = 10.0) -> None:

@@ -30,12 +30,15 @@ class DiscordReplier:
                  size_limit: int = 10 * 1024 * 1024, view_for=None, links=None):
         self._client = client
         self._reply_to = reply_to
-        self._interaction = interaction
         self._size_limit = size_limit
         self._view_for = view_for  # job id -> the result's buttons
         self._links = links  # the bot's signed download links, for files too big to attach
         self._progress = ProgressThrottle(self._edit, interval_s)
         self.result_message: discord.Message | None = None
+        # The interaction's webhook: after a restart it is rebuilt from the token kept with
+        # the job, so a job carried on still edits its "thinking" message while it lives.
+        self._followup = interaction.followup if interaction is not None \
+            else resumed_followup(client, reply_to)
 
     @property
     def reply_to(self) -> dict[str, Any]:
@@ -52,7 +55,11 @@ class DiscordReplier:
             int(self._reply_to["channel_id"]), guild_id=int(guild_id) if guild_id else None)
 
     def _token_usable(self) -> bool:
-        return self._interaction is not None and token_alive(self._reply_to)
+        return self._followup is not None and token_alive(self._reply_to)
+
+    async def _edit_original(self, content: str) -> None:
+        await self._followup.edit_message("@original", content=content,
+                                          allowed_mentions=NO_PINGS)
 
     async def prepare(self) -> None:
         """Where results go was checked when the job was asked for (permissions, the progress
@@ -66,8 +73,7 @@ class DiscordReplier:
 
     async def _edit(self, update: Progress) -> None:
         try:
-            await self._interaction.edit_original_response(content=f"⏳ {update.describe()}…",
-                                                           allowed_mentions=NO_PINGS)
+            await self._edit_original(f"⏳ {update.describe()}…")
         except discord.HTTPException as exc:  # progress is best effort; the result is not
             log.info("progress edit failed: %s", exc)
 
@@ -97,7 +103,7 @@ class DiscordReplier:
             # A user-installed app, or no right to post: answer through the interaction
             # (with new file objects: the refused request used up the first ones).
             made = result_message(result, self._size_limit, self._links)
-            self.result_message = await self._interaction.followup.send(
+            self.result_message = await self._followup.send(
                 content, embed=made.embed, files=made.files, view=view, wait=True,
                 allowed_mentions=mentions)
             await self._say_progress("✅ Done.")
@@ -107,8 +113,7 @@ class DiscordReplier:
     async def _say_progress(self, text: str) -> None:
         if self._token_usable():
             try:
-                await self._interaction.edit_original_response(content=text,
-                                                               allowed_mentions=NO_PINGS)
+                await self._edit_original(text)
             except discord.HTTPException as exc:
                 log.info("progress edit failed: %s", exc)
 
@@ -129,12 +134,20 @@ class DiscordReplier:
         text = failure_text(error, refunded)
         if self._token_usable():
             try:
-                await self._interaction.delete_original_response()
+                await self._followup.delete_message("@original")
             except discord.HTTPException:
                 pass  # already gone, or never shown
-            await self._interaction.followup.send(text, ephemeral=True, allowed_mentions=NO_PINGS)
+            await self._followup.send(text, ephemeral=True, allowed_mentions=NO_PINGS)
             return
         await self._channel().send(
             f"<@{self._reply_to['user_id']}> {text}",
             allowed_mentions=discord.AllowedMentions(everyone=False, roles=False,
                                                      users=[self._user]))
+
+
+def resumed_followup(client: discord.Client, reply_to: dict[str, Any]) -> discord.Webhook | None:
+    """The webhook of the interaction a job came from, from what was kept with the job."""
+    if not (reply_to.get("token") and reply_to.get("application_id")):
+        return None
+    return discord.Webhook.partial(int(reply_to["application_id"]), reply_to["token"],
+                                   client=client)
