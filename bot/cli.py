@@ -23,9 +23,17 @@ from typing import TextIO
 
 from .errors import BotError, DeliveryError, InputError
 from .logs import RedactSecrets, secrets_of, setup_logging
-from .models import FileKind, ImageSource, JobRequest, JobResult, Progress, Requester
+from .models import (
+    FileKind,
+    ImageSource,
+    JobRequest,
+    JobResult,
+    JobState,
+    Progress,
+    Requester,
+)
 from .operations import GROUPINGS, Operations, Where, describe_budget, usage_csv, usage_table
-from .ports import Ledger
+from .ports import JobRecord, Ledger
 from .settings import Settings, SettingsError, load_settings, micros_to_usd
 
 PROG = "sam3d-bot"
@@ -114,6 +122,8 @@ def add_admin_parser(sub) -> None:
     refund = verbs.add_parser("refund", help="give a finished job back to its user")
     refund.add_argument("job", help="the job id")
     refund.add_argument("--reason", default="")
+
+    verbs.add_parser("held", help="jobs whose submit was cut off: Segmind may have billed them")
 
     audit = verbs.add_parser("audit", help="the audit trail of a job, or the latest entries")
     audit.add_argument("job", nargs="?", help="a job id (default: the latest entries)")
@@ -346,6 +356,8 @@ async def admin(settings: Settings, args, out: TextIO) -> int:
                           else operations.resume(actor, scoped))
         elif args.verb == "refund":
             said = await operations.refund(actor, None, args.job, args.reason)
+        elif args.verb == "held":
+            said = held_report(await ledger.in_states([JobState.HELD]))
         else:
             entries = await ledger.audit_trail(args.job, args.limit)
             said = "\n".join(
@@ -354,6 +366,18 @@ async def admin(settings: Settings, args, out: TextIO) -> int:
                 for e in entries) or "(no entries)"
     print(said, file=out)
     return OK
+
+
+def held_report(jobs: list[JobRecord]) -> str:
+    """Held jobs, with what settles each: Segmind's account shows whether it was billed."""
+    if not jobs:
+        return "no held jobs"
+    lines = [f"{j.id}  {j.created_at:%Y-%m-%d %H:%M} UTC  {j.platform}:{j.user_id}"
+             f"  ${micros_to_usd(j.reserved_micros):.3f} held  ({j.error})" for j in jobs]
+    lines.append("Each was cut off while being sent to Segmind. If Segmind's usage page shows "
+                 "no charge for it, `sam3d-bot admin refund JOB` releases its price and the "
+                 "member's quota slot; otherwise leave it held.")
+    return "\n".join(lines)
 
 
 HOW_TO_CONFIGURE = (

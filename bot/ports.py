@@ -241,6 +241,10 @@ class Ledger(Protocol):
 
     async def unfinished(self) -> list[JobRecord]: ...
 
+    async def in_states(self, states: Sequence[str]) -> list[JobRecord]:
+        """Jobs in these states, oldest first (e.g. "held", for an admin to settle)."""
+        ...
+
     async def renew(self, job_ids: Sequence[str]) -> set[str]:
         """Extend this process's leases on the jobs it runs; returns the ones it still owns."""
         ...

@@ -48,7 +48,7 @@ from .scheduler import FairScheduler
 log = logging.getLogger(__name__)
 
 INTERNAL_ERROR = "Something went wrong inside the bot; the job was stopped."
-RESTARTING = "The bot is restarting; please send it again in a minute."
+RESTARTING = "The bot is restarting; please send it again in a minute. Nothing was charged."
 PHOTO_GONE = ("The bot restarted before your job reached SAM 3D, and its photo was not kept; "
               "nothing was charged. Please send it again.")
 HELD_AFTER_STOP = ("The bot stopped while sending your job to SAM 3D, so it cannot tell "
@@ -163,6 +163,9 @@ class Service:
         except BotError as error:
             await _tell_failure(replier, error, refunded=False)
             return None
+        except asyncio.CancelledError:  # stopping before there is a job to carry on
+            await asyncio.shield(_tell_failure(replier, ServiceStopping(RESTARTING), False))
+            raise
         cached = await self._results.lookup(validated.cache_key, offline=self.offline)
         if cached is not None:
             await replier.deliver(cached)

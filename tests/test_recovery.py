@@ -125,6 +125,13 @@ async def test_killed_while_sending_the_job_is_held_for_an_admin_never_refunded(
         tmp_path, "SELECT count(*) FROM audit WHERE action = 'refund' AND job_id = ?", (job_id,))
     assert refunds == 0
 
+    listed = await run_bot("admin", "held", cwd=tmp_path)  # what an admin settles by hand
+    assert listed.code == 0 and listed.out.startswith(job_id) and "$0.065 held" in listed.out
+    released = await run_bot("admin", "refund", job_id, cwd=tmp_path)
+    assert released.code == 0, released.err
+    assert spent_and_held(tmp_path) == (65_000, 65_000)
+    assert (await run_bot("admin", "held", cwd=tmp_path)).out.strip() == "no held jobs"
+
 
 async def test_an_out_folder_that_cannot_be_written_is_refused_before_any_charge(
         tmp_path, fake_segmind):

@@ -281,3 +281,20 @@ async def test_a_stopping_bot_takes_no_new_job_and_charges_nothing(make_service,
     error, _ = reply.failure
     assert isinstance(error, errors.ServiceStopping) and "restarting" in error.user_message
     assert await ledger.usage() == []
+
+
+async def test_a_stop_before_the_job_exists_tells_the_user_to_send_it_again(
+        make_service, ledger):
+    class SlowToPrepare(Recorder):
+        async def prepare(self):
+            await asyncio.Event().wait()  # e.g. a slow disk for --out
+
+    service = make_service()
+    reply = SlowToPrepare()
+    service.runner.start(service.run(request(), reply))
+    await asyncio.sleep(0.3)  # validated; checking where the result goes
+    await service.shutdown(grace_s=0.1)
+    error, refunded = reply.failure
+    assert isinstance(error, errors.ServiceStopping) and "send it again" in error.user_message
+    assert "Nothing was charged" in error.user_message and not refunded
+    assert await ledger.usage() == []

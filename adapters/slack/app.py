@@ -23,7 +23,7 @@ from slack_bolt.app.async_app import AsyncApp
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.errors import AdapterFailed, BotError, InputError
+from bot.errors import AdapterFailed, BotError, InputError, ServiceStopping
 from bot.models import ImageSource, JobRequest, Requester
 from bot.operations import (
     Operations,
@@ -34,6 +34,7 @@ from bot.operations import (
 )
 from bot.ports import JobRecord
 from bot.replies import details_text
+from bot.service import RESTARTING
 
 from .files import SlackFiles
 from .replier import SlackReplier, quietly, slack_error
@@ -208,6 +209,9 @@ class SlackBot:
             except BotError as error:
                 await replier.fail(error, refunded=False)
                 return
+            except asyncio.CancelledError:  # the bot stops before the job exists
+                await asyncio.shield(replier.fail(ServiceStopping(RESTARTING), refunded=False))
+                raise
             request = JobRequest(requester=who, image=image, prompt=args.prompt,
                                  bbox=args.bbox, points=args.points, mask=mask_image,
                                  seed=args.seed, reply_to=replier.reply_to)

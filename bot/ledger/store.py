@@ -810,10 +810,13 @@ class SqlLedger:
         return _record(row) if row else None
 
     async def unfinished(self) -> list[JobRecord]:
-        marks = ",".join("?" * len(UNFINISHED))
+        return await self.in_states(UNFINISHED)
+
+    async def in_states(self, states: Sequence[str]) -> list[JobRecord]:
+        marks = ",".join("?" * len(states))
         rows = await self._run(
             _fetch_all, f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY created_at",
-            UNFINISHED)
+            tuple(states))
         return [_record(r) for r in rows]
 
     async def quota_status(self, requester: Requester) -> QuotaStatus:
