@@ -429,6 +429,8 @@ class Service:
         """
         carried = 0
         for record in await self._ledger.claim_orphans(platforms):
+            if record.id in self._running:  # ours, its lease renewed late: it runs already
+                continue
             replier = replier_for(record) or NullReplier()
             job = _Job(record, replier, time.monotonic(), submitted=record.request_id is not None,
                        committed=record.committed)
