@@ -184,8 +184,15 @@ async def test_discord_bot_delivers_what_finishes_within_the_grace_and_resumes_t
         for payload in asked.values():
             await fake_discord.send_interaction(payload)
         await eventually(lambda: fake_segmind.counters.submits == 2)
-        took, logged = await stop(bot)
-        assert took < SIGTERM_LIMIT_S and bot.returncode == 0, logged
+        sent = time.monotonic()
+        bot.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.3)
+        late = discord_payloads.sam3d(image, seed=4, user_id=discord_payloads.ADMIN_ID)
+        await fake_discord.send_interaction(late)  # while it stops: told, not started
+        _, logged = await asyncio.wait_for(bot.communicate(), 30)
+        assert time.monotonic() - sent < SIGTERM_LIMIT_S and bot.returncode == 0, logged
+        [told] = [c for c in fake_discord.followups() if late["token"] in c.path]
+        assert "restarting" in told.json["content"] and told.json["flags"] & 64
         [post] = fake_discord.channel_posts()  # bob's, posted during the stop
         assert post.json["content"] == f"<@{discord_payloads.BOB_ID}>"
         assert {name for name, _ in post.files.values()} == {"model.glb", "splat.ply"}
