@@ -78,24 +78,30 @@ async def main(args) -> None:
     url = args.postgres
     if url is None:  # TEST_DATABASE_URL, or a private server from Debian's package
         url, directory = await asyncio.to_thread(start_server)
-    print(f"{'store':10} {'callers':>7} {'pairs/s':>8} {'p50 ms':>7} {'p99 ms':>7} "
-          f"{'granted':>7} {'refused':>7} {'overspend':>9}")
+    print(
+        f"{'store':10} {'callers':>7} {'pairs/s':>8} {'p50 ms':>7} {'p99 ms':>7} "
+        f"{'granted':>7} {'refused':>7} {'overspend':>9}"
+    )
     try:
         with tempfile.TemporaryDirectory() as tmp:
             stores = {
                 "sqlite": lambda policy: SqliteLedger(
-                    Path(tmp) / f"{secrets.token_hex(4)}.sqlite3", policy),
-                "postgres": lambda policy: PostgresLedger(fresh_schema_url(url), policy,
-                                                          pool_size=args.pool),
+                    Path(tmp) / f"{secrets.token_hex(4)}.sqlite3", policy
+                ),
+                "postgres": lambda policy: PostgresLedger(
+                    fresh_schema_url(url), policy, pool_size=args.pool
+                ),
             }
             for name, make in stores.items():
                 for callers in (1, 10, 100):
                     runs = [await run(make, callers, args.pairs) for _ in range(args.repeat)]
                     r = sorted(runs, key=lambda run_: run_["pairs_per_s"])[len(runs) // 2]
                     assert all(run_["overspend"] == 0 for run_ in runs), runs
-                    print(f"{name:10} {callers:7} {r['pairs_per_s']:8.0f} {r['p50_ms']:7.2f} "
-                          f"{r['p99_ms']:7.2f} {r['granted']:7} {r['refused']:7} "
-                          f"{r['overspend']:9}")
+                    print(
+                        f"{name:10} {callers:7} {r['pairs_per_s']:8.0f} {r['p50_ms']:7.2f} "
+                        f"{r['p99_ms']:7.2f} {r['granted']:7} {r['refused']:7} "
+                        f"{r['overspend']:9}"
+                    )
     finally:
         if directory:
             await asyncio.to_thread(stop_server, directory)
@@ -105,7 +111,11 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--pairs", type=int, default=3000)
     parser.add_argument("--pool", type=int, default=4, help="PostgreSQL connections")
-    parser.add_argument("--repeat", type=int, default=3,
-                        help="runs per row; the median run is shown (this VM is noisy)")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="runs per row; the median run is shown (this VM is noisy)",
+    )
     parser.add_argument("--postgres", help="a PostgreSQL URL (default: a private server)")
     asyncio.run(main(parser.parse_args()))

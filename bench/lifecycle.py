@@ -35,8 +35,7 @@ from tests.payloads import slack as payloads  # noqa: E402
 
 
 def delivered(slack: FakeSlack) -> int:
-    return sum(1 for u in slack.uploads.values()
-               if u.get("channel") and u["name"] == "model.glb")
+    return sum(1 for u in slack.uploads.values() if u.get("channel") and u["name"] == "model.glb")
 
 
 def states(data: Path) -> dict[str, int]:
@@ -66,15 +65,24 @@ async def until(condition, limit_s: float = 300.0) -> float:
 
 class Bots:
     def __init__(self, args, slack: FakeSlack, segmind: FakeSegmind, data: str):
-        self.env = {**os.environ, "SLACK_BOT_TOKEN": BOT_TOKEN,
-                    "SLACK_SIGNING_SECRET": SIGNING_SECRET, "SLACK_API_URL": slack.api_url,
-                    "SEGMIND_API_KEY": API_KEY, "SEGMIND_BASE_URL": segmind.url,
-                    "SEGMIND_POLL_INTERVAL_S": "0.2", "DATA_DIR": data,
-                    "RENDER_ENABLED": "false", "GLOBAL_BUDGET_USD": "1000",
-                    "MAX_CONCURRENT_JOBS": "16", "MAX_JOBS_IN_FLIGHT_PER_USER": "100",
-                    "JOB_LEASE_SECONDS": str(args.lease_s),
-                    "SHUTDOWN_GRACE_S": str(args.grace_s), "LOG_LEVEL": "WARNING",
-                    "PYTHONPATH": str(ROOT)}
+        self.env = {
+            **os.environ,
+            "SLACK_BOT_TOKEN": BOT_TOKEN,
+            "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+            "SLACK_API_URL": slack.api_url,
+            "SEGMIND_API_KEY": API_KEY,
+            "SEGMIND_BASE_URL": segmind.url,
+            "SEGMIND_POLL_INTERVAL_S": "0.2",
+            "DATA_DIR": data,
+            "RENDER_ENABLED": "false",
+            "GLOBAL_BUDGET_USD": "1000",
+            "MAX_CONCURRENT_JOBS": "16",
+            "MAX_JOBS_IN_FLIGHT_PER_USER": "100",
+            "JOB_LEASE_SECONDS": str(args.lease_s),
+            "SHUTDOWN_GRACE_S": str(args.grace_s),
+            "LOG_LEVEL": "WARNING",
+            "PYTHONPATH": str(ROOT),
+        }
         for name in ("DISCORD_TOKEN", "SLACK_APP_TOKEN", "DATABASE_URL"):
             self.env.pop(name, None)
         self.cwd = data
@@ -82,9 +90,15 @@ class Bots:
     async def start(self) -> tuple[asyncio.subprocess.Process, str]:
         port = free_port()
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bot", "run", cwd=self.cwd,
+            sys.executable,
+            "-m",
+            "bot",
+            "run",
+            cwd=self.cwd,
             env={**self.env, "HTTP_PORT": str(port)},
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
         url = f"http://127.0.0.1:{port}"
         async with aiohttp.ClientSession() as session:
             await wait_until_ready(session, url, process)
@@ -94,12 +108,15 @@ class Bots:
 async def send_jobs(url: str, slack: FakeSlack, first: int, count: int) -> None:
     async with aiohttp.ClientSession() as session:
         for i in range(first, first + count):
-            event = payloads.mention(f"thing seed={i}", [slack.add_file(f"p{i}.png", photo(i))],
-                                     user=f"U{i:08d}B")
+            event = payloads.mention(
+                f"thing seed={i}", [slack.add_file(f"p{i}.png", photo(i))], user=f"U{i:08d}B"
+            )
             body = payloads.event_body(event)
-            async with session.post(url + "/slack/events", data=body,
-                                    headers=payloads.signed_headers(
-                                        body, content_type="application/json")) as response:
+            async with session.post(
+                url + "/slack/events",
+                data=body,
+                headers=payloads.signed_headers(body, content_type="application/json"),
+            ) as response:
                 if response.status != 200:
                     raise RuntimeError(f"acknowledgement: HTTP {response.status}")
 
@@ -122,9 +139,11 @@ async def bench(args) -> None:
             bot.send_signal(signal.SIGTERM)
             await bot.wait()
             exit_s = time.monotonic() - sent
-            print(f"SIGTERM with {jobs} jobs (16 upstream, the rest queued), grace "
-                  f"{args.grace_s:g} s: exited in {exit_s:.2f} s (code {bot.returncode}); "
-                  f"delivered meanwhile {delivered(slack)}; left {states(data)}")
+            print(
+                f"SIGTERM with {jobs} jobs (16 upstream, the rest queued), grace "
+                f"{args.grace_s:g} s: exited in {exit_s:.2f} s (code {bot.returncode}); "
+                f"delivered meanwhile {delivered(slack)}; left {states(data)}"
+            )
 
             # -- the next start carries the rest on --------------------------------------------
             segmind.behaviour.held_seeds = set()
@@ -132,9 +151,11 @@ async def bench(args) -> None:
             bot, url = await bots.start()
             ready_s = time.monotonic() - started
             carried_s = await until(lambda: delivered(slack) == jobs)
-            print(f"restart: ready in {ready_s:.2f} s, all {jobs} delivered "
-                  f"{carried_s:.2f} s later; submits {segmind.counters.submits} for {jobs} "
-                  f"jobs, commits {commits(data)}")
+            print(
+                f"restart: ready in {ready_s:.2f} s, all {jobs} delivered "
+                f"{carried_s:.2f} s later; submits {segmind.counters.submits} for {jobs} "
+                f"jobs, commits {commits(data)}"
+            )
 
             # -- SIGKILL one of two instances: the other takes over ------------------------------
             other, _ = await bots.start()
@@ -145,11 +166,13 @@ async def bench(args) -> None:
             bot.send_signal(signal.SIGKILL)
             await bot.wait()
             taken_s = await until(lambda: delivered(slack) == jobs + 10)
-            print(f"SIGKILL of the instance running 10 jobs at Segmind (3 s each), lease "
-                  f"{args.lease_s:g} s: the other delivered all 10 {taken_s:.2f} s after the "
-                  f"kill ({taken_s / args.lease_s:.1f} lease periods); submits "
-                  f"{segmind.counters.submits - before} for 10, commits {commits(data)} for "
-                  f"{jobs + 10}")
+            print(
+                f"SIGKILL of the instance running 10 jobs at Segmind (3 s each), lease "
+                f"{args.lease_s:g} s: the other delivered all 10 {taken_s:.2f} s after the "
+                f"kill ({taken_s / args.lease_s:.1f} lease periods); submits "
+                f"{segmind.counters.submits - before} for 10, commits {commits(data)} for "
+                f"{jobs + 10}"
+            )
             other.terminate()
             await other.wait()
 

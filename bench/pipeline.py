@@ -61,9 +61,15 @@ async def watch_lag(stop: asyncio.Event, worst: list[float]) -> None:
 async def bench(args, url: str) -> None:
     with tempfile.TemporaryDirectory() as data:
         settings = load_settings(
-            env_file=None, segmind_api_key=API_KEY, segmind_base_url=url, data_dir=Path(data),
-            max_concurrent_jobs=args.in_flight, segmind_poll_interval_s=args.poll_s,
-            global_budget_usd=1000, quota_jobs=10)
+            env_file=None,
+            segmind_api_key=API_KEY,
+            segmind_base_url=url,
+            data_dir=Path(data),
+            max_concurrent_jobs=args.in_flight,
+            segmind_poll_interval_s=args.poll_s,
+            global_budget_usd=1000,
+            quota_jobs=10,
+        )
         photo = photo_bytes()
         async with build_core(settings) as core:
             stop, worst = asyncio.Event(), [0.0]
@@ -72,8 +78,9 @@ async def bench(args, url: str) -> None:
 
             async def one(i: int):
                 await asyncio.sleep(i / rate)  # a steady stream of users, not one burst
-                request = JobRequest(Requester("bench", f"user{i}"),
-                                     ImageSource.from_bytes(photo), seed=i)
+                request = JobRequest(
+                    Requester("bench", f"user{i}"), ImageSource.from_bytes(photo), seed=i
+                )
                 return await core.service.run(request, Quiet())
 
             rate = args.rate or 0.9 * args.in_flight / args.upstream_s
@@ -86,10 +93,12 @@ async def bench(args, url: str) -> None:
     downloads = [r.timings["download"] * 1000 for r in results]
     without = [o - d for o, d in zip(overhead, downloads, strict=True)]
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"jobs {args.jobs} arriving at {rate:g}/s, up to {args.in_flight} in flight, "
-          f"upstream {args.upstream_s:g} s, "
-          f"poll every {args.poll_s:g} s, {sum(f.size for f in results[0].files) / 1e6:.1f} MB "
-          "downloaded per job")
+    print(
+        f"jobs {args.jobs} arriving at {rate:g}/s, up to {args.in_flight} in flight, "
+        f"upstream {args.upstream_s:g} s, "
+        f"poll every {args.poll_s:g} s, {sum(f.size for f in results[0].files) / 1e6:.1f} MB "
+        "downloaded per job"
+    )
     print(f"overhead per job (end to end - queue - upstream): {percentiles(overhead)}")
     print(f"  of which downloading the files: {percentiles(downloads)}")
     print(f"  the rest (validate, ledger, poll handling, settle, deliver): {percentiles(without)}")
@@ -104,17 +113,32 @@ if __name__ == "__main__":
     parser.add_argument("--jobs", type=int, default=200)
     parser.add_argument("--in-flight", type=int, default=100)
     parser.add_argument("--upstream-s", type=float, default=10.0)
-    parser.add_argument("--poll-s", type=float, default=0.25,
-                        help="poll interval; one that divides --upstream-s adds no wait")
-    parser.add_argument("--rate", type=float, default=0,
-                        help="jobs arriving per second (default: 90%% of in-flight / upstream-s)")
-    parser.add_argument("--small-files", action="store_true",
-                        help="made models of a few kB instead of the real fixtures")
+    parser.add_argument(
+        "--poll-s",
+        type=float,
+        default=0.25,
+        help="poll interval; one that divides --upstream-s adds no wait",
+    )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=0,
+        help="jobs arriving per second (default: 90%% of in-flight / upstream-s)",
+    )
+    parser.add_argument(
+        "--small-files",
+        action="store_true",
+        help="made models of a few kB instead of the real fixtures",
+    )
     args = parser.parse_args()
     fake = subprocess.Popen(
         [sys.executable, "-m", "tests.fakes.serve", "--complete-after", str(args.upstream_s)]
         + (["--small"] if args.small_files else []),
-        cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         asyncio.run(bench(args, fake.stdout.readline().strip()))
     finally:

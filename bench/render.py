@@ -25,9 +25,14 @@ from bot.models import FileKind, OutputFile  # noqa: E402
 from bot.render.renderer import F3dRenderer, RenderOptions  # noqa: E402
 from tests.fakes.models3d import FIXTURES, made_splat_ply  # noqa: E402
 
-FIXTURE_FILES = ["sam3d_objects_0.glb", "donut_3dgs_sh0.ply", "khronos_Duck.glb",
-                 "draco_Box_Draco.glb", "khronos_TextureTransformTest_packed.glb",
-                 "sam3d_body_human.ply"]
+FIXTURE_FILES = [
+    "sam3d_objects_0.glb",
+    "donut_3dgs_sh0.ply",
+    "khronos_Duck.glb",
+    "draco_Box_Draco.glb",
+    "khronos_TextureTransformTest_packed.glb",
+    "sam3d_body_human.ply",
+]
 
 
 def made_models(folder: Path) -> list[Path]:
@@ -48,14 +53,16 @@ def as_output(path: Path) -> tuple[OutputFile, ...]:
 
 
 async def bench(args) -> None:
-    options = RenderOptions(size=args.size, turntable_frames=args.frames,
-                            turntable_size=args.turntable_size)
+    options = RenderOptions(
+        size=args.size, turntable_frames=args.frames, turntable_size=args.turntable_size
+    )
     renderer = F3dRenderer(options)
     started = time.perf_counter()
     await renderer.start()
     print(f"worker start (engine + warm-up): {time.perf_counter() - started:.2f} s")
-    print(f"{'model':42} {'cold':>6} {'warm':>6} {'turntable':>9} {'webp':>7} {'gif':>7} "
-          f"{'rss':>6}")
+    print(
+        f"{'model':42} {'cold':>6} {'warm':>6} {'turntable':>9} {'webp':>7} {'gif':>7} {'rss':>6}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         models = [FIXTURES / n for n in FIXTURE_FILES if (FIXTURES / n).is_file()]
@@ -70,9 +77,11 @@ async def bench(args) -> None:
             t2 = time.perf_counter()
             webp, gif = await renderer.turntable(files, workdir)
             t3 = time.perf_counter()
-            print(f"{model.name:42} {t1 - t0:5.2f}s {t2 - t1:5.2f}s {t3 - t2:8.2f}s "
-                  f"{webp.size / 1e3:5.0f}kB {gif.size / 1e3:5.0f}kB "
-                  f"{renderer.worker_peak_rss_mb:4.0f}MB")
+            print(
+                f"{model.name:42} {t1 - t0:5.2f}s {t2 - t1:5.2f}s {t3 - t2:8.2f}s "
+                f"{webp.size / 1e3:5.0f}kB {gif.size / 1e3:5.0f}kB "
+                f"{renderer.worker_peak_rss_mb:4.0f}MB"
+            )
     await renderer.close()
 
 

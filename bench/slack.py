@@ -60,17 +60,20 @@ def peak_rss_mb(pid: int) -> float:
 
 def models_delivered(fake: FakeSlack) -> dict[str, float]:
     """Requesting user -> when their model reached the channel."""
-    return {u["comment"].split(">")[0].removeprefix("<@"): u["at"]
-            for u in fake.uploads.values()
-            if u.get("channel") and u["name"] == "model.glb" and "at" in u}
+    return {
+        u["comment"].split(">")[0].removeprefix("<@"): u["at"]
+        for u in fake.uploads.values()
+        if u.get("channel") and u["name"] == "model.glb" and "at" in u
+    }
 
 
 async def bench(args) -> None:
-    async with FakeSlack() as slack, FakeSegmind(Behaviour(
-            complete_after_s=args.upstream_s)) as segmind:
+    async with (
+        FakeSlack() as slack,
+        FakeSegmind(Behaviour(complete_after_s=args.upstream_s)) as segmind,
+    ):
         segmind.glb, segmind.ply = made_glb(), made_splat_ply()
-        slack.per_second = {"chat.postMessage": args.post_limit,
-                            "chat.update": args.post_limit}
+        slack.per_second = {"chat.postMessage": args.post_limit, "chat.update": args.post_limit}
         completed = slack.m_files_completeUploadExternal
 
         def stamped(request_args):  # when each upload reached the channel
@@ -82,18 +85,34 @@ async def bench(args) -> None:
         slack.m_files_completeUploadExternal = stamped
         port = free_port()
         with tempfile.TemporaryDirectory() as tmp:
-            env = {**os.environ, "SLACK_BOT_TOKEN": BOT_TOKEN,
-                   "SLACK_SIGNING_SECRET": SIGNING_SECRET, "SLACK_API_URL": slack.api_url,
-                   "SEGMIND_API_KEY": API_KEY, "SEGMIND_BASE_URL": segmind.url,
-                   "SEGMIND_POLL_INTERVAL_S": "0.2", "HTTP_PORT": str(port),
-                   "DATA_DIR": tmp, "RENDER_ENABLED": "false", "GLOBAL_BUDGET_USD": "1000",
-                   "MAX_CONCURRENT_JOBS": str(args.concurrent), "LOG_LEVEL": "WARNING",
-                   "PYTHONPATH": str(ROOT)}
+            env = {
+                **os.environ,
+                "SLACK_BOT_TOKEN": BOT_TOKEN,
+                "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+                "SLACK_API_URL": slack.api_url,
+                "SEGMIND_API_KEY": API_KEY,
+                "SEGMIND_BASE_URL": segmind.url,
+                "SEGMIND_POLL_INTERVAL_S": "0.2",
+                "HTTP_PORT": str(port),
+                "DATA_DIR": tmp,
+                "RENDER_ENABLED": "false",
+                "GLOBAL_BUDGET_USD": "1000",
+                "MAX_CONCURRENT_JOBS": str(args.concurrent),
+                "LOG_LEVEL": "WARNING",
+                "PYTHONPATH": str(ROOT),
+            }
             for name in ("DISCORD_TOKEN", "SLACK_APP_TOKEN", "DATABASE_URL"):
                 env.pop(name, None)
             bot = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "bot", "run", cwd=tmp, env=env,
-                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+                sys.executable,
+                "-m",
+                "bot",
+                "run",
+                cwd=tmp,
+                env=env,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+            )
             try:
                 await measure(args, slack, bot.pid, f"http://127.0.0.1:{port}")
             finally:
@@ -105,17 +124,25 @@ async def measure(args, slack: FakeSlack, pid: int, url: str) -> None:
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         await wait_until_ready(session, url)
         users = [f"U{i:08d}B" for i in range(args.jobs)]
-        events = [payloads.mention("thing", [slack.add_file(f"p{i}.png", photo(i))],
-                                   user=user, channel=f"C{i % args.channels:08d}")
-                  for i, user in enumerate(users)]
+        events = [
+            payloads.mention(
+                "thing",
+                [slack.add_file(f"p{i}.png", photo(i))],
+                user=user,
+                channel=f"C{i % args.channels:08d}",
+            )
+            for i, user in enumerate(users)
+        ]
         sent: dict[str, float] = {}
 
         async def send(user: str, event: dict) -> float:
             body = payloads.event_body(event)
             sent[user] = time.monotonic()
-            async with session.post(url + "/slack/events", data=body,
-                                    headers=payloads.signed_headers(
-                                        body, content_type="application/json")) as response:
+            async with session.post(
+                url + "/slack/events",
+                data=body,
+                headers=payloads.signed_headers(body, content_type="application/json"),
+            ) as response:
                 await response.read()
                 if response.status != 200:
                     raise RuntimeError(f"acknowledgement: HTTP {response.status}")
@@ -131,18 +158,26 @@ async def measure(args, slack: FakeSlack, pid: int, url: str) -> None:
         total = time.monotonic() - started
     ends = sorted(delivered[u] - sent[u] for u in users if u in delivered)
     acks.sort()
-    print(f"{args.jobs} mentions at once over {args.channels} channels, posts limited to "
-          f"{args.post_limit}/s per channel, upstream {args.upstream_s:g} s, "
-          f"{args.concurrent} jobs upstream at once")
-    print(f"acknowledged: p50 {1000 * statistics.median(acks):.0f} ms, "
-          f"p95 {1000 * acks[int(0.95 * (len(acks) - 1))]:.0f} ms, "
-          f"max {1000 * acks[-1]:.0f} ms (Slack's limit: 3000 ms)")
-    print(f"delivered: {len(delivered)}/{args.jobs} in {total:.1f} s; request to model in "
-          f"the channel p50 {statistics.median(ends):.1f} s, "
-          f"p95 {ends[int(0.95 * (len(ends) - 1))]:.1f} s")
-    print(f"rate-limited answers waited out: {slack.rate_limited}; "
-          f"ephemeral errors: {len(slack.find('chat.postEphemeral'))}; "
-          f"bot peak RSS {peak_rss_mb(pid):.0f} MB")
+    print(
+        f"{args.jobs} mentions at once over {args.channels} channels, posts limited to "
+        f"{args.post_limit}/s per channel, upstream {args.upstream_s:g} s, "
+        f"{args.concurrent} jobs upstream at once"
+    )
+    print(
+        f"acknowledged: p50 {1000 * statistics.median(acks):.0f} ms, "
+        f"p95 {1000 * acks[int(0.95 * (len(acks) - 1))]:.0f} ms, "
+        f"max {1000 * acks[-1]:.0f} ms (Slack's limit: 3000 ms)"
+    )
+    print(
+        f"delivered: {len(delivered)}/{args.jobs} in {total:.1f} s; request to model in "
+        f"the channel p50 {statistics.median(ends):.1f} s, "
+        f"p95 {ends[int(0.95 * (len(ends) - 1))]:.1f} s"
+    )
+    print(
+        f"rate-limited answers waited out: {slack.rate_limited}; "
+        f"ephemeral errors: {len(slack.find('chat.postEphemeral'))}; "
+        f"bot peak RSS {peak_rss_mb(pid):.0f} MB"
+    )
 
 
 if __name__ == "__main__":

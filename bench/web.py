@@ -73,8 +73,11 @@ async def measure(url: str, clients: int, seconds: float) -> dict:
     await asyncio.to_thread(process.join)
     stop.set()
     await watcher
-    return {"per_s": done / elapsed, "mb_s": received / elapsed / 1e6,
-            "lag_ms": max(lags) * 1000 if lags else 0.0}
+    return {
+        "per_s": done / elapsed,
+        "mb_s": received / elapsed / 1e6,
+        "lag_ms": max(lags) * 1000 if lags else 0.0,
+    }
 
 
 async def main(args) -> None:
@@ -91,12 +94,15 @@ async def main(args) -> None:
         runner = await start_web(build_web_app(links, Path(tmp)), "127.0.0.1", port)
         try:
             print(f"{'what':28} {'clients':>7} {'per s':>8} {'MB/s':>8} {'worst lag':>10}")
-            for name, url in (("download GLB "
-                               f"({len(glb) / 1e6:.1f} MB)", links.link("abc123", "result.glb")),
-                              ("viewer page", links.viewer_link("abc123"))):
+            for name, url in (
+                (f"download GLB ({len(glb) / 1e6:.1f} MB)", links.link("abc123", "result.glb")),
+                ("viewer page", links.viewer_link("abc123")),
+            ):
                 r = await measure(url, args.clients, args.seconds)
-                print(f"{name:28} {args.clients:7} {r['per_s']:8.0f} {r['mb_s']:8.0f} "
-                      f"{r['lag_ms']:8.1f} ms")
+                print(
+                    f"{name:28} {args.clients:7} {r['per_s']:8.0f} {r['mb_s']:8.0f} "
+                    f"{r['lag_ms']:8.1f} ms"
+                )
         finally:
             await runner.cleanup()
 

@@ -55,9 +55,13 @@ class Core:
 
 
 @asynccontextmanager
-async def build_core(settings: Settings, *, allow_paths: bool = False,
-                     fetch_session: aiohttp.ClientSession | None = None,
-                     renderer: Renderer | None = None) -> AsyncIterator[Core]:
+async def build_core(
+    settings: Settings,
+    *,
+    allow_paths: bool = False,
+    fetch_session: aiohttp.ClientSession | None = None,
+    renderer: Renderer | None = None,
+) -> AsyncIterator[Core]:
     """`fetch_session` and `renderer` stand in for the real ones (tests, benchmarks)."""
     async with AsyncExitStack() as stack:
         api_session = await stack.enter_async_context(aiohttp.ClientSession())
@@ -67,7 +71,8 @@ async def build_core(settings: Settings, *, allow_paths: bool = False,
         await ledger.open()
         stack.push_async_callback(ledger.close)
         backend: ImageTo3D = (
-            OfflineBackend() if settings.offline
+            OfflineBackend()
+            if settings.offline
             else SegmindClient.from_settings(api_session, settings)
         )
         limits = ImageLimits.from_settings(settings)
@@ -87,8 +92,9 @@ async def build_core(settings: Settings, *, allow_paths: bool = False,
         )
         stack.push_async_callback(service.close)
         links = await asyncio.to_thread(DownloadLinks.from_settings, settings)
-        yield Core(settings, service, ledger, backend, results, api_session, fetch_session,
-                   renderer, links)
+        yield Core(
+            settings, service, ledger, backend, results, api_session, fetch_session, renderer, links
+        )
 
 
 @asynccontextmanager
@@ -165,21 +171,30 @@ async def run_adapters(settings: Settings, adapters: list[Any]) -> None:
         loop.add_signal_handler(sig, stop.set)
     async with build_core(settings) as core:
         app = build_web_app(
-            core.links, settings.data_dir, readiness=lambda: readiness(core, adapters),
-            scrape=lambda: core.service.metrics.scrape(core.ledger,
-                                                       lambda: core.service.queue_length),
-            metrics_token=settings.metrics_token.get_secret_value())
+            core.links,
+            settings.data_dir,
+            readiness=lambda: readiness(core, adapters),
+            scrape=lambda: core.service.metrics.scrape(
+                core.ledger, lambda: core.service.queue_length
+            ),
+            metrics_token=settings.metrics_token.get_secret_value(),
+        )
         for adapter in adapters:
             app.add_routes(refused_while_stopping(adapter.routes(core), core.runner))
         runner = await start_web(app, settings.http_host, settings.http_port)
         close_clients = asyncio.Event()
-        running = [asyncio.create_task(adapter.run(core, close_clients), name=adapter.name)
-                   for adapter in adapters]
+        running = [
+            asyncio.create_task(adapter.run(core, close_clients), name=adapter.name)
+            for adapter in adapters
+        ]
         stopping = asyncio.create_task(stop.wait())
         try:
             await asyncio.wait({stopping, *running}, return_when=asyncio.FIRST_COMPLETED)
-            log.info("stopping: no new jobs; %d in flight get %g s to finish",
-                     len(core.runner.tasks), settings.shutdown_grace_s)
+            log.info(
+                "stopping: no new jobs; %d in flight get %g s to finish",
+                len(core.runner.tasks),
+                settings.shutdown_grace_s,
+            )
             await core.service.shutdown(settings.shutdown_grace_s)
         finally:
             stopping.cancel()
@@ -200,12 +215,13 @@ CLOSE_CLIENTS_S = 1.5  # for the platform clients to close, within docker stop's
 def refused_while_stopping(routes: list[web.RouteDef], runner: JobRunner) -> list[web.RouteDef]:
     """A platform's requests are answered 503 once the bot is stopping, so the platform
     sends them again later, or to another instance (Slack retries a 5xx)."""
+
     def guard(handler):
         async def guarded(request: web.Request) -> web.StreamResponse:
             if not runner.accepting:
-                return web.Response(status=503, text="stopping",
-                                    headers={"Retry-After": "10"})
+                return web.Response(status=503, text="stopping", headers={"Retry-After": "10"})
             return await handler(request)
+
         return guarded
 
     return [web.RouteDef(r.method, r.path, guard(r.handler), r.kwargs) for r in routes]

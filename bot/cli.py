@@ -60,8 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--mask", help="a mask image of the same size (white = object)")
     gen.add_argument("--seed", help="0..1000000 (default 123)")
     gen.add_argument("--artifacts", action="store_true", help="ask for the artifacts ZIP too")
-    gen.add_argument("--turntable", action="store_true",
-                     help="also write a turntable (NAME-turntable.webp and .gif)")
+    gen.add_argument(
+        "--turntable",
+        action="store_true",
+        help="also write a turntable (NAME-turntable.webp and .gif)",
+    )
     gen.add_argument("--out", default="out", help="folder for the model files (default: ./out)")
 
     ren = sub.add_parser("render", help="draw a picture of a GLB or PLY model")
@@ -73,8 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("credits", help="show the Segmind account balance")
     usage = sub.add_parser("usage", help="jobs and spend by month, server and user")
     usage.add_argument("--month", help="YYYY-MM (default: all)")
-    usage.add_argument("--by", choices=GROUPINGS, default="user",
-                       help="one row per (default: user)")
+    usage.add_argument(
+        "--by", choices=GROUPINGS, default="user", help="one row per (default: user)"
+    )
     usage.add_argument("--platform", help="only this platform (discord, slack, cli)")
     usage.add_argument("--guild", help="only this Discord server / Slack workspace id")
     usage.add_argument("--csv", action="store_true", help="CSV instead of a table")
@@ -88,8 +92,7 @@ def add_admin_parser(sub) -> None:
     verbs = admin.add_subparsers(dest="verb", required=True)
 
     def where(parser, needs_platform: bool = True) -> None:
-        parser.add_argument("--platform", required=needs_platform,
-                            help="discord or slack (or cli)")
+        parser.add_argument("--platform", required=needs_platform, help="discord or slack (or cli)")
         parser.add_argument("--guild", help="a server / workspace id (default: everywhere)")
 
     quota = verbs.add_parser("set-quota", help="jobs per window for a user, role or server")
@@ -99,8 +102,9 @@ def add_admin_parser(sub) -> None:
     target.add_argument("--role", help="a role id (needs --guild)")
     target.add_argument("--server", action="store_true", help="the whole --guild")
     quota.add_argument("jobs", help="a number, unlimited, or default (removes the override)")
-    quota.add_argument("--window-hours", type=float,
-                       help="its own window (default: QUOTA_WINDOW_HOURS)")
+    quota.add_argument(
+        "--window-hours", type=float, help="its own window (default: QUOTA_WINDOW_HOURS)"
+    )
 
     budget = verbs.add_parser("set-budget", help="a server's monthly budget, or the global cap")
     where(budget, needs_platform=False)
@@ -136,8 +140,9 @@ def add_admin_parser(sub) -> None:
 class TerminalReplier:
     """Shows progress on a terminal (nothing when piped) and writes results into a folder."""
 
-    def __init__(self, out_dir: Path, stem: str, err: TextIO, out: TextIO,
-                 announce_failure: bool = False):
+    def __init__(
+        self, out_dir: Path, stem: str, err: TextIO, out: TextIO, announce_failure: bool = False
+    ):
         self._out_dir, self._stem = out_dir, stem
         self._err, self._out = err, out
         self._announce_failure = announce_failure  # for earlier jobs: nobody else will say it
@@ -158,8 +163,9 @@ class TerminalReplier:
                 pass
         except OSError as exc:
             reason = exc.strerror or type(exc).__name__
-            raise DeliveryError(f"cannot write the model files to {self._out_dir}: {reason} "
-                                "(choose another --out)") from None
+            raise DeliveryError(
+                f"cannot write the model files to {self._out_dir}: {reason} (choose another --out)"
+            ) from None
 
     async def progress(self, update: Progress) -> None:
         if self._live:
@@ -182,9 +188,12 @@ class TerminalReplier:
         """NAME.glb, NAME.ply, NAME.png, NAME-turntable.webp; anything else NAME-FILE."""
         self._out_dir.mkdir(parents=True, exist_ok=True)
         for file in files:
-            base = {FileKind.MESH: self._stem, FileKind.SPLAT: self._stem,
-                    FileKind.THUMBNAIL: self._stem,
-                    FileKind.TURNTABLE: f"{self._stem}-turntable"}.get(file.kind)
+            base = {
+                FileKind.MESH: self._stem,
+                FileKind.SPLAT: self._stem,
+                FileKind.THUMBNAIL: self._stem,
+                FileKind.TURNTABLE: f"{self._stem}-turntable",
+            }.get(file.kind)
             target = self._out_dir / f"{base}{file.path.suffix}"
             if base is None or target in self.written:
                 target = self._out_dir / f"{self._stem}-{file.path.name}"
@@ -196,8 +205,10 @@ class TerminalReplier:
         self._clear()
         self.error, self.refunded = error, refunded
         if self._announce_failure:
-            print(f"an earlier job for {self._out_dir / self._stem}: {error.user_message}",
-                  file=self._err)
+            print(
+                f"an earlier job for {self._out_dir / self._stem}: {error.user_message}",
+                file=self._err,
+            )
 
     def _clear(self) -> None:
         if self._live:
@@ -219,8 +230,9 @@ async def generate(settings: Settings, args, out: TextIO, err: TextIO) -> int:
     source = image_source(args.image)
     stem = Path(source.name).stem if source.kind == "path" else "model"
     request = JobRequest(
-        requester=Requester("cli", getpass.getuser(), display_name=getpass.getuser(),
-                            is_admin=True),
+        requester=Requester(
+            "cli", getpass.getuser(), display_name=getpass.getuser(), is_admin=True
+        ),
         image=source,
         prompt=args.prompt,
         bbox=args.bbox,
@@ -229,8 +241,10 @@ async def generate(settings: Settings, args, out: TextIO, err: TextIO) -> int:
         seed=args.seed,
         include_artifacts=args.artifacts,
         # Where the files go, kept with the job: a later command finishes an interrupted one.
-        reply_to={"out": os.path.abspath(args.out),  # noqa: ASYNC240 - getcwd, no disk
-                  "stem": stem or "model"},
+        reply_to={
+            "out": os.path.abspath(args.out),  # noqa: ASYNC240 - getcwd, no disk
+            "stem": stem or "model",
+        },
     )
     replier = TerminalReplier(Path(args.out), stem or "model", err, out)
     settings = settings.model_copy(update={"render_turntable": args.turntable})
@@ -239,8 +253,9 @@ async def generate(settings: Settings, args, out: TextIO, err: TextIO) -> int:
         where = record.reply_to
         if "out" not in where:
             return None
-        return TerminalReplier(Path(where["out"]), where.get("stem", "model"), err, out,
-                               announce_failure=True)
+        return TerminalReplier(
+            Path(where["out"]), where.get("stem", "model"), err, out, announce_failure=True
+        )
 
     async with build_core(settings, allow_paths=True) as core:
         # An earlier command stopped mid-job (Ctrl-C, a crash, a kill): Segmind may still have
@@ -253,8 +268,9 @@ async def generate(settings: Settings, args, out: TextIO, err: TextIO) -> int:
     if result is None:
         error = replier.error or BotError("the job did not finish")
         note = " (nothing was charged)" if replier.refunded else ""
-        code = USAGE if isinstance(error, InputError | DeliveryError) and not error.charged \
-            else FAILED
+        code = (
+            USAGE if isinstance(error, InputError | DeliveryError) and not error.charged else FAILED
+        )
         raise CliFailure(f"{error.user_message}{note}", code)
     return OK
 
@@ -284,7 +300,6 @@ async def render(settings: Settings, args, out: TextIO) -> int:
         if path is not None:
             print(f"wrote {path} ({path.stat().st_size / 1e3:.0f} kB)", file=out)
     return OK
-
 
 
 async def credits(settings: Settings, out: TextIO) -> int:
@@ -338,8 +353,9 @@ async def admin(settings: Settings, args, out: TextIO) -> int:
             if args.server and not args.guild:
                 raise CliFailure("--server needs --guild", USAGE)
             kind = "user" if args.user else "role" if args.role else "guild"
-            said = await operations.set_quota(actor, where, kind, args.user or args.role or "",
-                                              args.jobs, args.window_hours)
+            said = await operations.set_quota(
+                actor, where, kind, args.user or args.role or "", args.jobs, args.window_hours
+            )
         elif args.verb == "set-budget":
             if args.guild and not args.platform:
                 raise CliFailure("--guild needs --platform", USAGE)
@@ -352,18 +368,25 @@ async def admin(settings: Settings, args, out: TextIO) -> int:
             scoped = where if args.guild else None
             if args.guild and not args.platform:
                 raise CliFailure("--guild needs --platform", USAGE)
-            said = await (operations.pause(actor, scoped, args.reason) if args.verb == "pause"
-                          else operations.resume(actor, scoped))
+            said = await (
+                operations.pause(actor, scoped, args.reason)
+                if args.verb == "pause"
+                else operations.resume(actor, scoped)
+            )
         elif args.verb == "refund":
             said = await operations.refund(actor, None, args.job, args.reason)
         elif args.verb == "held":
             said = held_report(await ledger.in_states([JobState.HELD]))
         else:
             entries = await ledger.audit_trail(args.job, args.limit)
-            said = "\n".join(
-                f"{e.at:%Y-%m-%d %H:%M:%S}  {e.job_id or '-':12}  {e.actor:20}  {e.action:10}"
-                f"  {micros_to_usd(e.amount_micros):>9.6f}  {e.detail}".rstrip()
-                for e in entries) or "(no entries)"
+            said = (
+                "\n".join(
+                    f"{e.at:%Y-%m-%d %H:%M:%S}  {e.job_id or '-':12}  {e.actor:20}  {e.action:10}"
+                    f"  {micros_to_usd(e.amount_micros):>9.6f}  {e.detail}".rstrip()
+                    for e in entries
+                )
+                or "(no entries)"
+            )
     print(said, file=out)
     return OK
 
@@ -372,11 +395,16 @@ def held_report(jobs: list[JobRecord]) -> str:
     """Held jobs, with what settles each: Segmind's account shows whether it was billed."""
     if not jobs:
         return "no held jobs"
-    lines = [f"{j.id}  {j.created_at:%Y-%m-%d %H:%M} UTC  {j.platform}:{j.user_id}"
-             f"  ${micros_to_usd(j.reserved_micros):.3f} held  ({j.error})" for j in jobs]
-    lines.append("Each was cut off while being sent to Segmind. If Segmind's usage page shows "
-                 "no charge for it, `sam3d-bot admin refund JOB` releases its price and the "
-                 "member's quota slot; otherwise leave it held.")
+    lines = [
+        f"{j.id}  {j.created_at:%Y-%m-%d %H:%M} UTC  {j.platform}:{j.user_id}"
+        f"  ${micros_to_usd(j.reserved_micros):.3f} held  ({j.error})"
+        for j in jobs
+    ]
+    lines.append(
+        "Each was cut off while being sent to Segmind. If Segmind's usage page shows "
+        "no charge for it, `sam3d-bot admin refund JOB` releases its price and the "
+        "member's quota slot; otherwise leave it held."
+    )
     return "\n".join(lines)
 
 
@@ -404,8 +432,9 @@ async def run(settings: Settings) -> int:
 # --- entry point ----------------------------------------------------------------------------
 
 
-def main(argv: list[str] | None = None, out: TextIO | None = None,
-         err: TextIO | None = None) -> int:
+def main(
+    argv: list[str] | None = None, out: TextIO | None = None, err: TextIO | None = None
+) -> int:
     out, err = out or sys.stdout, err or sys.stderr
     parser = build_parser()
     try:

@@ -27,8 +27,13 @@ class LinkCheck(Enum):
 
 
 class DownloadLinks:
-    def __init__(self, secret: bytes, public_url: str, lifetime_s: float,
-                 clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        secret: bytes,
+        public_url: str,
+        lifetime_s: float,
+        clock: Callable[[], float] = time.time,
+    ):
         self._secret = secret
         self.public_url = public_url.rstrip("/")
         self.lifetime_s = lifetime_s

@@ -33,9 +33,7 @@ class QuotaExceeded(BotError):
 
     def __init__(self, limit: int, window_hours: float, next_free_at: datetime | None):
         when = f" The next one frees at {next_free_at:%Y-%m-%d %H:%M} UTC." if next_free_at else ""
-        super().__init__(
-            f"You have used all {limit} jobs allowed per {window_hours:g} h.{when}"
-        )
+        super().__init__(f"You have used all {limit} jobs allowed per {window_hours:g} h.{when}")
         self.next_free_at = next_free_at
 
 
@@ -58,7 +56,8 @@ class CoolingDown(BotError):
 
     def __init__(self, seconds_left: float):
         super().__init__(
-            f"Please wait {max(1, round(seconds_left))} s before your next job (cooldown).")
+            f"Please wait {max(1, round(seconds_left))} s before your next job (cooldown)."
+        )
         self.seconds_left = seconds_left
 
 

@@ -142,8 +142,9 @@ class ImageFetcher:
                     return await read_capped(response, field, self._limits.max_bytes)
             except aiohttp.ClientConnectorError as exc:
                 if isinstance(exc.os_error, BlockedAddress):
-                    raise InputError(field, "links to private or local addresses are refused")\
-                        from None
+                    raise InputError(
+                        field, "links to private or local addresses are refused"
+                    ) from None
                 raise InputError(field, "the server could not be reached") from None
             except aiohttp.ClientError:
                 raise InputError(field, "the download failed") from None
@@ -237,8 +238,9 @@ def prepare_image(data: bytes, field: str, limits: ImageLimits) -> tuple[Prepare
     except InputError:
         raise
     except Image.DecompressionBombError:
-        raise InputError(field, f"too many pixels (at most {limits.max_pixels // 1_000_000} MP)")\
-            from None
+        raise InputError(
+            field, f"too many pixels (at most {limits.max_pixels // 1_000_000} MP)"
+        ) from None
     except (OSError, ValueError, SyntaxError):
         raise InputError(field, "the image is damaged or truncated") from None
 
@@ -319,9 +321,7 @@ def parse_bbox(text: str | None, width: int, height: int) -> tuple[int, int, int
     if not (x1 < x2 and y1 < y2):
         raise InputError("bbox", "x1 must be less than x2 and y1 less than y2")
     if x1 < 0 or y1 < 0 or x2 > width or y2 > height:
-        raise InputError(
-            "bbox", f"({x1},{y1},{x2},{y2}) is outside the {width}x{height} image"
-        )
+        raise InputError("bbox", f"({x1},{y1},{x2},{y2}) is outside the {width}x{height} image")
     return x1, y1, x2, y2
 
 
@@ -425,12 +425,15 @@ class InputValidator:
         points = parse_points(request.points, *shown)
         mask = None
         if mask_raw is not None:
-            mask = scale_mask(prepare_mask(mask_raw, shown, self._limits),
-                              (image.width, image.height))
+            mask = scale_mask(
+                prepare_mask(mask_raw, shown, self._limits), (image.width, image.height)
+            )
         if scale != 1.0:
             if bbox:
-                bbox = tuple(min(round(v * scale), lim) for v, lim in
-                             zip(bbox, (image.width, image.height) * 2, strict=True))
+                bbox = tuple(
+                    min(round(v * scale), lim)
+                    for v, lim in zip(bbox, (image.width, image.height) * 2, strict=True)
+                )
             points = tuple(
                 (min(round(x * scale), image.width - 1), min(round(y * scale), image.height - 1))
                 for x, y in points

@@ -18,21 +18,40 @@ SECONDS = (0.5, 1, 2, 5, 10, 20, 30, 45, 60, 90, 120, 300, 600)
 class Metrics:
     def __init__(self):
         self.registry = CollectorRegistry()
-        self.jobs = Counter("sam3d_jobs", "Jobs that ended, by platform and outcome",
-                            ["platform", "outcome"], registry=self.registry)
-        self.upstream_seconds = Histogram("sam3d_upstream_seconds",
-                                          "Time Segmind took per job", buckets=SECONDS,
-                                          registry=self.registry)
-        self.upstream_errors = Counter("sam3d_upstream_errors", "Segmind failures by code",
-                                       ["code"], registry=self.registry)
-        self.render_seconds = Histogram("sam3d_render_seconds", "Time to draw a picture",
-                                        ["kind"], buckets=SECONDS, registry=self.registry)
-        self.refunds = Counter("sam3d_refunds", "Jobs refunded", ["platform"],
-                               registry=self.registry)
-        self.queue_length = Gauge("sam3d_queue_length", "Jobs waiting for an upstream slot",
-                                  registry=self.registry)
-        self.usd = Gauge("sam3d_budget_usd", "This month's global budget, by state",
-                         ["state"], registry=self.registry)
+        self.jobs = Counter(
+            "sam3d_jobs",
+            "Jobs that ended, by platform and outcome",
+            ["platform", "outcome"],
+            registry=self.registry,
+        )
+        self.upstream_seconds = Histogram(
+            "sam3d_upstream_seconds",
+            "Time Segmind took per job",
+            buckets=SECONDS,
+            registry=self.registry,
+        )
+        self.upstream_errors = Counter(
+            "sam3d_upstream_errors", "Segmind failures by code", ["code"], registry=self.registry
+        )
+        self.render_seconds = Histogram(
+            "sam3d_render_seconds",
+            "Time to draw a picture",
+            ["kind"],
+            buckets=SECONDS,
+            registry=self.registry,
+        )
+        self.refunds = Counter(
+            "sam3d_refunds", "Jobs refunded", ["platform"], registry=self.registry
+        )
+        self.queue_length = Gauge(
+            "sam3d_queue_length", "Jobs waiting for an upstream slot", registry=self.registry
+        )
+        self.usd = Gauge(
+            "sam3d_budget_usd",
+            "This month's global budget, by state",
+            ["state"],
+            registry=self.registry,
+        )
 
     # -- what the pipeline reports --------------------------------------------------------------
 

@@ -207,7 +207,8 @@ class JobResult:
         notes = []
         if self.offline:
             notes.append(
-                "Offline preview made on this machine, not SAM 3D (no Segmind API key is set).")
+                "Offline preview made on this machine, not SAM 3D (no Segmind API key is set)."
+            )
         if self.cached:
             notes.append("Made before from the same photo and settings: delivered again, free.")
         return " ".join(notes)

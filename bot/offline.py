@@ -24,8 +24,9 @@ TEXTURE_SIDE = 1024
 class OfflineBackend:
     offline = True
 
-    async def generate(self, job: ValidatedInput, workdir: Path, on_submitted, on_processing,
-                       on_sending=None):
+    async def generate(
+        self, job: ValidatedInput, workdir: Path, on_submitted, on_processing, on_sending=None
+    ):
         await on_processing()
         path = workdir / "offline.glb"
         await asyncio.to_thread(write_relief_glb, job, path)

@@ -50,26 +50,34 @@ class Operations:
 
     # -- for admins --------------------------------------------------------------------------
 
-    async def usage(self, where: Where | None = None, month: str | None = None,
-                    by: str = "user") -> list[UsageRow]:
+    async def usage(
+        self, where: Where | None = None, month: str | None = None, by: str = "user"
+    ) -> list[UsageRow]:
         """The usage report, optionally for one server, rolled up by user, guild or month."""
         if month is not None:
             check_month(month)
         if by not in GROUPINGS:
             raise InputError("by", f"must be one of {', '.join(GROUPINGS)}")
         rows = await self.ledger.usage(
-            month, where.platform if where else None, where.guild_id if where else None)
+            month, where.platform if where else None, where.guild_id if where else None
+        )
         return roll_up(rows, by)
 
-    async def budgets(self, where: Where | None = None, month: str | None = None
-                      ) -> list[Budget]:
+    async def budgets(self, where: Where | None = None, month: str | None = None) -> list[Budget]:
         scopes = [GLOBAL_SCOPE]
         if where is not None and where.guild_id:
             scopes.insert(0, where.budget_scope)
         return [await self.ledger.budget(month, scope) for scope in scopes]
 
-    async def set_quota(self, actor: str, where: Where, kind: str, target: str,
-                        jobs: str | int | None, window_hours: float | None = None) -> str:
+    async def set_quota(
+        self,
+        actor: str,
+        where: Where,
+        kind: str,
+        target: str,
+        jobs: str | int | None,
+        window_hours: float | None = None,
+    ) -> str:
         """`jobs` as an admin types it: a number, or "unlimited"; "default" removes the rule."""
         if kind == "guild":
             if not where.guild_id:
@@ -78,13 +86,18 @@ class Operations:
         elif not target:
             raise InputError(kind, f"name the {kind}")
         if jobs == "default":
-            removed = await self.ledger.clear_quota_rule(where.platform, where.rule_guild, kind,
-                                                         target, actor)
-            return f"{describe_rule_target(kind, target)}: back to the default quota" \
-                if removed else f"{describe_rule_target(kind, target)} had no quota of its own"
+            removed = await self.ledger.clear_quota_rule(
+                where.platform, where.rule_guild, kind, target, actor
+            )
+            return (
+                f"{describe_rule_target(kind, target)}: back to the default quota"
+                if removed
+                else f"{describe_rule_target(kind, target)} had no quota of its own"
+            )
         count = parse_jobs(jobs)
         await self.ledger.set_quota_rule(
-            QuotaRule(where.platform, where.rule_guild, kind, target, count, window_hours), actor)
+            QuotaRule(where.platform, where.rule_guild, kind, target, count, window_hours), actor
+        )
         shown = "unlimited jobs" if count is None else f"{count} jobs"
         window = f" per {window_hours:g} h" if window_hours else ""
         return f"{describe_rule_target(kind, target)}: {shown}{window}"
@@ -119,14 +132,16 @@ class Operations:
             return "new jobs are open again"
         return "new jobs were not paused"
 
-    async def allow_channel(self, actor: str, where: Where, channel_id: str, allowed: bool
-                            ) -> tuple[bool, list[str]]:
+    async def allow_channel(
+        self, actor: str, where: Where, channel_id: str, allowed: bool
+    ) -> tuple[bool, list[str]]:
         """Add or remove a channel where jobs may start: (changed, the channels now; none
         means every channel)."""
         if not where.guild_id:
             raise InputError("channel", "channels belong to a server")
-        changed = await self.ledger.allow_channel(where.platform, where.guild_id, channel_id,
-                                                  allowed, actor)
+        changed = await self.ledger.allow_channel(
+            where.platform, where.guild_id, channel_id, allowed, actor
+        )
         return changed, await self.ledger.allowed_channels(where.platform, where.guild_id)
 
     async def may_start_in(self, where: Where, channel_id: str) -> list[str] | None:
@@ -136,17 +151,21 @@ class Operations:
         channels = await self.ledger.allowed_channels(where.platform, where.guild_id)
         return None if not channels or channel_id in channels else channels
 
-    async def refund(self, actor: str, where: Where | None, job_id: str, reason: str = ""
-                     ) -> str:
+    async def refund(self, actor: str, where: Where | None, job_id: str, reason: str = "") -> str:
         job = await self.ledger.get(job_id.strip())
-        if job is None or (where is not None and where.guild_id
-                           and (job.platform, job.guild_id) != (where.platform, where.guild_id)):
+        if job is None or (
+            where is not None
+            and where.guild_id
+            and (job.platform, job.guild_id) != (where.platform, where.guild_id)
+        ):
             raise InputError("job", f"there is no job {job_id} on this server")
         outcome = await self.ledger.admin_refund(job.id, actor, reason or "refunded by an admin")
         if outcome == "released":
             return f"job {job.id}: its {format_usd(job.reserved_micros)} reservation is released"
-        return (f"job {job.id}: the user has the quota slot back; the "
-                f"{format_usd(job.cost_micros)} it cost stays spent (Segmind billed it)")
+        return (
+            f"job {job.id}: the user has the quota slot back; the "
+            f"{format_usd(job.cost_micros)} it cost stays spent (Segmind billed it)"
+        )
 
 
 # -- words and numbers ---------------------------------------------------------------------
@@ -163,14 +182,14 @@ def describe_quota(status: QuotaStatus, now: datetime | None = None) -> str:
     if status.limit is None:
         lines.append("Jobs: no limit for you.")
     else:
-        lines.append(f"Jobs left: {status.left} of {status.limit} per "
-                     f"{status.window_hours:g} h.")
+        lines.append(f"Jobs left: {status.left} of {status.limit} per {status.window_hours:g} h.")
         if status.next_free_at is not None:
-            lines.append(f"The next one frees in {until(status.next_free_at, now)} "
-                         f"({status.next_free_at:%Y-%m-%d %H:%M} UTC).")
+            lines.append(
+                f"The next one frees in {until(status.next_free_at, now)} "
+                f"({status.next_free_at:%Y-%m-%d %H:%M} UTC)."
+            )
     if status.cooldown_until is not None and status.cooldown_until > now:
-        lines.append(f"Cooldown: you can start another job in "
-                     f"{until(status.cooldown_until, now)}.")
+        lines.append(f"Cooldown: you can start another job in {until(status.cooldown_until, now)}.")
     if status.max_in_flight is not None and status.in_flight:
         lines.append(f"On the way: {status.in_flight} of {status.max_in_flight} jobs.")
     budget = f"Budget left this month: {format_usd(status.budget_left_micros)}"
@@ -196,8 +215,9 @@ def describe_rule_target(kind: str, target: str) -> str:
 
 
 def format_usd(micros: int) -> str:
-    return f"${micros_to_usd(micros):.2f}" if micros % 10_000 == 0 \
-        else f"${micros_to_usd(micros):.3f}"
+    return (
+        f"${micros_to_usd(micros):.2f}" if micros % 10_000 == 0 else f"${micros_to_usd(micros):.3f}"
+    )
 
 
 def parse_jobs(text: str | int | None) -> int | None:
@@ -218,8 +238,7 @@ def parse_usd(text: str | Decimal | None) -> int | None:
     try:
         amount = Decimal(str(text).strip().lstrip("$"))
     except InvalidOperation:
-        raise InputError("budget", "must be an amount in USD, like 25 or 12.50, or none") \
-            from None
+        raise InputError("budget", "must be an amount in USD, like 25 or 12.50, or none") from None
     if not amount.is_finite() or amount < 0:
         raise InputError("budget", "must be 0 or more dollars")
     return usd_to_micros(amount)
@@ -239,8 +258,9 @@ def roll_up(rows: list[UsageRow], by: str) -> list[UsageRow]:
     totals: dict[tuple, list[int]] = defaultdict(lambda: [0, 0, 0, 0, 0])
     for row in rows:
         key = (row.month, "", None) if by == "month" else (row.month, row.platform, row.guild_id)
-        for index, value in enumerate((row.jobs, row.delivered, row.failed, row.refunded,
-                                       row.cost_micros)):
+        for index, value in enumerate(
+            (row.jobs, row.delivered, row.failed, row.refunded, row.cost_micros)
+        ):
             totals[key][index] += value
     out = [UsageRow(m, p, g, "", *values) for (m, p, g), values in totals.items()]
     return sorted(out, key=lambda r: (r.month, r.cost_micros, r.jobs), reverse=True)
@@ -255,19 +275,29 @@ COUNT_COLUMNS = ("jobs", "delivered", "failed", "refunded", "usd")
 
 
 def usage_cells(row: UsageRow, by: str) -> list[str]:
-    keys = {"month": row.month, "platform": row.platform, "guild": row.guild_id or "-",
-            "user": row.user_id}
+    keys = {
+        "month": row.month,
+        "platform": row.platform,
+        "guild": row.guild_id or "-",
+        "user": row.user_id,
+    }
     return [keys[c] for c in USAGE_COLUMNS[by]] + [
-        str(row.jobs), str(row.delivered), str(row.failed), str(row.refunded),
-        f"{micros_to_usd(row.cost_micros):.3f}"]
+        str(row.jobs),
+        str(row.delivered),
+        str(row.failed),
+        str(row.refunded),
+        f"{micros_to_usd(row.cost_micros):.3f}",
+    ]
 
 
 def usage_table(rows: list[UsageRow], by: str = "user") -> str:
     header = [*USAGE_COLUMNS[by], *COUNT_COLUMNS]
     table = [header] + [usage_cells(r, by) for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-             for row in table]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in table
+    ]
     if not rows:
         lines.append("(no jobs yet)")
     return "\n".join(lines)
@@ -285,5 +315,7 @@ def usage_csv(rows: list[UsageRow], by: str = "user") -> str:
 def describe_budget(budget: Budget) -> str:
     name = "global" if budget.scope == GLOBAL_SCOPE else f"server {budget.scope}"
     cap = "no cap" if budget.cap_micros is None else f"cap {format_usd(budget.cap_micros)}"
-    return (f"{name} budget {budget.month}: {format_usd(budget.committed_micros)} spent, "
-            f"{format_usd(budget.reserved_micros)} reserved, {cap}")
+    return (
+        f"{name} budget {budget.month}: {format_usd(budget.committed_micros)} spent, "
+        f"{format_usd(budget.reserved_micros)} reserved, {cap}"
+    )

@@ -27,10 +27,10 @@ def cost_text(result: JobResult) -> str:
 
 
 def attachment_name(file: OutputFile) -> str:
-    suffix = file.path.suffix or {FileKind.MESH: ".glb", FileKind.SPLAT: ".ply"}.get(
-        file.kind, "")
-    return {FileKind.MESH: "model", FileKind.SPLAT: "splat",
-            FileKind.ARCHIVE: "artifacts"}.get(file.kind, file.path.stem) + suffix
+    suffix = file.path.suffix or {FileKind.MESH: ".glb", FileKind.SPLAT: ".ply"}.get(file.kind, "")
+    return {FileKind.MESH: "model", FileKind.SPLAT: "splat", FileKind.ARCHIVE: "artifacts"}.get(
+        file.kind, file.path.stem
+    ) + suffix
 
 
 def link_line(file: OutputFile, name: str, job_id: str, links=None) -> str:
@@ -44,9 +44,13 @@ def link_line(file: OutputFile, name: str, job_id: str, links=None) -> str:
     return f"{name} ({size}) is too large to attach here and has no link"
 
 
-def details_text(params: dict[str, Any], job_id: str, cost_micros: int,
-                 escape: Callable[[str], str] = str,
-                 timings: dict[str, float] | None = None) -> str:
+def details_text(
+    params: dict[str, Any],
+    job_id: str,
+    cost_micros: int,
+    escape: Callable[[str], str] = str,
+    timings: dict[str, float] | None = None,
+) -> str:
     """A job's settings and cost, one per line; `escape` makes user text inert on the
     platform."""
     lines = [f"Job `{job_id}`"]

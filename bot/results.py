@@ -46,8 +46,11 @@ class ResultStore:
         settings = {
             "image": _image_entry(validated.image),
             "mask": _image_entry(validated.mask) if validated.mask else None,
-            "prompt": validated.prompt, "bbox": validated.bbox, "points": validated.points,
-            "seed": validated.seed, "include_artifacts": validated.include_artifacts,
+            "prompt": validated.prompt,
+            "bbox": validated.bbox,
+            "points": validated.points,
+            "seed": validated.seed,
+            "include_artifacts": validated.include_artifacts,
         }
         _write_atomically(folder / "input.json", json.dumps(settings))
 
@@ -56,13 +59,16 @@ class ResultStore:
         try:
             settings = json.loads((folder / "input.json").read_text())
             image = _prepared(folder / "input.img", settings["image"])
-            mask = _prepared(folder / "mask.img", settings["mask"]) if settings["mask"] \
-                else None
+            mask = _prepared(folder / "mask.img", settings["mask"]) if settings["mask"] else None
             return ValidatedInput(
-                image=image, prompt=settings["prompt"],
+                image=image,
+                prompt=settings["prompt"],
                 bbox=tuple(settings["bbox"]) if settings["bbox"] else None,
-                points=tuple(tuple(p) for p in settings["points"]), mask=mask,
-                seed=settings["seed"], include_artifacts=settings["include_artifacts"])
+                points=tuple(tuple(p) for p in settings["points"]),
+                mask=mask,
+                seed=settings["seed"],
+                include_artifacts=settings["include_artifacts"],
+            )
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
@@ -75,9 +81,12 @@ class ResultStore:
         return await asyncio.to_thread(self._upstream_of, job_id)
 
     def _keep_upstream(self, job_id: str, upstream: UpstreamResult) -> None:
-        entry = {"files": [_file_entry(f) for f in upstream.files],
-                 "request_id": upstream.request_id, "cost_micros": upstream.cost_micros,
-                 "offline": upstream.offline}
+        entry = {
+            "files": [_file_entry(f) for f in upstream.files],
+            "request_id": upstream.request_id,
+            "cost_micros": upstream.cost_micros,
+            "offline": upstream.offline,
+        }
         _write_atomically(self._jobs / job_id / "upstream.json", json.dumps(entry))
 
     def _upstream_of(self, job_id: str) -> UpstreamResult | None:
@@ -88,8 +97,12 @@ class ResultStore:
             return None
         if not _all_on_disk(files):
             return None
-        return UpstreamResult(files=files, request_id=entry["request_id"],
-                              cost_micros=entry["cost_micros"], offline=entry["offline"])
+        return UpstreamResult(
+            files=files,
+            request_id=entry["request_id"],
+            cost_micros=entry["cost_micros"],
+            offline=entry["offline"],
+        )
 
     def _inputs_of(self, job_id: str) -> tuple[bytes, bytes | None] | None:
         folder = self._jobs / job_id
@@ -139,13 +152,23 @@ def _write_atomically(path: Path, text: str) -> None:
 
 
 def _file_entry(file: OutputFile) -> dict:
-    return {"kind": file.kind.value, "path": str(file.path), "size": file.size,
-            "media_type": file.media_type, "source_url": file.source_url}
+    return {
+        "kind": file.kind.value,
+        "path": str(file.path),
+        "size": file.size,
+        "media_type": file.media_type,
+        "source_url": file.source_url,
+    }
 
 
 def _file_of(entry: dict) -> OutputFile:
-    return OutputFile(FileKind(entry["kind"]), Path(entry["path"]), entry["size"],
-                      entry["media_type"], entry.get("source_url"))
+    return OutputFile(
+        FileKind(entry["kind"]),
+        Path(entry["path"]),
+        entry["size"],
+        entry["media_type"],
+        entry.get("source_url"),
+    )
 
 
 def _all_on_disk(files: tuple[OutputFile, ...]) -> bool:
@@ -157,5 +180,4 @@ def _image_entry(image: PreparedImage) -> dict:
 
 
 def _prepared(path: Path, entry: dict) -> PreparedImage:
-    return PreparedImage(path.read_bytes(), entry["media_type"], entry["width"],
-                         entry["height"])
+    return PreparedImage(path.read_bytes(), entry["media_type"], entry["width"], entry["height"])

@@ -16,7 +16,8 @@ class _Waiter:
     user: str
     arrival: int
     granted: asyncio.Future = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future())
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
     moved: asyncio.Event = field(default_factory=asyncio.Event)
     position: int = 0
 
@@ -57,8 +58,7 @@ class FairScheduler:
                 waiter.moved.clear()
                 moved = asyncio.ensure_future(waiter.moved.wait())
                 try:
-                    await asyncio.wait({moved, waiter.granted},
-                                       return_when=asyncio.FIRST_COMPLETED)
+                    await asyncio.wait({moved, waiter.granted}, return_when=asyncio.FIRST_COMPLETED)
                 finally:
                     moved.cancel()
         except BaseException:
@@ -85,8 +85,9 @@ class FairScheduler:
         self._dispatch()
 
     def _turn_order(self) -> list[str]:
-        return sorted(self._queues, key=lambda u: (self._last_served.get(u, -1),
-                                                   self._queues[u][0].arrival))
+        return sorted(
+            self._queues, key=lambda u: (self._last_served.get(u, -1), self._queues[u][0].arrival)
+        )
 
     def hold(self) -> None:
         """Start nothing more (the bot is stopping; what waits is carried on after it)."""

@@ -84,37 +84,47 @@ def error_for_status(status: int, message: str, *, charged: bool = False) -> err
     if status == 401:
         return E.UpstreamAuthError(
             "Segmind refused the bot's API key; an admin needs to check SEGMIND_API_KEY.",
-            status=status)
+            status=status,
+        )
     if status == 403:
         return E.UpstreamAuthError(
-            "Segmind refused this account access to SAM 3D Objects.", status=status)
+            "Segmind refused this account access to SAM 3D Objects.", status=status
+        )
     if status == 404:
         return E.ResultExpired(
             "Segmind no longer knows this request (records expire after about an hour).",
-            status=status)
+            status=status,
+        )
     if status == 405:
         return E.UpstreamRejected(
-            "Segmind refused the call (HTTP 405); SEGMIND_BASE_URL may be wrong.", status=status)
+            "Segmind refused the call (HTTP 405); SEGMIND_BASE_URL may be wrong.", status=status
+        )
     if status == 406:
         if "credit" in message.lower():
             return E.InsufficientCredits(
                 "The bot's Segmind account is out of credits; an admin needs to top it up.",
-                status=status)
+                status=status,
+            )
         return E.UpstreamRejected(f"Segmind refused the input format{detail}", status=status)
     if status == 410:
         return E.ModelRetired(
             "Segmind has retired this version of SAM 3D Objects; the bot needs an update.",
-            status=status)
+            status=status,
+        )
     if status == 422:
         return E.GenerationFailed(
-            f"SAM 3D could not make a model from this photo{detail}", status=status)
+            f"SAM 3D could not make a model from this photo{detail}", status=status
+        )
     if status == 429:
         return E.RateLimited(
-            "Segmind is rate-limiting the bot right now; try again in a minute.", status=status)
+            "Segmind is rate-limiting the bot right now; try again in a minute.", status=status
+        )
     if status >= 500:
         return E.UpstreamUnavailable(
-            f"Segmind had a server error (HTTP {status}); try again later.", status=status,
-            charged=charged)
+            f"Segmind had a server error (HTTP {status}); try again later.",
+            status=status,
+            charged=charged,
+        )
     return E.UpstreamError(f"Segmind answered HTTP {status}{detail}", status=status)
 
 
@@ -131,8 +141,9 @@ def parse_reset_at(value: str | None, now: float) -> float | None:
         pass
     for parse in (datetime.fromisoformat, parsedate_to_datetime):
         try:
-            moment = parse(value.replace("Z", "+00:00") if parse is datetime.fromisoformat
-                           else value)
+            moment = parse(
+                value.replace("Z", "+00:00") if parse is datetime.fromisoformat else value
+            )
         except (ValueError, TypeError):
             continue
         if moment.tzinfo is None:
@@ -182,7 +193,8 @@ def extract_models(archive: Path, workdir: Path, max_bytes: int) -> list[Path]:
                 total += info.file_size
                 if total > max_bytes:
                     raise errors.OutputTooLarge(
-                        "The result archive is larger than the bot accepts.", charged=True)
+                        "The result archive is larger than the bot accepts.", charged=True
+                    )
                 name = Path(info.filename)
                 target = workdir / f"{archive.stem}-{_safe_stem(name.stem)}{name.suffix.lower()}"
                 with zf.open(info) as src, target.open("wb") as dst:
@@ -191,7 +203,8 @@ def extract_models(archive: Path, workdir: Path, max_bytes: int) -> list[Path]:
                 found.append(target)
     except zipfile.BadZipFile:
         raise errors.BadUpstreamResult(
-            "Segmind returned a damaged archive.", charged=True) from None
+            "Segmind returned a damaged archive.", charged=True
+        ) from None
     return found
 
 
@@ -268,8 +281,9 @@ class SegmindClient:
 
     # -- public ------------------------------------------------------------------------------
 
-    async def generate(self, job: ValidatedInput, workdir: Path, on_submitted, on_processing,
-                       on_sending=None):
+    async def generate(
+        self, job: ValidatedInput, workdir: Path, on_submitted, on_processing, on_sending=None
+    ):
         payload = build_payload(job)
         if on_sending is not None:
             await on_sending()
@@ -286,15 +300,16 @@ class SegmindClient:
 
     async def resume(self, resume_ref: dict, workdir: Path, on_processing) -> UpstreamResult:
         request_id = resume_ref["request_id"]
-        status_url = self._own_url(resume_ref.get("status_url"),
-                                   f"/v2/requests/{request_id}/status")
-        response_url = self._own_url(resume_ref.get("response_url"),
-                                     f"/v2/requests/{request_id}")
+        status_url = self._own_url(
+            resume_ref.get("status_url"), f"/v2/requests/{request_id}/status"
+        )
+        response_url = self._own_url(resume_ref.get("response_url"), f"/v2/requests/{request_id}")
         metrics = await self._poll(status_url, on_processing)
         status, body, headers = await self._get_with_retries(response_url)
         if status != 200:
-            raise error_for_status(status, _message_from(body, headers.get("Content-Type", "")),
-                                   charged=False)
+            raise error_for_status(
+                status, _message_from(body, headers.get("Content-Type", "")), charged=False
+            )
         metrics = _metrics_of(body, headers) or metrics
         fetching = time.monotonic()
         files = await self._materialise(body, headers, workdir)
@@ -338,7 +353,9 @@ class SegmindClient:
         while True:
             try:
                 async with self._session.post(
-                    url, json=payload, headers=self._headers(),
+                    url,
+                    json=payload,
+                    headers=self._headers(),
                     timeout=aiohttp.ClientTimeout(total=limit_s, sock_connect=15),
                 ) as response:
                     if response.status == 429:
@@ -351,7 +368,8 @@ class SegmindClient:
                 connect_failures += 1
                 if connect_failures >= self._retry.attempts:
                     raise errors.UpstreamUnavailable(
-                        "Segmind could not be reached; try again later.") from None
+                        "Segmind could not be reached; try again later."
+                    ) from None
                 delay = self._retry.delay(connect_failures, self._rng)
             except (TimeoutError, aiohttp.ClientError):
                 # It may have been received: never POST again (it would be billed twice).
@@ -359,7 +377,7 @@ class SegmindClient:
                     "The connection to Segmind broke while sending your job, so the bot cannot "
                     "tell whether SAM 3D got it. It was not sent again (that could charge "
                     "twice); its price stays held until an admin checks the Segmind account."
-                    ) from None
+                ) from None
             waited += delay
             await self._sleep(delay)
 
@@ -370,7 +388,8 @@ class SegmindClient:
         if waited + delay > self._rate_wait:
             raise errors.RateLimited(
                 f"Segmind is rate-limiting the bot; try again in about {max(1, round(delay))} s.",
-                status=429)
+                status=429,
+            )
         return delay
 
     async def _submit_v2(self, payload: dict) -> dict:
@@ -385,13 +404,15 @@ class SegmindClient:
             # Accepted, so maybe billed, but with nothing to follow it by.
             raise errors.SubmitUncertain(
                 "Segmind accepted the job but sent no request id to follow it by; its price "
-                "stays held until an admin checks the Segmind account.") from None
+                "stays held until an admin checks the Segmind account."
+            ) from None
         return data
 
     async def _run_v1(self, payload, workdir, on_submitted, on_processing) -> UpstreamResult:
         await on_processing()
         status, body, headers = await self._post_once(
-            f"{self._base}/v1/{MODEL}", payload, self._job_timeout)
+            f"{self._base}/v1/{MODEL}", payload, self._job_timeout
+        )
         if status != 200:
             raise error_for_status(status, _message_from(body, headers.get("Content-Type", "")))
         metrics = _metrics_of(body, headers)
@@ -433,7 +454,8 @@ class SegmindClient:
                 await on_processing()
             if time.monotonic() > deadline:
                 raise errors.JobTimedOut(
-                    f"SAM 3D did not finish within {self._job_timeout / 60:g} minutes.")
+                    f"SAM 3D did not finish within {self._job_timeout / 60:g} minutes."
+                )
             # A fixed cadence: slow answers do not push every later poll back.
             next_poll = started + polls * self._poll_interval
             await self._sleep(max(0.0, next_poll - time.monotonic()))
@@ -458,7 +480,8 @@ class SegmindClient:
             except (TimeoutError, aiohttp.ClientError):
                 if attempt + 1 >= self._retry.attempts:
                     raise errors.UpstreamUnavailable(
-                        "Segmind stopped answering while the job ran; try again later.") from None
+                        "Segmind stopped answering while the job ran; try again later."
+                    ) from None
             await self._sleep(self._retry.delay(attempt, self._rng))
             attempt += 1
 
@@ -471,19 +494,22 @@ class SegmindClient:
         if kind is not FileKind.OTHER:
             path = workdir / f"result{ext}"
             if len(body) > self._max_bytes:
-                raise errors.OutputTooLarge("The model is larger than the bot accepts.",
-                                            charged=True)
+                raise errors.OutputTooLarge(
+                    "The model is larger than the bot accepts.", charged=True
+                )
             await asyncio.to_thread(path.write_bytes, body)
             return await self._describe([(path, None)], workdir)
         try:
             data = json.loads(body)
         except ValueError:
             raise errors.BadUpstreamResult(
-                "Segmind returned a result the bot cannot read.", charged=True) from None
+                "Segmind returned a result the bot cannot read.", charged=True
+            ) from None
         outputs = find_outputs(data)
         if not outputs:
             raise errors.BadUpstreamResult(
-                "Segmind finished but returned no model file.", charged=True)
+                "Segmind finished but returned no model file.", charged=True
+            )
         budget = _ByteBudget(self._max_bytes)
 
         async def fetch(name: str, value: str) -> tuple[Path, str | None]:
@@ -520,7 +546,8 @@ class SegmindClient:
                     files.append(OutputFile(m_kind, member, member.stat().st_size, m_media))
         if not any(f.kind in (FileKind.MESH, FileKind.SPLAT) for f in files):
             raise errors.BadUpstreamResult(
-                "Segmind finished but none of its files is a 3D model.", charged=True)
+                "Segmind finished but none of its files is a 3D model.", charged=True
+            )
         return tuple(files)
 
     async def _download(self, url: str, target: Path, budget: _ByteBudget) -> Path:
@@ -535,7 +562,10 @@ class SegmindClient:
                     if response.status in (403, 404, 410):
                         raise errors.ResultExpired(
                             "Segmind's output file is gone (links expire); the job cannot be "
-                            "delivered.", status=response.status, charged=True)
+                            "delivered.",
+                            status=response.status,
+                            charged=True,
+                        )
                     if response.status == 200:
                         await self._stream_to(response, target, budget)
                         return target
@@ -543,7 +573,8 @@ class SegmindClient:
                 log.info("download attempt %d failed, retrying", attempt + 1)
             await self._sleep(self._retry.delay(attempt, self._rng))
         raise errors.UpstreamUnavailable(
-            "The model could not be downloaded from Segmind.", charged=True)
+            "The model could not be downloaded from Segmind.", charged=True
+        )
 
     @staticmethod
     async def _stream_to(response: aiohttp.ClientResponse, target: Path, budget: _ByteBudget):
@@ -583,8 +614,7 @@ class _ByteBudget:
 
     def check(self, size: int) -> None:
         if size > self.left:
-            raise errors.OutputTooLarge("The model is larger than the bot accepts.",
-                                        charged=True)
+            raise errors.OutputTooLarge("The model is larger than the bot accepts.", charged=True)
 
     def take(self, size: int) -> None:
         self.check(size)
@@ -600,8 +630,9 @@ def _decode_inline(value: str) -> bytes:
     try:
         return base64.b64decode(re.sub(r"\s+", "", value), validate=True)
     except (binascii.Error, ValueError):
-        raise errors.BadUpstreamResult("Segmind returned unreadable file data.", charged=True)\
-            from None
+        raise errors.BadUpstreamResult(
+            "Segmind returned unreadable file data.", charged=True
+        ) from None
 
 
 def _metrics_of(body: bytes, headers) -> dict[str, Any]:

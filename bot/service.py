@@ -49,11 +49,15 @@ log = logging.getLogger(__name__)
 
 INTERNAL_ERROR = "Something went wrong inside the bot; the job was stopped."
 RESTARTING = "The bot is restarting; please send it again in a minute. Nothing was charged."
-PHOTO_GONE = ("The bot restarted before your job reached SAM 3D, and its photo was not kept; "
-              "nothing was charged. Please send it again.")
-HELD_AFTER_STOP = ("The bot stopped while sending your job to SAM 3D, so it cannot tell "
-                   "whether Segmind got it. It was not sent again (that could charge twice); "
-                   "its price stays held until an admin checks the Segmind account.")
+PHOTO_GONE = (
+    "The bot restarted before your job reached SAM 3D, and its photo was not kept; "
+    "nothing was charged. Please send it again."
+)
+HELD_AFTER_STOP = (
+    "The bot stopped while sending your job to SAM 3D, so it cannot tell "
+    "whether Segmind got it. It was not sent again (that could charge twice); "
+    "its price stays held until an admin checks the Segmind account."
+)
 FILES_LOST = "The model was made, but its files were lost when the bot restarted."
 KEPT = "It is kept: ask again with the same photo and settings and it is sent free."
 
@@ -172,10 +176,16 @@ class Service:
             self.metrics.delivered(request.requester.platform, cached)
             return cached
         try:
-            record = await self._ledger.reserve(NewJob(
-                request.requester, self._price, validated.cache_key, validated.describe(),
-                request.reply_to, idempotency_key,
-            ))
+            record = await self._ledger.reserve(
+                NewJob(
+                    request.requester,
+                    self._price,
+                    validated.cache_key,
+                    validated.describe(),
+                    request.reply_to,
+                    idempotency_key,
+                )
+            )
         except BotError as error:
             await _tell_failure(replier, error, refunded=False)
             return None
@@ -197,8 +207,9 @@ class Service:
         async def on_position(position: int) -> None:
             await job.replier.progress(Progress(Stage.QUEUED, position))
 
-        async with self._scheduler.slot(job.record.platform + ":" + job.record.user_id,
-                                        on_position):
+        async with self._scheduler.slot(
+            job.record.platform + ":" + job.record.user_id, on_position
+        ):
             upstream_at = job.lap("queue", queued_at)
 
             async def on_sending() -> None:
@@ -217,7 +228,8 @@ class Service:
 
             workdir = await self._results.workdir(job.id)
             upstream = await self._backend.generate(
-                validated, workdir, on_submitted, self._processing(job), on_sending)
+                validated, workdir, on_submitted, self._processing(job), on_sending
+            )
         # The slot is for Segmind only: the next job may go upstream while this one renders.
         job.lap("upstream", upstream_at)
         job.timings["download"] = round(upstream.download_s, 3)
@@ -227,6 +239,7 @@ class Service:
     def _processing(self, job: _Job):
         async def on_processing() -> None:
             await job.replier.progress(Progress(Stage.PROCESSING))
+
         return on_processing
 
     async def _settle_and_deliver(
@@ -266,8 +279,9 @@ class Service:
         except Exception as exc:
             log.exception("job %s: delivery failed", job.id)
             await self._results.remember(job.record.cache_key, result)
-            raise DeliveryError("The model was made but could not be posted here.",
-                                charged=True) from exc
+            raise DeliveryError(
+                "The model was made but could not be posted here.", charged=True
+            ) from exc
         await self._write(job, self._ledger.finish(job.id, JobState.DELIVERED))
         job.finished = True
         if self._turntable:
@@ -369,8 +383,12 @@ class Service:
                 error = DeliveryError(f"{error.user_message} {KEPT}", charged=True)
         elif _maybe_billed(job, error):
             await self._write(job, self._ledger.hold(job.id, error.code))
-            log.warning("job %s: %s; held for an admin (sam3d-bot admin refund %s releases it)",
-                        job.id, error.code, job.id)
+            log.warning(
+                "job %s: %s; held for an admin (sam3d-bot admin refund %s releases it)",
+                job.id,
+                error.code,
+                job.id,
+            )
         else:
             await self._write(job, self._ledger.refund(job.id, error.code))
             refunded = True
@@ -387,16 +405,25 @@ class Service:
         except Exception:  # its lease then lapses by itself
             log.warning("job %s: could not release its lease", job.id, exc_info=True)
 
-    async def again(self, job_id: str, requester: Requester, replier: Replier,
-                    seed: int | None = None, reply_to: dict | None = None,
-                    idempotency_key: str | None = None) -> JobResult | None:
+    async def again(
+        self,
+        job_id: str,
+        requester: Requester,
+        replier: Replier,
+        seed: int | None = None,
+        reply_to: dict | None = None,
+        idempotency_key: str | None = None,
+    ) -> JobResult | None:
         """Run a finished job's photo and settings again with another seed ("New seed"):
         a new job, under the requester's own quota."""
         record = await self._ledger.get(job_id)
         inputs = await self._results.inputs_of(job_id)
         if record is None or inputs is None:
-            await _tell_failure(replier, InputError(
-                "job", "that job's photo is no longer kept; send the photo again"), False)
+            await _tell_failure(
+                replier,
+                InputError("job", "that job's photo is no longer kept; send the photo again"),
+                False,
+            )
             return None
         image, mask = inputs
         params = record.params
@@ -406,7 +433,8 @@ class Service:
             prompt=params.get("prompt"),
             bbox=",".join(map(str, params["bbox"])) if params.get("bbox") else None,
             points=";".join(f"{x},{y}" for x, y in params["points"])
-            if params.get("points") else None,
+            if params.get("points")
+            else None,
             mask=ImageSource.from_bytes(mask, "mask") if mask else None,
             seed=random.randint(SEED_MIN, SEED_MAX) if seed is None else seed,
             reply_to=reply_to or record.reply_to,
@@ -432,8 +460,13 @@ class Service:
             if record.id in self._running:  # ours, its lease renewed late: it runs already
                 continue
             replier = replier_for(record) or NullReplier()
-            job = _Job(record, replier, time.monotonic(), submitted=record.request_id is not None,
-                       committed=record.committed)
+            job = _Job(
+                record,
+                replier,
+                time.monotonic(),
+                submitted=record.request_id is not None,
+                committed=record.committed,
+            )
             try:
                 work = await self._carry_on(job)
             except JobLost:
@@ -487,13 +520,13 @@ class Service:
     async def _resume_upstream(self, job: _Job) -> JobResult:
         workdir = await self._results.workdir(job.id)
         await job.replier.progress(Progress(Stage.RESUMED))
-        upstream = await self._backend.resume(job.record.resume_ref, workdir,
-                                              self._processing(job))
+        upstream = await self._backend.resume(job.record.resume_ref, workdir, self._processing(job))
         await self._results.keep_upstream(job.id, upstream)
         return await self._settle_and_deliver(job, upstream, workdir)
 
-    def keep_recovering(self, replier_for: Callable[[JobRecord], Replier | None],
-                        platforms: set[str] | None = None) -> None:
+    def keep_recovering(
+        self, replier_for: Callable[[JobRecord], Replier | None], platforms: set[str] | None = None
+    ) -> None:
         """Take over `platforms`' lapsed jobs now and every lease period while running: a
         job whose instance was killed is finished by another one, not at some later start."""
         self._watched.append((replier_for, platforms))

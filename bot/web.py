@@ -32,10 +32,14 @@ STATIC = Path(__file__).parent / "static"
 PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
-def build_web_app(links: DownloadLinks | None = None, data_dir: Path | None = None, *,
-                  readiness: Callable[[], Awaitable[dict[str, bool]]] | None = None,
-                  scrape: Callable[[], Awaitable[bytes]] | None = None,
-                  metrics_token: str = "") -> web.Application:
+def build_web_app(
+    links: DownloadLinks | None = None,
+    data_dir: Path | None = None,
+    *,
+    readiness: Callable[[], Awaitable[dict[str, bool]]] | None = None,
+    scrape: Callable[[], Awaitable[bytes]] | None = None,
+    metrics_token: str = "",
+) -> web.Application:
     app = web.Application(client_max_size=1024 * 1024)
     app.router.add_get("/healthz", healthz)
     if readiness is not None:
@@ -50,8 +54,7 @@ def build_web_app(links: DownloadLinks | None = None, data_dir: Path | None = No
         app[JOBS_DIR] = (Path(data_dir) / "jobs").resolve()
         app.router.add_get("/files/{job}/{name}", download)
         app.router.add_get("/m/{token}", viewer)
-        app.router.add_static("/static/", STATIC, follow_symlinks=False,
-                              append_version=False)
+        app.router.add_static("/static/", STATIC, follow_symlinks=False, append_version=False)
     return app
 
 
@@ -76,7 +79,8 @@ async def metrics(request: web.Request) -> web.Response:
     token = request.app[METRICS_TOKEN]
     given = request.headers.get("Authorization", "")
     allowed = request.remote in LOOPBACK or (
-        bool(token) and hmac.compare_digest(given.encode(), f"Bearer {token}".encode()))
+        bool(token) and hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
+    )
     if not allowed:
         return plain(403, "Metrics are shown to loopback or with the bearer token.")
     body = await request.app[SCRAPE]()
@@ -92,8 +96,9 @@ async def download(request: web.Request) -> web.StreamResponse:
     job, name = request.match_info["job"], request.match_info["name"]
     if not JOB_ID.fullmatch(job) or not FILE_NAME.fullmatch(name):
         return plain(404, "No such file.")
-    check = request.app[LINKS].check(request.path, request.query.get("e", ""),
-                                     request.query.get("s", ""))
+    check = request.app[LINKS].check(
+        request.path, request.query.get("e", ""), request.query.get("s", "")
+    )
     if check is LinkCheck.FORBIDDEN:
         return plain(403, "This link is not valid.")
     if check is LinkCheck.EXPIRED:
@@ -102,12 +107,15 @@ async def download(request: web.Request) -> web.StreamResponse:
     if path is None:
         return plain(404, "No such file.")
     media_type = MEDIA_TYPES.get(path.suffix.lower(), "application/octet-stream")
-    return web.FileResponse(path, headers={
-        "Content-Type": media_type,
-        "Content-Disposition": f'attachment; filename="{name}"',
-        "Cache-Control": "private, max-age=3600",
-        "X-Content-Type-Options": "nosniff",
-    })
+    return web.FileResponse(
+        path,
+        headers={
+            "Content-Type": media_type,
+            "Content-Disposition": f'attachment; filename="{name}"',
+            "Cache-Control": "private, max-age=3600",
+            "X-Content-Type-Options": "nosniff",
+        },
+    )
 
 
 async def viewer(request: web.Request) -> web.Response:
@@ -122,16 +130,25 @@ async def viewer(request: web.Request) -> web.Response:
     files = await asyncio.to_thread(job_files, request.app[JOBS_DIR], job)
     if not files:
         return plain(404, "This model is no longer kept.")
-    view = "splat" if request.query.get("view") == "splat" and "splat" in files else \
-        ("mesh" if "mesh" in files else "splat")
+    view = (
+        "splat"
+        if request.query.get("view") == "splat" and "splat" in files
+        else ("mesh" if "mesh" in files else "splat")
+    )
     signed = {kind: links.link(job, path.name) for kind, (path, _) in files.items()}
     page = viewer_page(signed, view, request.url.with_query(None), files)
-    return web.Response(text=page, content_type="text/html", headers={
-        "Content-Security-Policy": "default-src 'self'; "
-        "script-src 'self' 'unsafe-inline' 'wasm-unsafe-eval'; "
-        "style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "
-        "connect-src 'self' data: blob:; worker-src 'self' blob:",
-        "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"})
+    return web.Response(
+        text=page,
+        content_type="text/html",
+        headers={
+            "Content-Security-Policy": "default-src 'self'; "
+            "script-src 'self' 'unsafe-inline' 'wasm-unsafe-eval'; "
+            "style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "
+            "connect-src 'self' data: blob:; worker-src 'self' blob:",
+            "X-Content-Type-Options": "nosniff",
+            "Referrer-Policy": "no-referrer",
+        },
+    )
 
 
 def job_files(jobs: Path, job: str) -> dict[str, tuple[Path, int]]:
@@ -151,35 +168,45 @@ def job_files(jobs: Path, job: str) -> dict[str, tuple[Path, int]]:
     return found
 
 
-def viewer_page(signed: dict[str, str], view: str, page_url,
-                files: dict[str, tuple[Path, int]]) -> str:
+def viewer_page(
+    signed: dict[str, str], view: str, page_url, files: dict[str, tuple[Path, int]]
+) -> str:
     esc = html.escape
     picture = signed.get("picture", "")
     other = "splat" if view == "mesh" else "mesh"
-    switch = (f'<a class="switch" href="?view={other}">See the '
-              f'{"Gaussian splat" if other == "splat" else "mesh"}</a>'
-              if other in signed else "")
+    switch = (
+        f'<a class="switch" href="?view={other}">See the '
+        f"{'Gaussian splat' if other == 'splat' else 'mesh'}</a>"
+        if other in signed
+        else ""
+    )
     if view == "mesh":
-        stage = (f'<model-viewer id="model" src="{esc(signed["mesh"])}" '
-                 f'poster="{esc(picture)}" camera-controls auto-rotate touch-action="pan-y" '
-                 f'shadow-intensity="0.6" exposure="1.1" alt="The 3D model"></model-viewer>'
-                 '<script type="module" src="/static/vendor/model-viewer/model-viewer.min.js">'
-                 '</script><script type="module">const m = document.getElementById("model");'
-                 'm.addEventListener("load", () => document.body.dataset.loaded = "true");'
-                 '</script>')
+        stage = (
+            f'<model-viewer id="model" src="{esc(signed["mesh"])}" '
+            f'poster="{esc(picture)}" camera-controls auto-rotate touch-action="pan-y" '
+            f'shadow-intensity="0.6" exposure="1.1" alt="The 3D model"></model-viewer>'
+            '<script type="module" src="/static/vendor/model-viewer/model-viewer.min.js">'
+            '</script><script type="module">const m = document.getElementById("model");'
+            'm.addEventListener("load", () => document.body.dataset.loaded = "true");'
+            "</script>"
+        )
     else:
         poster = f' style="background-image:url({esc(picture)})"' if picture else ""
-        stage = (f'<canvas id="splat" data-src="{esc(signed["splat"])}"{poster}></canvas>'
-                 '<script type="importmap">{"imports": {'
-                 '"three": "/static/vendor/three/three.module.js", '
-                 '"three/addons/": "/static/vendor/three/addons/", '
-                 '"@sparkjsdev/spark": "/static/vendor/spark/spark.module.min.js"}}</script>'
-                 '<script type="module" src="/static/splat-viewer.js"></script>')
+        stage = (
+            f'<canvas id="splat" data-src="{esc(signed["splat"])}"{poster}></canvas>'
+            '<script type="importmap">{"imports": {'
+            '"three": "/static/vendor/three/three.module.js", '
+            '"three/addons/": "/static/vendor/three/addons/", '
+            '"@sparkjsdev/spark": "/static/vendor/spark/spark.module.min.js"}}</script>'
+            '<script type="module" src="/static/splat-viewer.js"></script>'
+        )
     names = {"mesh": "Model (GLB)", "splat": "Gaussian splat (PLY)", "picture": "Picture (PNG)"}
     buttons = "".join(
         f'<a class="button" href="{esc(signed[kind])}" download>{label} '
-        f'<small>{files[kind][1] / 1e6:.1f} MB</small></a>'
-        for kind, label in names.items() if kind in signed)
+        f"<small>{files[kind][1] / 1e6:.1f} MB</small></a>"
+        for kind, label in names.items()
+        if kind in signed
+    )
     og_image = f'<meta property="og:image" content="{esc(picture)}">' if picture else ""
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
@@ -212,13 +239,15 @@ def locate(jobs: Path, job: str, name: str) -> Path | None:
     return path if path.is_relative_to(jobs) and path.is_file() else None
 
 
-async def start_web(app: web.Application, host: str, port: int,
-                    idle_timeout_s: float = 15.0) -> web.AppRunner:
+async def start_web(
+    app: web.Application, host: str, port: int, idle_timeout_s: float = 15.0
+) -> web.AppRunner:
     # A connection that has not finished a request within idle_timeout_s is closed, also one
     # that dribbles its headers (slowloris); request lines and headers are capped at 8 KB.
     # At a stop, requests still open get a moment, not aiohttp's default minute.
-    runner = web.AppRunner(app, access_log=None, keepalive_timeout=idle_timeout_s,
-                           shutdown_timeout=1.0)
+    runner = web.AppRunner(
+        app, access_log=None, keepalive_timeout=idle_timeout_s, shutdown_timeout=1.0
+    )
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     return runner

@@ -24,8 +24,13 @@ def no_network_past_loopback():
     assert not reached, f"test reached past 127.0.0.1: {reached}"
 
 
-def photo_bytes(width: int = 640, height: int = 480, fmt: str = "PNG", exif_orientation=None,
-                colour=(200, 40, 30)) -> bytes:
+def photo_bytes(
+    width: int = 640,
+    height: int = 480,
+    fmt: str = "PNG",
+    exif_orientation=None,
+    colour=(200, 40, 30),
+) -> bytes:
     """A plain backdrop with one coloured disc in the middle: an object to find."""
     yy, xx = np.mgrid[0:height, 0:width]
     image = np.empty((height, width, 3), dtype=np.uint8)
@@ -63,8 +68,15 @@ def data_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def settings_env(monkeypatch, data_dir):
     """A clean environment: only what a test sets counts, never the developer's .env."""
-    for name in ("SEGMIND_API_KEY", "DISCORD_TOKEN", "SLACK_BOT_TOKEN", "SLACK_APP_TOKEN",
-                 "SLACK_SIGNING_SECRET", "DATABASE_URL", "SEGMIND_BASE_URL"):
+    for name in (
+        "SEGMIND_API_KEY",
+        "DISCORD_TOKEN",
+        "SLACK_BOT_TOKEN",
+        "SLACK_APP_TOKEN",
+        "SLACK_SIGNING_SECRET",
+        "DATABASE_URL",
+        "SEGMIND_BASE_URL",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("DATA_DIR", str(data_dir))
     return monkeypatch

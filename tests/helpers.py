@@ -11,8 +11,15 @@ from pathlib import Path
 import aiohttp
 
 ROOT = Path(__file__).resolve().parents[1]
-CLEAN_ENV_DROP = ("SEGMIND_API_KEY", "DISCORD_TOKEN", "SLACK_BOT_TOKEN", "SLACK_APP_TOKEN",
-                  "SLACK_SIGNING_SECRET", "DATABASE_URL", "SEGMIND_BASE_URL")
+CLEAN_ENV_DROP = (
+    "SEGMIND_API_KEY",
+    "DISCORD_TOKEN",
+    "SLACK_BOT_TOKEN",
+    "SLACK_APP_TOKEN",
+    "SLACK_SIGNING_SECRET",
+    "DATABASE_URL",
+    "SEGMIND_BASE_URL",
+)
 
 
 @dataclass
@@ -31,9 +38,16 @@ def bot_env(**settings: str) -> dict[str, str]:
 
 async def run_bot(*args: str, cwd: Path, limit_s: float = 60, **settings: str) -> Ran:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot", *args, cwd=cwd, env=bot_env(**settings),
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "bot",
+        *args,
+        cwd=cwd,
+        env=bot_env(**settings),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     out, err = await asyncio.wait_for(process.communicate(), limit_s)
     return Ran(process.returncode, out.decode(), err.decode())
 

@@ -32,13 +32,18 @@ async def race(store: str, where: str, callers: int, cap: int, start_at: float) 
     try:
         tag = f"p{time.monotonic_ns()}"
         await asyncio.sleep(max(0.0, start_at - time.time()))
-        outcomes = await asyncio.gather(*(
-            ledger.reserve(NewJob(Requester("discord", f"{tag}-{i}", "g1"), PRICE, "k", {}))
-            for i in range(callers)), return_exceptions=True)
+        outcomes = await asyncio.gather(
+            *(
+                ledger.reserve(NewJob(Requester("discord", f"{tag}-{i}", "g1"), PRICE, "k", {}))
+                for i in range(callers)
+            ),
+            return_exceptions=True,
+        )
     finally:
         await ledger.close()
-    unexpected = [o for o in outcomes
-                  if isinstance(o, BaseException) and not isinstance(o, BudgetExhausted)]
+    unexpected = [
+        o for o in outcomes if isinstance(o, BaseException) and not isinstance(o, BudgetExhausted)
+    ]
     if unexpected:
         raise unexpected[0]
     return sum(not isinstance(o, BaseException) for o in outcomes)

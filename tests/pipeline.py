@@ -117,19 +117,34 @@ def make_service(http, ledger, fake_segmind, tmp_path):
 
     def make(backend=None, renderer=None, capacity=4, ledger=None):
         backend = backend or SegmindClient(
-            http, api_key=SecretStr(API_KEY), base_url=fake_segmind.url, poll_interval_s=0.01,
-            retry=RetryPolicy(attempts=3, base_delay_s=0.01))
+            http,
+            api_key=SecretStr(API_KEY),
+            base_url=fake_segmind.url,
+            poll_interval_s=0.01,
+            retry=RetryPolicy(attempts=3, base_delay_s=0.01),
+        )
         return Service(
             validator=InputValidator(ImageFetcher(http, ImageLimits()), ImageLimits()),
-            backend=backend, ledger=ledger or default_ledger,
+            backend=backend,
+            ledger=ledger or default_ledger,
             results=ResultStore(tmp_path / "data"),
-            renderer=renderer, max_concurrent=capacity, price_micros=65_000)
+            renderer=renderer,
+            max_concurrent=capacity,
+            price_micros=65_000,
+        )
+
     return make
 
 
 def request(who=ALICE, seed=7, **kw) -> JobRequest:
-    return JobRequest(who, ImageSource.from_bytes(photo_bytes()), prompt="ball", seed=seed,
-                      reply_to={"channel": "c1"}, **kw)
+    return JobRequest(
+        who,
+        ImageSource.from_bytes(photo_bytes()),
+        prompt="ball",
+        seed=seed,
+        reply_to={"channel": "c1"},
+        **kw,
+    )
 
 
 class StuckRenderer(PictureRenderer):

@@ -26,8 +26,7 @@ def start_server() -> tuple[str, str | None]:
     url = os.environ.get("TEST_DATABASE_URL")
     if url:
         return url, None
-    ran = subprocess.run([str(SERVER_SCRIPT), "start"], capture_output=True, text=True,
-                         timeout=120)
+    ran = subprocess.run([str(SERVER_SCRIPT), "start"], capture_output=True, text=True, timeout=120)
     if ran.returncode == NOT_INSTALLED:
         raise PostgresUnavailable(ran.stderr.strip())
     if ran.returncode != 0:

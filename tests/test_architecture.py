@@ -22,8 +22,7 @@ def test_bot_imports_no_platform_library():
                 names = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 names = [node.module]
-            offenders += [f"{path.name}: {n}" for n in names
-                          if n.split(".")[0] in PLATFORM_MODULES]
+            offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] in PLATFORM_MODULES]
             if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "import_module":
                 offenders.append(f"{path.name}: dynamic import")
     assert offenders == []

@@ -43,10 +43,22 @@ async def test_generate_offline_with_no_keys_at_all(workdir):
 
 async def test_generate_through_segmind_writes_glb_and_ply(workdir, fake_segmind):
     ran = await run_bot(
-        "generate", "photo.png", "--bbox", "100,50,500,400", "--points", "320,240",
-        "--seed", "77", "--out", "models", "--turntable", cwd=workdir,
-        SEGMIND_API_KEY=API_KEY, SEGMIND_BASE_URL=fake_segmind.url,
-        SEGMIND_POLL_INTERVAL_S="0.05")
+        "generate",
+        "photo.png",
+        "--bbox",
+        "100,50,500,400",
+        "--points",
+        "320,240",
+        "--seed",
+        "77",
+        "--out",
+        "models",
+        "--turntable",
+        cwd=workdir,
+        SEGMIND_API_KEY=API_KEY,
+        SEGMIND_BASE_URL=fake_segmind.url,
+        SEGMIND_POLL_INTERVAL_S="0.05",
+    )
     assert ran.code == 0, ran.err
     assert (workdir / "models" / "photo.glb").read_bytes() == fake_segmind.glb
     assert (workdir / "models" / "photo.ply").read_bytes() == fake_segmind.ply
@@ -56,7 +68,10 @@ async def test_generate_through_segmind_writes_glb_and_ply(workdir, fake_segmind
     assert "$0.065" in ran.out
     sent = fake_segmind.counters.payloads[0]
     assert (sent["bounding_box"], sent["point_coords"], sent["seed"]) == (
-        "[100, 50, 500, 400]", "[[320, 240]]", 77)
+        "[100, 50, 500, 400]",
+        "[[320, 240]]",
+        77,
+    )
     usage = await run_bot("usage", cwd=workdir)
     assert usage.code == 0 and "0.065" in usage.out and "delivered" in usage.out
 
@@ -80,13 +95,20 @@ async def test_usage_errors_exit_2_with_one_line(workdir, args, words):
 
 async def test_upstream_failure_exits_1_with_one_line_and_no_secret(workdir, fake_segmind):
     fake_segmind.behaviour.fail_message = "no object found"
-    ran = await run_bot("generate", "photo.png", cwd=workdir, SEGMIND_API_KEY=API_KEY,
-                        SEGMIND_BASE_URL=fake_segmind.url, SEGMIND_POLL_INTERVAL_S="0.05",
-                        LOG_LEVEL="DEBUG")
+    ran = await run_bot(
+        "generate",
+        "photo.png",
+        cwd=workdir,
+        SEGMIND_API_KEY=API_KEY,
+        SEGMIND_BASE_URL=fake_segmind.url,
+        SEGMIND_POLL_INTERVAL_S="0.05",
+        LOG_LEVEL="DEBUG",
+    )
     assert ran.code == 1
     assert ran.err.strip().splitlines()[-1] == (
         "sam3d-bot: error: SAM 3D could not make a model from this photo: no object found "
-        "(nothing was charged)")
+        "(nothing was charged)"
+    )
     assert API_KEY not in ran.err + ran.out
 
 
@@ -94,9 +116,14 @@ async def test_bad_key_and_server_errors_never_show_the_key(workdir, fake_segmin
     for behaviour in ({"submit_error": (500, {"error": f"boom {API_KEY}"})}, {}):
         for name, value in behaviour.items():
             setattr(fake_segmind.behaviour, name, value)
-        ran = await run_bot("generate", "photo.png", cwd=workdir,
-                            SEGMIND_API_KEY=API_KEY if behaviour else "sk-wrong-key-999",
-                            SEGMIND_BASE_URL=fake_segmind.url, LOG_LEVEL="DEBUG")
+        ran = await run_bot(
+            "generate",
+            "photo.png",
+            cwd=workdir,
+            SEGMIND_API_KEY=API_KEY if behaviour else "sk-wrong-key-999",
+            SEGMIND_BASE_URL=fake_segmind.url,
+            LOG_LEVEL="DEBUG",
+        )
         assert ran.code == 1
         assert API_KEY not in ran.err + ran.out
         assert "sk-wrong-key-999" not in ran.err + ran.out
@@ -104,8 +131,9 @@ async def test_bad_key_and_server_errors_never_show_the_key(workdir, fake_segmin
 
 
 async def test_credits(workdir, fake_segmind):
-    ran = await run_bot("credits", cwd=workdir, SEGMIND_API_KEY=API_KEY,
-                        SEGMIND_BASE_URL=fake_segmind.url)
+    ran = await run_bot(
+        "credits", cwd=workdir, SEGMIND_API_KEY=API_KEY, SEGMIND_BASE_URL=fake_segmind.url
+    )
     assert ran.code == 0 and "credits: 9.87" in ran.out
     offline = await run_bot("credits", cwd=workdir)
     assert offline.code == 1 and "no SEGMIND_API_KEY" in offline.err
@@ -120,13 +148,16 @@ async def test_run_without_tokens_says_how_to_configure(workdir):
 async def test_invalid_setting_stops_with_one_line(workdir):
     ran = await run_bot("usage", cwd=workdir, SEGMIND_API_VERSION="v3")
     assert ran.code == 2
-    assert ran.err.strip() == "sam3d-bot: error: SEGMIND_API_VERSION: Input should be 'v1' or " \
-                              "'v2' (got 'v3')"
+    assert (
+        ran.err.strip() == "sam3d-bot: error: SEGMIND_API_VERSION: Input should be 'v1' or "
+        "'v2' (got 'v3')"
+    )
 
 
 async def test_settings_come_from_dotenv(workdir, fake_segmind):
     (workdir / ".env").write_text(
-        f"SEGMIND_API_KEY={API_KEY}\nSEGMIND_BASE_URL={fake_segmind.url}\nDATA_DIR=store\n")
+        f"SEGMIND_API_KEY={API_KEY}\nSEGMIND_BASE_URL={fake_segmind.url}\nDATA_DIR=store\n"
+    )
     ran = await run_bot("credits", cwd=workdir)
     assert ran.code == 0, ran.err
     ran = await run_bot("usage", cwd=workdir)
@@ -160,8 +191,18 @@ async def test_progress_shows_on_a_terminal_only(tmp_path):
 
 async def test_render_command(workdir):
     (workdir / "ball.glb").write_bytes(made_glb())
-    ran = await run_bot("render", "ball.glb", "-o", "ball.png", "--turntable", "ball.gif",
-                        "--size", "200", cwd=workdir, RENDER_TURNTABLE_FRAMES="6")
+    ran = await run_bot(
+        "render",
+        "ball.glb",
+        "-o",
+        "ball.png",
+        "--turntable",
+        "ball.gif",
+        "--size",
+        "200",
+        cwd=workdir,
+        RENDER_TURNTABLE_FRAMES="6",
+    )
     assert ran.code == 0, ran.err
     assert Image.open(workdir / "ball.png").size == (200, 200)
     assert Image.open(workdir / "ball.gif").n_frames == 6
@@ -185,8 +226,12 @@ async def test_render_refusals(workdir, args, code, words):
 
 
 async def test_usage_report_and_admin_commands(workdir, fake_segmind):
-    segmind = {"SEGMIND_API_KEY": API_KEY, "SEGMIND_BASE_URL": fake_segmind.url,
-               "SEGMIND_POLL_INTERVAL_S": "0.05", "RENDER_ENABLED": "false"}
+    segmind = {
+        "SEGMIND_API_KEY": API_KEY,
+        "SEGMIND_BASE_URL": fake_segmind.url,
+        "SEGMIND_POLL_INTERVAL_S": "0.05",
+        "RENDER_ENABLED": "false",
+    }
     assert (await run_bot("generate", "photo.png", cwd=workdir, **segmind)).code == 0
     report = await run_bot("usage", "--csv", cwd=workdir)
     lines = report.out.splitlines()
@@ -199,8 +244,7 @@ async def test_usage_report_and_admin_commands(workdir, fake_segmind):
     assert paused.out.strip() == "new jobs are paused"
     refused = await run_bot("generate", "photo.png", cwd=workdir, **segmind)
     assert refused.code == 1 and "paused by the admins (maintenance)" in refused.err
-    assert (await run_bot("admin", "resume", cwd=workdir)).out.strip() == \
-        "new jobs are open again"
+    assert (await run_bot("admin", "resume", cwd=workdir)).out.strip() == "new jobs are open again"
     capped = await run_bot("admin", "set-budget", "0.05", cwd=workdir)
     assert capped.out.strip() == "the global monthly cap: $0.05"
     refused = await run_bot("generate", "photo.png", "--seed", "5", cwd=workdir, **segmind)
@@ -216,11 +260,22 @@ async def test_usage_report_and_admin_commands(workdir, fake_segmind):
     assert actions[:4] == ["reserve", "submitting", "submitted", "commit"]
     assert actions[-1] == "refund_slot"
     assert f"cli:{getpass.getuser()}" in audit.out.splitlines()[-1]
-    role = await run_bot("admin", "set-quota", "--platform", "discord", "--guild", "1",
-                         "--role", "2", "5", cwd=workdir)
+    role = await run_bot(
+        "admin",
+        "set-quota",
+        "--platform",
+        "discord",
+        "--guild",
+        "1",
+        "--role",
+        "2",
+        "5",
+        cwd=workdir,
+    )
     assert role.out.strip() == "role 2: 5 jobs"
-    no_guild = await run_bot("admin", "set-quota", "--platform", "discord", "--role", "2", "5",
-                             cwd=workdir)
+    no_guild = await run_bot(
+        "admin", "set-quota", "--platform", "discord", "--role", "2", "5", cwd=workdir
+    )
     assert no_guild.code == 2 and "needs --guild" in no_guild.err
     blocked = await run_bot("admin", "block", "--platform", "discord", "42", cwd=workdir)
     assert blocked.out.strip() == "blocked 42 everywhere"

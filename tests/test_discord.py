@@ -36,10 +36,17 @@ async def fake_discord():
 
 @asynccontextmanager
 async def running_bot(fake_discord, fake_segmind, tmp_path, **settings):
-    values = {"segmind_api_key": API_KEY, "segmind_base_url": fake_segmind.url,
-              "segmind_poll_interval_s": 0.05, "discord_token": "bot-token",
-              "discord_api_url": fake_discord.api_url, "data_dir": tmp_path / "data",
-              "render_enabled": False, "progress_edit_interval_s": 0.2, **settings}
+    values = {
+        "segmind_api_key": API_KEY,
+        "segmind_base_url": fake_segmind.url,
+        "segmind_poll_interval_s": 0.05,
+        "discord_token": "bot-token",
+        "discord_api_url": fake_discord.api_url,
+        "data_dir": tmp_path / "data",
+        "render_enabled": False,
+        "progress_edit_interval_s": 0.2,
+        **settings,
+    }
     config = load_settings(None, **values)
     async with build_core(config) as core:
         client = build_client(core)
@@ -102,7 +109,8 @@ async def test_commands_are_synced_at_start(bot, fake_discord):
 
 
 async def test_a_job_from_a_server_defers_shows_progress_and_posts_the_model(
-        bot, fake_discord, fake_segmind):
+    bot, fake_discord, fake_segmind
+):
     payload = payloads.sam3d(photo(fake_discord), prompt="a <@&123> ball @everyone", seed=42)
     sent = dispatch(bot, payload)
     await settle(bot)
@@ -168,15 +176,17 @@ async def test_errors_are_ephemeral_specific_and_say_nothing_was_charged(bot, fa
     assert any("bbox" in t for t in texts)
 
 
-async def test_quota_refusal_says_when_the_next_job_frees(fake_discord, fake_segmind, tmp_path,
-                                                          settings_env):
+async def test_quota_refusal_says_when_the_next_job_frees(
+    fake_discord, fake_segmind, tmp_path, settings_env
+):
     async with running_bot(fake_discord, fake_segmind, tmp_path, quota_jobs=1) as client:
         dispatch(client, payloads.sam3d(photo(fake_discord)))
         await settle(client)
         dispatch(client, payloads.sam3d(photo(fake_discord), seed=9))
         await settle(client)
-        [refusal] = [c for c in fake_discord.followups()
-                     if (c.json or {}).get("flags") == EPHEMERAL]
+        [refusal] = [
+            c for c in fake_discord.followups() if (c.json or {}).get("flags") == EPHEMERAL
+        ]
         assert "all 1 jobs allowed per 24 h" in refusal.json["content"]
         assert "next one frees" in refusal.json["content"]
         quota = payloads.slash("sam3d-quota")
@@ -186,8 +196,7 @@ async def test_quota_refusal_says_when_the_next_job_frees(fake_discord, fake_seg
         assert answer["flags"] & EPHEMERAL and "Jobs left: 0 of 1" in answer["content"]
 
 
-async def test_missing_permissions_are_named_before_anything_runs(bot, fake_discord,
-                                                                  fake_segmind):
+async def test_missing_permissions_are_named_before_anything_runs(bot, fake_discord, fake_segmind):
     import discord
 
     cannot_attach = discord.Permissions(send_messages=True, embed_links=True)
@@ -200,7 +209,8 @@ async def test_missing_permissions_are_named_before_anything_runs(bot, fake_disc
 
 
 async def test_a_channel_the_bot_may_not_post_in_gets_the_result_through_the_token(
-        bot, fake_discord):
+    bot, fake_discord
+):
     fake_discord.forbidden_channels.add(payloads.CHANNEL_ID)
     dispatch(bot, payloads.sam3d(photo(fake_discord)))
     await settle(bot)
@@ -214,27 +224,38 @@ async def test_admin_commands_are_checked_again_in_the_handler(bot, fake_discord
     await settle(bot)
     assert "Manage Server" in callback_for(fake_discord, sneaky).json["data"]["content"]
 
-    pause = payloads.admin("pause", [{"name": "reason", "type": 3, "value": "upgrade"}],
-                           user_id=payloads.ADMIN_ID, permissions=payloads.ADMIN_CAN)
+    pause = payloads.admin(
+        "pause",
+        [{"name": "reason", "type": 3, "value": "upgrade"}],
+        user_id=payloads.ADMIN_ID,
+        permissions=payloads.ADMIN_CAN,
+    )
     dispatch(bot, pause)
     await settle(bot)
-    assert callback_for(fake_discord, pause).json["data"]["content"] == \
-        "new jobs are paused on this server"
+    assert (
+        callback_for(fake_discord, pause).json["data"]["content"]
+        == "new jobs are paused on this server"
+    )
     job = payloads.sam3d(photo(fake_discord))
     dispatch(bot, job)
     await settle(bot)
     texts = [c.json["content"] for c in fake_discord.followups()]
     assert any("paused by the admins (upgrade)" in t for t in texts)
 
-    budget = payloads.admin("budget", [{"name": "usd", "type": 3, "value": "12.5"}],
-                            user_id=payloads.ADMIN_ID, permissions=payloads.ADMIN_CAN)
+    budget = payloads.admin(
+        "budget",
+        [{"name": "usd", "type": 3, "value": "12.5"}],
+        user_id=payloads.ADMIN_ID,
+        permissions=payloads.ADMIN_CAN,
+    )
     dispatch(bot, budget)
     await settle(bot)
     assert "$12.50" in callback_for(fake_discord, budget).json["data"]["content"]
 
 
-async def test_the_message_command_asks_for_prompt_and_seed_then_runs(bot, fake_discord,
-                                                                      fake_segmind):
+async def test_the_message_command_asks_for_prompt_and_seed_then_runs(
+    bot, fake_discord, fake_segmind
+):
     one = payloads.make_3d([photo(fake_discord)])
     dispatch(bot, one)
     await settle(bot)
@@ -264,8 +285,9 @@ async def test_the_message_command_asks_for_prompt_and_seed_then_runs(bot, fake_
     assert "no image" in callback_for(fake_discord, nothing).json["data"]["content"]
 
 
-async def test_buttons_work_on_a_freshly_started_bot(fake_discord, fake_segmind, tmp_path,
-                                                     settings_env):
+async def test_buttons_work_on_a_freshly_started_bot(
+    fake_discord, fake_segmind, tmp_path, settings_env
+):
     async with running_bot(fake_discord, fake_segmind, tmp_path) as first:
         dispatch(first, payloads.sam3d(photo(fake_discord), prompt="ball"))
         await settle(first)
@@ -296,23 +318,29 @@ async def test_buttons_work_on_a_freshly_started_bot(fake_discord, fake_segmind,
         assert fake_segmind.counters.payloads[-1]["prompt"] == "ball"
 
 
-async def test_fifty_commands_at_once_are_all_deferred_in_time(fake_discord, fake_segmind,
-                                                               tmp_path, settings_env):
+async def test_fifty_commands_at_once_are_all_deferred_in_time(
+    fake_discord, fake_segmind, tmp_path, settings_env
+):
     fake_segmind.behaviour.complete_after_s = 1.0
     # Pictures are drawn (small, no turntables) in the worker process while interactions
     # keep arriving: the event loop must answer each within Discord's 3 s regardless.
-    async with running_bot(fake_discord, fake_segmind, tmp_path, render_enabled=True,
-                           render_size=128, render_turntable=False,
-                           max_concurrent_jobs=8) as client:
+    async with running_bot(
+        fake_discord,
+        fake_segmind,
+        tmp_path,
+        render_enabled=True,
+        render_size=128,
+        render_turntable=False,
+        max_concurrent_jobs=8,
+    ) as client:
         sent = {}
         for index in range(50):
-            payload = payloads.sam3d(photo(fake_discord), seed=index,
-                                     user_id=str(700_000_000_000_100_000 + index))
+            payload = payloads.sam3d(
+                photo(fake_discord), seed=index, user_id=str(700_000_000_000_100_000 + index)
+            )
             sent[payload["id"]] = dispatch(client, payload)
-        await settle(client, until=lambda: len(fake_discord.channel_posts()) == 50,
-                     limit_s=120)
-        late = [c for c in fake_discord.callbacks()
-                if c.at - sent[c.path.split("/")[2]] >= 3.0]
+        await settle(client, until=lambda: len(fake_discord.channel_posts()) == 50, limit_s=120)
+        late = [c for c in fake_discord.callbacks() if c.at - sent[c.path.split("/")[2]] >= 3.0]
         assert len(fake_discord.callbacks()) == 50 and late == []
         assert len(fake_discord.channel_posts()) == 50
 
@@ -320,8 +348,13 @@ async def test_fifty_commands_at_once_are_all_deferred_in_time(fake_discord, fak
 async def test_admins_keep_jobs_to_some_channels(bot, fake_discord, fake_segmind):
     elsewhere = "800000000000000555"
     options, resolved = payloads.channel_option(elsewhere)
-    allow = payloads.admin("channel", [*options, {"name": "allowed", "type": 5, "value": True}],
-                           resolved, user_id=payloads.ADMIN_ID, permissions=payloads.ADMIN_CAN)
+    allow = payloads.admin(
+        "channel",
+        [*options, {"name": "allowed", "type": 5, "value": True}],
+        resolved,
+        user_id=payloads.ADMIN_ID,
+        permissions=payloads.ADMIN_CAN,
+    )
     dispatch(bot, allow)
     await settle(bot)
     said = callback_for(fake_discord, allow).json["data"]["content"]
@@ -343,14 +376,20 @@ async def test_an_upstream_failure_is_told_with_the_refund(bot, fake_discord, fa
     assert fake_discord.channel_posts() == []
 
 
-async def test_the_turntable_joins_the_result_when_it_is_ready(fake_discord, fake_segmind,
-                                                              tmp_path, settings_env):
-    async with running_bot(fake_discord, fake_segmind, tmp_path, render_enabled=True,
-                           render_size=128, render_turntable_size=96,
-                           render_turntable_frames=4) as client:
+async def test_the_turntable_joins_the_result_when_it_is_ready(
+    fake_discord, fake_segmind, tmp_path, settings_env
+):
+    async with running_bot(
+        fake_discord,
+        fake_segmind,
+        tmp_path,
+        render_enabled=True,
+        render_size=128,
+        render_turntable_size=96,
+        render_turntable_frames=4,
+    ) as client:
         dispatch(client, payloads.sam3d(photo(fake_discord)))
-        await settle(client, until=lambda: fake_discord.find("PATCH", "/channels/"),
-                     limit_s=60)
+        await settle(client, until=lambda: fake_discord.find("PATCH", "/channels/"), limit_s=60)
         [post] = fake_discord.channel_posts()
         assert "thumbnail.png" in {name for name, _ in post.files.values()}
         assert post.json["embeds"][0]["image"]["url"] == "attachment://thumbnail.png"
@@ -361,19 +400,22 @@ async def test_the_turntable_joins_the_result_when_it_is_ready(fake_discord, fak
         assert {"model.glb", "splat.ply", "thumbnail.png"} <= kept
 
 
-async def test_commands_go_to_one_development_server_when_set(fake_discord, fake_segmind,
-                                                              tmp_path, settings_env):
-    async with running_bot(fake_discord, fake_segmind, tmp_path,
-                           discord_dev_guild_id=payloads.GUILD_ID):
+async def test_commands_go_to_one_development_server_when_set(
+    fake_discord, fake_segmind, tmp_path, settings_env
+):
+    async with running_bot(
+        fake_discord, fake_segmind, tmp_path, discord_dev_guild_id=payloads.GUILD_ID
+    ):
         [sync] = fake_discord.find("PUT", "/commands")
-        assert sync.path == f"/applications/900000000000000002/guilds/{payloads.GUILD_ID}" \
-                            "/commands"
+        assert sync.path == f"/applications/900000000000000002/guilds/{payloads.GUILD_ID}/commands"
 
 
 async def test_with_a_public_url_big_files_link_to_the_bots_own_signed_download(
-        fake_discord, fake_segmind, tmp_path, settings_env):
-    async with running_bot(fake_discord, fake_segmind, tmp_path,
-                           public_url="https://models.example.org") as client:
+    fake_discord, fake_segmind, tmp_path, settings_env
+):
+    async with running_bot(
+        fake_discord, fake_segmind, tmp_path, public_url="https://models.example.org"
+    ) as client:
         dispatch(client, payloads.sam3d(photo(fake_discord), size_limit=1000))
         await settle(client)
         [post] = fake_discord.channel_posts()
@@ -390,15 +432,22 @@ async def test_with_a_public_url_big_files_link_to_the_bots_own_signed_download(
 
 
 async def test_run_stops_with_one_clear_line_when_discord_refuses_the_token(
-        fake_discord, tmp_path, unused_tcp_port):
+    fake_discord, tmp_path, unused_tcp_port
+):
     from tests.helpers import run_bot
 
     fake_discord.token = "the-right-token"
-    ran = await run_bot("run", cwd=tmp_path, DISCORD_TOKEN="a-wrong-token",
-                        DISCORD_API_URL=fake_discord.api_url, HTTP_PORT=str(unused_tcp_port),
-                        RENDER_ENABLED="false")
+    ran = await run_bot(
+        "run",
+        cwd=tmp_path,
+        DISCORD_TOKEN="a-wrong-token",
+        DISCORD_API_URL=fake_discord.api_url,
+        HTTP_PORT=str(unused_tcp_port),
+        RENDER_ENABLED="false",
+    )
     assert ran.code == 1
     assert ran.err.strip().splitlines()[-1] == (
         "sam3d-bot: error: Discord refused the token: check DISCORD_TOKEN (Developer Portal > "
-        "your application > Bot > Reset Token)")
+        "your application > Bot > Reset Token)"
+    )
     assert "a-wrong-token" not in ran.err + ran.out

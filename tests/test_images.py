@@ -38,8 +38,9 @@ def loopback_only(ip) -> bool:
 # --- forgiving forms of box, points, seed -------------------------------------------------------
 
 
-@pytest.mark.parametrize("text", ["50,75,350,400", "[50, 75, 350, 400]", "50 75 350 400",
-                                  " (50; 75; 350; 400) "])
+@pytest.mark.parametrize(
+    "text", ["50,75,350,400", "[50, 75, 350, 400]", "50 75 350 400", " (50; 75; 350; 400) "]
+)
 def test_bbox_forms(text):
     assert parse_bbox(text, 640, 480) == (50, 75, 350, 400)
 
@@ -60,8 +61,9 @@ def test_bbox_refusals_name_the_field(text, words):
     assert words in caught.value.user_message
 
 
-@pytest.mark.parametrize("text", ["[[10,20],[30,40]]", "10,20;30,40", "10 20 30 40",
-                                  "(10, 20), (30, 40)"])
+@pytest.mark.parametrize(
+    "text", ["[[10,20],[30,40]]", "10,20;30,40", "10 20 30 40", "(10, 20), (30, 40)"]
+)
 def test_points_forms(text):
     assert parse_points(text, 640, 480) == ((10, 20), (30, 40))
 
@@ -130,8 +132,9 @@ def test_decompression_bomb_is_refused_before_decoding():
 
 
 def test_exif_orientation_is_applied_and_metadata_dropped():
-    image, _ = prepare_image(photo_bytes(640, 480, "JPEG", exif_orientation=6), "image",
-                             ImageLimits())
+    image, _ = prepare_image(
+        photo_bytes(640, 480, "JPEG", exif_orientation=6), "image", ImageLimits()
+    )
     assert (image.width, image.height) == (480, 640)
     assert not Image.open(io.BytesIO(image.data)).getexif()
 
@@ -144,8 +147,9 @@ def test_large_images_are_scaled_down():
 
 def test_oversize_bytes_refused():
     with pytest.raises(InputError, match="larger than 1 MB"):
-        prepare_image(b"\x89PNG\r\n\x1a\n" + b"\0" * 1_000_001, "image",
-                      ImageLimits(max_bytes=1_000_000))
+        prepare_image(
+            b"\x89PNG\r\n\x1a\n" + b"\0" * 1_000_001, "image", ImageLimits(max_bytes=1_000_000)
+        )
 
 
 # --- the whole request --------------------------------------------------------------------------
@@ -156,8 +160,12 @@ async def validate(request: JobRequest, fetcher=None, **limits):
 
 
 async def test_box_and_points_are_scaled_with_the_photo():
-    request = JobRequest(ME, ImageSource.from_bytes(photo_bytes(4096, 2048)),
-                         bbox="1000,500,3000,1500", points="2048,1024")
+    request = JobRequest(
+        ME,
+        ImageSource.from_bytes(photo_bytes(4096, 2048)),
+        bbox="1000,500,3000,1500",
+        points="2048,1024",
+    )
     done = await validate(request, max_side=2048)
     assert (done.image.width, done.image.height) == (2048, 1024)
     assert done.bbox == (500, 250, 1500, 750)
@@ -175,14 +183,22 @@ async def test_box_is_checked_against_the_rotated_photo():
 async def test_mask_must_match_the_photo():
     mask = io.BytesIO()
     Image.new("L", (640, 480), 255).save(mask, "PNG")
-    done = await validate(JobRequest(ME, ImageSource.from_bytes(photo_bytes()),
-                                     mask=ImageSource.from_bytes(mask.getvalue())))
+    done = await validate(
+        JobRequest(
+            ME, ImageSource.from_bytes(photo_bytes()), mask=ImageSource.from_bytes(mask.getvalue())
+        )
+    )
     assert done.mask is not None and (done.mask.width, done.mask.height) == (640, 480)
     small = io.BytesIO()
     Image.new("L", (320, 240), 255).save(small, "PNG")
     with pytest.raises(InputError) as caught:
-        await validate(JobRequest(ME, ImageSource.from_bytes(photo_bytes()),
-                                  mask=ImageSource.from_bytes(small.getvalue())))
+        await validate(
+            JobRequest(
+                ME,
+                ImageSource.from_bytes(photo_bytes()),
+                mask=ImageSource.from_bytes(small.getvalue()),
+            )
+        )
     assert caught.value.field == "mask" and "same size" in caught.value.user_message
 
 
@@ -208,8 +224,7 @@ async def test_local_paths_only_where_allowed(tmp_path):
 async def test_same_request_same_cache_key_and_seed_changes_it():
     request = JobRequest(ME, ImageSource.from_bytes(photo_bytes()), prompt="ball", seed=5)
     a, b = await validate(request), await validate(request)
-    c = await validate(JobRequest(ME, ImageSource.from_bytes(photo_bytes()), prompt="ball",
-                                  seed=6))
+    c = await validate(JobRequest(ME, ImageSource.from_bytes(photo_bytes()), prompt="ball", seed=6))
     assert a.cache_key == b.cache_key != c.cache_key
 
 
@@ -240,8 +255,13 @@ async def image_server():
     async def page(request):
         return web.Response(text="<html>login</html>", content_type="text/html")
 
-    for path, handler in [("/p.png", image), ("/go", redirect), ("/slow", slow),
-                          ("/huge", huge), ("/page", page)]:
+    for path, handler in [
+        ("/p.png", image),
+        ("/go", redirect),
+        ("/slow", slow),
+        ("/huge", huge),
+        ("/page", page),
+    ]:
         app.router.add_get(path, handler)
     runner, url = await serve_on_loopback(app)
     yield url
@@ -265,8 +285,13 @@ async def test_fetches_an_image_link(image_server, loopback_fetch_session):
 
 
 async def test_default_policy_refuses_loopback_and_private(image_server, loopback_fetch_session):
-    for url in (f"{image_server}/p.png", "http://10.0.0.1/x.png", "http://[::1]/x.png",
-                "http://169.254.169.254/latest/meta-data", "http://[::ffff:127.0.0.1]/x"):
+    for url in (
+        f"{image_server}/p.png",
+        "http://10.0.0.1/x.png",
+        "http://[::1]/x.png",
+        "http://169.254.169.254/latest/meta-data",
+        "http://[::ffff:127.0.0.1]/x",
+    ):
         with pytest.raises(InputError, match="private or local"):
             await fetch(loopback_fetch_session, url, allowed=public_addresses_only)
 
@@ -302,8 +327,9 @@ async def test_byte_and_time_caps(image_server, loopback_fetch_session):
 
 
 async def test_a_web_page_instead_of_an_image(image_server, loopback_fetch_session):
-    validator = InputValidator(ImageFetcher(loopback_fetch_session, ImageLimits(), loopback_only),
-                               ImageLimits())
+    validator = InputValidator(
+        ImageFetcher(loopback_fetch_session, ImageLimits(), loopback_only), ImageLimits()
+    )
     with pytest.raises(InputError) as caught:
         await validator.validate(JobRequest(ME, ImageSource.from_url(f"{image_server}/page")))
     assert caught.value.field == "image_url" and "HTML page" in caught.value.user_message

@@ -169,14 +169,18 @@ async def test_an_admin_sets_a_servers_budget_and_the_global_cap(make_ledger):
     with pytest.raises(InputError):
         await ledger.set_budget_cap("discord:guild1", -1, actor="cli:ops")
     assert [e.action for e in await ledger.audit_trail() if e.job_id is None] == [
-        "set_budget", "set_budget", "set_budget"]
+        "set_budget",
+        "set_budget",
+        "set_budget",
+    ]
 
 
 async def test_1000_concurrent_reservations_never_pass_the_cap(make_ledger):
     ledger = await make_ledger(global_budget_micros=100 * PRICE)
     users = [Requester("slack", f"u{i}", "T1") for i in range(1000)]
     outcomes = await asyncio.gather(
-        *(ledger.reserve(new_job(u)) for u in users), return_exceptions=True)
+        *(ledger.reserve(new_job(u)) for u in users), return_exceptions=True
+    )
     granted = [o for o in outcomes if not isinstance(o, Exception)]
     refused = [o for o in outcomes if isinstance(o, BudgetExhausted)]
     assert len(granted) == 100 and len(refused) == 900
@@ -187,7 +191,8 @@ async def test_1000_concurrent_reservations_never_pass_the_cap(make_ledger):
 async def test_1000_concurrent_reservations_by_one_user_never_pass_the_quota(make_ledger):
     ledger = await make_ledger(jobs_per_window=100)
     outcomes = await asyncio.gather(
-        *(ledger.reserve(new_job()) for _ in range(1000)), return_exceptions=True)
+        *(ledger.reserve(new_job()) for _ in range(1000)), return_exceptions=True
+    )
     granted = [o for o in outcomes if not isinstance(o, Exception)]
     assert len(granted) == 100
     assert all(isinstance(o, QuotaExceeded) for o in outcomes if isinstance(o, Exception))
@@ -196,8 +201,9 @@ async def test_1000_concurrent_reservations_by_one_user_never_pass_the_quota(mak
 
 async def test_same_idempotency_key_is_one_job(make_ledger):
     ledger = await make_ledger()
-    first, second = await asyncio.gather(ledger.reserve(new_job(key="slack:retry:1")),
-                                         ledger.reserve(new_job(key="slack:retry:1")))
+    first, second = await asyncio.gather(
+        ledger.reserve(new_job(key="slack:retry:1")), ledger.reserve(new_job(key="slack:retry:1"))
+    )
     assert second.id == first.id and (first.duplicate or second.duplicate)
     assert (await ledger.budget()).reserved_micros == PRICE
 
@@ -370,7 +376,8 @@ async def test_quota_status_tells_a_user_everything(make_ledger, clock):
     assert status.budget_left_micros == 2 * PRICE  # the smaller of server and global
     await finished(ledger)
     assert (await ledger.quota_status(ALICE)).next_free_at == datetime.fromtimestamp(
-        clock.now + 24 * 3600, UTC)
+        clock.now + 24 * 3600, UTC
+    )
 
 
 async def test_usage_report_by_month_and_server(make_ledger, clock):
@@ -383,8 +390,11 @@ async def test_usage_report_by_month_and_server(make_ledger, clock):
     await finished(ledger, ALICE)
     rows = await ledger.usage("2026-05")
     by_user = {r.user_id: r for r in rows}
-    assert (by_user["alice"].jobs, by_user["alice"].delivered, by_user["alice"].cost_micros) \
-        == (1, 1, PRICE)
+    assert (by_user["alice"].jobs, by_user["alice"].delivered, by_user["alice"].cost_micros) == (
+        1,
+        1,
+        PRICE,
+    )
     assert (by_user["bob"].refunded, by_user["bob"].cost_micros) == (1, 0)
     assert [r.user_id for r in await ledger.usage(guild_id="guild2")] == ["carol"]
     assert {r.month for r in await ledger.usage()} == {"2026-05", "2026-07"}
@@ -399,8 +409,12 @@ async def test_every_change_is_in_the_append_only_audit_trail(make_ledger, store
     await ledger.finish(job.id, JobState.DELIVERED)
     trail = await ledger.audit_trail(job.id)
     assert [(e.action, e.actor, e.amount_micros) for e in trail] == [
-        ("reserve", "discord:alice", PRICE), ("submitted", "system", 0),
-        ("rendering", "system", 0), ("commit", "system", 61_000), ("delivered", "system", 0)]
+        ("reserve", "discord:alice", PRICE),
+        ("submitted", "system", 0),
+        ("rendering", "system", 0),
+        ("commit", "system", 61_000),
+        ("delivered", "system", 0),
+    ]
     assert all(e.at is not None for e in trail)
     kind, where = store
     if kind == "sqlite":
@@ -456,9 +470,12 @@ async def test_a_first_version_database_is_upgraded_in_place(tmp_path, clock):
         db.execute(sql_for(statement, "sqlite"))
     db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
     db.execute("INSERT INTO schema_version VALUES (1)")
-    db.execute("INSERT INTO jobs (id, platform, user_id, state, created_at, updated_at, period,"
-               " cache_key) VALUES ('old1', 'discord', 'alice', 'delivered', ?, ?, '2026-05',"
-               " 'k')", (clock.now, clock.now))
+    db.execute(
+        "INSERT INTO jobs (id, platform, user_id, state, created_at, updated_at, period,"
+        " cache_key) VALUES ('old1', 'discord', 'alice', 'delivered', ?, ?, '2026-05',"
+        " 'k')",
+        (clock.now, clock.now),
+    )
     db.commit()
     db.close()
     ledger = SqliteLedger(path, QuotaPolicy(jobs_per_window=1), clock)
@@ -478,9 +495,19 @@ async def test_two_instances_on_one_database_never_pass_the_cap(store, make_ledg
     start_at = time.time() + 3.0  # both processes connected and waiting by then
     processes = [
         await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "tests.ledger_race", kind, str(where), "500",
-            str(100 * PRICE), str(start_at), cwd=ROOT, env=bot_env(),
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            sys.executable,
+            "-m",
+            "tests.ledger_race",
+            kind,
+            str(where),
+            "500",
+            str(100 * PRICE),
+            str(start_at),
+            cwd=ROOT,
+            env=bot_env(),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
         for _ in range(2)
     ]
     results = [await asyncio.wait_for(p.communicate(), 120) for p in processes]
@@ -522,8 +549,7 @@ async def test_another_instances_quota_change_applies_at_once(make_ledger):
     await admin_side.set_quota_rule(QuotaRule("discord", "guild1", "user", "alice", 1), "x")
     with pytest.raises(QuotaExceeded, match="all 1 jobs"):
         await serving.reserve(new_job())
-    await admin_side.set_quota_rule(QuotaRule("discord", "guild1", "user", "alice", 2, 0.5),
-                                    "x")
+    await admin_side.set_quota_rule(QuotaRule("discord", "guild1", "user", "alice", 2, 0.5), "x")
     await serving.reserve(new_job())  # a new limit and window, seen by the next reservation
     assert (await serving.quota_status(ALICE)).window_hours == 0.5
 
@@ -550,9 +576,11 @@ class FailingConnection:
 
 @pytest.mark.parametrize("fail_on", ["RELEASE", "COMMIT", "SAVEPOINT", "ROLLBACK TO"])
 async def test_a_disk_error_in_a_batch_fails_its_callers_and_the_store_goes_on(
-        tmp_path, clock, fail_on):
-    ledger = SqliteLedger(tmp_path / "l.sqlite3", QuotaPolicy(max_in_flight=100), clock,
-                          timeout_s=5)
+    tmp_path, clock, fail_on
+):
+    ledger = SqliteLedger(
+        tmp_path / "l.sqlite3", QuotaPolicy(max_in_flight=100), clock, timeout_s=5
+    )
     await ledger.open()
     try:
         database = ledger.database

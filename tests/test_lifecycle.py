@@ -28,13 +28,27 @@ SIGTERM_LIMIT_S = 10.0  # what `docker stop` allows before it kills
 
 async def start_bot(tmp_path: Path, port: int, **settings: str):
     tmp_path.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - a test's folder
-    env = bot_env(HTTP_PORT=str(port), DATA_DIR=str(tmp_path / "data"), RENDER_ENABLED="false",
-                  JOB_LEASE_SECONDS="1", PROGRESS_EDIT_INTERVAL_S="0.1",
-                  SEGMIND_API_KEY=API_KEY, SEGMIND_POLL_INTERVAL_S="0.05", **settings)
+    env = bot_env(
+        HTTP_PORT=str(port),
+        DATA_DIR=str(tmp_path / "data"),
+        RENDER_ENABLED="false",
+        JOB_LEASE_SECONDS="1",
+        PROGRESS_EDIT_INTERVAL_S="0.1",
+        SEGMIND_API_KEY=API_KEY,
+        SEGMIND_POLL_INTERVAL_S="0.05",
+        **settings,
+    )
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot", "run", cwd=tmp_path, env=env,
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "bot",
+        "run",
+        cwd=tmp_path,
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
     async with aiohttp.ClientSession() as session:
         await wait_until_ready(session, f"http://127.0.0.1:{port}", process)
     return process
@@ -66,36 +80,53 @@ def sqlite_rows(tmp_path: Path, sql: str) -> list[tuple]:
 
 
 def slack_settings(fake_slack: FakeSlack, fake_segmind, **more: str) -> dict[str, str]:
-    return {"SLACK_BOT_TOKEN": BOT_TOKEN, "SLACK_SIGNING_SECRET": SIGNING_SECRET,
-            "SLACK_API_URL": fake_slack.api_url, "SEGMIND_BASE_URL": fake_segmind.url, **more}
+    return {
+        "SLACK_BOT_TOKEN": BOT_TOKEN,
+        "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+        "SLACK_API_URL": fake_slack.api_url,
+        "SEGMIND_BASE_URL": fake_segmind.url,
+        **more,
+    }
 
 
 async def post_event(port: int, payload: dict) -> int:
     body = payloads.event_body(payload)
-    async with aiohttp.ClientSession() as session, session.post(
-            f"http://127.0.0.1:{port}/slack/events", data=body,
-            headers=payloads.signed_headers(body, content_type="application/json")) as response:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"http://127.0.0.1:{port}/slack/events",
+            data=body,
+            headers=payloads.signed_headers(body, content_type="application/json"),
+        ) as response,
+    ):
         return response.status
 
 
 def models_in(fake_slack: FakeSlack) -> dict[str, str]:
     """thread -> the model uploaded there."""
-    return {u["thread_ts"]: u["name"] for u in fake_slack.uploads.values()
-            if u.get("channel") and u["name"] == "model.glb"}
+    return {
+        u["thread_ts"]: u["name"]
+        for u in fake_slack.uploads.values()
+        if u.get("channel") and u["name"] == "model.glb"
+    }
 
 
 async def test_slack_bot_stops_within_10_s_with_jobs_in_flight_and_carries_them_on(
-        tmp_path, unused_tcp_port, fake_segmind):
+    tmp_path, unused_tcp_port, fake_segmind
+):
     async with FakeSlack() as fake_slack:
-        settings = slack_settings(fake_slack, fake_segmind, MAX_CONCURRENT_JOBS="2",
-                                  SHUTDOWN_GRACE_S="3")
+        settings = slack_settings(
+            fake_slack, fake_segmind, MAX_CONCURRENT_JOBS="2", SHUTDOWN_GRACE_S="3"
+        )
         photo = fake_slack.add_file("photo.png", photo_bytes())
         behaviour = fake_segmind.behaviour
         behaviour.held_seeds = {1}  # alice's job outlives the grace period
         behaviour.complete_after_s = 1.5  # carol's finishes within it
         bot = await start_bot(tmp_path, unused_tcp_port, **settings)
-        jobs = {who: payloads.mention(f"vase seed={seed}", [photo], user=who)
-                for who, seed in (("UALICE", 1), ("UCAROL", 3), ("UBOB", 2))}
+        jobs = {
+            who: payloads.mention(f"vase seed={seed}", [photo], user=who)
+            for who, seed in (("UALICE", 1), ("UCAROL", 3), ("UBOB", 2))
+        }
         for who in ("UALICE", "UCAROL"):
             assert await post_event(unused_tcp_port, jobs[who]) == 200
         await eventually(lambda: fake_segmind.counters.submits == 2)
@@ -123,8 +154,9 @@ async def test_slack_bot_stops_within_10_s_with_jobs_in_flight_and_carries_them_
     assert set(models_in(fake_slack)) == set(threads.values())  # each in its own thread
     assert fake_segmind.counters.submits == 3  # alice's job was not sent again
     assert [s for (s,) in sqlite_rows(tmp_path, "SELECT state FROM jobs")] == ["delivered"] * 3
-    commits = sqlite_rows(tmp_path, "SELECT job_id, count(*) FROM audit WHERE action = 'commit'"
-                                    " GROUP BY job_id")
+    commits = sqlite_rows(
+        tmp_path, "SELECT job_id, count(*) FROM audit WHERE action = 'commit' GROUP BY job_id"
+    )
     assert sorted(n for _, n in commits) == [1, 1, 1]
     # Bob's progress message, carried on after the restart, said so.
     updates = [c.args.get("text", "") for c in fake_slack.find("chat.update")]
@@ -132,7 +164,8 @@ async def test_slack_bot_stops_within_10_s_with_jobs_in_flight_and_carries_them_
 
 
 async def test_two_instances_on_postgres_finish_the_job_of_one_that_was_killed(
-        tmp_path, unused_tcp_port_factory, fake_segmind, postgres_url):
+    tmp_path, unused_tcp_port_factory, fake_segmind, postgres_url
+):
     """SIGKILL the instance running a job: the other delivers it to the same thread within
     about two lease periods, charged once, never sent twice."""
     async with FakeSlack() as fake_slack:
@@ -164,23 +197,31 @@ async def test_two_instances_on_postgres_finish_the_job_of_one_that_was_killed(
 
 
 async def test_discord_bot_delivers_what_finishes_within_the_grace_and_resumes_the_rest(
-        tmp_path, unused_tcp_port, fake_segmind):
+    tmp_path, unused_tcp_port, fake_segmind
+):
     """discord.py closes its REST session with the client: the client closes only after the
     jobs finished or were left to resume, so a job Segmind finishes during the stop is posted,
     and one that outlives it is finished after the restart, charged once."""
     async with FakeDiscord() as fake_discord:
         fake_discord.token = "bot-token"
         fake_discord.cdn["photo.png"] = photo_bytes()
-        settings = {"DISCORD_TOKEN": "bot-token", "DISCORD_API_URL": fake_discord.api_url,
-                    "SEGMIND_BASE_URL": fake_segmind.url, "SHUTDOWN_GRACE_S": "3"}
+        settings = {
+            "DISCORD_TOKEN": "bot-token",
+            "DISCORD_API_URL": fake_discord.api_url,
+            "SEGMIND_BASE_URL": fake_segmind.url,
+            "SHUTDOWN_GRACE_S": "3",
+        }
         behaviour = fake_segmind.behaviour
         behaviour.held_seeds = {1}  # alice's job outlives the grace period
         behaviour.complete_after_s = 1.5  # bob's finishes within it
         bot = await start_bot(tmp_path, unused_tcp_port, **settings)
-        image = discord_payloads.attachment("photo.png", fake_discord.cdn_url("photo.png"),
-                                            len(fake_discord.cdn["photo.png"]))
-        asked = {who: discord_payloads.sam3d(image, seed=seed, user_id=who)
-                 for who, seed in ((discord_payloads.ALICE_ID, 1), (discord_payloads.BOB_ID, 2))}
+        image = discord_payloads.attachment(
+            "photo.png", fake_discord.cdn_url("photo.png"), len(fake_discord.cdn["photo.png"])
+        )
+        asked = {
+            who: discord_payloads.sam3d(image, seed=seed, user_id=who)
+            for who, seed in ((discord_payloads.ALICE_ID, 1), (discord_payloads.BOB_ID, 2))
+        }
         for payload in asked.values():
             await fake_discord.send_interaction(payload)
         await eventually(lambda: fake_segmind.counters.submits == 2)
@@ -205,8 +246,9 @@ async def test_discord_bot_delivers_what_finishes_within_the_grace_and_resumes_t
         _, logged = await stop(bot)
     # Alice's "thinking" message, edited through her interaction's token after the restart.
     alice_token = asked[discord_payloads.ALICE_ID]["token"]
-    edits = [c.json.get("content", "") for c in fake_discord.original_edits()
-             if alice_token in c.path]
+    edits = [
+        c.json.get("content", "") for c in fake_discord.original_edits() if alice_token in c.path
+    ]
     assert any("restarted" in text for text in edits) and "✅ Done" in edits[-1]
     alice_post = fake_discord.channel_posts()[-1]
     assert alice_post.json["content"] == f"<@{discord_payloads.ALICE_ID}>"

@@ -24,8 +24,7 @@ HERE = Where("discord", "g1")
 
 @pytest.fixture
 async def ledger(tmp_path):
-    ledger = SqliteLedger(tmp_path / "l.sqlite3", QuotaPolicy(jobs_per_window=2,
-                                                              max_in_flight=10))
+    ledger = SqliteLedger(tmp_path / "l.sqlite3", QuotaPolicy(jobs_per_window=2, max_in_flight=10))
     await ledger.open()
     yield ledger
     await ledger.close()
@@ -55,10 +54,18 @@ async def test_my_quota_in_words(ops, ledger):
 
 def test_quota_words_for_every_state():
     now = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
-    status = QuotaStatus(limit=None, used=3, next_free_at=None, budget_left_micros=1_250_000,
-                         window_hours=24, cooldown_until=now + timedelta(seconds=40),
-                         in_flight=1, max_in_flight=2, guild_budget_left_micros=500_000,
-                         paused=True)
+    status = QuotaStatus(
+        limit=None,
+        used=3,
+        next_free_at=None,
+        budget_left_micros=1_250_000,
+        window_hours=24,
+        cooldown_until=now + timedelta(seconds=40),
+        in_flight=1,
+        max_in_flight=2,
+        guild_budget_left_micros=500_000,
+        paused=True,
+    )
     text = describe_quota(status, now)
     assert "paused" in text and "no limit" in text and "in 40 s" in text
     assert "On the way: 1 of 2 jobs." in text
@@ -68,13 +75,15 @@ def test_quota_words_for_every_state():
 
 
 async def test_admin_quota_commands(ops, ledger):
-    assert await ops.set_quota("discord:root", HERE, "user", "alice", "5") \
-        == "user alice: 5 jobs"
+    assert await ops.set_quota("discord:root", HERE, "user", "alice", "5") == "user alice: 5 jobs"
     assert (await ops.my_quota(ALICE)).limit == 5
-    assert await ops.set_quota("discord:root", HERE, "role", "r1", "unlimited", 12) \
+    assert (
+        await ops.set_quota("discord:root", HERE, "role", "r1", "unlimited", 12)
         == "role r1: unlimited jobs per 12 h"
-    assert await ops.set_quota("discord:root", HERE, "guild", "ignored", "1") \
-        == "this server: 1 jobs"
+    )
+    assert (
+        await ops.set_quota("discord:root", HERE, "guild", "ignored", "1") == "this server: 1 jobs"
+    )
     assert (await ops.my_quota(BOB)).limit == 1
     assert (await ops.my_quota(Requester("discord", "bob", "g1", roles=("r1",)))).limit is None
     assert "back to the default" in await ops.set_quota("x", HERE, "user", "alice", "default")
@@ -87,13 +96,15 @@ async def test_admin_quota_commands(ops, ledger):
 
 
 async def test_admin_budget_block_pause_commands(ops, ledger):
-    assert await ops.set_budget("discord:root", HERE, "$0.10") \
-        == "this server's monthly budget: $0.10"
+    assert (
+        await ops.set_budget("discord:root", HERE, "$0.10") == "this server's monthly budget: $0.10"
+    )
     await ledger.reserve(NewJob(ALICE, 65_000, "k", {}))
     with pytest.raises(BudgetExhausted):
         await ledger.reserve(NewJob(BOB, 65_000, "k", {}))
-    assert await ops.set_budget("discord:root", HERE, "none") == \
-        "this server's monthly budget: none"
+    assert (
+        await ops.set_budget("discord:root", HERE, "none") == "this server's monthly budget: none"
+    )
     with pytest.raises(InputError, match="USD"):
         await ops.set_budget("discord:root", HERE, "lots")
     assert await ops.block("discord:root", HERE, "bob", "spam") == "blocked bob"
@@ -101,8 +112,9 @@ async def test_admin_budget_block_pause_commands(ops, ledger):
         await ledger.admit(BOB)
     assert await ops.unblock("discord:root", HERE, "bob") == "unblocked bob"
     assert await ops.unblock("discord:root", HERE, "bob") == "bob was not blocked"
-    assert await ops.pause("discord:root", HERE, "upgrading") == \
-        "new jobs are paused on this server"
+    assert (
+        await ops.pause("discord:root", HERE, "upgrading") == "new jobs are paused on this server"
+    )
     with pytest.raises(JobsPaused, match="upgrading"):
         await ledger.admit(BOB)
     await ledger.admit(ERIN)
@@ -136,15 +148,28 @@ async def test_usage_report_rolled_up_and_exported(ops, ledger):
     assert {r.user_id for r in by_user} == {"alice", "bob", "erin"}
     by_guild = await ops.usage(by="guild")
     assert [(r.guild_id, r.jobs, r.cost_micros) for r in by_guild] == [
-        ("g1", 2, 135_000), ("T9", 1, 65_000)]
+        ("g1", 2, 135_000),
+        ("T9", 1, 65_000),
+    ]
     [month] = await ops.usage(by="month")
     assert (month.jobs, month.delivered, month.cost_micros) == (3, 3, 200_000)
     assert [r.user_id for r in await ops.usage(HERE)] == ["bob", "alice"]
     table = usage_table(by_guild, "guild")
-    assert table.splitlines()[0].split() == ["month", "platform", "guild", "jobs", "delivered",
-                                             "failed", "refunded", "usd"]
+    assert table.splitlines()[0].split() == [
+        "month",
+        "platform",
+        "guild",
+        "jobs",
+        "delivered",
+        "failed",
+        "refunded",
+        "usd",
+    ]
     rows = list(csv.DictReader(io.StringIO(usage_csv(by_user))))
-    assert {r["user"]: r["usd"] for r in rows} == {"alice": "0.065", "bob": "0.070",
-                                                  "erin": "0.065"}
+    assert {r["user"]: r["usd"] for r in rows} == {
+        "alice": "0.065",
+        "bob": "0.070",
+        "erin": "0.065",
+    }
     with pytest.raises(InputError, match="2026-05"):
         await ops.usage(month="May")

@@ -18,16 +18,30 @@ LEASE_S = "1"
 
 
 def settings(fake_segmind) -> dict[str, str]:
-    return {"SEGMIND_API_KEY": API_KEY, "SEGMIND_BASE_URL": fake_segmind.url,
-            "SEGMIND_POLL_INTERVAL_S": "0.05", "JOB_LEASE_SECONDS": LEASE_S,
-            "RENDER_ENABLED": "false"}
+    return {
+        "SEGMIND_API_KEY": API_KEY,
+        "SEGMIND_BASE_URL": fake_segmind.url,
+        "SEGMIND_POLL_INTERVAL_S": "0.05",
+        "JOB_LEASE_SECONDS": LEASE_S,
+        "RENDER_ENABLED": "false",
+    }
 
 
 async def start_generate(workdir: Path, image: str, out: str, fake_segmind):
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot", "generate", image, "--out", out, cwd=workdir,
-        env=bot_env(**settings(fake_segmind)), stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+        sys.executable,
+        "-m",
+        "bot",
+        "generate",
+        image,
+        "--out",
+        out,
+        cwd=workdir,
+        env=bot_env(**settings(fake_segmind)),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
 
 
 def ledger_rows(workdir: Path, sql: str, args=()) -> list[tuple]:
@@ -65,25 +79,25 @@ def spent_and_held(workdir: Path) -> tuple[int, int]:
 
 
 def charges(workdir: Path) -> dict[str, int]:
-    rows = ledger_rows(workdir, "SELECT job_id, count(*) FROM audit WHERE action = 'commit'"
-                                " GROUP BY job_id")
+    rows = ledger_rows(
+        workdir, "SELECT job_id, count(*) FROM audit WHERE action = 'commit' GROUP BY job_id"
+    )
     return dict(rows)
 
 
-async def test_killed_after_submitting_the_job_is_finished_and_delivered(tmp_path,
-                                                                         fake_segmind):
+async def test_killed_after_submitting_the_job_is_finished_and_delivered(tmp_path, fake_segmind):
     (tmp_path / "first.png").write_bytes(photo_bytes())
     (tmp_path / "second.png").write_bytes(photo_bytes(colour=(30, 160, 40)))
     fake_segmind.behaviour.complete_after_s = 3600  # Segmind is still working on it
     process = await start_generate(tmp_path, "first.png", "out1", fake_segmind)
-    await wait_for(lambda: ledger_rows(
-        tmp_path, "SELECT id FROM jobs WHERE state = 'submitted'"))
+    await wait_for(lambda: ledger_rows(tmp_path, "SELECT id FROM jobs WHERE state = 'submitted'"))
     await kill(process)
     [(job_id, request_id)] = ledger_rows(tmp_path, "SELECT id, request_id FROM jobs")
 
     fake_segmind.behaviour.complete_after_s = 0  # ... and finishes it while the bot is down
-    ran = await run_bot("generate", "second.png", "--out", "out2", cwd=tmp_path,
-                        **settings(fake_segmind))
+    ran = await run_bot(
+        "generate", "second.png", "--out", "out2", cwd=tmp_path, **settings(fake_segmind)
+    )
     assert ran.code == 0, ran.err
     assert "finishing 1 earlier job(s)" in ran.err
     # The killed command's model lands where that command would have put it.
@@ -98,7 +112,8 @@ async def test_killed_after_submitting_the_job_is_finished_and_delivered(tmp_pat
 
 
 async def test_killed_while_sending_the_job_is_held_for_an_admin_never_refunded(
-        tmp_path, fake_segmind):
+    tmp_path, fake_segmind
+):
     """SIGKILL while the POST is in flight: Segmind may have the job (and bill it), so the next
     start neither sends it again nor says "nothing was charged"; its price stays held."""
     (tmp_path / "first.png").write_bytes(photo_bytes())
@@ -111,8 +126,9 @@ async def test_killed_while_sending_the_job_is_held_for_an_admin_never_refunded(
     assert state == "submitting"
 
     fake_segmind.behaviour.submit_delay_s = 0
-    ran = await run_bot("generate", "second.png", "--out", "out2", cwd=tmp_path,
-                        **settings(fake_segmind))
+    ran = await run_bot(
+        "generate", "second.png", "--out", "out2", cwd=tmp_path, **settings(fake_segmind)
+    )
     assert ran.code == 0, ran.err
     assert "earlier job for" in ran.err and "not sent again" in ran.err
     assert "nothing was charged" not in ran.err.lower()
@@ -122,7 +138,8 @@ async def test_killed_while_sending_the_job_is_held_for_an_admin_never_refunded(
     assert fake_segmind.counters.submits == 2  # the held job was not sent again
     assert spent_and_held(tmp_path) == (65_000, 2 * 65_000)  # the held price stays counted
     [(refunds,)] = ledger_rows(
-        tmp_path, "SELECT count(*) FROM audit WHERE action = 'refund' AND job_id = ?", (job_id,))
+        tmp_path, "SELECT count(*) FROM audit WHERE action = 'refund' AND job_id = ?", (job_id,)
+    )
     assert refunds == 0
 
     listed = await run_bot("admin", "held", cwd=tmp_path)  # what an admin settles by hand
@@ -134,11 +151,13 @@ async def test_killed_while_sending_the_job_is_held_for_an_admin_never_refunded(
 
 
 async def test_an_out_folder_that_cannot_be_written_is_refused_before_any_charge(
-        tmp_path, fake_segmind):
+    tmp_path, fake_segmind
+):
     (tmp_path / "photo.png").write_bytes(photo_bytes())
     (tmp_path / "file").write_text("not a folder")
-    ran = await run_bot("generate", "photo.png", "--out", "file/out", cwd=tmp_path,
-                        **settings(fake_segmind))
+    ran = await run_bot(
+        "generate", "photo.png", "--out", "file/out", cwd=tmp_path, **settings(fake_segmind)
+    )
     assert ran.code == 2 and "cannot write the model files to file/out" in ran.err
     assert len(ran.err.strip().splitlines()) == 1
     assert fake_segmind.counters.submits == 0

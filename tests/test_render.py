@@ -103,8 +103,9 @@ async def test_real_sam3d_mesh_positions_only(renderer, tmp_path):
 
 @pytest.mark.asyncio(loop_scope="module")
 async def test_real_splat_is_drawn_in_its_colours(renderer, tmp_path):
-    picture = await thumb(renderer, as_files(need("donut_3dgs_sh0.ply"), kind=FileKind.SPLAT),
-                          tmp_path)
+    picture = await thumb(
+        renderer, as_files(need("donut_3dgs_sh0.ply"), kind=FileKind.SPLAT), tmp_path
+    )
     picture.assert_framed()
     red, green, blue = picture.colour()
     assert red > green + 15 and blue > green  # pink icing
@@ -115,8 +116,10 @@ async def test_real_splat_is_drawn_in_its_colours(renderer, tmp_path):
     [
         ("khronos_Duck.glb", lambda r, g, b: r > 150 and g > 120 and b < 90),  # yellow
         ("draco_Box_Draco.glb", lambda r, g, b: r > 120 and g < 60 and b < 60),  # red
-        ("khronos_TextureTransformTest_packed.glb", lambda r, g, b: max(r, g, b) - min(r, g, b)
-         > 20),
+        (
+            "khronos_TextureTransformTest_packed.glb",
+            lambda r, g, b: max(r, g, b) - min(r, g, b) > 20,
+        ),
         ("sam3d_body_human.ply", lambda r, g, b: b > r + 10),  # light blue vertex colours
     ],
 )
@@ -129,10 +132,14 @@ async def test_fixtures_are_framed_and_coloured(renderer, tmp_path, name, check)
 
 @pytest.mark.asyncio(loop_scope="module")
 async def test_texture_transform_shows_the_correct_tiles(renderer, tmp_path):
-    picture = await thumb(renderer, as_files(need("khronos_TextureTransformTest_packed.glb")),
-                          tmp_path)
-    red = ((picture.pixels[..., 0] > 170) & (picture.pixels[..., 1] < 80)
-           & (picture.pixels[..., 2] < 80)).mean()
+    picture = await thumb(
+        renderer, as_files(need("khronos_TextureTransformTest_packed.glb")), tmp_path
+    )
+    red = (
+        (picture.pixels[..., 0] > 170)
+        & (picture.pixels[..., 1] < 80)
+        & (picture.pixels[..., 2] < 80)
+    ).mean()
     assert red < 0.01  # the test model shows red crosses where transforms are ignored
 
 
@@ -158,9 +165,11 @@ async def test_made_models_vertex_colours_and_both_splat_layouts(renderer, tmp_p
 def inria_splat(count: int) -> bytes:
     """The INRIA layout: normals, f_dc, 45 f_rest_*, opacity, scale, rot."""
     source = load_splat_bytes(made_splat_ply(count))
-    names = (["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"]
-             + [f"f_rest_{i}" for i in range(45)]
-             + ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"])
+    names = (
+        ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"]
+        + [f"f_rest_{i}" for i in range(45)]
+        + ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
+    )
     table = np.zeros((count, len(names)), dtype="<f4")
     for index, name in enumerate(names):
         if name in source.dtype.names:
@@ -188,7 +197,7 @@ async def test_z_up_splat_is_right_side_up(renderer, tmp_path):
     height = rng.uniform(0, 1, count)
     angle = rng.uniform(0, 2 * np.pi, count)
     radius = (1 - height) * 0.4
-    data = np.frombuffer(made_splat_ply(count)[-count * 17 * 4:], dtype="<f4").reshape(count, 17)
+    data = np.frombuffer(made_splat_ply(count)[-count * 17 * 4 :], dtype="<f4").reshape(count, 17)
     data = data.copy()
     data[:, 0], data[:, 1], data[:, 2] = radius * np.cos(angle), radius * np.sin(angle), height
     header = made_splat_ply(count)[: -count * 17 * 4]
@@ -284,7 +293,7 @@ def bad_files(folder: Path) -> dict[str, Path]:
         "empty.glb": b"",
         "truncated.glb": glb[: len(glb) // 2],
         "novertices.ply": b"ply\nformat binary_little_endian 1.0\nelement vertex 0\n"
-                          b"property float x\nend_header\n",
+        b"property float x\nend_header\n",
         "lying.glb": lying_glb(glb),
     }
     paths = {}
@@ -300,11 +309,11 @@ def lying_glb(glb: bytes) -> bytes:
     import struct
 
     json_length = struct.unpack_from("<I", glb, 12)[0]
-    document = json.loads(glb[20:20 + json_length])
+    document = json.loads(glb[20 : 20 + json_length])
     document["buffers"][0]["byteLength"] = 10**9
     text = json.dumps(document).encode()
     text += b" " * (-len(text) % 4)
-    rest = glb[20 + json_length:]
+    rest = glb[20 + json_length :]
     body = struct.pack("<II", len(text), 0x4E4F534A) + text + rest
     return struct.pack("<4sII", b"glTF", 2, 12 + len(body)) + body
 
@@ -371,7 +380,6 @@ def test_size_bounds(tmp_path):
         inspect_model(glb, RenderLimits(max_bytes=1000))
 
 
-
 async def test_the_own_egl_surface_draws_what_f3ds_window_draws(tmp_path):
     """auto reads each picture from an EGL surface of its own (one render); egl goes through
     f3d's render_to_image. The same model must come out the same."""
@@ -390,8 +398,7 @@ async def test_the_own_egl_surface_draws_what_f3ds_window_draws(tmp_path):
     assert np.abs(own.colour() - f3ds.colour()).max() < 12
 
 
-async def test_without_a_surface_of_its_own_the_renderer_uses_f3ds_window(monkeypatch,
-                                                                          tmp_path):
+async def test_without_a_surface_of_its_own_the_renderer_uses_f3ds_window(monkeypatch, tmp_path):
     monkeypatch.setenv("PYOPENGL_PLATFORM", "osmesa")  # PyOpenGL then offers no EGL
     renderer = F3dRenderer(RenderOptions(size=128))
     try:

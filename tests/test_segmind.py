@@ -21,8 +21,9 @@ FAST = RetryPolicy(attempts=4, base_delay_s=0.01, max_delay_s=0.05)
 
 def job(**overrides) -> ValidatedInput:
     image, _ = prepare_image(photo_bytes(), "image", ImageLimits())
-    fields = dict(image=image, prompt="ball", bbox=(10, 20, 300, 400), points=((50, 60),),
-                  mask=None, seed=42)
+    fields = dict(
+        image=image, prompt="ball", bbox=(10, 20, 300, 400), points=((50, 60),), mask=None, seed=42
+    )
     fields.update(overrides)
     return ValidatedInput(**fields)
 
@@ -46,8 +47,13 @@ async def session():
 
 
 def client(session, fake, **kw) -> SegmindClient:
-    options = dict(api_key=SecretStr(API_KEY), base_url=fake.url, poll_interval_s=0.01,
-                   retry=FAST, rate_limit_max_wait_s=5)
+    options = dict(
+        api_key=SecretStr(API_KEY),
+        base_url=fake.url,
+        poll_interval_s=0.01,
+        retry=FAST,
+        rate_limit_max_wait_s=5,
+    )
     options.update(kw)
     return SegmindClient(session, **options)
 
@@ -55,7 +61,8 @@ def client(session, fake, **kw) -> SegmindClient:
 async def generate(session, fake, tmp_path, **kw):
     events = Events()
     result = await client(session, fake, **kw).generate(
-        job(), tmp_path, events.on_submitted, events.on_processing)
+        job(), tmp_path, events.on_submitted, events.on_processing
+    )
     return result, events
 
 
@@ -258,11 +265,13 @@ async def test_resume_after_restart_uses_only_the_request_id(session, fake_segmi
     fake_segmind.behaviour.polls_before_done = 1000
     with pytest.raises(errors.JobTimedOut):  # stands in for a bot that stopped mid-job
         await client(session, fake_segmind, job_timeout_s=0.05).generate(
-            job(), tmp_path, events.on_submitted, events.on_processing)
+            job(), tmp_path, events.on_submitted, events.on_processing
+        )
     fake_segmind.behaviour.polls_before_done = 0
     request_id, _ = events.submitted[0]
     result = await client(session, fake_segmind).resume(
-        {"request_id": request_id}, tmp_path / "again", events.on_processing)
+        {"request_id": request_id}, tmp_path / "again", events.on_processing
+    )
     assert result.request_id == request_id
     assert any(f.kind is FileKind.MESH for f in result.files)
     assert fake_segmind.counters.submits == 1

@@ -112,7 +112,8 @@ async def test_duplicate_delivery_starts_no_second_job(make_service, fake_segmin
     service = make_service()
     first, second = await asyncio.gather(
         service.run(request(), Recorder(), idempotency_key="evt-1"),
-        service.run(request(), Recorder(), idempotency_key="evt-1"))
+        service.run(request(), Recorder(), idempotency_key="evt-1"),
+    )
     assert [first is None, second is None].count(True) == 1
     assert fake_segmind.counters.submits == 1
 
@@ -122,10 +123,10 @@ async def test_queued_jobs_report_their_position(make_service, fake_segmind):
     service = make_service(capacity=1)
     replies = [Recorder() for _ in range(3)]
     users = [ALICE, BOB, Requester("discord", "carol")]
-    await asyncio.gather(*(service.run(request(u), r) for u, r in zip(users, replies,
-                                                                      strict=True)))
-    seen = sorted([e[2] for e in r.events if e[0] == "progress" and e[1] is Stage.QUEUED]
-                  for r in replies)
+    await asyncio.gather(*(service.run(request(u), r) for u, r in zip(users, replies, strict=True)))
+    seen = sorted(
+        [e[2] for e in r.events if e[0] == "progress" and e[1] is Stage.QUEUED] for r in replies
+    )
     assert seen == [[], [1], [2, 1]]  # whichever came last waited behind two, then one
     assert all(("deliver" in [e[0] for e in r.events]) for r in replies)
 
@@ -143,7 +144,8 @@ async def test_offline_backend_is_free_and_says_so(make_service, ledger):
 
 
 async def test_a_stop_keeps_a_queued_job_in_its_place_for_the_next_start(
-        make_service, ledger, fake_segmind, tmp_path):
+    make_service, ledger, fake_segmind, tmp_path
+):
     fake_segmind.behaviour.complete_after_s = 3600
     service = make_service(capacity=1)
     first_reply, waiting_reply = Recorder(), Recorder()
@@ -185,8 +187,9 @@ async def test_restart_resumes_submitted_jobs_and_refunds_the_rest(
     await service.run(request(BOB, seed=1), Recorder())  # proves the fake works; req-00001
     fake_segmind.jobs["req-00099"] = {"created": 0, "polls": 0}
     async with crashed_process(tmp_path) as crashed:
-        submitted = await crashed.reserve(NewJob(ALICE, 65_000, "k1", {"seed": 5},
-                                                 {"channel": "a"}))
+        submitted = await crashed.reserve(
+            NewJob(ALICE, 65_000, "k1", {"seed": 5}, {"channel": "a"})
+        )
         await crashed.mark_submitted(submitted.id, "req-00099", {"request_id": "req-00099"})
         never_sent = await crashed.reserve(NewJob(BOB, 65_000, "k2", {}, {"channel": "b"}))
 
@@ -243,8 +246,7 @@ async def test_a_running_process_keeps_its_jobs_from_being_taken_over(
         await second.close()
 
 
-async def test_blocked_or_paused_users_are_told_before_any_work(make_service, ledger,
-                                                                fake_segmind):
+async def test_blocked_or_paused_users_are_told_before_any_work(make_service, ledger, fake_segmind):
     service = make_service()
     not_an_image = JobRequest(ALICE, ImageSource.from_bytes(b"<html>"), reply_to={})
     await ledger.block("discord", "", ALICE.user_id, "discord:root")
@@ -259,8 +261,9 @@ async def test_blocked_or_paused_users_are_told_before_any_work(make_service, le
     assert fake_segmind.counters.submits == 0 and await ledger.usage() == []
 
 
-async def test_policy_refusals_reach_the_user_with_nothing_reserved(make_service, ledger,
-                                                                    fake_segmind):
+async def test_policy_refusals_reach_the_user_with_nothing_reserved(
+    make_service, ledger, fake_segmind
+):
     await ledger.set_budget_cap("discord:g1", 0, "discord:root")
     reply = Recorder()
     await make_service().run(request(Requester("discord", "dana", "g1")), reply)
@@ -270,8 +273,9 @@ async def test_policy_refusals_reach_the_user_with_nothing_reserved(make_service
     assert (await ledger.budget()).reserved_micros == 0
 
 
-async def test_a_job_runs_again_with_another_seed_under_the_quota(make_service, ledger,
-                                                                  fake_segmind):
+async def test_a_job_runs_again_with_another_seed_under_the_quota(
+    make_service, ledger, fake_segmind
+):
     service = make_service()
     first = await service.run(request(bbox="100,50,500,400"), Recorder())
     reply = Recorder()

@@ -68,11 +68,15 @@ def test_env_example_documents_every_setting():
 
     example = (ROOT / ".env.example").read_text()
     for name in Settings.model_fields:
-        line = next((ln for ln in example.splitlines() if ln.startswith(f"{name.upper()}=")),
-                    None)
+        line = next((ln for ln in example.splitlines() if ln.startswith(f"{name.upper()}=")), None)
         assert line is not None, f"{name.upper()} is missing from .env.example"
         before = example.split(line)[0].rstrip().splitlines()[-1]
         assert before.startswith("#"), f"{name.upper()} has no comment"
-    for secret in ("SEGMIND_API_KEY", "DISCORD_TOKEN", "SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET",
-                   "SLACK_APP_TOKEN"):
+    for secret in (
+        "SEGMIND_API_KEY",
+        "DISCORD_TOKEN",
+        "SLACK_BOT_TOKEN",
+        "SLACK_SIGNING_SECRET",
+        "SLACK_APP_TOKEN",
+    ):
         assert f"\n{secret}=\n" in example

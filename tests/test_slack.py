@@ -39,8 +39,16 @@ class ToLoopback(AbstractResolver):
     """Every name is the loopback fake (users' photo links, in tests)."""
 
     async def resolve(self, host, port=0, family=socket.AF_INET):
-        return [{"hostname": host, "host": "127.0.0.1", "port": port, "family": socket.AF_INET,
-                 "proto": 0, "flags": 0}]
+        return [
+            {
+                "hostname": host,
+                "host": "127.0.0.1",
+                "port": port,
+                "family": socket.AF_INET,
+                "proto": 0,
+                "flags": 0,
+            }
+        ]
 
     async def close(self) -> None:
         pass
@@ -64,13 +72,15 @@ class Harness:
     def bot(self):
         return self.adapter.bot
 
-    async def post(self, body: bytes, content_type: str = "application/x-www-form-urlencoded",
-                   **headers: str) -> tuple[int, str, float]:
+    async def post(
+        self, body: bytes, content_type: str = "application/x-www-form-urlencoded", **headers: str
+    ) -> tuple[int, str, float]:
         signed = payloads.signed_headers(body, content_type=content_type)
         signed.update(headers)
         sent = time.monotonic()
-        async with self.session.post(self.url + "/slack/events", data=body,
-                                     headers=signed) as response:
+        async with self.session.post(
+            self.url + "/slack/events", data=body, headers=signed
+        ) as response:
             return response.status, await response.text(), time.monotonic() - sent
 
     async def command(self, text: str = "", **fields) -> tuple[int, str, float]:
@@ -99,20 +109,39 @@ class Harness:
 
 
 @asynccontextmanager
-async def running_slack(fake, fake_segmind, tmp_path, port, *, socket_mode=False,
-                        renderer=None, grace_s=10.0, **settings):
-    values = {"segmind_api_key": API_KEY, "segmind_base_url": fake_segmind.url,
-              "segmind_poll_interval_s": 0.05, "slack_bot_token": BOT_TOKEN,
-              "slack_signing_secret": SIGNING_SECRET, "slack_api_url": fake.api_url,
-              "data_dir": tmp_path / "data", "render_enabled": False,
-              "progress_edit_interval_s": 0.2, "http_port": port, **settings}
+async def running_slack(
+    fake,
+    fake_segmind,
+    tmp_path,
+    port,
+    *,
+    socket_mode=False,
+    renderer=None,
+    grace_s=10.0,
+    **settings,
+):
+    values = {
+        "segmind_api_key": API_KEY,
+        "segmind_base_url": fake_segmind.url,
+        "segmind_poll_interval_s": 0.05,
+        "slack_bot_token": BOT_TOKEN,
+        "slack_signing_secret": SIGNING_SECRET,
+        "slack_api_url": fake.api_url,
+        "data_dir": tmp_path / "data",
+        "render_enabled": False,
+        "progress_edit_interval_s": 0.2,
+        "http_port": port,
+        **settings,
+    }
     if socket_mode:
         values["slack_app_token"] = APP_TOKEN
     config = load_settings(None, **values)
     connector = aiohttp.TCPConnector(resolver=ToLoopback())
-    async with aiohttp.ClientSession(connector=connector) as fetch, \
-            build_core(config, fetch_session=fetch, renderer=renderer) as core, \
-            aiohttp.ClientSession() as client:
+    async with (
+        aiohttp.ClientSession(connector=connector) as fetch,
+        build_core(config, fetch_session=fetch, renderer=renderer) as core,
+        aiohttp.ClientSession() as client,
+    ):
         adapter = SlackAdapter()
         app = build_web_app()
         app.add_routes(adapter.routes(core))
@@ -183,13 +212,19 @@ async def test_sam3d_alone_is_acknowledged_at_once_and_opens_the_form(slack, fak
     assert json.loads(view["private_metadata"])["channel_id"] == payloads.CHANNEL
 
 
-async def test_the_form_runs_a_job_with_progress_and_uploads_the_model(slack, fake_slack,
-                                                                      fake_segmind):
+async def test_the_form_runs_a_job_with_progress_and_uploads_the_model(
+    slack, fake_slack, fake_segmind
+):
     await slack.command("")
     await slack.settle(until=lambda: fake_slack.find("views.open"))
-    status, body, seconds = await submit_form(slack, {
-        "image": file_value(photo_file(fake_slack)), "prompt": text_value("a red ball"),
-        "seed": {"type": "number_input", "value": "42"}})
+    status, body, seconds = await submit_form(
+        slack,
+        {
+            "image": file_value(photo_file(fake_slack)),
+            "prompt": text_value("a red ball"),
+            "seed": {"type": "number_input", "value": "42"},
+        },
+    )
     assert status == 200 and seconds < 3.0
     await slack.settle(until=lambda: uploaded(fake_slack))
     [progress] = fake_slack.find("chat.postMessage")
@@ -217,8 +252,10 @@ async def test_a_double_click_on_submit_starts_one_job(slack, fake_slack, fake_s
     await slack.command("")
     await slack.settle(until=lambda: fake_slack.find("views.open"))
     values = {"image": file_value(photo_file(fake_slack))}
-    first, second = await asyncio.gather(submit_form(slack, values, view_id="V00000DBL"),
-                                         submit_form(slack, values, view_id="V00000DBL"))
+    first, second = await asyncio.gather(
+        submit_form(slack, values, view_id="V00000DBL"),
+        submit_form(slack, values, view_id="V00000DBL"),
+    )
     assert first[0] == second[0] == 200
     await slack.settle(until=lambda: uploaded(fake_slack))
     assert fake_segmind.counters.submits == 1
@@ -238,12 +275,14 @@ async def test_a_form_without_a_photo_file_is_refused_in_the_form(slack, fake_sl
     assert not fake_slack.find("chat.postMessage")
 
 
-async def test_a_link_with_options_runs_without_the_form(slack, fake_slack, fake_segmind,
-                                                         unused_tcp_port_factory):
+async def test_a_link_with_options_runs_without_the_form(
+    slack, fake_slack, fake_segmind, unused_tcp_port_factory
+):
     image = await serve_photo(unused_tcp_port_factory())
     try:
         status, _, seconds = await slack.command(
-            f"<{image}> wooden chair seed=7 bbox=100,60,540,420")
+            f"<{image}> wooden chair seed=7 bbox=100,60,540,420"
+        )
         assert status == 200 and seconds < 3.0
         await slack.settle(until=lambda: uploaded(fake_slack))
     finally:
@@ -281,8 +320,9 @@ async def test_text_without_a_link_gets_a_hint_and_help_lists_the_ways_in(slack,
 
 
 def test_command_text_is_read_the_way_people_type_it():
-    args = parse_job_text("<https://x.test/a.png|a.png> red  chair seed=5 "
-                          "points=10,20;30,40 bbox=1,2,3,4")
+    args = parse_job_text(
+        "<https://x.test/a.png|a.png> red  chair seed=5 points=10,20;30,40 bbox=1,2,3,4"
+    )
     assert args.url == "https://x.test/a.png" and args.prompt == "red chair"
     assert (args.seed, args.points, args.bbox) == ("5", "10,20;30,40", "1,2,3,4")
     assert parse_job_text("https://x.test/b.jpg").url == "https://x.test/b.jpg"
@@ -292,11 +332,15 @@ def test_command_text_is_read_the_way_people_type_it():
 
 
 async def test_the_shortcut_asks_which_settings_then_runs_in_the_message_thread(
-        slack, fake_slack, fake_segmind):
+    slack, fake_slack, fake_segmind
+):
     photo = photo_file(fake_slack)
     partial = {k: photo[k] for k in ("id", "name", "mimetype")}  # as in shortcut payloads
-    status, _, seconds = await slack.interact(payloads.shortcut(
-        [partial], response_url=fake_slack.response_url("sc"), message_ts="1700000000.000100"))
+    status, _, seconds = await slack.interact(
+        payloads.shortcut(
+            [partial], response_url=fake_slack.response_url("sc"), message_ts="1700000000.000100"
+        )
+    )
     assert status == 200 and seconds < 3.0
     await slack.settle(until=lambda: fake_slack.find("views.open"))
     view = opened_view(fake_slack)
@@ -348,12 +392,14 @@ async def test_a_mention_with_a_photo_runs_in_its_thread(slack, fake_slack, fake
     assert sent["prompt"] == "red car" and sent["seed"] == 9
 
 
-async def test_a_mention_in_the_thread_of_a_photo_uses_that_photo(slack, fake_slack,
-                                                                 fake_segmind):
+async def test_a_mention_in_the_thread_of_a_photo_uses_that_photo(slack, fake_slack, fake_segmind):
     parent_ts = "1700000000.000200"
     fake_slack.messages[(payloads.CHANNEL, parent_ts)] = {
-        "ts": parent_ts, "user": payloads.BOB, "text": "our new chair",
-        "files": [photo_file(fake_slack)]}
+        "ts": parent_ts,
+        "user": payloads.BOB,
+        "text": "our new chair",
+        "files": [photo_file(fake_slack)],
+    }
     await slack.event(payloads.mention("chair", thread_ts=parent_ts))
     await slack.settle(until=lambda: uploaded(fake_slack))
     assert uploaded(fake_slack)["model.glb"]["thread_ts"] == parent_ts
@@ -371,8 +417,9 @@ async def test_without_the_history_scope_a_thread_mention_says_what_to_do(slack,
 async def test_a_retried_event_starts_one_job(slack, fake_slack, fake_segmind):
     event = payloads.mention("car", [photo_file(fake_slack)], event_id="Ev0RETRIED")
     await slack.event(event)
-    status, _, _ = await slack.event(event, **{"X-Slack-Retry-Num": "1",
-                                               "X-Slack-Retry-Reason": "http_timeout"})
+    status, _, _ = await slack.event(
+        event, **{"X-Slack-Retry-Num": "1", "X-Slack-Retry-Reason": "http_timeout"}
+    )
     assert status == 200
     await slack.settle(until=lambda: uploaded(fake_slack))
     await asyncio.sleep(0.3)
@@ -391,19 +438,20 @@ async def test_a_mention_without_a_photo_explains_how(slack, fake_slack):
 
 
 async def test_slack_can_verify_the_request_url(slack):
-    status, body, _ = await slack.event({"token": "legacy", "challenge": "c-123",
-                                         "type": "url_verification"})
+    status, body, _ = await slack.event(
+        {"token": "legacy", "challenge": "c-123", "type": "url_verification"}
+    )
     assert status == 200 and json.loads(body) == {"challenge": "c-123"}
 
 
-async def test_requests_with_a_bad_signature_or_an_old_timestamp_are_refused(slack,
-                                                                            fake_slack):
+async def test_requests_with_a_bad_signature_or_an_old_timestamp_are_refused(slack, fake_slack):
     body = payloads.form_body(payloads.slash(""))
     forged = payloads.signed_headers(body, secret="not-the-secret")
     stale = payloads.signed_headers(body, timestamp=int(time.time()) - 6 * 60)
     for headers in (forged, stale):
-        async with slack.session.post(slack.url + "/slack/events", data=body,
-                                      headers=headers) as response:
+        async with slack.session.post(
+            slack.url + "/slack/events", data=body, headers=headers
+        ) as response:
             assert response.status == 401
     await asyncio.sleep(0.3)
     assert not fake_slack.find("views.open")
@@ -424,18 +472,21 @@ async def test_a_bot_not_in_the_channel_says_how_to_invite_it(slack, fake_slack,
     await slack.command("")
     await slack.settle(until=lambda: fake_slack.find("views.open"))
     view = opened_view(fake_slack)
-    view["private_metadata"] = json.dumps({"channel_id": "C0000SECRET",
-                                           "response_url": fake_slack.response_url("sc")})
-    await slack.interact(payloads.view_submission(view, {
-        "image": file_value(photo_file(fake_slack))}))
+    view["private_metadata"] = json.dumps(
+        {"channel_id": "C0000SECRET", "response_url": fake_slack.response_url("sc")}
+    )
+    await slack.interact(
+        payloads.view_submission(view, {"image": file_value(photo_file(fake_slack))})
+    )
     await slack.settle(until=lambda: fake_slack.hooks)
     assert "/invite @sam3d" in fake_slack.ephemerals()[0]
     assert fake_segmind.counters.submits == 0 and not fake_slack.find("download")
     assert await slack.jobs() == []
 
 
-async def test_a_box_outside_the_photo_is_explained_to_the_user_alone(slack, fake_slack,
-                                                                     fake_segmind):
+async def test_a_box_outside_the_photo_is_explained_to_the_user_alone(
+    slack, fake_slack, fake_segmind
+):
     await slack.event(payloads.mention("chair bbox=0,0,5000,10", [photo_file(fake_slack)]))
     await slack.settle(until=lambda: fake_slack.find("chat.postEphemeral"))
     [told] = fake_slack.find("chat.postEphemeral")
@@ -443,8 +494,7 @@ async def test_a_box_outside_the_photo_is_explained_to_the_user_alone(slack, fak
     assert fake_segmind.counters.submits == 0
 
 
-async def test_an_upstream_failure_is_refunded_and_told_privately(slack, fake_slack,
-                                                                 fake_segmind):
+async def test_an_upstream_failure_is_refunded_and_told_privately(slack, fake_slack, fake_segmind):
     fake_segmind.behaviour.fail_message = "no object found"
     await slack.event(payloads.mention("chair", [photo_file(fake_slack)]))
     await slack.settle(until=lambda: fake_slack.find("chat.postEphemeral"))
@@ -455,21 +505,36 @@ async def test_an_upstream_failure_is_refunded_and_told_privately(slack, fake_sl
     assert row.refunded == 1 and row.cost_micros == 0
 
 
-async def test_fifty_people_at_once_in_one_channel_are_all_answered(slack, fake_slack,
-                                                                    fake_segmind):
+async def test_fifty_people_at_once_in_one_channel_are_all_answered(
+    slack, fake_slack, fake_segmind
+):
     # Slack lets a bot post about one message a second per channel (bursts allowed): here 10.
     fake_slack.per_second = {"chat.postMessage": 10, "chat.update": 10}
-    photos = [photo_file(fake_slack, f"p{i}.png", photo_bytes(colour=(i * 5, 40, 30)))
-              for i in range(50)]
+    photos = [
+        photo_file(fake_slack, f"p{i}.png", photo_bytes(colour=(i * 5, 40, 30))) for i in range(50)
+    ]
     users = [f"U{i:08d}X" for i in range(50)]
-    answers = await asyncio.gather(*(
-        slack.event(payloads.mention("thing", [photo], user=user))
-        for photo, user in zip(photos, users, strict=True)))
+    answers = await asyncio.gather(
+        *(
+            slack.event(payloads.mention("thing", [photo], user=user))
+            for photo, user in zip(photos, users, strict=True)
+        )
+    )
     assert all(status == 200 for status, _, _ in answers)
     assert max(seconds for _, _, seconds in answers) < 3.0
-    await slack.settle(until=lambda: len([u for u in fake_slack.uploads.values()
-                                          if u.get("channel") and u["name"] == "model.glb"])
-                       == 50, limit_s=60)
+    await slack.settle(
+        until=lambda: (
+            len(
+                [
+                    u
+                    for u in fake_slack.uploads.values()
+                    if u.get("channel") and u["name"] == "model.glb"
+                ]
+            )
+            == 50
+        ),
+        limit_s=60,
+    )
     models = [u for u in fake_slack.uploads.values() if u["name"] == "model.glb"]
     assert len(models) == 50 and fake_segmind.counters.submits == 50
     assert {m["comment"].split(">")[0] for m in models} == {f"<@{u}" for u in users}
@@ -477,18 +542,34 @@ async def test_fifty_people_at_once_in_one_channel_are_all_answered(slack, fake_
     assert not fake_slack.find("chat.postEphemeral")
 
 
-async def test_a_crowd_under_slacks_one_post_a_second_is_served_in_turn(slack, fake_slack,
-                                                                       fake_segmind):
+async def test_a_crowd_under_slacks_one_post_a_second_is_served_in_turn(
+    slack, fake_slack, fake_segmind
+):
     # Slack's own limit: about one post a second per channel. Posts wait their turn;
     # progress edits that meet the limit are dropped, so they never starve the posts.
     fake_slack.per_second = {"chat.postMessage": 1, "chat.update": 1}
     users = [f"U{i:08d}Y" for i in range(12)]
     for index, user in enumerate(users):
-        await slack.event(payloads.mention("thing", [photo_file(
-            fake_slack, f"q{index}.png", photo_bytes(colour=(index * 9, 90, 30)))], user=user))
-    await slack.settle(until=lambda: len([u for u in fake_slack.uploads.values()
-                                          if u.get("channel") and u["name"] == "model.glb"])
-                       == 12, limit_s=90)
+        await slack.event(
+            payloads.mention(
+                "thing",
+                [photo_file(fake_slack, f"q{index}.png", photo_bytes(colour=(index * 9, 90, 30)))],
+                user=user,
+            )
+        )
+    await slack.settle(
+        until=lambda: (
+            len(
+                [
+                    u
+                    for u in fake_slack.uploads.values()
+                    if u.get("channel") and u["name"] == "model.glb"
+                ]
+            )
+            == 12
+        ),
+        limit_s=90,
+    )
     assert fake_segmind.counters.submits == 12
     assert not fake_slack.find("chat.postEphemeral")
 
@@ -503,8 +584,9 @@ async def test_quota_answers_privately(slack, fake_slack):
     assert "Jobs left: 5 of 5 per 24 h" in fake_slack.ephemerals()[0]
 
 
-async def test_admin_commands_are_for_admins_and_change_what_users_may_do(slack, fake_slack,
-                                                                         fake_segmind):
+async def test_admin_commands_are_for_admins_and_change_what_users_may_do(
+    slack, fake_slack, fake_segmind
+):
     fake_slack.admins.add(payloads.ALICE)
     await slack.command("admin quota 1", user=payloads.BOB)
     await slack.settle(until=lambda: fake_slack.hooks)
@@ -532,15 +614,22 @@ async def test_admin_commands_are_for_admins_and_change_what_users_may_do(slack,
 
 
 async def test_admins_set_budgets_lift_blocks_and_pauses_refund_and_pick_channels(
-        slack, fake_slack, fake_segmind):
+    slack, fake_slack, fake_segmind
+):
     fake_slack.admins.add(payloads.ALICE)
     await slack.event(payloads.mention("bowl", [photo_file(fake_slack)], user=payloads.BOB))
     await slack.settle(until=lambda: uploaded(fake_slack))
     job_id = fake_slack.find("chat.update")[-1].args["blocks"][1]["elements"][0]["value"]
-    commands = ["admin budget 12.50", f"admin block {payloads.BOB}",
-                f"admin unblock <@{payloads.BOB}|bob>", "admin pause", "admin resume",
-                f"admin refund {job_id} wrong photo", "admin channel <#C0000ART|art> on",
-                "admin quota lots"]
+    commands = [
+        "admin budget 12.50",
+        f"admin block {payloads.BOB}",
+        f"admin unblock <@{payloads.BOB}|bob>",
+        "admin pause",
+        "admin resume",
+        f"admin refund {job_id} wrong photo",
+        "admin channel <#C0000ART|art> on",
+        "admin quota lots",
+    ]
     for count, command in enumerate(commands, 1):
         await slack.command(command)
         await slack.settle(until=lambda count=count: len(fake_slack.hooks) == count)
@@ -568,17 +657,26 @@ async def test_details_and_delete_on_a_result(slack, fake_slack):
     header = fake_slack.find("chat.update")[-1].args
     buttons = {b["action_id"]: b for b in header["blocks"][1]["elements"]}
     assert set(buttons) == {"sam3d_new_seed", "sam3d_details", "sam3d_delete"}
-    await slack.interact(payloads.button(buttons["sam3d_details"]["value"],
-                                         action="sam3d_details",
-                                         response_url=fake_slack.response_url("details")))
+    await slack.interact(
+        payloads.button(
+            buttons["sam3d_details"]["value"],
+            action="sam3d_details",
+            response_url=fake_slack.response_url("details"),
+        )
+    )
     await slack.settle(until=lambda: fake_slack.hooks)
     said = fake_slack.ephemerals()[0]
     assert "prompt: jug" in said and "seed: 11" in said and "cost: $0.065" in said
     delete = buttons["sam3d_delete"]
     assert delete["confirm"]["confirm"]["text"] == "Delete"
-    await slack.interact(payloads.button(delete["value"], user=payloads.BOB,
-                                         action="sam3d_delete",
-                                         response_url=fake_slack.response_url("delete")))
+    await slack.interact(
+        payloads.button(
+            delete["value"],
+            user=payloads.BOB,
+            action="sam3d_delete",
+            response_url=fake_slack.response_url("delete"),
+        )
+    )
     await slack.settle(until=lambda: len(fake_slack.hooks) == 2)
     assert "Only the person who asked" in fake_slack.ephemerals()[1]
     assert not fake_slack.find("files.delete")
@@ -594,8 +692,12 @@ async def test_new_seed_runs_the_photo_again_as_a_new_job(slack, fake_slack, fak
     job_id = fake_slack.find("chat.update")[-1].args["blocks"][1]["elements"][0]["value"]
     status, _, seconds = await slack.interact(payloads.button(job_id))
     assert status == 200 and seconds < 3.0
-    await slack.settle(until=lambda: fake_segmind.counters.submits == 2 and len(
-        [u for u in fake_slack.uploads.values() if u.get("channel")]) == 4)
+    await slack.settle(
+        until=lambda: (
+            fake_segmind.counters.submits == 2
+            and len([u for u in fake_slack.uploads.values() if u.get("channel")]) == 4
+        )
+    )
     first, second = fake_segmind.counters.payloads
     assert first["prompt"] == second["prompt"] == "lamp" and second["seed"] != 3
     [row] = await slack.jobs()
@@ -603,15 +705,22 @@ async def test_new_seed_runs_the_photo_again_as_a_new_job(slack, fake_slack, fak
 
 
 async def test_results_carry_the_picture_the_turntable_and_a_view_in_3d_link(
-        fake_slack, fake_segmind, tmp_path, settings_env, unused_tcp_port):
-    async with running_slack(fake_slack, fake_segmind, tmp_path, unused_tcp_port,
-                             render_enabled=True, render_turntable_frames=4,
-                             render_turntable_size=96, render_size=128,
-                             public_url="https://bot.example") as slack:
+    fake_slack, fake_segmind, tmp_path, settings_env, unused_tcp_port
+):
+    async with running_slack(
+        fake_slack,
+        fake_segmind,
+        tmp_path,
+        unused_tcp_port,
+        render_enabled=True,
+        render_turntable_frames=4,
+        render_turntable_size=96,
+        render_size=128,
+        public_url="https://bot.example",
+    ) as slack:
         event = payloads.mention("ball", [photo_file(fake_slack)])
         await slack.event(event)
-        await slack.settle(until=lambda: "turntable.gif" in uploaded(fake_slack),
-                           limit_s=90)
+        await slack.settle(until=lambda: "turntable.gif" in uploaded(fake_slack), limit_s=90)
     files = uploaded(fake_slack)
     assert files["thumbnail.png"]["data"].startswith(b"\x89PNG")
     assert files["turntable.gif"]["data"].startswith(b"GIF8")
@@ -623,11 +732,13 @@ async def test_results_carry_the_picture_the_turntable_and_a_view_in_3d_link(
 
 
 async def test_a_job_running_when_the_bot_stopped_is_finished_after_the_restart(
-        fake_slack, fake_segmind, tmp_path, settings_env, unused_tcp_port):
+    fake_slack, fake_segmind, tmp_path, settings_env, unused_tcp_port
+):
     fake_segmind.behaviour.complete_after_s = 2.0
     event = payloads.mention("vase", [photo_file(fake_slack)])
-    async with running_slack(fake_slack, fake_segmind, tmp_path, unused_tcp_port,
-                             job_lease_seconds=1) as slack:
+    async with running_slack(
+        fake_slack, fake_segmind, tmp_path, unused_tcp_port, job_lease_seconds=1
+    ) as slack:
         await slack.event(event)
         for _ in range(100):
             if fake_segmind.counters.submits:
@@ -637,8 +748,9 @@ async def test_a_job_running_when_the_bot_stopped_is_finished_after_the_restart(
             job.cancel()  # the process stops with the job at Segmind
     assert not uploaded(fake_slack)
     await asyncio.sleep(1.2)  # its lease lapses
-    async with running_slack(fake_slack, fake_segmind, tmp_path, unused_tcp_port,
-                             job_lease_seconds=1) as restarted:
+    async with running_slack(
+        fake_slack, fake_segmind, tmp_path, unused_tcp_port, job_lease_seconds=1
+    ) as restarted:
         for _ in range(200):
             if uploaded(fake_slack):
                 break
@@ -653,17 +765,20 @@ async def test_a_job_running_when_the_bot_stopped_is_finished_after_the_restart(
 
 
 async def test_a_job_stopped_while_rendering_is_posted_after_the_restart_from_its_files(
-        fake_slack, fake_segmind, tmp_path, settings_env, unused_tcp_port):
+    fake_slack, fake_segmind, tmp_path, settings_env, unused_tcp_port
+):
     stuck = StuckRenderer()
     event = payloads.mention("vase", [photo_file(fake_slack)])
-    async with running_slack(fake_slack, fake_segmind, tmp_path, unused_tcp_port,
-                             renderer=stuck, grace_s=0.2) as slack:
+    async with running_slack(
+        fake_slack, fake_segmind, tmp_path, unused_tcp_port, renderer=stuck, grace_s=0.2
+    ) as slack:
         await slack.event(event)
         await asyncio.wait_for(stuck.started.wait(), 10)
     assert not uploaded(fake_slack)
     asked = (fake_segmind.counters.polls, fake_segmind.counters.downloads)
-    async with running_slack(fake_slack, fake_segmind, tmp_path, unused_tcp_port,
-                             renderer=PictureRenderer()) as restarted:
+    async with running_slack(
+        fake_slack, fake_segmind, tmp_path, unused_tcp_port, renderer=PictureRenderer()
+    ) as restarted:
         await restarted.settle(until=lambda: "model.glb" in uploaded(fake_slack))
         [row] = await restarted.jobs()
     files = uploaded(fake_slack)
@@ -679,11 +794,14 @@ async def test_a_job_stopped_while_rendering_is_posted_after_the_restart_from_it
 
 
 async def test_socket_mode_acknowledges_envelopes_and_runs_the_same_handlers(
-        fake_slack, fake_segmind, tmp_path, settings_env, unused_tcp_port):
-    async with running_slack(fake_slack, fake_segmind, tmp_path, unused_tcp_port,
-                             socket_mode=True) as slack:
-        seconds, ack = await fake_slack.send_envelope("slash_commands", payloads.slash(
-            "", response_url=fake_slack.response_url()))
+    fake_slack, fake_segmind, tmp_path, settings_env, unused_tcp_port
+):
+    async with running_slack(
+        fake_slack, fake_segmind, tmp_path, unused_tcp_port, socket_mode=True
+    ) as slack:
+        seconds, ack = await fake_slack.send_envelope(
+            "slash_commands", payloads.slash("", response_url=fake_slack.response_url())
+        )
         assert seconds < 3.0
         await slack.settle(until=lambda: fake_slack.find("views.open"))
         event = payloads.mention("kettle", [photo_file(fake_slack)], event_id="Ev0SOCKET")
@@ -700,21 +818,36 @@ async def test_socket_mode_acknowledges_envelopes_and_runs_the_same_handlers(
 
 
 async def test_sam3d_bot_run_in_http_mode_answers_a_signed_command_within_3_s(
-        fake_slack, tmp_path, unused_tcp_port):
-    env = bot_env(SLACK_BOT_TOKEN=BOT_TOKEN, SLACK_SIGNING_SECRET=SIGNING_SECRET,
-                  SLACK_API_URL=fake_slack.api_url, HTTP_PORT=str(unused_tcp_port),
-                  DATA_DIR=str(tmp_path / "data"), RENDER_ENABLED="false", LOG_LEVEL="DEBUG")
+    fake_slack, tmp_path, unused_tcp_port
+):
+    env = bot_env(
+        SLACK_BOT_TOKEN=BOT_TOKEN,
+        SLACK_SIGNING_SECRET=SIGNING_SECRET,
+        SLACK_API_URL=fake_slack.api_url,
+        HTTP_PORT=str(unused_tcp_port),
+        DATA_DIR=str(tmp_path / "data"),
+        RENDER_ENABLED="false",
+        LOG_LEVEL="DEBUG",
+    )
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot", "run", cwd=tmp_path, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "bot",
+        "run",
+        cwd=tmp_path,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     url = f"http://127.0.0.1:{unused_tcp_port}"
     try:
         async with aiohttp.ClientSession() as session:
             await wait_until_ready(session, url, process)
             body = payloads.form_body(payloads.slash("", response_url=fake_slack.response_url()))
             sent = time.monotonic()
-            async with session.post(url + "/slack/events", data=body,
-                                    headers=payloads.signed_headers(body)) as response:
+            async with session.post(
+                url + "/slack/events", data=body, headers=payloads.signed_headers(body)
+            ) as response:
                 assert response.status == 200
             assert time.monotonic() - sent < 3.0
         for _ in range(100):
@@ -739,8 +872,16 @@ def test_the_manifest_declares_everything_the_bot_uses():
     [shortcut] = features["shortcuts"]
     assert (shortcut["type"], shortcut["callback_id"]) == ("message", "sam3d_make")
     scopes = set(manifest["oauth_config"]["scopes"]["bot"])
-    assert {"commands", "chat:write", "files:read", "files:write", "users:read",
-            "app_mentions:read", "channels:history", "groups:history"} <= scopes
+    assert {
+        "commands",
+        "chat:write",
+        "files:read",
+        "files:write",
+        "users:read",
+        "app_mentions:read",
+        "channels:history",
+        "groups:history",
+    } <= scopes
     settings = manifest["settings"]
     assert settings["event_subscriptions"]["bot_events"] == ["app_mention"]
     assert settings["interactivity"]["is_enabled"] is True

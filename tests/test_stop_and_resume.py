@@ -36,8 +36,9 @@ async def other_ledger(tmp_path):
     opened = []
 
     async def make(lease_s: float = 30.0):
-        other = SqliteLedger(tmp_path / "l.sqlite3", QuotaPolicy(jobs_per_window=3),
-                             lease_s=lease_s)
+        other = SqliteLedger(
+            tmp_path / "l.sqlite3", QuotaPolicy(jobs_per_window=3), lease_s=lease_s
+        )
         await other.open()
         opened.append(other)
         return other
@@ -51,7 +52,8 @@ async def other_ledger(tmp_path):
 
 
 async def test_a_job_stopped_while_rendering_is_drawn_and_delivered_from_its_kept_files(
-        make_service, ledger, fake_segmind, other_ledger):
+    make_service, ledger, fake_segmind, other_ledger
+):
     stuck = StuckRenderer()
     service = make_service(renderer=stuck)
     first = Recorder()
@@ -61,8 +63,11 @@ async def test_a_job_stopped_while_rendering_is_drawn_and_delivered_from_its_kep
     [job] = await ledger.unfinished()
     assert job.state is JobState.RENDERING and job.committed
     assert not any(e[0] == "fail" for e in first.events)
-    fetched = (fake_segmind.counters.polls, fake_segmind.counters.results,
-               fake_segmind.counters.downloads)
+    fetched = (
+        fake_segmind.counters.polls,
+        fake_segmind.counters.results,
+        fake_segmind.counters.downloads,
+    )
 
     reply = Recorder()
     fresh = make_service(renderer=PictureRenderer(), ledger=await other_ledger())
@@ -73,15 +78,19 @@ async def test_a_job_stopped_while_rendering_is_drawn_and_delivered_from_its_kep
     assert {"mesh", "splat", "thumbnail"} <= kinds
     assert reply.result.cost_micros == 65_000
     # Drawn from the files downloaded before the stop: Segmind was not asked again.
-    assert (fake_segmind.counters.polls, fake_segmind.counters.results,
-            fake_segmind.counters.downloads) == fetched
+    assert (
+        fake_segmind.counters.polls,
+        fake_segmind.counters.results,
+        fake_segmind.counters.downloads,
+    ) == fetched
     assert (await ledger.get(job.id)).state is JobState.DELIVERED
     assert actions(await ledger.audit_trail(job.id)).count("commit") == 1
     assert (await ledger.budget()).committed_micros == 65_000
 
 
 async def test_a_job_stopped_while_being_sent_is_held_for_an_admin_never_refunded(
-        make_service, ledger, fake_segmind, other_ledger):
+    make_service, ledger, fake_segmind, other_ledger
+):
     fake_segmind.behaviour.submit_delay_s = 30  # the stop comes while the POST is in flight
     service = make_service()
     service.runner.start(service.run(request(), Recorder()))
@@ -106,7 +115,8 @@ async def test_a_job_stopped_while_being_sent_is_held_for_an_admin_never_refunde
 
 
 async def test_a_connection_that_breaks_after_the_submit_went_out_is_held(
-        make_service, ledger, fake_segmind):
+    make_service, ledger, fake_segmind
+):
     fake_segmind.behaviour.drop_after_submit = True  # Segmind took it; the answer is lost
     reply = Recorder()
     assert await make_service().run(request(), reply) is None
@@ -142,7 +152,8 @@ async def two_processes(request, tmp_path):
 
 
 async def test_a_process_that_lost_its_job_stops_and_writes_nothing_more(
-        two_processes, make_service, fake_segmind):
+    two_processes, make_service, fake_segmind
+):
     """Stopped during its submit (Ctrl-Z: it renews nothing), its job taken over by another
     process; woken up, it finds the job gone at its next write and stops there."""
     stalled, other = two_processes
@@ -169,7 +180,8 @@ async def test_a_process_that_lost_its_job_stops_and_writes_nothing_more(
 
 
 async def test_a_lease_taken_over_while_a_job_runs_stops_it_at_once(
-        make_service, ledger, fake_segmind, other_ledger, tmp_path):
+    make_service, ledger, fake_segmind, other_ledger, tmp_path
+):
     fake_segmind.behaviour.complete_after_s = 3600
     short = SqliteLedger(tmp_path / "l.sqlite3", QuotaPolicy(), lease_s=0.3)
     await short.open()
@@ -197,7 +209,8 @@ async def _polls(fake, n):
 
 
 async def test_a_running_instance_takes_over_the_jobs_of_one_that_died(
-        make_service, ledger, fake_segmind, other_ledger):
+    make_service, ledger, fake_segmind, other_ledger
+):
     watcher = await other_ledger(lease_s=0.3)
     replies = []
 
@@ -229,7 +242,8 @@ async def _state_is(ledger, job_id, state):
 
 
 async def test_a_billed_result_that_could_not_be_posted_is_sent_free_when_asked_again(
-        make_service, ledger, fake_segmind):
+    make_service, ledger, fake_segmind
+):
     service = make_service()
     broken = Recorder(fail_delivery=True)
     assert await service.run(request(), broken) is None
@@ -283,8 +297,7 @@ async def test_a_stopping_bot_takes_no_new_job_and_charges_nothing(make_service,
     assert await ledger.usage() == []
 
 
-async def test_a_stop_before_the_job_exists_tells_the_user_to_send_it_again(
-        make_service, ledger):
+async def test_a_stop_before_the_job_exists_tells_the_user_to_send_it_again(make_service, ledger):
     class SlowToPrepare(Recorder):
         async def prepare(self):
             await asyncio.Event().wait()  # e.g. a slow disk for --out

@@ -21,9 +21,15 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # name but loopback fails to resolve, and its background services are off.
 CHROMIUM_ARGS = [
     "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-    "--disable-background-networking", "--disable-component-update", "--no-first-run",
-    "--disable-sync", "--disable-default-apps", "--disable-domain-reliability",
-    "--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--ignore-gpu-blocklist",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+    "--disable-default-apps",
+    "--disable-domain-reliability",
+    "--use-angle=swiftshader",
+    "--enable-unsafe-swiftshader",
+    "--ignore-gpu-blocklist",
     "--no-sandbox",
 ]
 
@@ -47,8 +53,7 @@ async def site(tmp_path, unused_tcp_port):
     base = f"http://127.0.0.1:{unused_tcp_port}"
     clock = Clock()
     links = DownloadLinks(b"v" * 32, base, 7 * 86400, clock)
-    runner = await start_web(build_web_app(links, tmp_path / "data"), "127.0.0.1",
-                             unused_tcp_port)
+    runner = await start_web(build_web_app(links, tmp_path / "data"), "127.0.0.1", unused_tcp_port)
     async with aiohttp.ClientSession() as session:
         yield links, clock, session, base
     await runner.cleanup()
@@ -77,8 +82,12 @@ async def test_the_page_has_the_model_its_poster_downloads_and_a_preview_card(si
 async def test_bad_viewer_links_get_plain_refusals(site):
     links, clock, session, base = site
     good = links.viewer_link("abc123")
-    for url, status in ((good[:-3] + "abc", 403), (base + "/m/abc123", 403),
-                        (base + "/m/../../etc/passwd", 404), (links.viewer_link("fff999"), 404)):
+    for url, status in (
+        (good[:-3] + "abc", 403),
+        (base + "/m/abc123", 403),
+        (base + "/m/../../etc/passwd", 404),
+        (links.viewer_link("fff999"), 404),
+    ):
         async with session.get(url) as response:
             assert response.status == status, url
             assert "<html" not in (await response.text()).lower()
@@ -90,9 +99,12 @@ async def test_bad_viewer_links_get_plain_refusals(site):
 @pytest.mark.skipif(not vendored(), reason="viewer JavaScript not fetched (scripts/setup.sh)")
 async def test_the_viewer_javascript_is_served_by_the_bot(site):
     _, _, session, base = site
-    for path in ("/static/vendor/model-viewer/model-viewer.min.js",
-                 "/static/vendor/spark/spark.module.min.js",
-                 "/static/vendor/three/three.module.js", "/static/splat-viewer.js"):
+    for path in (
+        "/static/vendor/model-viewer/model-viewer.min.js",
+        "/static/vendor/spark/spark.module.min.js",
+        "/static/vendor/three/three.module.js",
+        "/static/splat-viewer.js",
+    ):
         async with session.get(base + path) as response:
             assert response.status == 200, path
             assert "javascript" in response.content_type
@@ -119,16 +131,16 @@ async def test_a_real_browser_draws_the_model(site, view):
     url = links.viewer_link("abc123") + ("?view=splat" if view == "splat" else "")
     errors: list[str] = []
     async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=CHROMIUM,
-                                                   args=CHROMIUM_ARGS)
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = await browser.new_page(viewport={"width": 800, "height": 700})
             page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
             page.on("pageerror", lambda e: errors.append(str(e)))
             await page.goto(url)
             # A selector, not a script: the page's CSP refuses eval, test harness included.
-            await page.wait_for_selector("body[data-loaded='true']", state="attached",
-                                         timeout=60_000)
+            await page.wait_for_selector(
+                "body[data-loaded='true']", state="attached", timeout=60_000
+            )
             await page.wait_for_timeout(1500)  # a few frames after loading
             shot = await page.locator("#model" if view == "mesh" else "#splat").screenshot()
         finally:

@@ -73,8 +73,11 @@ async def test_tampered_expired_and_climbing_links_are_refused(files_server):
     async with session.get(url) as response:
         assert response.status == 410 and "expired" in await response.text()
     clock.now -= 8 * 86400
-    for path in ("/files/abc123/..%2Fsecret.txt", "/files/abc123/.hidden",
-                 "/files/..%2F..%2Fetc/passwd"):
+    for path in (
+        "/files/abc123/..%2Fsecret.txt",
+        "/files/abc123/.hidden",
+        "/files/..%2F..%2Fetc/passwd",
+    ):
         signed = links.link(*path.split("/")[2:4])
         async with session.get(base + signed.removeprefix(base)) as response:
             assert response.status == 404, path
@@ -104,8 +107,9 @@ async def test_readyz_lists_each_check_and_fails_when_one_does(unused_tcp_port):
 
 async def test_metrics_speak_prometheus_to_loopback_or_a_bearer_token(unused_tcp_port):
     metrics = Metrics()
-    result = JobResult("abc123", {}, (), 65_000, seconds=31.0,
-                       timings={"upstream": 28.0, "render": 0.5})
+    result = JobResult(
+        "abc123", {}, (), 65_000, seconds=31.0, timings={"upstream": 28.0, "render": 0.5}
+    )
     metrics.delivered("discord", result)
     metrics.failed("slack", UpstreamRejected("no"), refunded=True)
 
@@ -113,8 +117,7 @@ async def test_metrics_speak_prometheus_to_loopback_or_a_bearer_token(unused_tcp
         async def budget(self):
             return Budget("global", "2026-11", 20_000_000, 65_000, 130_000, 195_000)
 
-    app = build_web_app(scrape=lambda: metrics.scrape(Ledger(), lambda: 3),
-                        metrics_token="s3cret")
+    app = build_web_app(scrape=lambda: metrics.scrape(Ledger(), lambda: 3), metrics_token="s3cret")
     runner = await start_web(app, "127.0.0.1", unused_tcp_port)
     try:
         async with aiohttp.ClientSession() as session:
@@ -133,8 +136,7 @@ async def test_metrics_speak_prometheus_to_loopback_or_a_bearer_token(unused_tcp
     def from_afar(headers):
         transport = mock.Mock()
         transport.get_extra_info.return_value = ("203.0.113.9", 40000)
-        return make_mocked_request("GET", "/metrics", headers=headers, app=app,
-                                   transport=transport)
+        return make_mocked_request("GET", "/metrics", headers=headers, app=app, transport=transport)
 
     handler = metrics_handler
     assert (await handler(from_afar({}))).status == 403
@@ -142,8 +144,9 @@ async def test_metrics_speak_prometheus_to_loopback_or_a_bearer_token(unused_tcp
     assert (await handler(from_afar({"Authorization": "Bearer s3cret"}))).status == 200
 
 
-async def test_the_running_bot_serves_readiness_and_metrics(unused_tcp_port, settings_env,
-                                                            tmp_path):
+async def test_the_running_bot_serves_readiness_and_metrics(
+    unused_tcp_port, settings_env, tmp_path
+):
     from bot.app import run_adapters
     from bot.settings import load_settings
 
@@ -165,8 +168,9 @@ async def test_the_running_bot_serves_readiness_and_metrics(unused_tcp_port, set
                     async with session.get(base + path) as response:
                         seen[path] = (response.status, await response.text())
 
-    settings = load_settings(None, data_dir=tmp_path / "data", http_port=unused_tcp_port,
-                             render_enabled=False)
+    settings = load_settings(
+        None, data_dir=tmp_path / "data", http_port=unused_tcp_port, render_enabled=False
+    )
     await run_adapters(settings, [Adapter()])
     assert seen["/readyz"] == (200, "database: ok\nchat: ok\n")
     status, text = seen["/metrics"]

@@ -38,8 +38,10 @@ class DiscordAdapter:
             try:
                 await client.login(core.settings.discord_token.get_secret_value())
             except discord.LoginFailure:
-                raise AdapterFailed("Discord refused the token: check DISCORD_TOKEN (Developer "
-                                    "Portal > your application > Bot > Reset Token)") from None
+                raise AdapterFailed(
+                    "Discord refused the token: check DISCORD_TOKEN (Developer "
+                    "Portal > your application > Bot > Reset Token)"
+                ) from None
             gateway = asyncio.create_task(client.connect(reconnect=True))
             stopping = asyncio.create_task(stop.wait())
             await asyncio.wait({gateway, stopping}, return_when=asyncio.FIRST_COMPLETED)

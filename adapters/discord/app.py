@@ -40,15 +40,18 @@ DEFAULT_SIZE_LIMIT = 10 * 1024 * 1024
 MAX_PROMPT = 200
 JOB_ID = r"(?P<job>[0-9a-f]{6,32})"
 # Send Messages, Embed Links, Attach Files, Read Message History, Use Application Commands.
-INVITE_PERMISSIONS = discord.Permissions(send_messages=True, embed_links=True,
-                                         attach_files=True, read_message_history=True,
-                                         use_application_commands=True)
+INVITE_PERMISSIONS = discord.Permissions(
+    send_messages=True,
+    embed_links=True,
+    attach_files=True,
+    read_message_history=True,
+    use_application_commands=True,
+)
 
 
 class Sam3dClient(discord.AutoShardedClient):
     def __init__(self, core, **options: Any):
-        super().__init__(intents=discord.Intents(guilds=True), allowed_mentions=NO_PINGS,
-                         **options)
+        super().__init__(intents=discord.Intents(guilds=True), allowed_mentions=NO_PINGS, **options)
         self.core = core
         self.settings = core.settings
         self.operations = Operations(core.ledger)
@@ -62,7 +65,8 @@ class Sam3dClient(discord.AutoShardedClient):
 
         def parse_keeping_limit(data: dict) -> None:
             self._size_limits[int(data["id"])] = int(
-                data.get("attachment_size_limit") or DEFAULT_SIZE_LIMIT)
+                data.get("attachment_size_limit") or DEFAULT_SIZE_LIMIT
+            )
             while len(self._size_limits) > 10_000:
                 self._size_limits.popitem(last=False)
             parse(data)
@@ -87,34 +91,60 @@ class Sam3dClient(discord.AutoShardedClient):
         return self._size_limits.get(interaction.id, DEFAULT_SIZE_LIMIT)
 
     def replier_for(self, interaction: discord.Interaction) -> DiscordReplier:
-        return DiscordReplier(self, reply_to_of(interaction), interaction,
-                              interval_s=self.settings.progress_edit_interval_s,
-                              size_limit=self.size_limit_of(interaction), view_for=result_view,
-                              links=self.core.links)
+        return DiscordReplier(
+            self,
+            reply_to_of(interaction),
+            interaction,
+            interval_s=self.settings.progress_edit_interval_s,
+            size_limit=self.size_limit_of(interaction),
+            view_for=result_view,
+            links=self.core.links,
+        )
 
     def replier_for_record(self, record: JobRecord) -> DiscordReplier | None:
         """After a restart: the channel, the user, and the token while it still lives."""
         if "channel_id" not in record.reply_to:
             return None
-        return DiscordReplier(self, record.reply_to, None,
-                              interval_s=self.settings.progress_edit_interval_s,
-                              view_for=result_view, links=self.core.links)
+        return DiscordReplier(
+            self,
+            record.reply_to,
+            None,
+            interval_s=self.settings.progress_edit_interval_s,
+            view_for=result_view,
+            links=self.core.links,
+        )
 
-    async def start_job(self, interaction: discord.Interaction, image: ImageSource, *,
-                        prompt: str | None = None, bbox: str | None = None,
-                        points: str | None = None, mask: ImageSource | None = None,
-                        seed: int | None = None, artifacts: bool = False) -> None:
+    async def start_job(
+        self,
+        interaction: discord.Interaction,
+        image: ImageSource,
+        *,
+        prompt: str | None = None,
+        bbox: str | None = None,
+        points: str | None = None,
+        mask: ImageSource | None = None,
+        seed: int | None = None,
+        artifacts: bool = False,
+    ) -> None:
         """Defer within Discord's 3 s, then run the job in the background."""
         if not await self.may_post_here(interaction) or not await self.may_start_here(interaction):
             return
         await interaction.response.defer(thinking=True)
         replier = self.replier_for(interaction)
         request = JobRequest(
-            requester=requester_of(interaction), image=image, prompt=prompt, bbox=bbox,
-            points=points, mask=mask, seed=seed, include_artifacts=artifacts,
-            reply_to=replier.reply_to)
-        self.background(self.core.service.run(request, replier,
-                                              idempotency_key=f"discord:{interaction.id}"))
+            requester=requester_of(interaction),
+            image=image,
+            prompt=prompt,
+            bbox=bbox,
+            points=points,
+            mask=mask,
+            seed=seed,
+            include_artifacts=artifacts,
+            reply_to=replier.reply_to,
+        )
+        self.background(
+            self.core.service.run(request, replier, idempotency_key=f"discord:{interaction.id}")
+        )
 
     def background(self, work) -> asyncio.Task:
         return self.core.runner.start(work, "discord job")
@@ -125,8 +155,10 @@ class Sam3dClient(discord.AutoShardedClient):
         channels = await self.operations.may_start_in(where, str(interaction.channel_id))
         if channels is None:
             return True
-        await ephemeral(interaction, "On this server, 3D models are made in "
-                                     + ", ".join(f"<#{c}>" for c in channels) + ".")
+        await ephemeral(
+            interaction,
+            "On this server, 3D models are made in " + ", ".join(f"<#{c}>" for c in channels) + ".",
+        )
         return False
 
     async def may_post_here(self, interaction: discord.Interaction) -> bool:
@@ -134,11 +166,20 @@ class Sam3dClient(discord.AutoShardedClient):
         if interaction.guild_id is None:
             return True
         allowed = interaction.app_permissions
-        missing = [name for name, ok in (("Attach Files", allowed.attach_files),
-                                         ("Embed Links", allowed.embed_links)) if not ok]
+        missing = [
+            name
+            for name, ok in (
+                ("Attach Files", allowed.attach_files),
+                ("Embed Links", allowed.embed_links),
+            )
+            if not ok
+        ]
         if missing and not interaction.is_user_integration():
-            await ephemeral(interaction, f"I need the {' and '.join(missing)} permission in "
-                                         "this channel to deliver models; ask an admin.")
+            await ephemeral(
+                interaction,
+                f"I need the {' and '.join(missing)} permission in "
+                "this channel to deliver models; ask an admin.",
+            )
             return False
         return True
 
@@ -147,19 +188,20 @@ async def ephemeral(interaction: discord.Interaction, text: str) -> None:
     if interaction.response.is_done():
         await interaction.followup.send(text, ephemeral=True, allowed_mentions=NO_PINGS)
     else:
-        await interaction.response.send_message(text, ephemeral=True,
-                                                allowed_mentions=NO_PINGS)
+        await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_PINGS)
 
 
 def invite_url(application_id: int | None) -> str:
-    return discord.utils.oauth_url(application_id or 0, permissions=INVITE_PERMISSIONS,
-                                   scopes=("bot", "applications.commands"))
+    return discord.utils.oauth_url(
+        application_id or 0, permissions=INVITE_PERMISSIONS, scopes=("bot", "applications.commands")
+    )
 
 
 async def attachment_image(attachment: discord.Attachment, max_bytes: int) -> ImageSource:
     if attachment.size > max_bytes:
-        raise InputError(attachment.filename,
-                         f"the file is larger than {max_bytes // 1_000_000} MB")
+        raise InputError(
+            attachment.filename, f"the file is larger than {max_bytes // 1_000_000} MB"
+        )
     return ImageSource.from_bytes(await attachment.read(), attachment.filename)
 
 
@@ -171,34 +213,55 @@ def add_commands(client: Sam3dClient) -> None:
 
     @tree.command(name="sam3d", description="Make a 3D model of an object in a photo")
     @app_commands.describe(
-        image="the photo (PNG, JPEG or WebP)", image_url="or a link to the photo",
-        prompt="what the object is, e.g. 'red chair'", bbox="box around it: x1,y1,x2,y2",
-        points="points on it: x,y;x,y", mask="a mask image (white = the object)",
+        image="the photo (PNG, JPEG or WebP)",
+        image_url="or a link to the photo",
+        prompt="what the object is, e.g. 'red chair'",
+        bbox="box around it: x1,y1,x2,y2",
+        points="points on it: x,y;x,y",
+        mask="a mask image (white = the object)",
         seed="0 to 1000000; the same seed gives the same model",
-        artifacts="also send the artifacts archive")
-    async def sam3d(interaction: discord.Interaction,
-                    image: discord.Attachment | None = None,
-                    image_url: str | None = None,
-                    prompt: app_commands.Range[str, 1, MAX_PROMPT] | None = None,
-                    bbox: str | None = None, points: str | None = None,
-                    mask: discord.Attachment | None = None,
-                    seed: app_commands.Range[int, SEED_MIN, SEED_MAX] | None = None,
-                    artifacts: bool = False) -> None:
+        artifacts="also send the artifacts archive",
+    )
+    async def sam3d(
+        interaction: discord.Interaction,
+        image: discord.Attachment | None = None,
+        image_url: str | None = None,
+        prompt: app_commands.Range[str, 1, MAX_PROMPT] | None = None,
+        bbox: str | None = None,
+        points: str | None = None,
+        mask: discord.Attachment | None = None,
+        seed: app_commands.Range[int, SEED_MIN, SEED_MAX] | None = None,
+        artifacts: bool = False,
+    ) -> None:
         if (image is None) == (image_url is None):
             await ephemeral(interaction, "Give the photo as an attachment or as a link (one).")
             return
         limit = client.settings.max_image_bytes
         try:
-            source = await attachment_image(image, limit) if image \
+            source = (
+                await attachment_image(image, limit)
+                if image
                 else ImageSource.from_url(image_url or "")
+            )
             mask_source = await attachment_image(mask, limit) if mask else None
         except (BotError, discord.HTTPException) as error:
-            text = error.user_message if isinstance(error, BotError) \
+            text = (
+                error.user_message
+                if isinstance(error, BotError)
                 else "I could not download that attachment from Discord; try again."
+            )
             await ephemeral(interaction, text)
             return
-        await client.start_job(interaction, source, prompt=prompt, bbox=bbox, points=points,
-                               mask=mask_source, seed=seed, artifacts=artifacts)
+        await client.start_job(
+            interaction,
+            source,
+            prompt=prompt,
+            bbox=bbox,
+            points=points,
+            mask=mask_source,
+            seed=seed,
+            artifacts=artifacts,
+        )
 
     @tree.context_menu(name="Make 3D model")
     async def make_3d(interaction: discord.Interaction, message: discord.Message) -> None:
@@ -210,7 +273,8 @@ def add_commands(client: Sam3dClient) -> None:
             await interaction.response.send_modal(JobModal(client, message, images[0][1]))
             return
         await interaction.response.send_message(
-            "Which image?", view=PickImage(client, message, images), ephemeral=True)
+            "Which image?", view=PickImage(client, message, images), ephemeral=True
+        )
 
     @tree.command(name="sam3d-quota", description="Your jobs left and this server's budget")
     async def quota(interaction: discord.Interaction) -> None:
@@ -221,10 +285,10 @@ def add_commands(client: Sam3dClient) -> None:
 
 
 class JobModal(discord.ui.Modal, title="Make a 3D model"):
-    prompt = discord.ui.TextInput(label="What is the object? (optional)", required=False,
-                                  max_length=MAX_PROMPT)
-    seed = discord.ui.TextInput(label="Seed, 0 to 1000000 (optional)", required=False,
-                                max_length=7)
+    prompt = discord.ui.TextInput(
+        label="What is the object? (optional)", required=False, max_length=MAX_PROMPT
+    )
+    seed = discord.ui.TextInput(label="Seed, 0 to 1000000 (optional)", required=False, max_length=7)
 
     def __init__(self, client: Sam3dClient, message: discord.Message, url: str):
         super().__init__()
@@ -233,25 +297,40 @@ class JobModal(discord.ui.Modal, title="Make a 3D model"):
     async def on_submit(self, interaction: discord.Interaction) -> None:
         attachment = next((a for a in self.message.attachments if a.url == self.url), None)
         try:
-            source = await attachment_image(attachment, self.client.settings.max_image_bytes) \
-                if attachment else ImageSource.from_url(self.url)
+            source = (
+                await attachment_image(attachment, self.client.settings.max_image_bytes)
+                if attachment
+                else ImageSource.from_url(self.url)
+            )
         except (BotError, discord.HTTPException) as error:
-            text = error.user_message if isinstance(error, BotError) \
+            text = (
+                error.user_message
+                if isinstance(error, BotError)
                 else "I could not download that image from Discord; try again."
+            )
             await ephemeral(interaction, text)
             return
-        await self.client.start_job(interaction, source, prompt=self.prompt.value or None,
-                                    seed=self.seed.value.strip() or None)
+        await self.client.start_job(
+            interaction,
+            source,
+            prompt=self.prompt.value or None,
+            seed=self.seed.value.strip() or None,
+        )
 
 
 class PickImage(discord.ui.View):
-    def __init__(self, client: Sam3dClient, message: discord.Message,
-                 images: list[tuple[str, str]]):
+    def __init__(
+        self, client: Sam3dClient, message: discord.Message, images: list[tuple[str, str]]
+    ):
         super().__init__(timeout=300)
         self.client, self.message = client, message
-        select = discord.ui.Select(placeholder="Pick the image", options=[
-            discord.SelectOption(label=label[:100], value=str(index))
-            for index, (label, _) in enumerate(images[:25])])
+        select = discord.ui.Select(
+            placeholder="Pick the image",
+            options=[
+                discord.SelectOption(label=label[:100], value=str(index))
+                for index, (label, _) in enumerate(images[:25])
+            ],
+        )
         self.images = images
 
         async def picked(interaction: discord.Interaction) -> None:
@@ -278,9 +357,15 @@ async def new_seed(client: Sam3dClient, interaction: discord.Interaction, job_id
         return
     await interaction.response.defer(thinking=True)
     replier = client.replier_for(interaction)
-    client.background(client.core.service.again(
-        job_id, requester_of(interaction), replier, reply_to=replier.reply_to,
-        idempotency_key=f"discord:{interaction.id}"))
+    client.background(
+        client.core.service.again(
+            job_id,
+            requester_of(interaction),
+            replier,
+            reply_to=replier.reply_to,
+            idempotency_key=f"discord:{interaction.id}",
+        )
+    )
 
 
 async def details(client: Sam3dClient, interaction: discord.Interaction, job_id: str) -> None:
@@ -288,16 +373,19 @@ async def details(client: Sam3dClient, interaction: discord.Interaction, job_id:
     if record is None:
         await ephemeral(interaction, "I no longer know that job.")
         return
-    await ephemeral(interaction, details_text(record.params, record.id, record.cost_micros,
-                                              discord.utils.escape_markdown))
+    await ephemeral(
+        interaction,
+        details_text(record.params, record.id, record.cost_micros, discord.utils.escape_markdown),
+    )
 
 
 async def delete(client: Sam3dClient, interaction: discord.Interaction, job_id: str) -> None:
     record = await client.core.ledger.get(job_id)
     who = requester_of(interaction)
     if record is None or (record.user_id != who.user_id and not who.is_admin):
-        await ephemeral(interaction, "Only the person who asked for it, or an admin, "
-                                     "can delete this.")
+        await ephemeral(
+            interaction, "Only the person who asked for it, or an admin, can delete this."
+        )
         return
     await interaction.response.defer(ephemeral=True, thinking=False)
     if interaction.message is not None:
@@ -312,15 +400,20 @@ BUTTONS = {
 }
 
 
-class ResultButton(discord.ui.DynamicItem[discord.ui.Button],
-                   template=rf"sam3d:(?P<action>seed|details|delete):{JOB_ID}"):
+class ResultButton(
+    discord.ui.DynamicItem[discord.ui.Button],
+    template=rf"sam3d:(?P<action>seed|details|delete):{JOB_ID}",
+):
     """The buttons on a result. Their ids carry the action and the job, so they keep working
     after a restart (discord.py rebuilds them from the id)."""
 
     def __init__(self, action: str, job_id: str):
         label, emoji, style, _ = BUTTONS[action]
-        super().__init__(discord.ui.Button(label=label, emoji=emoji, style=style,
-                                           custom_id=f"sam3d:{action}:{job_id}"))
+        super().__init__(
+            discord.ui.Button(
+                label=label, emoji=emoji, style=style, custom_id=f"sam3d:{action}:{job_id}"
+            )
+        )
         self.action, self.job_id = action, job_id
 
     @classmethod
@@ -336,9 +429,12 @@ class ResultButton(discord.ui.DynamicItem[discord.ui.Button],
 
 class AdminCommands(app_commands.Group):
     def __init__(self, client: Sam3dClient):
-        super().__init__(name="sam3d-admin", description="Quotas, budget and controls of sam3d",
-                         default_permissions=discord.Permissions(manage_guild=True),
-                         guild_only=True)
+        super().__init__(
+            name="sam3d-admin",
+            description="Quotas, budget and controls of sam3d",
+            default_permissions=discord.Permissions(manage_guild=True),
+            guild_only=True,
+        )
         self.client = client
 
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
@@ -370,54 +466,97 @@ class AdminCommands(app_commands.Group):
 
         await self._answer(interaction, report())
 
-    @app_commands.command(name="quota", description="Jobs per window for a member or role, "
-                                                    "or the whole server")
+    @app_commands.command(
+        name="quota", description="Jobs per window for a member or role, or the whole server"
+    )
     @app_commands.describe(jobs="a number, unlimited, or default", window_hours="its window")
-    async def quota(self, interaction: discord.Interaction, jobs: str,
-                    member: discord.Member | None = None, role: discord.Role | None = None,
-                    window_hours: app_commands.Range[float, 0.1, 744.0] | None = None
-                    ) -> None:
-        kind, target = ("user", str(member.id)) if member else \
-            ("role", str(role.id)) if role else ("guild", "")
-        await self._answer(interaction, self.client.operations.set_quota(
-            requester_of(interaction).key, self._where(interaction), kind, target, jobs,
-            window_hours))
+    async def quota(
+        self,
+        interaction: discord.Interaction,
+        jobs: str,
+        member: discord.Member | None = None,
+        role: discord.Role | None = None,
+        window_hours: app_commands.Range[float, 0.1, 744.0] | None = None,
+    ) -> None:
+        kind, target = (
+            ("user", str(member.id))
+            if member
+            else ("role", str(role.id))
+            if role
+            else ("guild", "")
+        )
+        await self._answer(
+            interaction,
+            self.client.operations.set_quota(
+                requester_of(interaction).key,
+                self._where(interaction),
+                kind,
+                target,
+                jobs,
+                window_hours,
+            ),
+        )
 
     @app_commands.command(name="budget", description="This server's monthly budget in USD")
     @app_commands.describe(usd="e.g. 25, or none")
     async def budget(self, interaction: discord.Interaction, usd: str) -> None:
-        await self._answer(interaction, self.client.operations.set_budget(
-            requester_of(interaction).key, self._where(interaction), usd))
+        await self._answer(
+            interaction,
+            self.client.operations.set_budget(
+                requester_of(interaction).key, self._where(interaction), usd
+            ),
+        )
 
     @app_commands.command(name="block", description="Stop a member making models here")
-    async def block(self, interaction: discord.Interaction, member: discord.User,
-                    reason: str = "") -> None:
-        await self._answer(interaction, self.client.operations.block(
-            requester_of(interaction).key, self._where(interaction), str(member.id), reason))
+    async def block(
+        self, interaction: discord.Interaction, member: discord.User, reason: str = ""
+    ) -> None:
+        await self._answer(
+            interaction,
+            self.client.operations.block(
+                requester_of(interaction).key, self._where(interaction), str(member.id), reason
+            ),
+        )
 
     @app_commands.command(name="unblock", description="Let a member make models again")
     async def unblock(self, interaction: discord.Interaction, member: discord.User) -> None:
-        await self._answer(interaction, self.client.operations.unblock(
-            requester_of(interaction).key, self._where(interaction), str(member.id)))
+        await self._answer(
+            interaction,
+            self.client.operations.unblock(
+                requester_of(interaction).key, self._where(interaction), str(member.id)
+            ),
+        )
 
     @app_commands.command(name="pause", description="Stop new jobs on this server")
     async def pause(self, interaction: discord.Interaction, reason: str = "") -> None:
-        await self._answer(interaction, self.client.operations.pause(
-            requester_of(interaction).key, self._where(interaction), reason))
+        await self._answer(
+            interaction,
+            self.client.operations.pause(
+                requester_of(interaction).key, self._where(interaction), reason
+            ),
+        )
 
     @app_commands.command(name="resume", description="Open new jobs again")
     async def resume(self, interaction: discord.Interaction) -> None:
-        await self._answer(interaction, self.client.operations.resume(
-            requester_of(interaction).key, self._where(interaction)))
+        await self._answer(
+            interaction,
+            self.client.operations.resume(requester_of(interaction).key, self._where(interaction)),
+        )
 
-    @app_commands.command(name="channel", description="Allow or stop /sam3d in a channel "
-                                                      "(none allowed: every channel)")
-    async def channel(self, interaction: discord.Interaction,
-                      channel: app_commands.AppCommandChannel, allowed: bool) -> None:
+    @app_commands.command(
+        name="channel",
+        description="Allow or stop /sam3d in a channel (none allowed: every channel)",
+    )
+    async def channel(
+        self,
+        interaction: discord.Interaction,
+        channel: app_commands.AppCommandChannel,
+        allowed: bool,
+    ) -> None:
         try:
             changed, channels = await self.client.operations.allow_channel(
-                requester_of(interaction).key, self._where(interaction), str(channel.id),
-                allowed)
+                requester_of(interaction).key, self._where(interaction), str(channel.id), allowed
+            )
         except BotError as error:
             await ephemeral(interaction, error.user_message)
             return
@@ -427,11 +566,12 @@ class AdminCommands(app_commands.Group):
 
     @app_commands.command(name="refund", description="Give a finished job back to its member")
     async def refund(self, interaction: discord.Interaction, job: str, reason: str = "") -> None:
-        await self._answer(interaction, self.client.operations.refund(
-            requester_of(interaction).key, self._where(interaction), job, reason))
-
-
-
+        await self._answer(
+            interaction,
+            self.client.operations.refund(
+                requester_of(interaction).key, self._where(interaction), job, reason
+            ),
+        )
 
 
 def build_client(core) -> Sam3dClient:

@@ -25,9 +25,17 @@ log = logging.getLogger(__name__)
 
 
 class DiscordReplier:
-    def __init__(self, client: discord.Client, reply_to: dict[str, Any],
-                 interaction: discord.Interaction | None = None, *, interval_s: float = 3.0,
-                 size_limit: int = 10 * 1024 * 1024, view_for=None, links=None):
+    def __init__(
+        self,
+        client: discord.Client,
+        reply_to: dict[str, Any],
+        interaction: discord.Interaction | None = None,
+        *,
+        interval_s: float = 3.0,
+        size_limit: int = 10 * 1024 * 1024,
+        view_for=None,
+        links=None,
+    ):
         self._client = client
         self._reply_to = reply_to
         self._size_limit = size_limit
@@ -37,8 +45,9 @@ class DiscordReplier:
         self.result_message: discord.Message | None = None
         # The interaction's webhook: after a restart it is rebuilt from the token kept with
         # the job, so a job carried on still edits its "thinking" message while it lives.
-        self._followup = interaction.followup if interaction is not None \
-            else resumed_followup(client, reply_to)
+        self._followup = (
+            interaction.followup if interaction is not None else resumed_followup(client, reply_to)
+        )
 
     @property
     def reply_to(self) -> dict[str, Any]:
@@ -52,14 +61,14 @@ class DiscordReplier:
     def _channel(self) -> discord.PartialMessageable:
         guild_id = self._reply_to.get("guild_id")
         return self._client.get_partial_messageable(
-            int(self._reply_to["channel_id"]), guild_id=int(guild_id) if guild_id else None)
+            int(self._reply_to["channel_id"]), guild_id=int(guild_id) if guild_id else None
+        )
 
     def _token_usable(self) -> bool:
         return self._followup is not None and token_alive(self._reply_to)
 
     async def _edit_original(self, content: str) -> None:
-        await self._followup.edit_message("@original", content=content,
-                                          allowed_mentions=NO_PINGS)
+        await self._followup.edit_message("@original", content=content, allowed_mentions=NO_PINGS)
 
     async def prepare(self) -> None:
         """Where results go was checked when the job was asked for (permissions, the progress
@@ -92,20 +101,25 @@ class DiscordReplier:
         mentions = discord.AllowedMentions(everyone=False, roles=False, users=[self._user])
         try:
             self.result_message = await self._channel().send(
-                content, embed=made.embed, files=made.files, view=view,
-                allowed_mentions=mentions)
+                content, embed=made.embed, files=made.files, view=view, allowed_mentions=mentions
+            )
         except discord.Forbidden:
             if not self._token_usable():
                 raise DeliveryError(
                     "The model is ready, but I may not post in that channel and the command "
-                    "has expired; ask an admin to let me send messages and files there.") \
-                    from None
+                    "has expired; ask an admin to let me send messages and files there."
+                ) from None
             # A user-installed app, or no right to post: answer through the interaction
             # (with new file objects: the refused request used up the first ones).
             made = result_message(result, self._size_limit, self._links)
             self.result_message = await self._followup.send(
-                content, embed=made.embed, files=made.files, view=view, wait=True,
-                allowed_mentions=mentions)
+                content,
+                embed=made.embed,
+                files=made.files,
+                view=view,
+                wait=True,
+                allowed_mentions=mentions,
+            )
             await self._say_progress("✅ Done.")
             return
         await self._say_progress(f"✅ Done: {self.result_message.jump_url}")
@@ -120,14 +134,23 @@ class DiscordReplier:
     async def deliver_more(self, result: JobResult, files: tuple[OutputFile, ...]) -> None:
         """The turntable, added to the result message as an animated GIF."""
         message = self.result_message
-        gif = next((f for f in files if f.kind is FileKind.TURNTABLE
-                    and f.path.suffix == ".gif" and f.size <= self._size_limit), None)
+        gif = next(
+            (
+                f
+                for f in files
+                if f.kind is FileKind.TURNTABLE
+                and f.path.suffix == ".gif"
+                and f.size <= self._size_limit
+            ),
+            None,
+        )
         if message is None or gif is None or not message.embeds:
             return
         embed = message.embeds[0]
         embed.set_image(url="attachment://turntable.gif")
-        await message.edit(embed=embed, attachments=[*message.attachments,
-                                                     discord.File(gif.path, "turntable.gif")])
+        await message.edit(
+            embed=embed, attachments=[*message.attachments, discord.File(gif.path, "turntable.gif")]
+        )
 
     async def fail(self, error: BotError, refunded: bool) -> None:
         await self._finish_progress()
@@ -141,13 +164,16 @@ class DiscordReplier:
             return
         await self._channel().send(
             f"<@{self._reply_to['user_id']}> {text}",
-            allowed_mentions=discord.AllowedMentions(everyone=False, roles=False,
-                                                     users=[self._user]))
+            allowed_mentions=discord.AllowedMentions(
+                everyone=False, roles=False, users=[self._user]
+            ),
+        )
 
 
 def resumed_followup(client: discord.Client, reply_to: dict[str, Any]) -> discord.Webhook | None:
     """The webhook of the interaction a job came from, from what was kept with the job."""
     if not (reply_to.get("token") and reply_to.get("application_id")):
         return None
-    return discord.Webhook.partial(int(reply_to["application_id"]), reply_to["token"],
-                                   client=client)
+    return discord.Webhook.partial(
+        int(reply_to["application_id"]), reply_to["token"], client=client
+    )

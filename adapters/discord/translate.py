@@ -56,8 +56,11 @@ def images_in(message: discord.Message) -> list[tuple[str, str]]:
     """(label, url) of every image a message carries: attachments first, then embeds."""
     found = []
     for attachment in message.attachments:
-        if (attachment.content_type or "").split(";")[0] in IMAGE_TYPES \
-                or attachment.filename.lower().endswith((".png", ".jpg", ".jpeg", ".webp")):
+        if (attachment.content_type or "").split(";")[
+            0
+        ] in IMAGE_TYPES or attachment.filename.lower().endswith(
+            (".png", ".jpg", ".jpeg", ".webp")
+        ):
             found.append((attachment.filename, attachment.url))
     for embed in message.embeds:
         for part in (embed.image, embed.thumbnail):
@@ -84,8 +87,9 @@ def result_message(result: JobResult, size_limit: int, links=None) -> ResultMess
     embed.add_field(name="Time", value=f"{result.seconds:.0f} s")
     if links is not None and links.enabled:
         embed.url = links.viewer_link(result.job_id)
-        embed.add_field(name="View in 3D", value=f"[Open in the browser]({embed.url})",
-                        inline=False)
+        embed.add_field(
+            name="View in 3D", value=f"[Open in the browser]({embed.url})", inline=False
+        )
     if result.note:
         embed.set_footer(text=result.note)
     files: list[discord.File] = []

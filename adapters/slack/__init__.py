@@ -41,18 +41,28 @@ class SlackAdapter:
         if self.socket is None:
             return True
         client = self.socket.client  # its is_connected() is a coroutine; the same test here
-        return not client.closed and not client.stale and client.current_session is not None \
+        return (
+            not client.closed
+            and not client.stale
+            and client.current_session is not None
             and not client.current_session.closed
+        )
 
     def bot_for(self, core) -> SlackBot:
         if self.bot is None:
             settings = core.settings
             if not socket_mode(settings) and not settings.slack_signing_secret.get_secret_value():
-                raise AdapterFailed("Slack: set SLACK_SIGNING_SECRET (HTTP mode, Basic "
-                                    "Information > Signing Secret) or SLACK_APP_TOKEN (Socket "
-                                    "Mode)")
-            self.bot = SlackBot(core, web_client(core), socket_mode=socket_mode(settings),
-                                progress_client=web_client(core, wait_out_rate_limits=False))
+                raise AdapterFailed(
+                    "Slack: set SLACK_SIGNING_SECRET (HTTP mode, Basic "
+                    "Information > Signing Secret) or SLACK_APP_TOKEN (Socket "
+                    "Mode)"
+                )
+            self.bot = SlackBot(
+                core,
+                web_client(core),
+                socket_mode=socket_mode(settings),
+                progress_client=web_client(core, wait_out_rate_limits=False),
+            )
         return self.bot
 
     def routes(self, core) -> list[web.RouteDef]:
@@ -65,7 +75,8 @@ class SlackAdapter:
         await bot.start()
         if socket_mode(core.settings):
             self.socket = AsyncSocketModeHandler(
-                bot.app, core.settings.slack_app_token.get_secret_value(), web_client=bot.client)
+                bot.app, core.settings.slack_app_token.get_secret_value(), web_client=bot.client
+            )
             await self.socket.connect_async()
             log.info("Slack: connected in Socket Mode")
         else:
@@ -86,11 +97,15 @@ def web_client(core, wait_out_rate_limits: bool = True) -> AsyncWebClient:
     retried after the wait Slack asks for (chat.postMessage allows about one message a second
     per channel, so a burst of jobs in one channel waits its turn), except by the client for
     progress edits: a rate-limited edit is dropped, leaving the turn to what must arrive."""
-    client = AsyncWebClient(token=core.settings.slack_bot_token.get_secret_value(),
-                            base_url=core.settings.slack_api_url, session=core.api_session)
+    client = AsyncWebClient(
+        token=core.settings.slack_bot_token.get_secret_value(),
+        base_url=core.settings.slack_api_url,
+        session=core.api_session,
+    )
     if wait_out_rate_limits:
         client.retry_handlers.append(
-            AsyncRateLimitErrorRetryHandler(max_retry_count=RATE_LIMIT_RETRIES))
+            AsyncRateLimitErrorRetryHandler(max_retry_count=RATE_LIMIT_RETRIES)
+        )
     return client
 
 

@@ -70,16 +70,26 @@ ADMIN_CACHE_S = 300.0
 
 
 class SlackBot:
-    def __init__(self, core, client: AsyncWebClient, *, socket_mode: bool,
-                 progress_client: AsyncWebClient | None = None):
+    def __init__(
+        self,
+        core,
+        client: AsyncWebClient,
+        *,
+        socket_mode: bool,
+        progress_client: AsyncWebClient | None = None,
+    ):
         self.core = core
         self.settings = core.settings
         self.client = client
         self.progress_client = progress_client or client
         self.operations = Operations(core.ledger)
-        self.files = SlackFiles(core.api_session, client.token or "", self.settings.slack_api_url,
-                                self.settings.max_image_bytes,
-                                self.settings.image_fetch_timeout_s)
+        self.files = SlackFiles(
+            core.api_session,
+            client.token or "",
+            self.settings.slack_api_url,
+            self.settings.max_image_bytes,
+            self.settings.image_fetch_timeout_s,
+        )
         self.bot_user_id: str | None = None
         self.connected = False
         self._seen: OrderedDict[str, None] = OrderedDict()
@@ -98,8 +108,10 @@ class SlackBot:
         try:
             identity = await self.client.auth_test()
         except SlackApiError as exc:
-            raise AdapterFailed(f"Slack refused SLACK_BOT_TOKEN ({slack_error(exc)}): copy the "
-                                "Bot User OAuth Token from OAuth & Permissions") from None
+            raise AdapterFailed(
+                f"Slack refused SLACK_BOT_TOKEN ({slack_error(exc)}): copy the "
+                "Bot User OAuth Token from OAuth & Permissions"
+            ) from None
         self.bot_user_id = identity.get("user_id")
         self.connected = True
         log.info("Slack: signed in as %s in %s", identity.get("user"), identity.get("team"))
@@ -137,19 +149,21 @@ class SlackBot:
         except SlackApiError as exc:
             log.info("users.info failed: %s", slack_error(exc))
             return False
-        admin = bool(user.get("is_admin") or user.get("is_owner")
-                     or user.get("is_primary_owner"))
+        admin = bool(user.get("is_admin") or user.get("is_owner") or user.get("is_primary_owner"))
         self._admins[(team_id or "", user_id)] = (admin, time.monotonic() + ADMIN_CACHE_S)
         return admin
 
-    async def requester_of(self, team_id: str | None, user_id: str, name: str = ""
-                           ) -> Requester:
+    async def requester_of(self, team_id: str | None, user_id: str, name: str = "") -> Requester:
         return requester(user_id, team_id, name, await self.is_admin(team_id, user_id))
 
     def replier(self, reply_to: dict[str, Any]) -> SlackReplier:
-        return SlackReplier(self.client, reply_to,
-                            interval_s=self.settings.progress_edit_interval_s,
-                            links=self.core.links, progress_client=self.progress_client)
+        return SlackReplier(
+            self.client,
+            reply_to,
+            interval_s=self.settings.progress_edit_interval_s,
+            links=self.core.links,
+            progress_client=self.progress_client,
+        )
 
     def replier_for_record(self, record: JobRecord) -> SlackReplier | None:
         if "channel_id" not in record.reply_to:
@@ -160,31 +174,43 @@ class SlackBot:
         try:
             return (await self.client.files_info(file=file_id))["file"]
         except SlackApiError as exc:
-            raise InputError("image", f"Slack would not show me that file "
-                                      f"({slack_error(exc)})") from None
+            raise InputError(
+                "image", f"Slack would not show me that file ({slack_error(exc)})"
+            ) from None
 
     async def thread_files(self, channel: str, thread_ts: str) -> list[dict[str, Any]]:
         """The files of the message that starts a thread."""
         try:
-            replies = await self.client.conversations_replies(channel=channel, ts=thread_ts,
-                                                              limit=1, inclusive=True)
+            replies = await self.client.conversations_replies(
+                channel=channel, ts=thread_ts, limit=1, inclusive=True
+            )
         except SlackApiError as exc:
             if slack_error(exc) == "missing_scope":
-                raise InputError("image", "I may not read this thread (the app lacks the "
-                                          "channels:history scope): mention me in the "
-                                          "message with the photo, or use ⋯ > Make 3D model "
-                                          "on it") from None
-            raise InputError("image", f"Slack would not show me this thread "
-                                      f"({slack_error(exc)})") from None
+                raise InputError(
+                    "image",
+                    "I may not read this thread (the app lacks the "
+                    "channels:history scope): mention me in the "
+                    "message with the photo, or use ⋯ > Make 3D model "
+                    "on it",
+                ) from None
+            raise InputError(
+                "image", f"Slack would not show me this thread ({slack_error(exc)})"
+            ) from None
         messages = replies.get("messages") or []
         return messages[0].get("files") or [] if messages else []
 
     # -- a job ---------------------------------------------------------------------------------
 
-    async def run_job(self, who: Requester, place: Place, args: JobArgs,
-                      photo: Callable[[], Awaitable[ImageSource]],
-                      mask: Callable[[], Awaitable[ImageSource]] | None, key: str,
-                      same_as: str | None = None) -> None:
+    async def run_job(
+        self,
+        who: Requester,
+        place: Place,
+        args: JobArgs,
+        photo: Callable[[], Awaitable[ImageSource]],
+        mask: Callable[[], Awaitable[ImageSource]] | None,
+        key: str,
+        same_as: str | None = None,
+    ) -> None:
         """Post the progress message, fetch the photo and run the job; every refusal goes to
         the user alone, and nothing is charged unless Segmind ran. `same_as` names the
         request itself (user, photo, settings): while it runs, asking again starts nothing."""
@@ -195,11 +221,15 @@ class SlackBot:
         if same_as is not None:
             self._making.add(same_as)
         try:
-            channels = await self.operations.may_start_in(Where(PLATFORM, who.guild_id),
-                                                          place.channel_id)
+            channels = await self.operations.may_start_in(
+                Where(PLATFORM, who.guild_id), place.channel_id
+            )
             if channels is not None:
-                await replier.tell("In this workspace, 3D models are made in "
-                                   + ", ".join(f"<#{c}>" for c in channels) + ".")
+                await replier.tell(
+                    "In this workspace, 3D models are made in "
+                    + ", ".join(f"<#{c}>" for c in channels)
+                    + "."
+                )
                 return
             if not await replier.start():
                 return
@@ -212,33 +242,46 @@ class SlackBot:
             except asyncio.CancelledError:  # the bot stops before the job exists
                 await asyncio.shield(replier.fail(ServiceStopping(RESTARTING), refunded=False))
                 raise
-            request = JobRequest(requester=who, image=image, prompt=args.prompt,
-                                 bbox=args.bbox, points=args.points, mask=mask_image,
-                                 seed=args.seed, reply_to=replier.reply_to)
+            request = JobRequest(
+                requester=who,
+                image=image,
+                prompt=args.prompt,
+                bbox=args.bbox,
+                points=args.points,
+                mask=mask_image,
+                seed=args.seed,
+                reply_to=replier.reply_to,
+            )
             await self.core.service.run(request, replier, idempotency_key=f"slack:{key}")
             await replier.withdraw_unless_answered()
         finally:
             self._making.discard(same_as)
 
-    def slack_file(self, file: dict[str, Any] | None, file_id: str | None = None,
-                   field: str = "image") -> Callable[[], Awaitable[ImageSource]]:
+    def slack_file(
+        self, file: dict[str, Any] | None, file_id: str | None = None, field: str = "image"
+    ) -> Callable[[], Awaitable[ImageSource]]:
         """A Slack file to fetch when the job starts (looked up first when only its id, or
         a partial object, is known)."""
+
         async def fetch() -> ImageSource:
             known = file
             if known is None or not (known.get("url_private") or known.get("url_private_download")):
                 known = await self.file_info(file_id or (known or {})["id"])
             if not image_files([known]):
-                raise InputError(field, f"{known.get('name') or 'that file'} is not a PNG, "
-                                        "JPEG or WebP photo")
-            return ImageSource.from_bytes(await self.files.download(known, field),
-                                          known.get("name") or "photo")
+                raise InputError(
+                    field, f"{known.get('name') or 'that file'} is not a PNG, JPEG or WebP photo"
+                )
+            return ImageSource.from_bytes(
+                await self.files.download(known, field), known.get("name") or "photo"
+            )
+
         return fetch
 
 
 def link(url: str) -> Callable[[], Awaitable[ImageSource]]:
     async def fetch() -> ImageSource:
         return ImageSource.from_url(url)
+
     return fetch
 
 
@@ -255,8 +298,11 @@ def add_listeners(bot: SlackBot) -> None:
         team, user = team_of(body), body["user_id"]
         if not text:
             await ack()
-            await open_form(bot, body["trigger_id"], {
-                "channel_id": body["channel_id"], "response_url": body.get("response_url")})
+            await open_form(
+                bot,
+                body["trigger_id"],
+                {"channel_id": body["channel_id"], "response_url": body.get("response_url")},
+            )
         elif word == "help":
             await ack(HELP)
         elif word == "quota":
@@ -273,17 +319,26 @@ def add_listeners(bot: SlackBot) -> None:
                 await ack(error.user_message)
                 return
             if args.url is None:
-                await ack(f"Give a link to the photo, or run `{COMMAND}` alone for a form "
-                          f"where you can upload it. `{COMMAND} help` shows more.")
+                await ack(
+                    f"Give a link to the photo, or run `{COMMAND}` alone for a form "
+                    f"where you can upload it. `{COMMAND} help` shows more."
+                )
                 return
             await ack()
             if not bot.first_delivery(f"command:{body['trigger_id']}"):
                 return
             who = await bot.requester_of(team, user, body.get("user_name", ""))
             place = Place(body["channel_id"], None, body.get("response_url"))
-            bot.background(bot.run_job(who, place, args, link(args.url),
-                                       link(args.mask_url) if args.mask_url else None,
-                                       f"command:{body['trigger_id']}"))
+            bot.background(
+                bot.run_job(
+                    who,
+                    place,
+                    args,
+                    link(args.url),
+                    link(args.mask_url) if args.mask_url else None,
+                    f"command:{body['trigger_id']}",
+                )
+            )
 
     @app.shortcut(SHORTCUT)
     async def shortcut(ack, body, respond) -> None:
@@ -291,16 +346,24 @@ def add_listeners(bot: SlackBot) -> None:
         message = body.get("message") or {}
         images = image_files(message.get("files") or [])
         if not images:
-            await respond("That message has no PNG, JPEG or WebP photo to make a model from.",
-                          response_type="ephemeral")
+            await respond(
+                "That message has no PNG, JPEG or WebP photo to make a model from.",
+                response_type="ephemeral",
+            )
             return
         if not bot.first_delivery(f"shortcut:{body['trigger_id']}"):
             return
-        await open_form(bot, body["trigger_id"], {
-            "channel_id": body["channel"]["id"],
-            "thread_ts": message.get("thread_ts") or message.get("ts"),
-            "response_url": body.get("response_url"),
-            "files": [f["id"] for f in images]}, images)
+        await open_form(
+            bot,
+            body["trigger_id"],
+            {
+                "channel_id": body["channel"]["id"],
+                "thread_ts": message.get("thread_ts") or message.get("ts"),
+                "response_url": body.get("response_url"),
+                "files": [f["id"] for f in images],
+            },
+            images,
+        )
 
     @app.view(JOB_VIEW)
     async def submitted(ack, body, view) -> None:
@@ -317,13 +380,19 @@ def add_listeners(bot: SlackBot) -> None:
         user = body["user"]
         who = await bot.requester_of(team_of(body), user["id"], user.get("name", ""))
         place = Place(meta["channel_id"], meta.get("thread_ts"), meta.get("response_url"))
-        args = JobArgs(prompt=answers.prompt, seed=answers.seed, bbox=answers.bbox,
-                       points=answers.points)
+        args = JobArgs(
+            prompt=answers.prompt, seed=answers.seed, bbox=answers.bbox, points=answers.points
+        )
         photo = bot.slack_file(answers.files[0] if answers.files else None, answers.file_id)
         mask = bot.slack_file(answers.mask, field="mask") if answers.mask else None
         # A message's photo asked for twice (the shortcut used again) is one request.
-        same = None if answers.files or answers.mask else ":".join(map(str, (
-            who.user_id, place.channel_id, place.thread_ts, answers.file_id, args)))
+        same = (
+            None
+            if answers.files or answers.mask
+            else ":".join(
+                map(str, (who.user_id, place.channel_id, place.thread_ts, answers.file_id, args))
+            )
+        )
         bot.background(bot.run_job(who, place, args, photo, mask, key, same))
 
     @app.event("app_mention")
@@ -342,8 +411,7 @@ def add_listeners(bot: SlackBot) -> None:
         images = image_files(event.get("files") or [])
         if not images and not args.url and event.get("thread_ts") not in (None, event["ts"]):
             try:  # a reply in a photo's thread: that photo
-                images = image_files(await bot.thread_files(event["channel"],
-                                                            event["thread_ts"]))
+                images = image_files(await bot.thread_files(event["channel"], event["thread_ts"]))
             except BotError as error:
                 await replier.tell(error.user_message)
                 return
@@ -352,12 +420,17 @@ def add_listeners(bot: SlackBot) -> None:
         elif args.url:
             photo = link(args.url)
         else:
-            await replier.tell("Mention me in a message with a photo attached (or a link to "
-                               "one, or in the thread of a photo), for example "
-                               "`@sam3d red chair`.")
+            await replier.tell(
+                "Mention me in a message with a photo attached (or a link to "
+                "one, or in the thread of a photo), for example "
+                "`@sam3d red chair`."
+            )
             return
-        bot.background(bot.run_job(who, place, args, photo,
-                                   link(args.mask_url) if args.mask_url else None, key))
+        bot.background(
+            bot.run_job(
+                who, place, args, photo, link(args.mask_url) if args.mask_url else None, key
+            )
+        )
 
     @app.action(NEW_SEED)
     async def new_seed(ack, body) -> None:
@@ -368,8 +441,7 @@ def add_listeners(bot: SlackBot) -> None:
         user = body["user"]
         who = await bot.requester_of(team_of(body), user["id"], user.get("name", ""))
         message = body.get("message") or {}
-        place = Place(body["channel"]["id"], message.get("thread_ts"),
-                      body.get("response_url"))
+        place = Place(body["channel"]["id"], message.get("thread_ts"), body.get("response_url"))
         bot.background(again(bot, who, place, body["actions"][0]["value"], key))
 
     @app.action(DETAILS)
@@ -377,11 +449,15 @@ def add_listeners(bot: SlackBot) -> None:
         await ack()
         record = await bot.core.ledger.get(body["actions"][0]["value"])
         if record is None:
-            await respond("I no longer know that job.", response_type="ephemeral",
-                          replace_original=False)
+            await respond(
+                "I no longer know that job.", response_type="ephemeral", replace_original=False
+            )
             return
-        await respond(details_text(record.params, record.id, record.cost_micros, escape),
-                      response_type="ephemeral", replace_original=False)
+        await respond(
+            details_text(record.params, record.id, record.cost_micros, escape),
+            response_type="ephemeral",
+            replace_original=False,
+        )
 
     @app.action(DELETE)
     async def delete(ack, body, respond) -> None:
@@ -389,19 +465,28 @@ def add_listeners(bot: SlackBot) -> None:
         value = json.loads(body["actions"][0]["value"])
         record = await bot.core.ledger.get(value["job"])
         user = body["user"]["id"]
-        if record is None or (record.user_id != user
-                              and not await bot.is_admin(team_of(body), user)):
-            await respond("Only the person who asked for it, or an admin, can delete this.",
-                          response_type="ephemeral", replace_original=False)
+        if record is None or (
+            record.user_id != user and not await bot.is_admin(team_of(body), user)
+        ):
+            await respond(
+                "Only the person who asked for it, or an admin, can delete this.",
+                response_type="ephemeral",
+                replace_original=False,
+            )
             return
         for file_id in value["files"]:
             await quietly(bot.client.files_delete(file=file_id))
-        await quietly(bot.client.chat_delete(channel=body["channel"]["id"],
-                                             ts=body["message"]["ts"]))
+        await quietly(
+            bot.client.chat_delete(channel=body["channel"]["id"], ts=body["message"]["ts"])
+        )
 
 
-async def open_form(bot: SlackBot, trigger_id: str, metadata: dict[str, Any],
-                    images: list[dict[str, Any]] | None = None) -> None:
+async def open_form(
+    bot: SlackBot,
+    trigger_id: str,
+    metadata: dict[str, Any],
+    images: list[dict[str, Any]] | None = None,
+) -> None:
     try:
         await bot.client.views_open(trigger_id=trigger_id, view=job_modal(metadata, images))
     except SlackApiError as exc:
@@ -413,8 +498,9 @@ async def again(bot: SlackBot, who: Requester, place: Place, job_id: str, key: s
     replier = bot.replier(place.reply_to(who.user_id, who.guild_id))
     if not await replier.start("starting again with a new seed"):
         return
-    await bot.core.service.again(job_id, who, replier, reply_to=replier.reply_to,
-                                 idempotency_key=f"slack:{key}")
+    await bot.core.service.again(
+        job_id, who, replier, reply_to=replier.reply_to, idempotency_key=f"slack:{key}"
+    )
     await replier.withdraw_unless_answered()
 
 
@@ -434,8 +520,9 @@ async def admin(bot: SlackBot, team_id: str | None, user_id: str, words: list[st
             month = rest[0] if rest else None
             rows = await ops.usage(where, month)
             budgets = await ops.budgets(where, month)
-            return (f"```\n{usage_table(rows[:20])}\n```\n"
-                    + "\n".join(describe_budget(b) for b in budgets))
+            return f"```\n{usage_table(rows[:20])}\n```\n" + "\n".join(
+                describe_budget(b) for b in budgets
+            )
         if verb == "quota":
             return await set_quota(ops, actor, where, rest)
         if verb == "budget":
@@ -464,15 +551,21 @@ async def admin(bot: SlackBot, team_id: str | None, user_id: str, words: list[st
 
 def in_workspace(text: str) -> str:
     """The core words a Discord guild or a Slack workspace as a server; Slack says workspace."""
-    return text.replace("on this server", "in this workspace").replace(
-        "this server", "this workspace").replace("a server", "a workspace")
+    return (
+        text.replace("on this server", "in this workspace")
+        .replace("this server", "this workspace")
+        .replace("a server", "a workspace")
+    )
 
 
 async def set_quota(ops: Operations, actor: str, where: Where, words: list[str]) -> str:
     """quota <jobs|unlimited|default> [@user] [hours]"""
     if not words:
-        raise InputError("jobs", "say how many: `quota 10`, `quota 3 @someone 24`, "
-                                 "`quota unlimited @someone` or `quota default @someone`")
+        raise InputError(
+            "jobs",
+            "say how many: `quota 10`, `quota 3 @someone 24`, "
+            "`quota unlimited @someone` or `quota default @someone`",
+        )
     jobs, target, hours = words[0].lower(), None, None
     for word in words[1:]:
         if user_id_in(word):
@@ -481,8 +574,7 @@ async def set_quota(ops: Operations, actor: str, where: Where, words: list[str])
         try:
             hours = float(word.removesuffix("h"))
         except ValueError:
-            raise InputError("quota", f"`{word}` is neither a user nor a number of hours") \
-                from None
+            raise InputError("quota", f"`{word}` is neither a user nor a number of hours") from None
         if not 0.1 <= hours <= 744:
             raise InputError("window", "give between 0.1 and 744 hours")
     kind = "user" if target else "guild"

@@ -16,14 +16,22 @@ import aiohttp
 from bot.errors import InputError
 from bot.images import read_capped
 
-SIGN_IN_PAGE = ("Slack sent me its sign-in page instead of the photo: this app lacks the "
-                "files:read scope. An admin should add it (it is in the app manifest) and "
-                "reinstall the app.")
+SIGN_IN_PAGE = (
+    "Slack sent me its sign-in page instead of the photo: this app lacks the "
+    "files:read scope. An admin should add it (it is in the app manifest) and "
+    "reinstall the app."
+)
 
 
 class SlackFiles:
-    def __init__(self, session: aiohttp.ClientSession, token: str, api_url: str,
-                 max_bytes: int, timeout_s: float):
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        token: str,
+        api_url: str,
+        max_bytes: int,
+        timeout_s: float,
+    ):
         self._session = session
         self._token = token
         self._api_host = urlsplit(api_url).hostname or ""
@@ -44,27 +52,32 @@ class SlackFiles:
             raise InputError(field, f"{name} is larger than {self._max_bytes // 1_000_000} MB")
         url = file.get("url_private_download") or file.get("url_private")
         if not url:
-            raise InputError(field, f"Slack did not share {name} with me; upload it again "
-                                    "in a channel I am in")
+            raise InputError(
+                field, f"Slack did not share {name} with me; upload it again in a channel I am in"
+            )
         if not self.token_may_go_to(url):
             raise InputError(field, f"{name} is not stored on Slack")
         try:
-            async with asyncio.timeout(self._timeout_s), self._session.get(
-                    url, headers={"Authorization": f"Bearer {self._token}"},
-                    allow_redirects=False) as response:
+            async with (
+                asyncio.timeout(self._timeout_s),
+                self._session.get(
+                    url, headers={"Authorization": f"Bearer {self._token}"}, allow_redirects=False
+                ) as response,
+            ):
                 if response.status in (301, 302, 303, 307, 308):
                     raise InputError(field, SIGN_IN_PAGE)  # Slack redirects to sign in
                 if response.status != 200:
-                    raise InputError(field, f"Slack would not give me {name} "
-                                            f"(HTTP {response.status})")
+                    raise InputError(
+                        field, f"Slack would not give me {name} (HTTP {response.status})"
+                    )
                 data = await read_capped(response, field, self._max_bytes)
                 media_type = response.headers.get("Content-Type", "")
         except TimeoutError:
-            raise InputError(field, f"downloading {name} from Slack took longer than "
-                                    f"{self._timeout_s:g} s") from None
+            raise InputError(
+                field, f"downloading {name} from Slack took longer than {self._timeout_s:g} s"
+            ) from None
         except aiohttp.ClientError:
-            raise InputError(field, f"downloading {name} from Slack failed; try again") \
-                from None
+            raise InputError(field, f"downloading {name} from Slack failed; try again") from None
         if media_type.startswith("text/html") or looks_like_html(data):
             raise InputError(field, SIGN_IN_PAGE)
         return data

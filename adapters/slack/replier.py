@@ -25,25 +25,34 @@ from .translate import progress_text, result_blocks, result_text
 
 log = logging.getLogger(__name__)
 
-NOT_IN_CHANNEL = ("I am not in this channel, so I cannot post the model here. Add me with "
-                  "`/invite @sam3d` (or the channel's name > Integrations > Add apps) and "
-                  "try again; nothing was charged.")
-NOT_IN_DM = ("I cannot post in a conversation between people. Use a channel I am in, or "
-             "my Messages tab; nothing was charged.")
-CHANNEL_ERRORS = {"not_in_channel": NOT_IN_CHANNEL, "channel_not_found": NOT_IN_CHANNEL,
-                  "is_archived": "That channel is archived; nothing was charged.",
-                  "restricted_action": "This workspace does not let me post there; nothing "
-                                       "was charged."}
-REMOVED = ("The model is ready, but I was removed from the channel before I could post it. "
-           "Invite me back with `/invite @sam3d`; an admin can refund the job.")
+NOT_IN_CHANNEL = (
+    "I am not in this channel, so I cannot post the model here. Add me with "
+    "`/invite @sam3d` (or the channel's name > Integrations > Add apps) and "
+    "try again; nothing was charged."
+)
+NOT_IN_DM = (
+    "I cannot post in a conversation between people. Use a channel I am in, or "
+    "my Messages tab; nothing was charged."
+)
+CHANNEL_ERRORS = {
+    "not_in_channel": NOT_IN_CHANNEL,
+    "channel_not_found": NOT_IN_CHANNEL,
+    "is_archived": "That channel is archived; nothing was charged.",
+    "restricted_action": "This workspace does not let me post there; nothing was charged.",
+}
+REMOVED = (
+    "The model is ready, but I was removed from the channel before I could post it. "
+    "Invite me back with `/invite @sam3d`; an admin can refund the job."
+)
 
 
 def refusal_text(error: str, channel: str) -> str:
     """Why a job could not start where it was asked for, from Slack's error code."""
     if error == "channel_not_found" and channel.startswith("D"):
         return NOT_IN_DM
-    return CHANNEL_ERRORS.get(error) or (f"Slack would not let me post here ({error}); "
-                                         "nothing was charged. Try again in a minute.")
+    return CHANNEL_ERRORS.get(error) or (
+        f"Slack would not let me post here ({error}); nothing was charged. Try again in a minute."
+    )
 
 
 def slack_error(exc: SlackApiError) -> str:
@@ -55,9 +64,15 @@ def slack_error(exc: SlackApiError) -> str:
 
 
 class SlackReplier:
-    def __init__(self, client: AsyncWebClient, reply_to: dict[str, Any], *,
-                 interval_s: float = 3.0, links=None,
-                 progress_client: AsyncWebClient | None = None):
+    def __init__(
+        self,
+        client: AsyncWebClient,
+        reply_to: dict[str, Any],
+        *,
+        interval_s: float = 3.0,
+        links=None,
+        progress_client: AsyncWebClient | None = None,
+    ):
         self._client = client
         self._progress_client = progress_client or client  # may drop edits under a limit
         self._reply_to = reply_to
@@ -92,8 +107,8 @@ class SlackReplier:
         has started) and answer False."""
         try:
             posted = await self._client.chat_postMessage(
-                channel=self._channel, thread_ts=self._thread,
-                text=progress_text(self._user, stage))
+                channel=self._channel, thread_ts=self._thread, text=progress_text(self._user, stage)
+            )
         except SlackApiError as exc:
             await self.tell(refusal_text(slack_error(exc), self._channel))
             return False
@@ -113,8 +128,10 @@ class SlackReplier:
     async def _show(self, update: Progress) -> None:
         try:
             await self._progress_client.chat_update(
-                channel=self._channel, ts=self._progress_ts,
-                text=progress_text(self._user, update.describe()))
+                channel=self._channel,
+                ts=self._progress_ts,
+                text=progress_text(self._user, update.describe()),
+            )
         except SlackApiError as exc:  # progress is best effort; the result is not
             log.info("progress update failed: %s", slack_error(exc))
 
@@ -125,12 +142,18 @@ class SlackReplier:
         text = result_text(result, self._user, self._links)
         try:
             posted = await self._client.files_upload_v2(
-                file_uploads=uploads_of(result), channel=self._channel, thread_ts=self._thread,
-                initial_comment=text)
+                file_uploads=uploads_of(result),
+                channel=self._channel,
+                thread_ts=self._thread,
+                initial_comment=text,
+            )
         except SlackApiError as exc:
             error = slack_error(exc)
-            text = REMOVED if error in ("not_in_channel", "channel_not_found") \
+            text = (
+                REMOVED
+                if error in ("not_in_channel", "channel_not_found")
                 else f"The model is ready but Slack refused the upload ({error})."
+            )
             raise DeliveryError(text, charged=True) from None
         self.answered = True
         self._uploaded = [f["id"] for f in posted.get("files") or []]
@@ -140,19 +163,29 @@ class SlackReplier:
         """The progress message, now the result's header with its buttons."""
         if self._progress_ts:
             header = f"✅ <@{self._user}>'s 3D model is ready (job `{job_id}`)."
-            await quietly(self._client.chat_update(
-                channel=self._channel, ts=self._progress_ts, text=header,
-                blocks=result_blocks(header, job_id, self._uploaded)))
+            await quietly(
+                self._client.chat_update(
+                    channel=self._channel,
+                    ts=self._progress_ts,
+                    text=header,
+                    blocks=result_blocks(header, job_id, self._uploaded),
+                )
+            )
 
     async def deliver_more(self, result: JobResult, files: tuple[OutputFile, ...]) -> None:
         """The turntable, as a GIF (Slack animates GIFs, not WebP), in the result's thread."""
-        gif = next((f for f in files if f.kind is FileKind.TURNTABLE
-                    and f.path.suffix == ".gif"), None)
+        gif = next(
+            (f for f in files if f.kind is FileKind.TURNTABLE and f.path.suffix == ".gif"), None
+        )
         if gif is None:
             return
         posted = await self._client.files_upload_v2(
-            file=str(gif.path), filename="turntable.gif", title="Turntable",
-            channel=self._channel, thread_ts=self._thread or self._progress_ts)
+            file=str(gif.path),
+            filename="turntable.gif",
+            title="Turntable",
+            channel=self._channel,
+            thread_ts=self._thread or self._progress_ts,
+        )
         self._uploaded += [f["id"] for f in posted.get("files") or []]
         await self._show_header(result.job_id)  # Delete takes the turntable too
 
@@ -171,16 +204,16 @@ class SlackReplier:
     async def withdraw(self) -> None:
         """Take the progress message away (the job will not deliver here)."""
         if self._progress_ts:
-            await quietly(self._client.chat_delete(channel=self._channel,
-                                                   ts=self._progress_ts))
+            await quietly(self._client.chat_delete(channel=self._channel, ts=self._progress_ts))
             self._reply_to["progress_ts"] = None
 
     async def tell(self, text: str) -> None:
         """A message for the user alone: ephemeral in the channel, else through the
         command's response_url (which works where the bot is not a member)."""
         try:
-            await self._client.chat_postEphemeral(channel=self._channel, user=self._user,
-                                                  thread_ts=self._thread, text=text)
+            await self._client.chat_postEphemeral(
+                channel=self._channel, user=self._user, thread_ts=self._thread, text=text
+            )
             return
         except SlackApiError as exc:
             log.info("ephemeral message failed: %s", slack_error(exc))
@@ -189,9 +222,9 @@ class SlackReplier:
             webhook = AsyncWebhookClient(url, session=self._client.session)
             response = await webhook.send(text=text, response_type="ephemeral")
             if response.status_code != 200:
-                log.warning("could not reach the user through response_url (%s)",
-                            response.status_code)
-
+                log.warning(
+                    "could not reach the user through response_url (%s)", response.status_code
+                )
 
 
 async def quietly(call) -> None:
@@ -207,8 +240,9 @@ def uploads_of(result: JobResult) -> list[dict[str, str]]:
     uploads = []
     thumbnail = result.file(FileKind.THUMBNAIL)
     if thumbnail is not None:
-        uploads.append({"file": str(thumbnail.path), "filename": "thumbnail.png",
-                        "title": "Preview"})
+        uploads.append(
+            {"file": str(thumbnail.path), "filename": "thumbnail.png", "title": "Preview"}
+        )
     for file in result.files:
         if file.kind in SHARED_KINDS:
             name = attachment_name(file)

@@ -84,8 +84,14 @@ def parse_job_text(text: str) -> JobArgs:
     prompt = " ".join(words).strip() or None
     if prompt is not None and len(prompt) > MAX_PROMPT:
         raise InputError("prompt", f"keep it to {MAX_PROMPT} characters")
-    return JobArgs(url, prompt, options.get("seed"), options.get("bbox"),
-                   options.get("points"), options.get("mask"))
+    return JobArgs(
+        url,
+        prompt,
+        options.get("seed"),
+        options.get("bbox"),
+        options.get("points"),
+        options.get("mask"),
+    )
 
 
 def strip_mentions(text: str, bot_user_id: str | None) -> str:
@@ -128,14 +134,25 @@ class Place:
     response_url: str | None = None
 
     def reply_to(self, user_id: str, team_id: str | None) -> dict[str, Any]:
-        return {"channel_id": self.channel_id, "thread_ts": self.thread_ts,
-                "response_url": self.response_url, "user_id": user_id, "team_id": team_id}
+        return {
+            "channel_id": self.channel_id,
+            "thread_ts": self.thread_ts,
+            "response_url": self.response_url,
+            "user_id": user_id,
+            "team_id": team_id,
+        }
 
 
-def requester(user_id: str, team_id: str | None, name: str = "", is_admin: bool = False
-              ) -> Requester:
-    return Requester(platform=PLATFORM, user_id=user_id, guild_id=team_id or None,
-                     display_name=name, is_admin=is_admin)
+def requester(
+    user_id: str, team_id: str | None, name: str = "", is_admin: bool = False
+) -> Requester:
+    return Requester(
+        platform=PLATFORM,
+        user_id=user_id,
+        guild_id=team_id or None,
+        display_name=name,
+        is_admin=is_admin,
+    )
 
 
 def team_of(body: dict[str, Any]) -> str | None:
@@ -148,67 +165,116 @@ def team_of(body: dict[str, Any]) -> str | None:
 
 def image_files(files: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The files of a message or a form that are photos we can use."""
-    return [f for f in files or ()
-            if (f.get("mimetype") or "").split(";")[0] in IMAGE_TYPES
-            or (f.get("name") or "").lower().endswith(IMAGE_SUFFIXES)]
+    return [
+        f
+        for f in files or ()
+        if (f.get("mimetype") or "").split(";")[0] in IMAGE_TYPES
+        or (f.get("name") or "").lower().endswith(IMAGE_SUFFIXES)
+    ]
 
 
 # -- the modal -------------------------------------------------------------------------------
 
 
-def _text_input(block_id: str, label: str, placeholder: str, max_length: int | None = None
-                ) -> dict[str, Any]:
-    element: dict[str, Any] = {"type": "plain_text_input", "action_id": block_id,
-                               "placeholder": {"type": "plain_text", "text": placeholder}}
+def _text_input(
+    block_id: str, label: str, placeholder: str, max_length: int | None = None
+) -> dict[str, Any]:
+    element: dict[str, Any] = {
+        "type": "plain_text_input",
+        "action_id": block_id,
+        "placeholder": {"type": "plain_text", "text": placeholder},
+    }
     if max_length:
         element["max_length"] = max_length
-    return {"type": "input", "block_id": block_id, "optional": True,
-            "label": {"type": "plain_text", "text": label}, "element": element}
+    return {
+        "type": "input",
+        "block_id": block_id,
+        "optional": True,
+        "label": {"type": "plain_text", "text": label},
+        "element": element,
+    }
 
 
 def _file_input(block_id: str, label: str, optional: bool) -> dict[str, Any]:
-    return {"type": "input", "block_id": block_id, "optional": optional,
-            "label": {"type": "plain_text", "text": label},
-            "element": {"type": "file_input", "action_id": block_id, "max_files": 1,
-                        "filetypes": [s.lstrip(".") for s in IMAGE_SUFFIXES]}}
+    return {
+        "type": "input",
+        "block_id": block_id,
+        "optional": optional,
+        "label": {"type": "plain_text", "text": label},
+        "element": {
+            "type": "file_input",
+            "action_id": block_id,
+            "max_files": 1,
+            "filetypes": [s.lstrip(".") for s in IMAGE_SUFFIXES],
+        },
+    }
 
 
-def job_modal(metadata: dict[str, Any], images: list[dict[str, Any]] | None = None
-              ) -> dict[str, Any]:
+def job_modal(
+    metadata: dict[str, Any], images: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
     """The form: a photo to upload (or, from a message, which of its photos), then the
     optional settings. `metadata` rides along in private_metadata to the submission."""
     blocks: list[dict[str, Any]] = []
     if images is None:
         blocks.append(_file_input("image", "Photo (PNG, JPEG or WebP)", optional=False))
     elif len(images) == 1:
-        blocks.append({"type": "section", "block_id": "image",
-                       "text": {"type": "mrkdwn", "text": f"Photo: *{escape(images[0]['name'])}*"}})
+        blocks.append(
+            {
+                "type": "section",
+                "block_id": "image",
+                "text": {"type": "mrkdwn", "text": f"Photo: *{escape(images[0]['name'])}*"},
+            }
+        )
     else:
-        blocks.append({"type": "input", "block_id": "image",
-                       "label": {"type": "plain_text", "text": "Which photo?"},
-                       "element": {"type": "static_select", "action_id": "image",
-                                   "initial_option": _option(images[0]),
-                                   "options": [_option(f) for f in images[:100]]}})
+        blocks.append(
+            {
+                "type": "input",
+                "block_id": "image",
+                "label": {"type": "plain_text", "text": "Which photo?"},
+                "element": {
+                    "type": "static_select",
+                    "action_id": "image",
+                    "initial_option": _option(images[0]),
+                    "options": [_option(f) for f in images[:100]],
+                },
+            }
+        )
     blocks += [
         _text_input("prompt", "What is the object?", "e.g. red chair", MAX_PROMPT),
         _text_input("bbox", "Box around it", "x1,y1,x2,y2 in pixels"),
         _text_input("points", "Points on it", "x,y;x,y in pixels"),
-        {"type": "input", "block_id": "seed", "optional": True,
-         "label": {"type": "plain_text", "text": "Seed (the same seed gives the same model)"},
-         "element": {"type": "number_input", "action_id": "seed", "is_decimal_allowed": False,
-                     "min_value": str(SEED_MIN), "max_value": str(SEED_MAX)}},
+        {
+            "type": "input",
+            "block_id": "seed",
+            "optional": True,
+            "label": {"type": "plain_text", "text": "Seed (the same seed gives the same model)"},
+            "element": {
+                "type": "number_input",
+                "action_id": "seed",
+                "is_decimal_allowed": False,
+                "min_value": str(SEED_MIN),
+                "max_value": str(SEED_MAX),
+            },
+        },
         _file_input("mask", "Mask (white = the object)", optional=True),
     ]
-    return {"type": "modal", "callback_id": JOB_VIEW,
-            "title": {"type": "plain_text", "text": "Make a 3D model"},
-            "submit": {"type": "plain_text", "text": "Make it"},
-            "close": {"type": "plain_text", "text": "Cancel"},
-            "private_metadata": json.dumps(metadata), "blocks": blocks}
+    return {
+        "type": "modal",
+        "callback_id": JOB_VIEW,
+        "title": {"type": "plain_text", "text": "Make a 3D model"},
+        "submit": {"type": "plain_text", "text": "Make it"},
+        "close": {"type": "plain_text", "text": "Cancel"},
+        "private_metadata": json.dumps(metadata),
+        "blocks": blocks,
+    }
 
 
 def _option(file: dict[str, Any]) -> dict[str, Any]:
-    return {"text": {"type": "plain_text", "text": (file.get("name") or file["id"])[:75]},
-            "value": file["id"]}
+    return {
+        "text": {"type": "plain_text", "text": (file.get("name") or file["id"])[:75]},
+        "value": file["id"],
+    }
 
 
 @dataclass(frozen=True)
@@ -267,10 +333,14 @@ def progress_text(user_id: str, stage: str) -> str:
 
 def result_text(result: JobResult, user_id: str, links=None) -> str:
     params = result.params
-    lines = [f"<@{user_id}> your 3D model is ready"
-             + (f": *{escape(params['prompt'])}*" if params.get("prompt") else "")]
-    lines.append(f"Seed {params.get('seed', '?')} · {cost_text(result)} · "
-                 f"{result.seconds:.0f} s · job `{result.job_id}`")
+    lines = [
+        f"<@{user_id}> your 3D model is ready"
+        + (f": *{escape(params['prompt'])}*" if params.get("prompt") else "")
+    ]
+    lines.append(
+        f"Seed {params.get('seed', '?')} · {cost_text(result)} · "
+        f"{result.seconds:.0f} s · job `{result.job_id}`"
+    )
     if links is not None and links.enabled:
         lines.append(f"<{links.viewer_link(result.job_id)}|View in 3D>")
     if result.note:
@@ -281,17 +351,36 @@ def result_text(result: JobResult, user_id: str, links=None) -> str:
 def result_blocks(text: str, job_id: str, file_ids: list[str]) -> list[dict[str, Any]]:
     """The result's header: its text and the New seed, Details and Delete buttons. Delete
     carries the ids of the files it takes away with the header."""
-    def button(action: str, label: str, value: str, **extra: Any) -> dict[str, Any]:
-        return {"type": "button", "action_id": action, "value": value,
-                "text": {"type": "plain_text", "text": label}, **extra}
 
-    confirm = {"title": {"type": "plain_text", "text": "Delete this model?"},
-               "text": {"type": "plain_text", "text": "Its files and this message go away."},
-               "confirm": {"type": "plain_text", "text": "Delete"},
-               "deny": {"type": "plain_text", "text": "Keep"}}
-    return [{"type": "section", "text": {"type": "mrkdwn", "text": text}},
-            {"type": "actions", "elements": [
+    def button(action: str, label: str, value: str, **extra: Any) -> dict[str, Any]:
+        return {
+            "type": "button",
+            "action_id": action,
+            "value": value,
+            "text": {"type": "plain_text", "text": label},
+            **extra,
+        }
+
+    confirm = {
+        "title": {"type": "plain_text", "text": "Delete this model?"},
+        "text": {"type": "plain_text", "text": "Its files and this message go away."},
+        "confirm": {"type": "plain_text", "text": "Delete"},
+        "deny": {"type": "plain_text", "text": "Keep"},
+    }
+    return [
+        {"type": "section", "text": {"type": "mrkdwn", "text": text}},
+        {
+            "type": "actions",
+            "elements": [
                 button(NEW_SEED, "🎲 New seed", job_id),
                 button(DETAILS, "Details", job_id),
-                button(DELETE, "Delete", json.dumps({"job": job_id, "files": file_ids}),
-                       style="danger", confirm=confirm)]}]
+                button(
+                    DELETE,
+                    "Delete",
+                    json.dumps({"job": job_id, "files": file_ids}),
+                    style="danger",
+                    confirm=confirm,
+                ),
+            ],
+        },
+    ]

@@ -8,8 +8,7 @@ from .policy import QuotaPolicy, month_of
 from .sqlite import SqliteLedger
 from .store import SqlLedger
 
-__all__ = ["Ledger", "QuotaPolicy", "SqlLedger", "SqliteLedger", "month_of",
-           "ledger_from_settings"]
+__all__ = ["Ledger", "QuotaPolicy", "SqlLedger", "SqliteLedger", "month_of", "ledger_from_settings"]
 
 
 def ledger_from_settings(settings) -> SqlLedger:
@@ -17,8 +16,16 @@ def ledger_from_settings(settings) -> SqlLedger:
     if settings.database_url.startswith(("postgresql://", "postgres://")):
         from .postgres import PostgresLedger  # psycopg loads only when it is used
 
-        return PostgresLedger(settings.database_url, policy, lease_s=settings.job_lease_seconds,
-                              pool_size=settings.database_pool_size,
-                              timeout_s=settings.ledger_timeout_s)
-    return SqliteLedger(settings.sqlite_path, policy, lease_s=settings.job_lease_seconds,
-                        timeout_s=settings.ledger_timeout_s)
+        return PostgresLedger(
+            settings.database_url,
+            policy,
+            lease_s=settings.job_lease_seconds,
+            pool_size=settings.database_pool_size,
+            timeout_s=settings.ledger_timeout_s,
+        )
+    return SqliteLedger(
+        settings.sqlite_path,
+        policy,
+        lease_s=settings.job_lease_seconds,
+        timeout_s=settings.ledger_timeout_s,
+    )

@@ -66,14 +66,26 @@ class QuotaPolicy:
 
         for rule_guild in (guild, ""):
             for rule in rules:
-                if (rule.kind, rule.guild_id, rule.target) == ("user", rule_guild,
-                                                               requester.user_id):
+                if (rule.kind, rule.guild_id, rule.target) == (
+                    "user",
+                    rule_guild,
+                    requester.user_id,
+                ):
                     return limit(rule, "user")
-        roles = [r for r in rules if r.kind == "role" and r.guild_id == guild
-                 and r.target in requester.roles]
+        roles = [
+            r
+            for r in rules
+            if r.kind == "role" and r.guild_id == guild and r.target in requester.roles
+        ]
         if roles:
-            best = max(roles, key=lambda r: float("inf") if r.jobs is None
-                       else r.jobs / (r.window_hours or self.window_hours))
+            best = max(
+                roles,
+                key=lambda r: (
+                    float("inf")
+                    if r.jobs is None
+                    else r.jobs / (r.window_hours or self.window_hours)
+                ),
+            )
             return limit(best, "role")
         for rule in rules:
             if rule.kind == "guild" and rule.guild_id == guild and guild:
@@ -83,10 +95,14 @@ class QuotaPolicy:
     def budget_message(self, scope: str) -> str:
         if scope == GLOBAL_SCOPE:
             cap = micros_to_usd(self.global_budget_micros)
-            return (f"The bot's spending cap for this month (${cap:.2f}) is reached; "
-                    "new jobs open again on the 1st (UTC).")
-        return ("This server's budget for this month is spent; new jobs open again on the 1st "
-                "(UTC), or when an admin raises it.")
+            return (
+                f"The bot's spending cap for this month (${cap:.2f}) is reached; "
+                "new jobs open again on the 1st (UTC)."
+            )
+        return (
+            "This server's budget for this month is spent; new jobs open again on the 1st "
+            "(UTC), or when an admin raises it."
+        )
 
 
 GLOBAL_SCOPE = "global"

@@ -35,8 +35,7 @@ class PostgresTx:
         return self._connection.execute(sql)
 
     def lock(self, key: str) -> None:
-        self._connection.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
-                                 (key,))
+        self._connection.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (key,))
 
 
 class PostgresDatabase:
@@ -51,10 +50,14 @@ class PostgresDatabase:
 
     async def open(self) -> None:
         def connect() -> ConnectionPool:
-            pool = ConnectionPool(self.url, min_size=1, max_size=self._size,
-                                  kwargs={"row_factory": dict_row, "autocommit": True},
-                                  timeout=self._timeout,
-                                  open=False)
+            pool = ConnectionPool(
+                self.url,
+                min_size=1,
+                max_size=self._size,
+                kwargs={"row_factory": dict_row, "autocommit": True},
+                timeout=self._timeout,
+                open=False,
+            )
             pool.open(wait=True, timeout=self._timeout)
             return pool
 
@@ -91,7 +94,12 @@ class PostgresDatabase:
             return fn(PostgresTx(connection), *args)
 
 
-def PostgresLedger(url: str, policy: QuotaPolicy,
-                   clock: Callable[[], float] = time.time, lease_s: float = 30.0,
-                   pool_size: int = 4, timeout_s: float = 30.0) -> SqlLedger:
+def PostgresLedger(
+    url: str,
+    policy: QuotaPolicy,
+    clock: Callable[[], float] = time.time,
+    lease_s: float = 30.0,
+    pool_size: int = 4,
+    timeout_s: float = 30.0,
+) -> SqlLedger:
     return SqlLedger(PostgresDatabase(url, pool_size), policy, clock, lease_s, timeout_s)

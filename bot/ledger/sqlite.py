@@ -96,8 +96,9 @@ class SqliteDatabase:
         try:
             while True:
                 with self._guard:
-                    batch = [self._waiting.popleft()
-                             for _ in range(min(BATCH_MAX, len(self._waiting)))]
+                    batch = [
+                        self._waiting.popleft() for _ in range(min(BATCH_MAX, len(self._waiting)))
+                    ]
                     if not batch:
                         self._draining = False
                         return
@@ -137,8 +138,9 @@ class SqliteDatabase:
                 outcomes.append((True, fn(SqliteTx(db), *args)))
             except Exception as exc:
                 db.execute("ROLLBACK TO job")
-                outcomes.append((False, _unavailable(exc)
-                                 if isinstance(exc, sqlite3.OperationalError) else exc))
+                outcomes.append(
+                    (False, _unavailable(exc) if isinstance(exc, sqlite3.OperationalError) else exc)
+                )
             db.execute("RELEASE job")
         db.execute("COMMIT")
         return outcomes
@@ -163,6 +165,11 @@ def _settle(future: asyncio.Future, ok: bool, value: Any) -> None:
         future.set_exception(value)
 
 
-def SqliteLedger(path: Path, policy: QuotaPolicy, clock: Callable[[], float] = time.time,
-                 lease_s: float = 30.0, timeout_s: float = 30.0) -> SqlLedger:
+def SqliteLedger(
+    path: Path,
+    policy: QuotaPolicy,
+    clock: Callable[[], float] = time.time,
+    lease_s: float = 30.0,
+    timeout_s: float = 30.0,
+) -> SqlLedger:
     return SqlLedger(SqliteDatabase(path), policy, clock, lease_s, timeout_s)

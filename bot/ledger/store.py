@@ -325,9 +325,14 @@ class Database(Protocol):
 class SqlLedger:
     """The Ledger of bot.ports on any Database."""
 
-    def __init__(self, database: Database, policy: QuotaPolicy,
-                 clock: Callable[[], float] = time.time, lease_s: float = 30.0,
-                 timeout_s: float = 30.0):
+    def __init__(
+        self,
+        database: Database,
+        policy: QuotaPolicy,
+        clock: Callable[[], float] = time.time,
+        lease_s: float = 30.0,
+        timeout_s: float = 30.0,
+    ):
         self.database = database
         self.timeout_s = timeout_s  # no ledger call waits longer: a stuck disk is an answer too
         self._policy = policy
@@ -399,8 +404,9 @@ class SqlLedger:
         tx.lock(f"user:{who.key}")
         now = self._clock()
         if job.idempotency_key:
-            row = tx.execute("SELECT * FROM jobs WHERE idempotency_key = ?",
-                             (job.idempotency_key,)).fetchone()
+            row = tx.execute(
+                "SELECT * FROM jobs WHERE idempotency_key = ?", (job.idempotency_key,)
+            ).fetchone()
             if row is not None:
                 return _record(row, duplicate=True)
         limit, context = self._limit_and_context(tx, who, now)
@@ -414,9 +420,23 @@ class SqlLedger:
             " created_at, updated_at, period, reserved_micros, cache_key, params, reply_to,"
             " owner, lease_until, actor)"
             " VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
-            (job_id, job.idempotency_key, who.platform, who.user_id, who.guild_id, now, now,
-             period, job.price_micros, job.cache_key, json.dumps(job.params),
-             json.dumps(job.reply_to), self.owner, now + self.lease_s, who.key),
+            (
+                job_id,
+                job.idempotency_key,
+                who.platform,
+                who.user_id,
+                who.guild_id,
+                now,
+                now,
+                period,
+                job.price_micros,
+                job.cache_key,
+                json.dumps(job.params),
+                json.dumps(job.reply_to),
+                self.owner,
+                now + self.lease_s,
+                who.key,
+            ),
         ).fetchall()[0]
         # Money last, so the budget rows every instance contends for stay locked only briefly:
         # the server's budget first, then the global one; a refusal rolls all of it back.
@@ -447,8 +467,12 @@ class SqlLedger:
         # The version first: a change made between the two reads is simply loaded again.
         version = tx.execute("SELECT version FROM rules_version WHERE id = 1").fetchone()
         rows = tx.execute("SELECT * FROM quota_rules").fetchall()
-        rules = [QuotaRule(r["platform"], r["guild_id"], r["kind"], r["target"], r["jobs"],
-                           r["window_hours"]) for r in rows]
+        rules = [
+            QuotaRule(
+                r["platform"], r["guild_id"], r["kind"], r["target"], r["jobs"], r["window_hours"]
+            )
+            for r in rows
+        ]
         self._rules_cache = (version["version"], rules)
         return rules
 
@@ -474,10 +498,23 @@ class SqlLedger:
             " (SELECT cap_micros FROM budget_caps WHERE scope = ?) AS guild_cap,"
             " (SELECT cap_micros FROM budget_caps WHERE scope = ?) AS global_cap,"
             " (SELECT version FROM rules_version WHERE id = 1) AS rules_version",
-            (GLOBAL_SCOPE, guild, *user, who.guild_id or "", *user, *UNFINISHED,
-             *user, *COUNTED, now - window_s,
-             *user, *COUNTED, now - self._policy.cooldown_s,
-             guild, guild, GLOBAL_SCOPE),
+            (
+                GLOBAL_SCOPE,
+                guild,
+                *user,
+                who.guild_id or "",
+                *user,
+                *UNFINISHED,
+                *user,
+                *COUNTED,
+                now - window_s,
+                *user,
+                *COUNTED,
+                now - self._policy.cooldown_s,
+                guild,
+                guild,
+                GLOBAL_SCOPE,
+            ),
         ).fetchone()
         context = dict(row)
         if not context["guild_cap_set"]:
@@ -486,19 +523,24 @@ class SqlLedger:
             context["global_cap"] = self._policy.global_budget_micros
         return context
 
-    def _check_user_rules(self, tx: Tx, who: Requester, now: float, limit: Limit,
-                          context: dict) -> None:
+    def _check_user_rules(
+        self, tx: Tx, who: Requester, now: float, limit: Limit, context: dict
+    ) -> None:
         if context["in_flight"] >= self._policy.max_in_flight:
             raise JobInFlight(self._policy.max_in_flight)
         latest = context["latest"]
         if self._policy.cooldown_s and latest is not None:
             raise CoolingDown(latest + self._policy.cooldown_s - now)
         if limit.jobs is not None and context["recent"] >= limit.jobs:
-            raise QuotaExceeded(limit.jobs, limit.window_hours,
-                                _dt(self._next_free(tx, who, now, limit, context["recent"])))
+            raise QuotaExceeded(
+                limit.jobs,
+                limit.window_hours,
+                _dt(self._next_free(tx, who, now, limit, context["recent"])),
+            )
 
-    def _next_free(self, tx: Tx, who: Requester, now: float, limit: Limit, recent: int
-                   ) -> float | None:
+    def _next_free(
+        self, tx: Tx, who: Requester, now: float, limit: Limit, recent: int
+    ) -> float | None:
         """When the oldest job that keeps the user at the limit leaves the window."""
         if limit.jobs is None or limit.jobs == 0 or recent < limit.jobs:
             return None
@@ -512,16 +554,16 @@ class SqlLedger:
         return None if row is None else row["created_at"] + limit.window_s
 
     def _cap(self, tx: Tx, scope: str) -> int | None:
-        row = tx.execute("SELECT cap_micros FROM budget_caps WHERE scope = ?",
-                         (scope,)).fetchone()
+        row = tx.execute("SELECT cap_micros FROM budget_caps WHERE scope = ?", (scope,)).fetchone()
         if row is not None:
             return row["cap_micros"]
         if scope == GLOBAL_SCOPE:
             return self._policy.global_budget_micros
         return self._policy.guild_budget_micros
 
-    def _hold(self, tx: Tx, period: str, holds: list[tuple[str, int | None]], amount: int
-              ) -> str | None:
+    def _hold(
+        self, tx: Tx, period: str, holds: list[tuple[str, int | None]], amount: int
+    ) -> str | None:
         """Reserve `amount` on every (scope, cap) only where reserved + committed stays within
         the cap: one statement, which the database applies to each budget row one writer at a
         time, in the order given. Returns the scope that refused, if any."""
@@ -529,16 +571,22 @@ class SqlLedger:
             if cap is not None and amount > cap:
                 return scope
         rows = ", ".join(["(?, ?, ?, ?)"] * len(holds))
-        values = [v for scope, cap in holds
-                  for v in (scope, period, NO_CAP if cap is None else cap, amount)]
-        held = {r["scope"] for r in tx.execute(
-            f"INSERT INTO budgets (scope, period, cap_micros, held_micros) VALUES {rows}"
-            " ON CONFLICT (scope, period) DO UPDATE SET cap_micros = excluded.cap_micros,"
-            " held_micros = budgets.held_micros + excluded.held_micros"
-            " WHERE budgets.held_micros + excluded.held_micros <= excluded.cap_micros"
-            " RETURNING scope",
-            values,
-        ).fetchall()}
+        values = [
+            v
+            for scope, cap in holds
+            for v in (scope, period, NO_CAP if cap is None else cap, amount)
+        ]
+        held = {
+            r["scope"]
+            for r in tx.execute(
+                f"INSERT INTO budgets (scope, period, cap_micros, held_micros) VALUES {rows}"
+                " ON CONFLICT (scope, period) DO UPDATE SET cap_micros = excluded.cap_micros,"
+                " held_micros = budgets.held_micros + excluded.held_micros"
+                " WHERE budgets.held_micros + excluded.held_micros <= excluded.cap_micros"
+                " RETURNING scope",
+                values,
+            ).fetchall()
+        }
         # The first that refused, if any (the caller rolls back the others' holds).
         return next((scope for scope, _ in holds if scope not in held), None)
 
@@ -554,7 +602,8 @@ class SqlLedger:
         rows = await self._statement(
             f"UPDATE jobs SET lease_until = ? WHERE owner = ? AND id IN ({marks})"
             f" AND state IN ({unfinished}) RETURNING id",
-            (self._clock() + self.lease_s, self.owner, *job_ids, *UNFINISHED))
+            (self._clock() + self.lease_s, self.owner, *job_ids, *UNFINISHED),
+        )
         return {r["id"] for r in rows}
 
     async def release(self, job_ids: Sequence[str]) -> None:
@@ -564,7 +613,8 @@ class SqlLedger:
             marks = ",".join("?" * len(job_ids))
             await self._statement(
                 f"UPDATE jobs SET lease_until = 0 WHERE owner = ? AND id IN ({marks})",
-                (self.owner, *job_ids))
+                (self.owner, *job_ids),
+            )
 
     async def claim_orphans(self, platforms: set[str] | None = None) -> list[JobRecord]:
         """Take over unfinished jobs whose process stopped renewing them (crashed, killed,
@@ -576,7 +626,8 @@ class SqlLedger:
         marks = ",".join("?" * len(UNFINISHED))
         rows = tx.execute(
             f"SELECT id, platform FROM jobs WHERE state IN ({marks})"
-            " AND COALESCE(lease_until, 0) < ? ORDER BY created_at", (*UNFINISHED, now),
+            " AND COALESCE(lease_until, 0) < ? ORDER BY created_at",
+            (*UNFINISHED, now),
         ).fetchall()
         claimed = []
         for row in rows:
@@ -585,7 +636,8 @@ class SqlLedger:
             taken = tx.execute(
                 "UPDATE jobs SET owner = ?, lease_until = ?, updated_at = ?, actor = 'system'"
                 " WHERE id = ? AND COALESCE(lease_until, 0) < ? RETURNING *",
-                (self.owner, now + self.lease_s, now, row["id"], now)).fetchall()
+                (self.owner, now + self.lease_s, now, row["id"], now),
+            ).fetchall()
             if taken:
                 claimed.append(_record(taken[0]))
         return claimed
@@ -598,25 +650,37 @@ class SqlLedger:
     # answers False when it changed nothing: a process that lost a job cannot write over
     # whatever its new owner (or an admin) did with it.
 
-    def _owned(self, assignments: str, job_id: str, args: Sequence[Any],
-               states: Sequence[str] = UNFINISHED, extra: str = "") -> tuple[str, tuple]:
+    def _owned(
+        self,
+        assignments: str,
+        job_id: str,
+        args: Sequence[Any],
+        states: Sequence[str] = UNFINISHED,
+        extra: str = "",
+    ) -> tuple[str, tuple]:
         marks = ",".join("?" * len(states))
-        return (f"UPDATE jobs SET {assignments}, updated_at = ?, actor = 'system'"
-                f" WHERE id = ? AND owner = ? AND state IN ({marks}){extra} RETURNING id",
-                (*args, self._clock(), job_id, self.owner, *states))
+        return (
+            f"UPDATE jobs SET {assignments}, updated_at = ?, actor = 'system'"
+            f" WHERE id = ? AND owner = ? AND state IN ({marks}){extra} RETURNING id",
+            (*args, self._clock(), job_id, self.owner, *states),
+        )
 
     async def _changed(self, statement: tuple[str, tuple]) -> bool:
         return bool(await self._statement(*statement))
 
     async def mark_submitting(self, job_id: str) -> bool:
         """Written just before the POST: from here on the job may be billed."""
-        return await self._changed(self._owned("state = 'submitting'", job_id, (),
-                                               ("queued",)))
+        return await self._changed(self._owned("state = 'submitting'", job_id, (), ("queued",)))
 
     async def mark_submitted(self, job_id: str, request_id: str, resume_ref: dict) -> bool:
-        return await self._changed(self._owned(
-            "state = 'submitted', request_id = ?, resume_ref = ?", job_id,
-            (request_id, json.dumps(resume_ref)), ("queued", "submitting")))
+        return await self._changed(
+            self._owned(
+                "state = 'submitted', request_id = ?, resume_ref = ?",
+                job_id,
+                (request_id, json.dumps(resume_ref)),
+                ("queued", "submitting"),
+            )
+        )
 
     async def set_state(self, job_id: str, state: JobState) -> bool:
         return await self._changed(self._owned("state = ?", job_id, (str(state),)))
@@ -624,31 +688,41 @@ class SqlLedger:
     async def commit(self, job_id: str, cost_micros: int) -> bool:
         # The condition is the charge-once rule: a second commit, or a commit racing a refund,
         # finds nothing to change. `reserved_micros` stays on the job as its history.
-        return await self._changed(self._owned("cost_micros = ?, committed = 1", job_id,
-                                               (cost_micros,), extra=" AND committed = 0"))
+        return await self._changed(
+            self._owned(
+                "cost_micros = ?, committed = 1", job_id, (cost_micros,), extra=" AND committed = 0"
+            )
+        )
 
     async def finish(self, job_id: str, state: JobState, error: str | None = None) -> bool:
-        return await self._changed(self._owned("state = ?, error = ?", job_id,
-                                               (str(state), error)))
+        return await self._changed(self._owned("state = ?, error = ?", job_id, (str(state), error)))
 
     async def hold(self, job_id: str, reason: str) -> bool:
         """A submit that may have been billed: its price stays held for an admin to settle."""
-        return await self._changed(self._owned("state = 'held', error = ?", job_id, (reason,),
-                                               extra=" AND committed = 0"))
+        return await self._changed(
+            self._owned("state = 'held', error = ?", job_id, (reason,), extra=" AND committed = 0")
+        )
 
     async def refund(self, job_id: str, reason: str) -> bool:
         """Release an uncharged job's reservation and quota slot (its budget rows follow by
         trigger). Only the job's owner, only while it is unfinished and uncharged."""
-        return await self._changed(self._owned("state = 'refunded', error = ?", job_id,
-                                               (reason,), extra=" AND committed = 0"))
+        return await self._changed(
+            self._owned(
+                "state = 'refunded', error = ?", job_id, (reason,), extra=" AND committed = 0"
+            )
+        )
 
     def _admin_release(self, tx: Tx, job_id: str, reason: str, actor: str) -> bool:
         """An admin releases a settled job's reservation (one never charged)."""
         marks = ",".join("?" * len(UNFINISHED))
-        return bool(tx.execute(
-            "UPDATE jobs SET state = 'refunded', error = ?, updated_at = ?, actor = ?"
-            f" WHERE id = ? AND committed = 0 AND state NOT IN ('refunded', {marks})"
-            " RETURNING id", (reason, self._clock(), actor, job_id, *UNFINISHED)).fetchall())
+        return bool(
+            tx.execute(
+                "UPDATE jobs SET state = 'refunded', error = ?, updated_at = ?, actor = ?"
+                f" WHERE id = ? AND committed = 0 AND state NOT IN ('refunded', {marks})"
+                " RETURNING id",
+                (reason, self._clock(), actor, job_id, *UNFINISHED),
+            ).fetchall()
+        )
 
     async def note(self, job_id: str, action: str, detail: str) -> None:
         """An audit entry about a job that this process may no longer write to."""
@@ -673,7 +747,8 @@ class SqlLedger:
         changed = tx.execute(
             f"UPDATE jobs SET state = 'refunded', error = ?, updated_at = ?, actor = ?"
             f" WHERE id = ? AND state NOT IN ({marks})",
-            (reason, self._clock(), actor, job_id, "refunded", *UNFINISHED)).rowcount
+            (reason, self._clock(), actor, job_id, "refunded", *UNFINISHED),
+        ).rowcount
         if not changed:
             raise InputError("job", f"job {job_id} changed meanwhile; look at it again")
         return "slot"
@@ -694,29 +769,42 @@ class SqlLedger:
             "INSERT INTO quota_rules (platform, guild_id, kind, target, jobs, window_hours)"
             " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (platform, guild_id, kind, target)"
             " DO UPDATE SET jobs = excluded.jobs, window_hours = excluded.window_hours",
-            (rule.platform, rule.guild_id, rule.kind, rule.target, rule.jobs,
-             rule.window_hours),
+            (rule.platform, rule.guild_id, rule.kind, rule.target, rule.jobs, rule.window_hours),
         )
         tx.execute("UPDATE rules_version SET version = version + 1 WHERE id = 1")
         jobs = "unlimited" if rule.jobs is None else str(rule.jobs)
         window = f" per {rule.window_hours:g} h" if rule.window_hours else ""
-        self._audit(tx, None, actor, "set_quota", 0,
-                    f"{rule.platform} guild={rule.guild_id or '*'} {rule.kind}={rule.target}:"
-                    f" {jobs}{window}")
+        self._audit(
+            tx,
+            None,
+            actor,
+            "set_quota",
+            0,
+            f"{rule.platform} guild={rule.guild_id or '*'} {rule.kind}={rule.target}:"
+            f" {jobs}{window}",
+        )
 
-    async def clear_quota_rule(self, platform: str, guild_id: str, kind: str, target: str,
-                               actor: str) -> bool:
-        return await self._run(self._clear_quota_rule, platform, guild_id, kind,
-                                       target, actor)
+    async def clear_quota_rule(
+        self, platform: str, guild_id: str, kind: str, target: str, actor: str
+    ) -> bool:
+        return await self._run(self._clear_quota_rule, platform, guild_id, kind, target, actor)
 
     def _clear_quota_rule(self, tx: Tx, platform, guild_id, kind, target, actor) -> bool:
         cursor = tx.execute(
             "DELETE FROM quota_rules WHERE platform = ? AND guild_id = ? AND kind = ?"
-            " AND target = ?", (platform, guild_id, kind, target))
+            " AND target = ?",
+            (platform, guild_id, kind, target),
+        )
         if cursor.rowcount:
             tx.execute("UPDATE rules_version SET version = version + 1 WHERE id = 1")
-            self._audit(tx, None, actor, "clear_quota", 0,
-                        f"{platform} guild={guild_id or '*'} {kind}={target}")
+            self._audit(
+                tx,
+                None,
+                actor,
+                "clear_quota",
+                0,
+                f"{platform} guild={guild_id or '*'} {kind}={target}",
+            )
         return bool(cursor.rowcount)
 
     async def set_budget_cap(self, scope: str, cap_micros: int | None, actor: str) -> None:
@@ -727,71 +815,102 @@ class SqlLedger:
         await self._run(self._set_budget_cap, scope, cap_micros, actor)
 
     def _set_budget_cap(self, tx: Tx, scope: str, cap: int | None, actor: str) -> None:
-        tx.execute("INSERT INTO budget_caps (scope, cap_micros) VALUES (?, ?)"
-                   " ON CONFLICT (scope) DO UPDATE SET cap_micros = excluded.cap_micros",
-                   (scope, cap))
+        tx.execute(
+            "INSERT INTO budget_caps (scope, cap_micros) VALUES (?, ?)"
+            " ON CONFLICT (scope) DO UPDATE SET cap_micros = excluded.cap_micros",
+            (scope, cap),
+        )
         # This month's row follows at once; lowering a cap never cancels what is reserved.
-        tx.execute("UPDATE budgets SET cap_micros = ? WHERE scope = ? AND period = ?",
-                   (NO_CAP if cap is None else cap, scope, month_of(self._clock())))
-        self._audit(tx, None, actor, "set_budget", cap or 0,
-                    f"{scope}: {'no cap' if cap is None else cap}")
+        tx.execute(
+            "UPDATE budgets SET cap_micros = ? WHERE scope = ? AND period = ?",
+            (NO_CAP if cap is None else cap, scope, month_of(self._clock())),
+        )
+        self._audit(
+            tx, None, actor, "set_budget", cap or 0, f"{scope}: {'no cap' if cap is None else cap}"
+        )
 
-    async def block(self, platform: str, guild_id: str, user_id: str, actor: str,
-                    reason: str = "") -> None:
+    async def block(
+        self, platform: str, guild_id: str, user_id: str, actor: str, reason: str = ""
+    ) -> None:
         await self._run(self._block, platform, guild_id, user_id, actor, reason)
 
     def _block(self, tx: Tx, platform, guild_id, user_id, actor, reason) -> None:
-        tx.execute("INSERT INTO blocks (platform, guild_id, user_id, reason) VALUES (?, ?, ?, ?)"
-                   " ON CONFLICT (platform, guild_id, user_id) DO UPDATE SET reason = ?",
-                   (platform, guild_id, user_id, reason, reason))
-        self._audit(tx, None, actor, "block", 0,
-                    f"{platform}:{user_id} guild={guild_id or '*'} {reason}".rstrip())
+        tx.execute(
+            "INSERT INTO blocks (platform, guild_id, user_id, reason) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (platform, guild_id, user_id) DO UPDATE SET reason = ?",
+            (platform, guild_id, user_id, reason, reason),
+        )
+        self._audit(
+            tx,
+            None,
+            actor,
+            "block",
+            0,
+            f"{platform}:{user_id} guild={guild_id or '*'} {reason}".rstrip(),
+        )
 
     async def unblock(self, platform: str, guild_id: str, user_id: str, actor: str) -> bool:
         return await self._run(self._unblock, platform, guild_id, user_id, actor)
 
     def _unblock(self, tx: Tx, platform, guild_id, user_id, actor) -> bool:
-        cursor = tx.execute("DELETE FROM blocks WHERE platform = ? AND guild_id = ?"
-                            " AND user_id = ?", (platform, guild_id, user_id))
+        cursor = tx.execute(
+            "DELETE FROM blocks WHERE platform = ? AND guild_id = ? AND user_id = ?",
+            (platform, guild_id, user_id),
+        )
         if cursor.rowcount:
-            self._audit(tx, None, actor, "unblock", 0,
-                        f"{platform}:{user_id} guild={guild_id or '*'}")
+            self._audit(
+                tx, None, actor, "unblock", 0, f"{platform}:{user_id} guild={guild_id or '*'}"
+            )
         return bool(cursor.rowcount)
 
-    async def allow_channel(self, platform: str, guild_id: str, channel_id: str, allowed: bool,
-                            actor: str) -> bool:
+    async def allow_channel(
+        self, platform: str, guild_id: str, channel_id: str, allowed: bool, actor: str
+    ) -> bool:
         """Add or remove a channel where jobs may start; False if nothing changed."""
-        return await self._run(self._allow_channel, platform, guild_id, channel_id,
-                                       allowed, actor)
+        return await self._run(self._allow_channel, platform, guild_id, channel_id, allowed, actor)
 
     def _allow_channel(self, tx: Tx, platform, guild_id, channel_id, allowed, actor) -> bool:
         if allowed:
             changed = tx.execute(
                 "INSERT INTO channel_rules (platform, guild_id, channel_id) VALUES (?, ?, ?)"
                 " ON CONFLICT (platform, guild_id, channel_id) DO NOTHING",
-                (platform, guild_id, channel_id)).rowcount
+                (platform, guild_id, channel_id),
+            ).rowcount
         else:
             changed = tx.execute(
-                "DELETE FROM channel_rules WHERE platform = ? AND guild_id = ?"
-                " AND channel_id = ?", (platform, guild_id, channel_id)).rowcount
+                "DELETE FROM channel_rules WHERE platform = ? AND guild_id = ? AND channel_id = ?",
+                (platform, guild_id, channel_id),
+            ).rowcount
         if changed:
-            self._audit(tx, None, actor, "allow_channel" if allowed else "disallow_channel", 0,
-                        f"{platform} guild={guild_id} channel={channel_id}")
+            self._audit(
+                tx,
+                None,
+                actor,
+                "allow_channel" if allowed else "disallow_channel",
+                0,
+                f"{platform} guild={guild_id} channel={channel_id}",
+            )
         return bool(changed)
 
     async def allowed_channels(self, platform: str, guild_id: str) -> list[str]:
         """The channels where jobs may start on a server; empty: all of them."""
         rows = await self._run(
-            _fetch_all, "SELECT channel_id FROM channel_rules WHERE platform = ?"
-            " AND guild_id = ? ORDER BY channel_id", (platform, guild_id))
+            _fetch_all,
+            "SELECT channel_id FROM channel_rules WHERE platform = ?"
+            " AND guild_id = ? ORDER BY channel_id",
+            (platform, guild_id),
+        )
         return [r["channel_id"] for r in rows]
 
     async def pause(self, scope: str, actor: str, reason: str = "") -> None:
         await self._run(self._pause, scope, actor, reason)
 
     def _pause(self, tx: Tx, scope: str, actor: str, reason: str) -> None:
-        tx.execute("INSERT INTO pauses (scope, reason) VALUES (?, ?)"
-                   " ON CONFLICT (scope) DO UPDATE SET reason = ?", (scope, reason, reason))
+        tx.execute(
+            "INSERT INTO pauses (scope, reason) VALUES (?, ?)"
+            " ON CONFLICT (scope) DO UPDATE SET reason = ?",
+            (scope, reason, reason),
+        )
         self._audit(tx, None, actor, "pause", 0, f"{scope} {reason}".rstrip())
 
     async def resume(self, scope: str, actor: str) -> bool:
@@ -815,8 +934,10 @@ class SqlLedger:
     async def in_states(self, states: Sequence[str]) -> list[JobRecord]:
         marks = ",".join("?" * len(states))
         rows = await self._run(
-            _fetch_all, f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY created_at",
-            tuple(states))
+            _fetch_all,
+            f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY created_at",
+            tuple(states),
+        )
         return [_record(r) for r in rows]
 
     async def quota_status(self, requester: Requester) -> QuotaStatus:
@@ -838,20 +959,25 @@ class SqlLedger:
             if guild_left is not None:
                 left.append(guild_left)
         return QuotaStatus(
-            limit=limit.jobs, used=context["recent"],
+            limit=limit.jobs,
+            used=context["recent"],
             next_free_at=_dt(self._next_free(tx, who, now, limit, context["recent"])),
-            budget_left_micros=min(left), window_hours=limit.window_hours, source=limit.source,
-            cooldown_until=_dt(cooldown_until), in_flight=context["in_flight"],
+            budget_left_micros=min(left),
+            window_hours=limit.window_hours,
+            source=limit.source,
+            cooldown_until=_dt(cooldown_until),
+            in_flight=context["in_flight"],
             max_in_flight=None if exempt else policy.max_in_flight,
-            guild_budget_left_micros=guild_left, blocked=bool(context["blocked"]),
+            guild_budget_left_micros=guild_left,
+            blocked=bool(context["blocked"]),
             paused=context["paused"] is not None,
         )
 
-    async def usage(self, month: str | None = None, platform: str | None = None,
-                    guild_id: str | None = None) -> list[UsageRow]:
+    async def usage(
+        self, month: str | None = None, platform: str | None = None, guild_id: str | None = None
+    ) -> list[UsageRow]:
         where, args = [], []
-        for column, value in (("period", month), ("platform", platform),
-                              ("guild_id", guild_id)):
+        for column, value in (("period", month), ("platform", platform), ("guild_id", guild_id)):
             if value is not None:
                 where.append(f"{column} = ?")
                 args.append(value)
@@ -867,20 +993,43 @@ class SqlLedger:
             " ORDER BY period DESC, cost DESC, jobs DESC, user_id",
             args,
         )
-        return [UsageRow(r["period"], r["platform"], r["guild_id"], r["user_id"], r["jobs"],
-                         r["delivered"], r["failed"], r["refunded"], r["cost"]) for r in rows]
+        return [
+            UsageRow(
+                r["period"],
+                r["platform"],
+                r["guild_id"],
+                r["user_id"],
+                r["jobs"],
+                r["delivered"],
+                r["failed"],
+                r["refunded"],
+                r["cost"],
+            )
+            for r in rows
+        ]
 
-    async def audit_trail(self, job_id: str | None = None, limit: int = 100
-                          ) -> list[AuditEntry]:
+    async def audit_trail(self, job_id: str | None = None, limit: int = 100) -> list[AuditEntry]:
         if job_id is not None:
             rows = await self._run(
-                _fetch_all, "SELECT * FROM audit WHERE job_id = ? ORDER BY id", (job_id,))
+                _fetch_all, "SELECT * FROM audit WHERE job_id = ? ORDER BY id", (job_id,)
+            )
         else:
             rows = await self._run(
-                _fetch_all, "SELECT * FROM audit ORDER BY id DESC LIMIT ?", (limit,))
+                _fetch_all, "SELECT * FROM audit ORDER BY id DESC LIMIT ?", (limit,)
+            )
             rows = rows[::-1]
-        return [AuditEntry(r["id"], _dt(r["at"]), r["actor"], r["action"], r["amount_micros"],
-                           r["job_id"], r["detail"]) for r in rows]
+        return [
+            AuditEntry(
+                r["id"],
+                _dt(r["at"]),
+                r["actor"],
+                r["action"],
+                r["amount_micros"],
+                r["job_id"],
+                r["detail"],
+            )
+            for r in rows
+        ]
 
     async def budget(self, month: str | None = None, scope: str = GLOBAL_SCOPE) -> Budget:
         return await self._run(self._budget, month or month_of(self._clock()), scope)
@@ -889,13 +1038,16 @@ class SqlLedger:
         """What a budget has left this month (None: no cap), from its one row."""
         if cap is None:
             return None
-        row = tx.execute("SELECT held_micros FROM budgets WHERE scope = ? AND period = ?",
-                         (scope, month)).fetchone()
+        row = tx.execute(
+            "SELECT held_micros FROM budgets WHERE scope = ? AND period = ?", (scope, month)
+        ).fetchone()
         return max(0, cap - (row["held_micros"] if row else 0))
 
     def _budget(self, tx: Tx, month: str, scope: str) -> Budget:
-        row = tx.execute("SELECT cap_micros, held_micros FROM budgets"
-                         " WHERE scope = ? AND period = ?", (scope, month)).fetchone()
+        row = tx.execute(
+            "SELECT cap_micros, held_micros FROM budgets WHERE scope = ? AND period = ?",
+            (scope, month),
+        ).fetchone()
         cap = self._cap(tx, scope) if row is None else row["cap_micros"]
         where, args = "period = ?", [month]
         if scope != GLOBAL_SCOPE:
@@ -906,9 +1058,17 @@ class SqlLedger:
             "SELECT CAST(COALESCE(sum(CASE WHEN committed = 0 AND state <> 'refunded'"
             " THEN reserved_micros ELSE 0 END), 0) AS BIGINT) AS reserved,"
             " CAST(COALESCE(sum(cost_micros), 0) AS BIGINT) AS committed"
-            f" FROM jobs WHERE {where}", args).fetchone()
-        return Budget(scope, month, None if cap in (None, NO_CAP) else cap, sums["reserved"],
-                      sums["committed"], 0 if row is None else row["held_micros"])
+            f" FROM jobs WHERE {where}",
+            args,
+        ).fetchone()
+        return Budget(
+            scope,
+            month,
+            None if cap in (None, NO_CAP) else cap,
+            sums["reserved"],
+            sums["committed"],
+            0 if row is None else row["held_micros"],
+        )
 
 
 def _fetch_one(tx: Tx, sql: str, args=()):

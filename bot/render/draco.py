@@ -27,7 +27,7 @@ def decode_draco_glb(source: Path, target: Path) -> None:
             view = gltf.bufferViews[draco["bufferView"]]
             start = view.byteOffset or 0
             try:
-                decoded = DracoPy.decode(bytes(blob[start:start + view.byteLength]))
+                decoded = DracoPy.decode(bytes(blob[start : start + view.byteLength]))
             except Exception as exc:  # DracoPy raises its own failure types
                 raise RenderError(f"{source.name}: the Draco data is damaged") from exc
             faces = np.asarray(decoded.faces, dtype=np.uint32).reshape(-1)
@@ -49,16 +49,21 @@ def decode_draco_glb(source: Path, target: Path) -> None:
     gltf.save_binary(str(target))
 
 
-def _add_accessor(gltf, blob: bytearray, values: np.ndarray, width: int, component: int,
-                  with_bounds: bool = False) -> int:
+def _add_accessor(
+    gltf, blob: bytearray, values: np.ndarray, width: int, component: int, with_bounds: bool = False
+) -> int:
     blob.extend(b"\0" * (-len(blob) % 4))  # accessors start on 4-byte boundaries
     data = np.ascontiguousarray(values).tobytes()
-    gltf.bufferViews.append(pygltflib.BufferView(buffer=0, byteOffset=len(blob),
-                                                 byteLength=len(data)))
+    gltf.bufferViews.append(
+        pygltflib.BufferView(buffer=0, byteOffset=len(blob), byteLength=len(data))
+    )
     blob.extend(data)
     accessor = pygltflib.Accessor(
-        bufferView=len(gltf.bufferViews) - 1, componentType=component,
-        count=len(values) if width > 1 else values.size, type=ACCESSOR_TYPES[width])
+        bufferView=len(gltf.bufferViews) - 1,
+        componentType=component,
+        count=len(values) if width > 1 else values.size,
+        type=ACCESSOR_TYPES[width],
+    )
     if with_bounds:
         accessor.min = values.min(axis=0).tolist()
         accessor.max = values.max(axis=0).tolist()

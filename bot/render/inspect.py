@@ -17,12 +17,39 @@ import numpy as np
 from ..errors import RenderError
 
 GLB_MAGIC = b"glTF"
-SPLAT_CORE = ["x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity",
-              "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
+SPLAT_CORE = [
+    "x",
+    "y",
+    "z",
+    "f_dc_0",
+    "f_dc_1",
+    "f_dc_2",
+    "opacity",
+    "scale_0",
+    "scale_1",
+    "scale_2",
+    "rot_0",
+    "rot_1",
+    "rot_2",
+    "rot_3",
+]
 PLY_TYPES = {
-    "char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1", "short": "i2", "int16": "i2",
-    "ushort": "u2", "uint16": "u2", "int": "i4", "int32": "i4", "uint": "u4", "uint32": "u4",
-    "float": "f4", "float32": "f4", "double": "f8", "float64": "f8",
+    "char": "i1",
+    "int8": "i1",
+    "uchar": "u1",
+    "uint8": "u1",
+    "short": "i2",
+    "int16": "i2",
+    "ushort": "u2",
+    "uint16": "u2",
+    "int": "i4",
+    "int32": "i4",
+    "uint": "u4",
+    "uint32": "u4",
+    "float": "f4",
+    "float32": "f4",
+    "double": "f8",
+    "float64": "f8",
 }
 
 
@@ -58,19 +85,26 @@ def inspect_model(path: Path, limits: RenderLimits = RenderLimits()) -> ModelInf
     if size == 0:
         raise RenderError(f"{path.name}: the file is empty")
     if size > limits.max_bytes:
-        raise RenderError(f"{path.name}: {size / 1e6:.0f} MB is more than the renderer takes "
-                          f"({limits.max_bytes / 1e6:.0f} MB)")
+        raise RenderError(
+            f"{path.name}: {size / 1e6:.0f} MB is more than the renderer takes "
+            f"({limits.max_bytes / 1e6:.0f} MB)"
+        )
     if head.startswith(GLB_MAGIC):
         info = _inspect_glb(path)
     elif head.startswith(b"ply"):
         info = _inspect_ply(path, head, size)
     else:
-        what = "an HTML page" if head.lstrip()[:15].lower().startswith((b"<!doctype", b"<html")) \
+        what = (
+            "an HTML page"
+            if head.lstrip()[:15].lower().startswith((b"<!doctype", b"<html"))
             else "not a GLB or PLY model"
+        )
         raise RenderError(f"{path.name}: the file is {what}")
     if info.triangles > limits.max_triangles:
-        raise RenderError(f"{path.name}: {info.triangles:,} triangles is more than the renderer "
-                          f"draws ({limits.max_triangles:,})")
+        raise RenderError(
+            f"{path.name}: {info.triangles:,} triangles is more than the renderer "
+            f"draws ({limits.max_triangles:,})"
+        )
     return info
 
 
@@ -118,8 +152,10 @@ def _inspect_glb(path: Path) -> ModelInfo:
             if not str(buffer["uri"]).startswith("data:"):
                 raise RenderError(f"{name}: the GLB points to outside files")
         elif buffer.get("byteLength", 0) > binary_length:
-            raise RenderError(f"{name}: buffer {index} claims {buffer.get('byteLength'):,} bytes "
-                              f"but the file holds {binary_length:,}")
+            raise RenderError(
+                f"{name}: buffer {index} claims {buffer.get('byteLength'):,} bytes "
+                f"but the file holds {binary_length:,}"
+            )
     for view in document.get("bufferViews", []):
         buffer = buffers[view.get("buffer", 0)] if view.get("buffer", 0) < len(buffers) else None
         end = view.get("byteOffset", 0) + view.get("byteLength", 0)
@@ -200,8 +236,11 @@ def _inspect_ply(path: Path, head: bytes, size: int) -> ModelInfo:
     props = [p for p, _ in vertex[2]]
     face = header.element("face")
     if header.format != "ascii":
-        stride = sum(np.dtype(PLY_TYPES.get(t, "f4")).itemsize for _, t in vertex[2]
-                     if not t.startswith("list"))
+        stride = sum(
+            np.dtype(PLY_TYPES.get(t, "f4")).itemsize
+            for _, t in vertex[2]
+            if not t.startswith("list")
+        )
         if header.header_bytes + vertex[1] * stride > size:
             raise RenderError(f"{path.name}: the PLY is cut short")
     if {"f_dc_0", "opacity", "scale_0"} <= set(props):
@@ -261,4 +300,3 @@ def write_render_splat(source: Path, target: Path, max_splats: int, seed: int = 
         fh.write(header.encode())
         fh.write(np.ascontiguousarray(table, dtype="<f4").tobytes())
     return len(table)
-

@@ -49,13 +49,15 @@ class RenderOptions:
             timeout_s=settings.render_timeout_s,
             turntable_timeout_s=settings.render_timeout_s * 4,
             backend=settings.render_backend,
-            limits=RenderLimits(settings.max_output_bytes, settings.render_max_triangles,
-                                settings.render_max_splats),
+            limits=RenderLimits(
+                settings.max_output_bytes, settings.render_max_triangles, settings.render_max_splats
+            ),
         )
 
 
-def choose_source(files: tuple[OutputFile, ...], preference: str,
-                  limits: RenderLimits) -> ModelInfo:
+def choose_source(
+    files: tuple[OutputFile, ...], preference: str, limits: RenderLimits
+) -> ModelInfo:
     """The file whose picture looks right: the splat carries colour when the mesh has none."""
     problems: list[str] = []
     infos: list[ModelInfo] = []
@@ -119,13 +121,16 @@ class F3dRenderer:
     async def turntable(self, files: tuple[OutputFile, ...], workdir: Path):
         webp, gif = workdir / "turntable.webp", workdir / "turntable.gif"
         await self._draw_turntable(await self._prepare(files, workdir), [webp, gif])
-        return (_output(FileKind.TURNTABLE, webp, "image/webp"),
-                _output(FileKind.TURNTABLE, gif, "image/gif"))
+        return (
+            _output(FileKind.TURNTABLE, webp, "image/webp"),
+            _output(FileKind.TURNTABLE, gif, "image/gif"),
+        )
 
     # -- single files (the command line) -------------------------------------------------------
 
-    async def render_file(self, model: Path, picture: Path, turntable: Path | None,
-                          workdir: Path) -> None:
+    async def render_file(
+        self, model: Path, picture: Path, turntable: Path | None, workdir: Path
+    ) -> None:
         """Draw one file (its kind is read from its bytes) into `picture` and `turntable`."""
         files = (OutputFile(FileKind.MESH, model, 0, ""),)  # the size is not needed here
         source = await self._prepare(files, workdir)
@@ -164,17 +169,27 @@ class F3dRenderer:
             mode = "mesh_plain"
         else:
             mode = "mesh_colours" if info.kind == "ply_mesh" else "mesh"
-        return {"op": op, "path": str(path), "mode": mode, "up": "+Z" if info.is_splat else "+Y",
-                "background": self.options.background, **extra}
+        return {
+            "op": op,
+            "path": str(path),
+            "mode": mode,
+            "up": "+Z" if info.is_splat else "+Y",
+            "background": self.options.background,
+            **extra,
+        }
 
     async def _draw_thumbnail(self, source, out: Path) -> None:
         request = self._request(source, "thumbnail", out=str(out), size=self.options.size)
         await self._ask(request, self.options.timeout_s)
 
     async def _draw_turntable(self, source, outs: list[Path]) -> None:
-        request = self._request(source, "turntable", outs=[str(p) for p in outs],
-                                size=self.options.turntable_size,
-                                frames=self.options.turntable_frames)
+        request = self._request(
+            source,
+            "turntable",
+            outs=[str(p) for p in outs],
+            size=self.options.turntable_size,
+            frames=self.options.turntable_frames,
+        )
         if request["background"] == "transparent":  # GIF frames need a solid backdrop
             request["background"] = NEUTRAL_BACKDROP
         await self._ask(request, self.options.turntable_timeout_s)
@@ -220,9 +235,15 @@ class _Worker:
         started = time.monotonic()
         # The worker's stderr is not ours to show: what matters comes back in its replies.
         self._process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bot.render.worker", self._backend,
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL, limit=1 << 20)
+            sys.executable,
+            "-m",
+            "bot.render.worker",
+            self._backend,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+            limit=1 << 20,
+        )
         try:
             ready = await self._read(limit_s, "start")
         except BaseException:  # a failed or cancelled start leaves no process behind
@@ -231,8 +252,7 @@ class _Worker:
         if not ready.get("ok"):
             await self.stop()
             raise RenderError(ready.get("error", "the renderer could not start"))
-        log.info("render worker %s ready in %.1f s", self._process.pid,
-                 time.monotonic() - started)
+        log.info("render worker %s ready in %.1f s", self._process.pid, time.monotonic() - started)
 
     def alive(self) -> bool:
         return self._process is not None and self._process.returncode is None
@@ -252,8 +272,11 @@ class _Worker:
             what = "start" if doing == "start" else "drawing the preview"
             raise RenderError(f"the renderer took longer than {limit_s:g} s ({what})") from None
         if not line:
-            raise RenderError("the renderer crashed while drawing this model"
-                              if doing == "draw" else "the renderer crashed while starting")
+            raise RenderError(
+                "the renderer crashed while drawing this model"
+                if doing == "draw"
+                else "the renderer crashed while starting"
+            )
         return json.loads(line)
 
     async def stop(self) -> None:

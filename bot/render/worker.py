@@ -12,6 +12,7 @@ from __future__ import annotations
 
 # isort: off
 import f3d  # first: before anything can load the system's libssl
+
 # isort: on
 import ctypes
 import json
@@ -131,7 +132,8 @@ class F3dCanvas:
         image = window.render_to_image(True)
         channels = image.channel_count
         pixels = np.frombuffer(bytes(image.content), np.uint8).reshape(
-            image.height, image.width, channels)[::-1]  # f3d's rows run bottom to top
+            image.height, image.width, channels
+        )[::-1]  # f3d's rows run bottom to top
         return Image.fromarray(np.ascontiguousarray(pixels), "RGBA" if channels == 4 else "RGB")
 
 
@@ -152,21 +154,45 @@ class EglCanvas:
             raise RuntimeError("eglInitialize failed")
         self.config = EGL.EGLConfig()
         found = EGL.EGLint()
-        wanted = _egl_attributes(EGL, EGL.EGL_SURFACE_TYPE, EGL.EGL_PBUFFER_BIT,
-                                 EGL.EGL_RED_SIZE, 8, EGL.EGL_GREEN_SIZE, 8,
-                                 EGL.EGL_BLUE_SIZE, 8, EGL.EGL_ALPHA_SIZE, 8,
-                                 EGL.EGL_DEPTH_SIZE, 24,
-                                 EGL.EGL_RENDERABLE_TYPE, EGL.EGL_OPENGL_BIT)
-        if not EGL.eglChooseConfig(self.display, wanted, ctypes.pointer(self.config), 1,
-                                   ctypes.pointer(found)) or not found.value:
+        wanted = _egl_attributes(
+            EGL,
+            EGL.EGL_SURFACE_TYPE,
+            EGL.EGL_PBUFFER_BIT,
+            EGL.EGL_RED_SIZE,
+            8,
+            EGL.EGL_GREEN_SIZE,
+            8,
+            EGL.EGL_BLUE_SIZE,
+            8,
+            EGL.EGL_ALPHA_SIZE,
+            8,
+            EGL.EGL_DEPTH_SIZE,
+            24,
+            EGL.EGL_RENDERABLE_TYPE,
+            EGL.EGL_OPENGL_BIT,
+        )
+        if (
+            not EGL.eglChooseConfig(
+                self.display, wanted, ctypes.pointer(self.config), 1, ctypes.pointer(found)
+            )
+            or not found.value
+        ):
             raise RuntimeError("no EGL configuration with RGBA and depth")
         EGL.eglBindAPI(EGL.EGL_OPENGL_API)
         self.context = EGL.eglCreateContext(
-            self.display, self.config, EGL.EGL_NO_CONTEXT,
-            _egl_attributes(EGL, EGL.EGL_CONTEXT_MAJOR_VERSION, 3,
-                            EGL.EGL_CONTEXT_MINOR_VERSION, 2,
-                            EGL.EGL_CONTEXT_OPENGL_PROFILE_MASK,
-                            EGL.EGL_CONTEXT_OPENGL_CORE_PROFILE_BIT))
+            self.display,
+            self.config,
+            EGL.EGL_NO_CONTEXT,
+            _egl_attributes(
+                EGL,
+                EGL.EGL_CONTEXT_MAJOR_VERSION,
+                3,
+                EGL.EGL_CONTEXT_MINOR_VERSION,
+                2,
+                EGL.EGL_CONTEXT_OPENGL_PROFILE_MASK,
+                EGL.EGL_CONTEXT_OPENGL_CORE_PROFILE_BIT,
+            ),
+        )
         if not self.context:
             raise RuntimeError("eglCreateContext failed")
         self.surface, self.side = None, 0
@@ -178,8 +204,10 @@ class EglCanvas:
             return
         EGL = self.EGL
         surface = EGL.eglCreatePbufferSurface(
-            self.display, self.config,
-            _egl_attributes(EGL, EGL.EGL_WIDTH, size, EGL.EGL_HEIGHT, size))
+            self.display,
+            self.config,
+            _egl_attributes(EGL, EGL.EGL_WIDTH, size, EGL.EGL_HEIGHT, size),
+        )
         if not surface or not EGL.eglMakeCurrent(self.display, surface, surface, self.context):
             raise RuntimeError(f"no {size} px EGL surface")
         if self.surface is not None:
@@ -213,9 +241,17 @@ class Drawer:
         with tempfile.TemporaryDirectory() as tmp:
             cube = Path(tmp) / "cube.obj"
             cube.write_text(WARM_UP_OBJ)
-            self.handle({"op": "thumbnail", "path": str(cube), "mode": "mesh", "up": "+Y",
-                         "size": 64, "out": str(Path(tmp) / "cube.png"),
-                         "background": "transparent"})
+            self.handle(
+                {
+                    "op": "thumbnail",
+                    "path": str(cube),
+                    "mode": "mesh",
+                    "up": "+Y",
+                    "size": 64,
+                    "out": str(Path(tmp) / "cube.png"),
+                    "background": "transparent",
+                }
+            )
 
     def _apply(self, options: dict) -> None:
         # Setting an option, even to its value, can make f3d rebuild its lighting: set changes.
@@ -229,8 +265,9 @@ class Drawer:
 
     def handle(self, request: dict) -> dict:
         up = request["up"]
-        self._apply({**COMMON_OPTIONS, **MODE_OPTIONS[request["mode"]],
-                     "scene.up_direction": list(UP[up])})
+        self._apply(
+            {**COMMON_OPTIONS, **MODE_OPTIONS[request["mode"]], "scene.up_direction": list(UP[up])}
+        )
         scene = self.engine.scene
         scene.clear()
         scene.add(request["path"])
@@ -251,8 +288,7 @@ class Drawer:
         a, e = math.radians(azimuth), math.radians(elevation)
         upward, front = UP[up], FRONT[up]
         right = np.cross(upward, front)
-        direction = math.cos(e) * (math.cos(a) * front + math.sin(a) * right) \
-            + math.sin(e) * upward
+        direction = math.cos(e) * (math.cos(a) * front + math.sin(a) * right) + math.sin(e) * upward
         camera = self.window.camera
         camera.focal_point = list(map(float, centre))
         camera.position = list(map(float, centre + distance * direction))
@@ -303,8 +339,9 @@ class Drawer:
         frames = []
         count = request["frames"]
         for index in range(count):
-            self._look(centre, distance * 0.95, VIEW_AZIMUTH + 360 * index / count,
-                       VIEW_ELEVATION, up)
+            self._look(
+                centre, distance * 0.95, VIEW_AZIMUTH + 360 * index / count, VIEW_ELEVATION, up
+            )
             frames.append(backdrop(self._draw(request["size"]), request["background"]))
         written = []
         duration = request.get("frame_ms", 80)
@@ -312,8 +349,16 @@ class Drawer:
             if path.endswith(".gif"):
                 save_gif(frames, path, duration)
             else:
-                frames[0].save(path, "WEBP", save_all=True, append_images=frames[1:],
-                               duration=duration, loop=0, quality=80, method=4)
+                frames[0].save(
+                    path,
+                    "WEBP",
+                    save_all=True,
+                    append_images=frames[1:],
+                    duration=duration,
+                    loop=0,
+                    quality=80,
+                    method=4,
+                )
             written.append(path)
         return written
 
@@ -346,8 +391,16 @@ def save_gif(frames: list[Image.Image], path: str, duration: int) -> None:
         sheet.paste(frame, (0, frame.height * index))
     palette = sheet.quantize(colors=255, method=Image.Quantize.MEDIANCUT)
     quantised = [f.quantize(palette=palette, dither=Image.Dither.NONE) for f in rgb]
-    quantised[0].save(path, "GIF", save_all=True, append_images=quantised[1:],
-                      duration=duration, loop=0, optimize=False, disposal=1)
+    quantised[0].save(
+        path,
+        "GIF",
+        save_all=True,
+        append_images=quantised[1:],
+        duration=duration,
+        loop=0,
+        optimize=False,
+        disposal=1,
+    )
 
 
 if __name__ == "__main__":

@@ -3,8 +3,9 @@
 from aiohttp import web
 
 
-async def serve_on_loopback(app: web.Application, port: int = 0, **runner_options
-                            ) -> tuple[web.AppRunner, str]:
+async def serve_on_loopback(
+    app: web.Application, port: int = 0, **runner_options
+) -> tuple[web.AppRunner, str]:
     """Start `app` on 127.0.0.1 (a free port unless given); returns its runner and base URL."""
     runner = web.AppRunner(app, **runner_options)
     await runner.setup()

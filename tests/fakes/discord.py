@@ -33,13 +33,20 @@ class Call:
 
 def _json(value: Any, status: int = 200) -> web.Response:
     # Exactly "application/json": discord.py reads JSON only under that header, with no charset.
-    return web.Response(body=json.dumps(value).encode(), status=status,
-                        content_type="application/json")
+    return web.Response(
+        body=json.dumps(value).encode(), status=status, content_type="application/json"
+    )
 
 
 def user_json(user_id: str, name: str, bot: bool = False) -> dict[str, Any]:
-    return {"id": user_id, "username": name, "discriminator": "0", "global_name": name,
-            "avatar": None, "bot": bot}
+    return {
+        "id": user_id,
+        "username": name,
+        "discriminator": "0",
+        "global_name": name,
+        "avatar": None,
+        "bot": bot,
+    }
 
 
 class FakeDiscord:
@@ -85,8 +92,9 @@ class FakeDiscord:
         compresses only when asked, and what the bot does with an event is the same."""
         socket = web.WebSocketResponse()
         await socket.prepare(request)
-        await socket.send_json({"op": 10, "d": {"heartbeat_interval": 41_250}, "s": None,
-                                "t": None})
+        await socket.send_json(
+            {"op": 10, "d": {"heartbeat_interval": 41_250}, "s": None, "t": None}
+        )
         async for message in socket:
             if message.type is not web.WSMsgType.TEXT:
                 continue
@@ -95,17 +103,27 @@ class FakeDiscord:
                 await socket.send_json({"op": 11})
             elif frame.get("op") == 2:  # identify
                 identity = frame.get("d") or {}
-                if (self.token and identity.get("token") != self.token) \
-                        or not isinstance(identity.get("intents"), int):
+                if (self.token and identity.get("token") != self.token) or not isinstance(
+                    identity.get("intents"), int
+                ):
                     await socket.close(code=4004 if self.token else 4013)
                     break
                 self.sessions.append(socket)
-                await self._dispatch(socket, "READY", {
-                    "v": 10, "user": user_json(BOT_ID, "sam3d", bot=True), "guilds": [],
-                    "session_id": "fake-session", "shard": identity.get("shard", [0, 1]),
-                    "resume_gateway_url": self.url.replace("http", "ws") + "/gateway",
-                    "application": {"id": APP_ID, "flags": 0}, "private_channels": [],
-                    "relationships": []})
+                await self._dispatch(
+                    socket,
+                    "READY",
+                    {
+                        "v": 10,
+                        "user": user_json(BOT_ID, "sam3d", bot=True),
+                        "guilds": [],
+                        "session_id": "fake-session",
+                        "shard": identity.get("shard", [0, 1]),
+                        "resume_gateway_url": self.url.replace("http", "ws") + "/gateway",
+                        "application": {"id": APP_ID, "flags": 0},
+                        "private_channels": [],
+                        "relationships": [],
+                    },
+                )
         if socket in self.sessions:
             self.sessions.remove(socket)
         return socket
@@ -156,30 +174,61 @@ class FakeDiscord:
         # Interaction callbacks and webhook routes are authorised by the token in their path,
         # and discord.py sends no bot token there; every other route needs it.
         by_path = path.startswith(("/interactions/", "/webhooks/"))
-        if self.token and not by_path \
-                and request.headers.get("Authorization") != f"Bot {self.token}":
+        if (
+            self.token
+            and not by_path
+            and request.headers.get("Authorization") != f"Bot {self.token}"
+        ):
             return _json({"message": "401: Unauthorized", "code": 0}, status=401)
         route = (request.method, path)
         if route == ("GET", "/gateway/bot"):
-            return _json({"url": self.url.replace("http", "ws", 1) + "/gateway", "shards": 1,
-                          "session_start_limit": {"total": 1000, "remaining": 999,
-                                                  "reset_after": 14_400_000,
-                                                  "max_concurrency": 1}})
+            return _json(
+                {
+                    "url": self.url.replace("http", "ws", 1) + "/gateway",
+                    "shards": 1,
+                    "session_start_limit": {
+                        "total": 1000,
+                        "remaining": 999,
+                        "reset_after": 14_400_000,
+                        "max_concurrency": 1,
+                    },
+                }
+            )
         if route == ("GET", "/users/@me"):
             return _json(user_json(BOT_ID, "sam3d", bot=True))
         if route == ("GET", "/oauth2/applications/@me"):
-            return _json({
-                "id": APP_ID, "name": "sam3d", "description": "", "icon": None,
-                "bot_public": True, "bot_require_code_grant": False, "verify_key": "0" * 64,
-                "owner": user_json("900000000000000003", "owner"), "flags": 0,
-                "rpc_origins": [], "team": None, "summary": ""})
+            return _json(
+                {
+                    "id": APP_ID,
+                    "name": "sam3d",
+                    "description": "",
+                    "icon": None,
+                    "bot_public": True,
+                    "bot_require_code_grant": False,
+                    "verify_key": "0" * 64,
+                    "owner": user_json("900000000000000003", "owner"),
+                    "flags": 0,
+                    "rpc_origins": [],
+                    "team": None,
+                    "summary": "",
+                }
+            )
         if request.method == "PUT" and path.endswith("/commands"):
             commands = call.json or []
-            return _json([
-                {"description": "", "options": [], **c, "id": str(next(self._ids)),
-                 "application_id": APP_ID, "version": "1",
-                 "default_member_permissions": c.get("default_member_permissions")}
-                for c in commands])
+            return _json(
+                [
+                    {
+                        "description": "",
+                        "options": [],
+                        **c,
+                        "id": str(next(self._ids)),
+                        "application_id": APP_ID,
+                        "version": "1",
+                        "default_member_permissions": c.get("default_member_permissions"),
+                    }
+                    for c in commands
+                ]
+            )
         if path.endswith("/callback"):
             return self._callback(call)
         if path.startswith("/webhooks/"):
@@ -201,21 +250,41 @@ class FakeDiscord:
             text = await request.text()
             call.json = json.loads(text) if text else None
 
-    def _message(self, channel_id: str, body: dict[str, Any] | None,
-                 files: dict[str, tuple[str, bytes]], message_id: str | None = None
-                 ) -> dict[str, Any]:
+    def _message(
+        self,
+        channel_id: str,
+        body: dict[str, Any] | None,
+        files: dict[str, tuple[str, bytes]],
+        message_id: str | None = None,
+    ) -> dict[str, Any]:
         body = body or {}
         attachments = [
-            {"id": str(next(self._ids)), "filename": name, "size": len(data),
-             "url": self.cdn_url(name), "proxy_url": self.cdn_url(name)}
-            for name, data in files.values()]
+            {
+                "id": str(next(self._ids)),
+                "filename": name,
+                "size": len(data),
+                "url": self.cdn_url(name),
+                "proxy_url": self.cdn_url(name),
+            }
+            for name, data in files.values()
+        ]
         message = {
-            "id": message_id or str(next(self._ids)), "channel_id": channel_id,
-            "author": user_json(BOT_ID, "sam3d", bot=True), "content": body.get("content", ""),
-            "timestamp": "2026-11-25T12:00:00+00:00", "edited_timestamp": None, "tts": False,
-            "mention_everyone": False, "mentions": [], "mention_roles": [],
-            "attachments": attachments, "embeds": body.get("embeds", []), "pinned": False,
-            "type": 0, "flags": body.get("flags", 0), "components": body.get("components", []),
+            "id": message_id or str(next(self._ids)),
+            "channel_id": channel_id,
+            "author": user_json(BOT_ID, "sam3d", bot=True),
+            "content": body.get("content", ""),
+            "timestamp": "2026-11-25T12:00:00+00:00",
+            "edited_timestamp": None,
+            "tts": False,
+            "mention_everyone": False,
+            "mentions": [],
+            "mention_roles": [],
+            "attachments": attachments,
+            "embeds": body.get("embeds", []),
+            "pinned": False,
+            "type": 0,
+            "flags": body.get("flags", 0),
+            "components": body.get("components", []),
         }
         for name, data in files.values():
             self.cdn[name] = data
@@ -227,13 +296,22 @@ class FakeDiscord:
         kind = (call.json or {}).get("type")
         message = self._message("0", (call.json or {}).get("data"), call.files)
         self._originals[token] = message["id"]
-        return _json({
-            "interaction": {"id": interaction_id, "type": 2, "response_message_id": message["id"],
-                            "response_message_loading": kind == 5,
-                            "response_message_ephemeral": bool(
-                                ((call.json or {}).get("data") or {}).get("flags", 0) & 64)},
-            "resource": {"type": kind, "message": message} if kind in (4, 5) else {"type": kind},
-        })
+        return _json(
+            {
+                "interaction": {
+                    "id": interaction_id,
+                    "type": 2,
+                    "response_message_id": message["id"],
+                    "response_message_loading": kind == 5,
+                    "response_message_ephemeral": bool(
+                        ((call.json or {}).get("data") or {}).get("flags", 0) & 64
+                    ),
+                },
+                "resource": {"type": kind, "message": message}
+                if kind in (4, 5)
+                else {"type": kind},
+            }
+        )
 
     def _webhook(self, call: Call) -> web.Response:
         if call.method == "DELETE":
@@ -248,8 +326,7 @@ class FakeDiscord:
         parts = call.path.split("/")
         channel_id = parts[2]
         if call.method == "POST" and channel_id in self.forbidden_channels:
-            return _json({"message": "Missing Permissions", "code": 50013},
-                                     status=403)
+            return _json({"message": "Missing Permissions", "code": 50013}, status=403)
         if call.method == "DELETE":
             return web.Response(status=204)
         message_id = parts[4] if len(parts) > 4 else None

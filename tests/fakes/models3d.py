@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import trimesh
 
-FIXTURES = Path(os.environ.get("SAM3D_FIXTURES", Path(__file__).resolve().parents[3] / "shared"
-                               / "fixtures"))
+FIXTURES = Path(
+    os.environ.get("SAM3D_FIXTURES", Path(__file__).resolve().parents[3] / "shared" / "fixtures")
+)
 SAM3D_GLB = "sam3d_objects_0.glb"
 SPLAT_PLY = "donut_3dgs_sh0.ply"
 
@@ -35,8 +36,25 @@ def made_splat_ply(count: int = 2000, seed: int = 0) -> bytes:
     0.74 / sqrt(count) of the object across, log-normally spread, one axis flatter.
     """
     rng = np.random.default_rng(seed)
-    names = ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2", "opacity",
-             "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
+    names = [
+        "x",
+        "y",
+        "z",
+        "nx",
+        "ny",
+        "nz",
+        "f_dc_0",
+        "f_dc_1",
+        "f_dc_2",
+        "opacity",
+        "scale_0",
+        "scale_1",
+        "scale_2",
+        "rot_0",
+        "rot_1",
+        "rot_2",
+        "rot_3",
+    ]
     data = np.zeros((count, len(names)), dtype=np.float32)
     direction = rng.normal(size=(count, 3))
     data[:, 0:3] = direction / np.linalg.norm(direction, axis=1, keepdims=True) * 0.5

@@ -103,7 +103,8 @@ class FakeSegmind:
             stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(reset))
             stamp += f".{int((reset % 1) * 1000):03d}Z"
             return web.json_response(
-                {"error": "Rate limit exceeded"}, status=429,
+                {"error": "Rate limit exceeded"},
+                status=429,
                 headers={"x-rate-limit-reset-at-utc": stamp},
             )
         return None
@@ -131,8 +132,9 @@ class FakeSegmind:
     def _submit_refusal(self) -> web.Response | None:
         b = self.behaviour
         if b.html_error_status:
-            return web.Response(body=HTML_PAGE, status=b.html_error_status,
-                                content_type="text/html")
+            return web.Response(
+                body=HTML_PAGE, status=b.html_error_status, content_type="text/html"
+            )
         if b.submit_error:
             status, body = b.submit_error
             if isinstance(body, bytes):
@@ -159,18 +161,19 @@ class FakeSegmind:
         self.counters.payloads.append(payload)
         self._next_id += 1
         job_id = f"req-{self._next_id:05d}"
-        self.jobs[job_id] = {"created": time.monotonic(), "polls": 0,
-                             "seed": payload.get("seed")}
+        self.jobs[job_id] = {"created": time.monotonic(), "polls": 0, "seed": payload.get("seed")}
         if self.behaviour.drop_after_submit:
             assert request.transport is not None
             request.transport.close()  # the answer never reaches the bot
             raise web.HTTPInternalServerError()
-        return web.json_response({
-            "request_id": job_id,
-            "status": "QUEUED",
-            "status_url": f"{self.url}/v2/requests/{job_id}/status",
-            "response_url": f"{self.url}/v2/requests/{job_id}",
-        })
+        return web.json_response(
+            {
+                "request_id": job_id,
+                "status": "QUEUED",
+                "status_url": f"{self.url}/v2/requests/{job_id}/status",
+                "response_url": f"{self.url}/v2/requests/{job_id}",
+            }
+        )
 
     def _job_state(self, job: dict) -> str:
         b = self.behaviour
@@ -201,7 +204,8 @@ class FakeSegmind:
         state = self._job_state(job)
         if state == "FAILED":
             return web.json_response(
-                {"status": "FAILED", "error": self.behaviour.fail_message}, status=422)
+                {"status": "FAILED", "error": self.behaviour.fail_message}, status=422
+            )
         body: dict[str, Any] = {"request_id": request.match_info["id"], "status": state}
         if state == "COMPLETED":
             body["metrics"] = self._metrics()
@@ -220,8 +224,10 @@ class FakeSegmind:
         return self._result_response({"x-cost": self.behaviour.cost})
 
     def _metrics(self) -> dict:
-        return {"cost": float(self.behaviour.cost),
-                "remaining_credits": self.behaviour.remaining_credits}
+        return {
+            "cost": float(self.behaviour.cost),
+            "remaining_credits": self.behaviour.remaining_credits,
+        }
 
     def _result_response(self, headers: dict[str, str]) -> web.Response:
         b = self.behaviour
@@ -229,16 +235,20 @@ class FakeSegmind:
         if b.result_form == "raw_glb":
             return web.Response(body=self.glb, content_type="model/gltf-binary", headers=headers)
         if b.result_form == "raw_ply":
-            return web.Response(body=self.ply, content_type="application/octet-stream",
-                                headers=headers)
+            return web.Response(
+                body=self.ply, content_type="application/octet-stream", headers=headers
+            )
         if b.result_form == "zip":
-            return web.Response(body=self.zip_bytes(), content_type="application/zip",
-                                headers=headers)
+            return web.Response(
+                body=self.zip_bytes(), content_type="application/zip", headers=headers
+            )
         if b.result_form == "base64":
             body: dict[str, Any] = {"model_glb": base64.b64encode(self.glb).decode()}
         elif b.result_form == "nested":
-            body = {"output": {"model_glb": f"{self.url}/files/model.glb"},
-                    "individual_meshes": [f"{self.url}/files/part0.glb"]}
+            body = {
+                "output": {"model_glb": f"{self.url}/files/model.glb"},
+                "individual_meshes": [f"{self.url}/files/part0.glb"],
+            }
         else:
             body = {"model_glb": f"{self.url}/files/model.glb"}
             if b.include_splat:
@@ -273,15 +283,15 @@ class FakeSegmind:
             await asyncio.sleep(self.behaviour.complete_after_s)
         if self.behaviour.fail_message:
             return web.json_response(
-                {"status": "FAILED", "error": self.behaviour.fail_message}, status=422)
+                {"status": "FAILED", "error": self.behaviour.fail_message}, status=422
+            )
         return self._result_response({"x-cost": self.behaviour.cost})
 
     async def credits(self, request: web.Request) -> web.Response:
         gate = self._gate(request)
         if gate is not None:
             return gate
-        return web.json_response({"credits": self.behaviour.remaining_credits,
-                                  "free-credits": 1.5})
+        return web.json_response({"credits": self.behaviour.remaining_credits, "free-credits": 1.5})
 
     # -- output files ------------------------------------------------------------------------
 
@@ -301,4 +311,3 @@ class FakeSegmind:
             request.transport.close()  # the connection drops half way
             return response
         return web.Response(body=body, content_type="application/octet-stream")
-

@@ -49,9 +49,16 @@ class FakeSlack:
         self.hooks: list[tuple[str, dict[str, Any]]] = []  # response_url posts
         self.not_member: set[str] = set()  # channels the bot is not in
         self.admins: set[str] = set()
-        self.scopes = {"app_mentions:read", "channels:history", "chat:write", "commands",
-                       "files:read", "files:write", "groups:history",
-                       "users:read"}  # the bot token's
+        self.scopes = {
+            "app_mentions:read",
+            "channels:history",
+            "chat:write",
+            "commands",
+            "files:read",
+            "files:write",
+            "groups:history",
+            "users:read",
+        }  # the bot token's
         self.messages: dict[tuple[str, str], dict[str, Any]] = {}  # (channel, ts) -> message
         # method -> calls allowed per second per channel, as Slack limits chat.postMessage;
         # past it the answer is 429 with Retry-After, like Slack's.
@@ -82,9 +89,16 @@ class FakeSlack:
 
     def file_object(self, file: SlackFile) -> dict[str, Any]:
         private = f"{self.url}/files-pri/{TEAM}-{file.id}/{file.name}"
-        return {"id": file.id, "name": file.name, "title": file.name, "mimetype": file.mimetype,
-                "filetype": file.name.rsplit(".", 1)[-1], "size": len(file.data),
-                "url_private": private, "url_private_download": private + "?download=1"}
+        return {
+            "id": file.id,
+            "name": file.name,
+            "title": file.name,
+            "mimetype": file.mimetype,
+            "filetype": file.name.rsplit(".", 1)[-1],
+            "size": len(file.data),
+            "url_private": private,
+            "url_private_download": private + "?download=1",
+        }
 
     async def __aenter__(self) -> FakeSlack:
         app = web.Application(client_max_size=400 * 1024 * 1024)
@@ -109,8 +123,11 @@ class FakeSlack:
 
     def ephemerals(self) -> list[str]:
         """Every text the user alone saw: ephemeral messages and response_url answers."""
-        said = [c.args.get("text", "") for c in self.find("chat.postEphemeral")
-                if c.args.get("channel") not in self.not_member]
+        said = [
+            c.args.get("text", "")
+            for c in self.find("chat.postEphemeral")
+            if c.args.get("channel") not in self.not_member
+        ]
         return said + [body.get("text", "") for _, body in self.hooks]
 
     # -- the Web API -----------------------------------------------------------------------
@@ -135,8 +152,9 @@ class FakeSlack:
             return _ok(False, error="invalid_auth")
         if self._over_limit(method, str(args.get("channel") or args.get("channel_id") or "")):
             self.rate_limited += 1
-            return web.json_response({"ok": False, "error": "ratelimited"}, status=429,
-                                     headers={"Retry-After": "1"})
+            return web.json_response(
+                {"ok": False, "error": "ratelimited"}, status=429, headers={"Retry-After": "1"}
+            )
         handler = getattr(self, "m_" + method.replace(".", "_"), None)
         if handler is None:
             return _ok(False, error="unknown_method")
@@ -155,8 +173,14 @@ class FakeSlack:
         return False
 
     def m_auth_test(self, args) -> web.Response:
-        return _ok(user_id=BOT_USER, user="sam3d", team="Test team", team_id=TEAM,
-                   bot_id="B0001", url="https://test.slack.com/")
+        return _ok(
+            user_id=BOT_USER,
+            user="sam3d",
+            team="Test team",
+            team_id=TEAM,
+            bot_id="B0001",
+            url="https://test.slack.com/",
+        )
 
     def m_views_open(self, args) -> web.Response:
         if not args.get("trigger_id"):
@@ -182,8 +206,11 @@ class FakeSlack:
 
     def m_files_getUploadURLExternal(self, args) -> web.Response:
         file_id = f"F{next(self._ids):08d}"
-        self.uploads[file_id] = {"name": args["filename"], "length": int(args["length"]),
-                                 "data": None}
+        self.uploads[file_id] = {
+            "name": args["filename"],
+            "length": int(args["length"]),
+            "data": None,
+        }
         return _ok(upload_url=f"{self.url}/upload/{file_id}", file_id=file_id)
 
     def m_files_completeUploadExternal(self, args) -> web.Response:
@@ -194,8 +221,12 @@ class FakeSlack:
             upload = self.uploads.get(item["id"])
             if upload is None or upload["data"] is None:
                 return _ok(False, error="file_not_found")
-            upload.update(title=item.get("title"), channel=args.get("channel_id"),
-                          thread_ts=args.get("thread_ts"), comment=args.get("initial_comment"))
+            upload.update(
+                title=item.get("title"),
+                channel=args.get("channel_id"),
+                thread_ts=args.get("thread_ts"),
+                comment=args.get("initial_comment"),
+            )
             done.append({"id": item["id"], "title": item.get("title"), "name": upload["name"]})
         return _ok(files=done)
 
@@ -223,17 +254,28 @@ class FakeSlack:
     def m_users_info(self, args) -> web.Response:
         user = args["user"]
         admin = user in self.admins
-        return _ok(user={"id": user, "name": user.lower(), "team_id": TEAM, "is_admin": admin,
-                         "is_owner": False, "is_primary_owner": False})
+        return _ok(
+            user={
+                "id": user,
+                "name": user.lower(),
+                "team_id": TEAM,
+                "is_admin": admin,
+                "is_owner": False,
+                "is_primary_owner": False,
+            }
+        )
 
     # -- files, hooks and the socket -------------------------------------------------------
 
     async def download(self, request: web.Request) -> web.Response:
         file = self.files.get(request.match_info["key"].split("-", 1)[1])
-        self.calls.append(Call("download", time.monotonic(),
-                               {"auth": request.headers.get("Authorization", "")}))
-        if request.headers.get("Authorization") != f"Bearer {BOT_TOKEN}" \
-                or "files:read" not in self.scopes:
+        self.calls.append(
+            Call("download", time.monotonic(), {"auth": request.headers.get("Authorization", "")})
+        )
+        if (
+            request.headers.get("Authorization") != f"Bearer {BOT_TOKEN}"
+            or "files:read" not in self.scopes
+        ):
             # Slack answers a request without the right token with its sign-in page.
             return web.Response(body=SIGN_IN_PAGE, content_type="text/html")
         if file is None:
@@ -255,8 +297,9 @@ class FakeSlack:
         socket = web.WebSocketResponse()
         await socket.prepare(request)
         self.socket = socket
-        await socket.send_json({"type": "hello", "num_connections": 1,
-                                "connection_info": {"app_id": "A0001"}})
+        await socket.send_json(
+            {"type": "hello", "num_connections": 1, "connection_info": {"app_id": "A0001"}}
+        )
         self.socket_open.set()
         async for message in socket:
             if message.type != WSMsgType.TEXT:
@@ -269,18 +312,25 @@ class FakeSlack:
                 waiter.set_result((time.monotonic(), ack))
         return socket
 
-    async def send_envelope(self, kind: str, payload: dict[str, Any], retry: int = 0
-                            ) -> tuple[float, dict[str, Any]]:
+    async def send_envelope(
+        self, kind: str, payload: dict[str, Any], retry: int = 0
+    ) -> tuple[float, dict[str, Any]]:
         """Send one Socket Mode envelope; returns (seconds until acknowledged, the ack)."""
         await asyncio.wait_for(self.socket_open.wait(), 10)
         envelope = str(uuid.uuid4())
         waiter = asyncio.get_running_loop().create_future()
         self._ack_waiters[envelope] = waiter
         sent = time.monotonic()
-        await self.socket.send_json({
-            "envelope_id": envelope, "type": kind, "payload": payload,
-            "accepts_response_payload": kind != "events_api", "retry_attempt": retry,
-            "retry_reason": "timeout" if retry else ""})
+        await self.socket.send_json(
+            {
+                "envelope_id": envelope,
+                "type": kind,
+                "payload": payload,
+                "accepts_response_payload": kind != "events_api",
+                "retry_attempt": retry,
+                "retry_reason": "timeout" if retry else "",
+            }
+        )
         at, ack = await asyncio.wait_for(waiter, 10)
         return at - sent, ack
 

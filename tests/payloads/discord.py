@@ -31,60 +31,121 @@ class _Ids:
 
 _ids = _Ids()
 
-BOT_CAN = discord.Permissions(send_messages=True, embed_links=True, attach_files=True,
-                              read_message_history=True, use_application_commands=True)
-MEMBER_CAN = discord.Permissions(send_messages=True, attach_files=True, embed_links=True,
-                                 use_application_commands=True)
+BOT_CAN = discord.Permissions(
+    send_messages=True,
+    embed_links=True,
+    attach_files=True,
+    read_message_history=True,
+    use_application_commands=True,
+)
+MEMBER_CAN = discord.Permissions(
+    send_messages=True, attach_files=True, embed_links=True, use_application_commands=True
+)
 ADMIN_CAN = discord.Permissions(MEMBER_CAN.value | discord.Permissions(manage_guild=True).value)
 
 
 def _user(user_id: str) -> dict[str, Any]:
-    return {"id": user_id, "username": f"user{user_id[-2:]}", "discriminator": "0",
-            "global_name": None, "avatar": None}
+    return {
+        "id": user_id,
+        "username": f"user{user_id[-2:]}",
+        "discriminator": "0",
+        "global_name": None,
+        "avatar": None,
+    }
 
 
-def attachment(name: str, url: str, size: int, content_type: str = "image/png"
-               ) -> dict[str, Any]:
-    return {"id": str(next(_ids)), "filename": name, "size": size, "url": url,
-            "proxy_url": url, "content_type": content_type, "width": 640, "height": 480}
+def attachment(name: str, url: str, size: int, content_type: str = "image/png") -> dict[str, Any]:
+    return {
+        "id": str(next(_ids)),
+        "filename": name,
+        "size": size,
+        "url": url,
+        "proxy_url": url,
+        "content_type": content_type,
+        "width": 640,
+        "height": 480,
+    }
 
 
-def base(kind: int, data: dict[str, Any], *, user_id: str = ALICE_ID, guild: bool = True,
-         permissions: discord.Permissions = MEMBER_CAN, app_permissions=BOT_CAN,
-         roles: tuple[str, ...] = (), size_limit: int = 10 * 1024 * 1024,
-         message: dict[str, Any] | None = None) -> dict[str, Any]:
+def base(
+    kind: int,
+    data: dict[str, Any],
+    *,
+    user_id: str = ALICE_ID,
+    guild: bool = True,
+    permissions: discord.Permissions = MEMBER_CAN,
+    app_permissions=BOT_CAN,
+    roles: tuple[str, ...] = (),
+    size_limit: int = 10 * 1024 * 1024,
+    message: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     payload: dict[str, Any] = {
-        "id": str(next(_ids)), "application_id": APP_ID, "type": kind,
-        "token": f"token-{next(_ids)}", "version": 1, "data": data, "locale": "en-US",
-        "channel_id": CHANNEL_ID, "app_permissions": str(app_permissions.value),
-        "entitlements": [], "attachment_size_limit": size_limit,
+        "id": str(next(_ids)),
+        "application_id": APP_ID,
+        "type": kind,
+        "token": f"token-{next(_ids)}",
+        "version": 1,
+        "data": data,
+        "locale": "en-US",
+        "channel_id": CHANNEL_ID,
+        "app_permissions": str(app_permissions.value),
+        "entitlements": [],
+        "attachment_size_limit": size_limit,
     }
     if guild:
-        payload.update({
-            "guild_id": GUILD_ID, "guild_locale": "en-US", "context": 0,
-            "channel": {"id": CHANNEL_ID, "type": 0, "guild_id": GUILD_ID, "name": "models",
-                        "position": 0, "permission_overwrites": [], "nsfw": False,
-                        "parent_id": None},
-            "member": {"user": _user(user_id), "roles": list(roles), "joined_at":
-                       "2026-01-01T00:00:00+00:00", "deaf": False, "mute": False,
-                       "flags": 0, "permissions": str(permissions.value)},
-            "authorizing_integration_owners": {"0": GUILD_ID},
-        })
+        payload.update(
+            {
+                "guild_id": GUILD_ID,
+                "guild_locale": "en-US",
+                "context": 0,
+                "channel": {
+                    "id": CHANNEL_ID,
+                    "type": 0,
+                    "guild_id": GUILD_ID,
+                    "name": "models",
+                    "position": 0,
+                    "permission_overwrites": [],
+                    "nsfw": False,
+                    "parent_id": None,
+                },
+                "member": {
+                    "user": _user(user_id),
+                    "roles": list(roles),
+                    "joined_at": "2026-01-01T00:00:00+00:00",
+                    "deaf": False,
+                    "mute": False,
+                    "flags": 0,
+                    "permissions": str(permissions.value),
+                },
+                "authorizing_integration_owners": {"0": GUILD_ID},
+            }
+        )
     else:
-        payload.update({
-            "context": 1, "user": _user(user_id),
-            "channel": {"id": CHANNEL_ID, "type": 1, "recipients": [_user(user_id)]},
-            "authorizing_integration_owners": {"0": GUILD_ID},
-        })
+        payload.update(
+            {
+                "context": 1,
+                "user": _user(user_id),
+                "channel": {"id": CHANNEL_ID, "type": 1, "recipients": [_user(user_id)]},
+                "authorizing_integration_owners": {"0": GUILD_ID},
+            }
+        )
     if message is not None:
         payload["message"] = message
     return payload
 
 
-def slash(name: str, options: list[dict[str, Any]] | None = None,
-          attachments: list[dict[str, Any]] | None = None, **kw) -> dict[str, Any]:
-    data: dict[str, Any] = {"id": str(next(_ids)), "name": name, "type": 1,
-                            "options": options or []}
+def slash(
+    name: str,
+    options: list[dict[str, Any]] | None = None,
+    attachments: list[dict[str, Any]] | None = None,
+    **kw,
+) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "id": str(next(_ids)),
+        "name": name,
+        "type": 1,
+        "options": options or [],
+    }
     if attachments:
         data["resolved"] = {"attachments": {a["id"]: a for a in attachments}}
     return base(2, data, **kw)
@@ -92,20 +153,30 @@ def slash(name: str, options: list[dict[str, Any]] | None = None,
 
 def sam3d(image: dict[str, Any] | None = None, **options: Any) -> dict[str, Any]:
     """/sam3d with an attachment (or image_url=...) and any other options."""
-    kw = {k: options.pop(k) for k in list(options)
-          if k in ("user_id", "guild", "permissions", "app_permissions", "roles", "size_limit")}
+    kw = {
+        k: options.pop(k)
+        for k in list(options)
+        if k in ("user_id", "guild", "permissions", "app_permissions", "roles", "size_limit")
+    }
     types = {"image_url": 3, "prompt": 3, "bbox": 3, "points": 3, "seed": 4, "artifacts": 5}
-    opts = [{"name": name, "type": types[name], "value": value}
-            for name, value in options.items()]
+    opts = [{"name": name, "type": types[name], "value": value} for name, value in options.items()]
     if image is not None:
         opts.insert(0, {"name": "image", "type": 11, "value": image["id"]})
     return slash("sam3d", opts, [image] if image else None, **kw)
 
 
-def admin(sub: str, options: list[dict[str, Any]] | None = None,
-          resolved: dict[str, Any] | None = None, **kw) -> dict[str, Any]:
-    data: dict[str, Any] = {"id": str(next(_ids)), "name": "sam3d-admin", "type": 1,
-                            "options": [{"name": sub, "type": 1, "options": options or []}]}
+def admin(
+    sub: str,
+    options: list[dict[str, Any]] | None = None,
+    resolved: dict[str, Any] | None = None,
+    **kw,
+) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "id": str(next(_ids)),
+        "name": "sam3d-admin",
+        "type": 1,
+        "options": [{"name": sub, "type": 1, "options": options or []}],
+    }
     if resolved:
         data["resolved"] = resolved
     return base(2, data, **kw)
@@ -113,37 +184,68 @@ def admin(sub: str, options: list[dict[str, Any]] | None = None,
 
 def channel_option(channel_id: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """A channel option and its resolved channel, as Discord sends them."""
-    resolved = {"channels": {channel_id: {"id": channel_id, "type": 0, "name": "models-only",
-                                          "permissions": str(MEMBER_CAN.value),
-                                          "guild_id": GUILD_ID}}}
+    resolved = {
+        "channels": {
+            channel_id: {
+                "id": channel_id,
+                "type": 0,
+                "name": "models-only",
+                "permissions": str(MEMBER_CAN.value),
+                "guild_id": GUILD_ID,
+            }
+        }
+    }
     return [{"name": "channel", "type": 7, "value": channel_id}], resolved
 
 
 def message_json(message_id: str, attachments: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"id": message_id, "channel_id": CHANNEL_ID, "author": _user(BOB_ID),
-            "content": "look at this", "timestamp": "2026-11-25T12:00:00+00:00",
-            "edited_timestamp": None, "tts": False, "mention_everyone": False,
-            "mentions": [], "mention_roles": [], "attachments": attachments, "embeds": [],
-            "pinned": False, "type": 0, "components": []}
+    return {
+        "id": message_id,
+        "channel_id": CHANNEL_ID,
+        "author": _user(BOB_ID),
+        "content": "look at this",
+        "timestamp": "2026-11-25T12:00:00+00:00",
+        "edited_timestamp": None,
+        "tts": False,
+        "mention_everyone": False,
+        "mentions": [],
+        "mention_roles": [],
+        "attachments": attachments,
+        "embeds": [],
+        "pinned": False,
+        "type": 0,
+        "components": [],
+    }
 
 
 def make_3d(attachments: list[dict[str, Any]], **kw) -> dict[str, Any]:
     message_id = str(next(_ids))
     message = message_json(message_id, attachments)
-    data = {"id": str(next(_ids)), "name": "Make 3D model", "type": 3,
-            "target_id": message_id, "resolved": {"messages": {message_id: message}}}
+    data = {
+        "id": str(next(_ids)),
+        "name": "Make 3D model",
+        "type": 3,
+        "target_id": message_id,
+        "resolved": {"messages": {message_id: message}},
+    }
     return base(2, data, **kw)
 
 
 def modal_submit(custom_id: str, values: dict[str, str], **kw) -> dict[str, Any]:
-    rows = [{"type": 1, "components": [{"type": 4, "custom_id": key, "value": value}]}
-            for key, value in values.items()]
+    rows = [
+        {"type": 1, "components": [{"type": 4, "custom_id": key, "value": value}]}
+        for key, value in values.items()
+    ]
     return base(5, {"custom_id": custom_id, "components": rows}, **kw)
 
 
 def button(custom_id: str, message_id: str = "500000000000000001", **kw) -> dict[str, Any]:
     message = message_json(message_id, [])
     message["author"] = {**_user("900000000000000001"), "bot": True}
-    message["components"] = [{"type": 1, "components": [
-        {"type": 2, "style": 1, "label": "button", "custom_id": custom_id}]}]
+    message["components"] = [
+        {
+            "type": 1,
+            "components": [{"type": 2, "style": 1, "label": "button", "custom_id": custom_id}],
+        }
+    ]
     return base(3, {"custom_id": custom_id, "component_type": 2}, message=message, **kw)
