@@ -47,6 +47,9 @@ class Quiet:
     async def deliver(self, result):
         pass
 
+    async def deliver_more(self, result, files):
+        pass
+
     async def fail(self, error, refunded):
         raise SystemExit(f"job failed: {error.user_message}")
 
@@ -69,6 +72,7 @@ async def bench(args, url: str) -> None:
             segmind_poll_interval_s=args.poll_s,
             global_budget_usd=1000,
             quota_jobs=10,
+            render_enabled=False,  # this measures the pipeline; bench/render.py the pictures
         )
         photo = photo_bytes()
         async with build_core(settings) as core:

@@ -204,8 +204,9 @@ async def run_adapters(settings: Settings, adapters: list[Any]) -> None:
                 task.cancel()
             await runner.cleanup()
         for task in running:  # an adapter that stopped the bot says why
-            if task.done() and not task.cancelled() and task.exception() is not None:
-                raise task.exception()
+            failure = task.exception() if task.done() and not task.cancelled() else None
+            if failure is not None:
+                raise failure
     log.info("stopped")
 
 

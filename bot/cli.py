@@ -15,6 +15,7 @@ import shutil
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -50,6 +51,9 @@ class CliFailure(Exception):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="Photos to 3D models with SAM 3D.")
     parser.add_argument("--env-file", default=".env", help="settings file (default: .env)")
+    parser.add_argument(
+        "--verbose", action="store_true", help="show the traceback of an unexpected error"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     gen = sub.add_parser("generate", help="make a 3D model from a photo")
@@ -303,12 +307,14 @@ async def render(settings: Settings, args, out: TextIO) -> int:
 
 
 async def credits(settings: Settings, out: TextIO) -> int:
-    from .app import build_core
+    import aiohttp
+
+    from .segmind import SegmindClient
 
     if settings.offline:
         raise CliFailure("no SEGMIND_API_KEY is set: the bot runs on its free offline backend")
-    async with build_core(settings) as core:
-        balance = await core.backend.credits()
+    async with aiohttp.ClientSession() as session:
+        balance = await SegmindClient.from_settings(session, settings).credits()
     print(f"credits: {balance.credits:g}  free credits: {balance.free_credits:g}", file=out)
     return OK
 
@@ -464,8 +470,13 @@ def main(
         return _fail(err, exc.user_message, FAILED, settings)
     except KeyboardInterrupt:
         return _fail(err, "interrupted", FAILED, settings)
-    except Exception as exc:  # one line, no traceback; the log has the rest
+    except Exception as exc:  # one line, no traceback (unless asked for); the log has the rest
         logging.getLogger(__name__).debug("unexpected error", exc_info=True)
+        if args.verbose:
+            trace = "".join(traceback.format_exception(exc))
+            if settings is not None:
+                trace = RedactSecrets(secrets_of(settings)).redact(trace)
+            err.write(trace)
         return _fail(err, f"unexpected error ({type(exc).__name__})", FAILED, settings)
 
 

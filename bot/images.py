@@ -384,7 +384,8 @@ class InputValidator:
 
     async def load_bytes(self, source: ImageSource, field: str) -> bytes:
         if source.kind == "bytes":
-            return bytes(source.value)
+            assert isinstance(source.value, bytes)
+            return source.value
         if source.kind == "text":
             return decode_text_image(str(source.value), field, self._limits.max_bytes)
         if source.kind == "url":
@@ -430,10 +431,11 @@ class InputValidator:
             )
         if scale != 1.0:
             if bbox:
-                bbox = tuple(
+                x1, y1, x2, y2 = (
                     min(round(v * scale), lim)
                     for v, lim in zip(bbox, (image.width, image.height) * 2, strict=True)
                 )
+                bbox = (x1, y1, x2, y2)
             points = tuple(
                 (min(round(x * scale), image.width - 1), min(round(y * scale), image.height - 1))
                 for x, y in points

@@ -40,7 +40,9 @@ class OfflineBackend:
 def write_relief_glb(job: ValidatedInput, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     mesh = build_relief(job)
-    path.write_bytes(mesh.export(file_type="glb"))
+    data = mesh.export(file_type="glb")
+    assert isinstance(data, bytes)  # a GLB export is bytes (trimesh's type covers every format)
+    path.write_bytes(data)
 
 
 def build_relief(job: ValidatedInput) -> trimesh.Trimesh:
@@ -57,6 +59,13 @@ def build_relief(job: ValidatedInput) -> trimesh.Trimesh:
 # --- cutting the object out ---------------------------------------------------------------------
 
 
+def _lowest(band: Image.Image) -> float:
+    """The lowest value of a one-band image (Pillow types extrema for every mode at once)."""
+    low, _ = band.getextrema()
+    assert isinstance(low, int | float)
+    return low
+
+
 def cut_out(photo: Image.Image, mask: Image.Image | None, bbox, points) -> Image.Image:
     """A 0/255 mask of the main object, at the photo's size."""
     width, height = photo.size
@@ -64,7 +73,7 @@ def cut_out(photo: Image.Image, mask: Image.Image | None, bbox, points) -> Image
         chosen = mask.point(lambda v: 255 if v > 127 else 0)
         if _share(chosen) > 0.001:
             return chosen
-    if photo.mode in ("RGBA", "LA") and photo.getchannel("A").getextrema()[0] < 128:
+    if photo.mode in ("RGBA", "LA") and _lowest(photo.getchannel("A")) < 128:
         return photo.getchannel("A").point(lambda v: 255 if v > 127 else 0)
     region = bbox or (0, 0, width, height)
     rgb = photo.convert("RGB")

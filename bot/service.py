@@ -41,6 +41,7 @@ from .models import (
     ValidatedInput,
 )
 from .ports import ImageTo3D, JobRecord, NewJob, QuotaStatus, Renderer, Replier
+from .replies import RESTARTING
 from .results import ResultStore
 from .runner import JobRunner
 from .scheduler import FairScheduler
@@ -48,7 +49,6 @@ from .scheduler import FairScheduler
 log = logging.getLogger(__name__)
 
 INTERNAL_ERROR = "Something went wrong inside the bot; the job was stopped."
-RESTARTING = "The bot is restarting; please send it again in a minute. Nothing was charged."
 PHOTO_GONE = (
     "The bot restarted before your job reached SAM 3D, and its photo was not kept; "
     "nothing was charged. Please send it again."
@@ -292,6 +292,7 @@ class Service:
     async def _add_turntable(self, job: _Job, result: JobResult, workdir: Path) -> JobResult:
         """Soon after the thumbnail: a turning view. Its failure costs nothing but itself."""
         started = time.monotonic()
+        assert self._renderer is not None  # a turntable is asked for only with a renderer
         try:
             more = await self._renderer.turntable(result.files, workdir)
             await job.replier.deliver_more(result, more)

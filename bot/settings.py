@@ -163,7 +163,7 @@ def micros_to_usd(micros: int) -> Decimal:
 def load_settings(env_file: str | Path | None = ".env", **overrides) -> Settings:
     """Build Settings, turning a validation failure into one readable line."""
     try:
-        return Settings(_env_file=env_file, **overrides)
+        return Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
     except ValidationError as exc:
         raise SettingsError(describe_validation_error(exc)) from None
 

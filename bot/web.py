@@ -24,8 +24,10 @@ MEDIA_TYPES = {
 }
 LINKS = web.AppKey("links", DownloadLinks)
 JOBS_DIR = web.AppKey("jobs_dir", Path)
-READINESS = web.AppKey("readiness", Callable[[], Awaitable[dict[str, bool]]])
-SCRAPE = web.AppKey("scrape", Callable[[], Awaitable[bytes]])
+Readiness = Callable[[], Awaitable[dict[str, bool]]]
+Scrape = Callable[[], Awaitable[bytes]]
+READINESS: web.AppKey[Readiness] = web.AppKey("readiness")
+SCRAPE: web.AppKey[Scrape] = web.AppKey("scrape")
 METRICS_TOKEN = web.AppKey("metrics_token", str)
 LOOPBACK = ("127.0.0.1", "::1")
 STATIC = Path(__file__).parent / "static"

@@ -11,6 +11,54 @@ from tests import netguard
 from tests.helpers import ROOT
 
 PLATFORM_MODULES = {"discord", "slack_bolt", "slack_sdk", "adapters"}
+ARCHITECTURE = ROOT / "docs" / "architecture.md"
+
+
+def module_name(path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def project_imports(path) -> set[str]:
+    """The project's modules that `path` imports (relative imports resolved)."""
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+            if node.module:
+                found.add(".".join([*base, node.module]))
+            else:
+                found |= {".".join([*base, alias.name]) for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+    return {n for n in found if n.split(".")[0] in ("bot", "adapters")}
+
+
+def documented_imports() -> dict[str, set[str]]:
+    """docs/architecture.md's module table: module -> what it may import."""
+    table = {}
+    for line in ARCHITECTURE.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[0].startswith("`") and cells[0] != "`module`":
+            table[cells[0].strip("`")] = {w.strip("`") for w in cells[2].split()}
+    return table
+
+
+def test_every_module_imports_only_what_the_architecture_page_allows():
+    allowed = documented_imports()
+    sources = sorted([*(ROOT / "bot").rglob("*.py"), *(ROOT / "adapters").rglob("*.py")])
+    modules = {module_name(path): path for path in sources}
+    assert set(modules) == set(allowed), "docs/architecture.md must name every module"
+    stray = {
+        name: sorted(project_imports(path) - allowed[name])
+        for name, path in modules.items()
+        if project_imports(path) - allowed[name]
+    }
+    assert stray == {}
 
 
 def test_bot_imports_no_platform_library():

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bot import cli
 from bot.cli import TerminalReplier
 from bot.models import Progress, Stage
 from tests.conftest import photo_bytes
@@ -281,3 +282,21 @@ async def test_usage_report_and_admin_commands(workdir, fake_segmind):
     assert blocked.out.strip() == "blocked 42 everywhere"
     latest = await run_bot("admin", "audit", "--limit", "2", cwd=workdir)
     assert [line.split()[4] for line in latest.out.splitlines()] == ["set_quota", "block"]
+
+
+def test_an_unexpected_error_is_one_line_and_shows_its_traceback_only_with_verbose(
+    monkeypatch, settings_env
+):
+    async def broken(settings, args, out):
+        raise RuntimeError(f"boom near {API_KEY}")
+
+    monkeypatch.setattr(cli, "usage", broken)
+    monkeypatch.setenv("SEGMIND_API_KEY", API_KEY)
+    err = io.StringIO()
+    assert cli.main(["--env-file", "none.env", "usage"], io.StringIO(), err) == 1
+    assert err.getvalue() == "sam3d-bot: error: unexpected error (RuntimeError)\n"
+    err = io.StringIO()
+    assert cli.main(["--env-file", "none.env", "--verbose", "usage"], io.StringIO(), err) == 1
+    shown = err.getvalue()
+    assert "Traceback" in shown and "RuntimeError: boom near" in shown
+    assert API_KEY not in shown  # the traceback is redacted like every other message

@@ -318,6 +318,7 @@ async def test_buttons_work_on_a_freshly_started_bot(
         assert fake_segmind.counters.payloads[-1]["prompt"] == "ball"
 
 
+@pytest.mark.slow
 async def test_fifty_commands_at_once_are_all_deferred_in_time(
     fake_discord, fake_segmind, tmp_path, settings_env
 ):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import aiohttp
 import psycopg
+import pytest
 
 from tests.conftest import photo_bytes
 from tests.fakes.discord import FakeDiscord
@@ -22,6 +23,8 @@ from tests.fakes.slack import BOT_TOKEN, SIGNING_SECRET, FakeSlack
 from tests.helpers import bot_env, wait_until_ready
 from tests.payloads import discord as discord_payloads
 from tests.payloads import slack as payloads
+
+pytestmark = pytest.mark.slow  # real processes: seconds each
 
 SIGTERM_LIMIT_S = 10.0  # what `docker stop` allows before it kills
 

@@ -10,9 +10,13 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import photo_bytes
 from tests.fakes.segmind import API_KEY
 from tests.helpers import bot_env, run_bot
+
+pytestmark = pytest.mark.slow  # real processes: seconds each
 
 LEASE_S = "1"
 

@@ -505,6 +505,7 @@ async def test_an_upstream_failure_is_refunded_and_told_privately(slack, fake_sl
     assert row.refunded == 1 and row.cost_micros == 0
 
 
+@pytest.mark.slow
 async def test_fifty_people_at_once_in_one_channel_are_all_answered(
     slack, fake_slack, fake_segmind
 ):
@@ -542,6 +543,7 @@ async def test_fifty_people_at_once_in_one_channel_are_all_answered(
     assert not fake_slack.find("chat.postEphemeral")
 
 
+@pytest.mark.slow
 async def test_a_crowd_under_slacks_one_post_a_second_is_served_in_turn(
     slack, fake_slack, fake_segmind
 ):

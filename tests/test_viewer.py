@@ -16,6 +16,8 @@ from bot.downloads import DownloadLinks
 from bot.web import STATIC, build_web_app, start_web
 from tests.fakes.models3d import made_glb, made_splat_ply
 
+pytestmark = pytest.mark.slow  # a real browser: seconds each
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # Chromium is not Python: the tests' network guard cannot see it, so it gets its own: every
 # name but loopback fails to resolve, and its background services are off.

@@ -123,7 +123,7 @@ class Sam3dClient(discord.AutoShardedClient):
         bbox: str | None = None,
         points: str | None = None,
         mask: ImageSource | None = None,
-        seed: int | None = None,
+        seed: int | str | None = None,  # typed in a form: the core checks it
         artifacts: bool = False,
     ) -> None:
         """Defer within Discord's 3 s, then run the job in the background."""
@@ -285,10 +285,12 @@ def add_commands(client: Sam3dClient) -> None:
 
 
 class JobModal(discord.ui.Modal, title="Make a 3D model"):
-    prompt = discord.ui.TextInput(
+    prompt: discord.ui.TextInput[JobModal] = discord.ui.TextInput(
         label="What is the object? (optional)", required=False, max_length=MAX_PROMPT
     )
-    seed = discord.ui.TextInput(label="Seed, 0 to 1000000 (optional)", required=False, max_length=7)
+    seed: discord.ui.TextInput[JobModal] = discord.ui.TextInput(
+        label="Seed, 0 to 1000000 (optional)", required=False, max_length=7
+    )
 
     def __init__(self, client: Sam3dClient, message: discord.Message, url: str):
         super().__init__()
@@ -324,7 +326,7 @@ class PickImage(discord.ui.View):
     ):
         super().__init__(timeout=300)
         self.client, self.message = client, message
-        select = discord.ui.Select(
+        select: discord.ui.Select[PickImage] = discord.ui.Select(
             placeholder="Pick the image",
             options=[
                 discord.SelectOption(label=label[:100], value=str(index))
@@ -337,7 +339,7 @@ class PickImage(discord.ui.View):
             url = self.images[int(select.values[0])][1]
             await interaction.response.send_modal(JobModal(self.client, self.message, url))
 
-        select.callback = picked
+        select.callback = picked  # type: ignore[method-assign]  # discord.py's documented way
         self.add_item(select)
 
 
@@ -421,7 +423,9 @@ class ResultButton(
         return cls(match["action"], match["job"])
 
     async def callback(self, interaction: discord.Interaction) -> None:
-        await BUTTONS[self.action][3](interaction.client, interaction, self.job_id)
+        client = interaction.client
+        assert isinstance(client, Sam3dClient)
+        await BUTTONS[self.action][3](client, interaction, self.job_id)
 
 
 # -- /sam3d-admin ------------------------------------------------------------------------------

@@ -67,8 +67,19 @@ class DiscordReplier:
     def _token_usable(self) -> bool:
         return self._followup is not None and token_alive(self._reply_to)
 
+    @property
+    def _webhook(self) -> discord.Webhook:
+        assert self._followup is not None, "only while the token is usable"
+        return self._followup
+
     async def _edit_original(self, content: str) -> None:
-        await self._followup.edit_message("@original", content=content, allowed_mentions=NO_PINGS)
+        # "@original" is Discord's route for the interaction's first response; discord.py
+        # types message ids as int only.
+        await self._webhook.edit_message(
+            "@original",  # type: ignore[call-overload]
+            content=content,
+            allowed_mentions=NO_PINGS,
+        )
 
     async def prepare(self) -> None:
         """Where results go was checked when the job was asked for (permissions, the progress
@@ -112,7 +123,7 @@ class DiscordReplier:
             # A user-installed app, or no right to post: answer through the interaction
             # (with new file objects: the refused request used up the first ones).
             made = result_message(result, self._size_limit, self._links)
-            self.result_message = await self._followup.send(
+            self.result_message = await self._webhook.send(
                 content,
                 embed=made.embed,
                 files=made.files,
@@ -157,10 +168,10 @@ class DiscordReplier:
         text = failure_text(error, refunded)
         if self._token_usable():
             try:
-                await self._followup.delete_message("@original")
+                await self._webhook.delete_message("@original")  # type: ignore[arg-type]
             except discord.HTTPException:
                 pass  # already gone, or never shown
-            await self._followup.send(text, ephemeral=True, allowed_mentions=NO_PINGS)
+            await self._webhook.send(text, ephemeral=True, allowed_mentions=NO_PINGS)
             return
         await self._channel().send(
             f"<@{self._reply_to['user_id']}> {text}",

@@ -33,8 +33,7 @@ from bot.operations import (
     usage_table,
 )
 from bot.ports import JobRecord
-from bot.replies import details_text
-from bot.service import RESTARTING
+from bot.replies import RESTARTING, details_text
 
 from .files import SlackFiles
 from .replier import SlackReplier, quietly, slack_error

@@ -126,10 +126,13 @@ class SlackReplier:
             await self._progress.update(update)
 
     async def _show(self, update: Progress) -> None:
+        ts = self._progress_ts
+        if ts is None:  # withdrawn meanwhile
+            return
         try:
             await self._progress_client.chat_update(
                 channel=self._channel,
-                ts=self._progress_ts,
+                ts=ts,
                 text=progress_text(self._user, update.describe()),
             )
         except SlackApiError as exc:  # progress is best effort; the result is not

@@ -1021,7 +1021,7 @@ class SqlLedger:
         return [
             AuditEntry(
                 r["id"],
-                _dt(r["at"]),
+                _at(r["at"]),
                 r["actor"],
                 r["action"],
                 r["amount_micros"],
@@ -1090,6 +1090,10 @@ def _dt(timestamp: float | None) -> datetime | None:
     return datetime.fromtimestamp(timestamp, UTC) if timestamp is not None else None
 
 
+def _at(timestamp: float) -> datetime:
+    return datetime.fromtimestamp(timestamp, UTC)
+
+
 def _record(row, duplicate: bool = False) -> JobRecord:
     return JobRecord(
         id=row["id"],
@@ -1097,7 +1101,7 @@ def _record(row, duplicate: bool = False) -> JobRecord:
         user_id=row["user_id"],
         guild_id=row["guild_id"],
         state=JobState(row["state"]),
-        created_at=_dt(row["created_at"]),
+        created_at=_at(row["created_at"]),
         reserved_micros=row["reserved_micros"],
         cost_micros=row["cost_micros"],
         cache_key=row["cache_key"],

@@ -276,7 +276,7 @@ def write_render_splat(source: Path, target: Path, max_splats: int, seed: int = 
     kept ones a little so the picture keeps its coverage. Returns the number written.
     """
     data = load_splat(source)
-    missing = [p for p in SPLAT_CORE if p not in data.dtype.names]
+    missing = [p for p in SPLAT_CORE if p not in (data.dtype.names or ())]
     if missing:
         raise RenderError(f"{source.name}: the splat lacks {', '.join(missing)}")
     table = np.stack([data[p].astype(np.float32) for p in SPLAT_CORE], axis=1)

@@ -258,6 +258,7 @@ class _Worker:
         return self._process is not None and self._process.returncode is None
 
     async def ask(self, request: dict, limit_s: float) -> dict:
+        assert self._process is not None and self._process.stdin is not None, "not started"
         try:
             self._process.stdin.write(json.dumps(request).encode() + b"\n")
             await self._process.stdin.drain()
@@ -266,6 +267,7 @@ class _Worker:
         return await self._read(limit_s, "draw")
 
     async def _read(self, limit_s: float, doing: str) -> dict:
+        assert self._process is not None and self._process.stdout is not None, "not started"
         try:
             line = await asyncio.wait_for(self._process.stdout.readline(), limit_s)
         except TimeoutError:
