@@ -87,11 +87,14 @@ async def test_generate_through_segmind_writes_glb_and_ply(workdir, fake_segmind
         (("frobnicate",), "invalid choice"),
     ],
 )
-async def test_usage_errors_exit_2_with_one_line(workdir, args, words):
-    ran = await run_bot(*args, cwd=workdir)
-    assert ran.code == 2
-    assert words in ran.err
-    assert "Traceback" not in ran.err
+def test_usage_errors_exit_2_with_one_line(workdir, args, words, monkeypatch, settings_env, capsys):
+    monkeypatch.chdir(workdir)
+    err = io.StringIO()
+    code = cli.main(["--env-file", "none.env", *args], io.StringIO(), err)
+    shown = err.getvalue() + capsys.readouterr().err  # argparse writes to sys.stderr itself
+    assert code == 2
+    assert words in shown
+    assert "Traceback" not in shown
 
 
 async def test_upstream_failure_exits_1_with_one_line_and_no_secret(workdir, fake_segmind):

@@ -144,12 +144,15 @@ async def test_a_job_in_a_dm_works_too(bot, fake_discord):
 
 
 async def test_files_over_the_upload_limit_become_links(bot, fake_discord, fake_segmind):
-    limit = len(fake_segmind.ply) + 1  # the splat fits, the GLB does not
-    dispatch(bot, payloads.sam3d(photo(fake_discord), size_limit=limit))
+    # The real fixtures or the made models: whichever file is the larger goes as a link.
+    sizes = {"model.glb": len(fake_segmind.glb), "splat.ply": len(fake_segmind.ply)}
+    fits, too_big = sorted(sizes, key=sizes.__getitem__)
+    assert sizes[fits] < sizes[too_big]
+    dispatch(bot, payloads.sam3d(photo(fake_discord), size_limit=sizes[fits] + 1))
     await settle(bot)
     [post] = fake_discord.channel_posts()
-    assert {name for name, _ in post.files.values()} == {"splat.ply"}
-    assert "model.glb (" in post.json["content"] and fake_segmind.url in post.json["content"]
+    assert {name for name, _ in post.files.values()} == {fits}
+    assert f"{too_big} (" in post.json["content"] and fake_segmind.url in post.json["content"]
     assert "valid for about an hour" in post.json["content"]
 
 
