@@ -11,16 +11,21 @@ from __future__ import annotations
 import csv
 import io
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 
 from .errors import InputError
 from .ledger.policy import GLOBAL_SCOPE, guild_scope
+from .models import Requester
 from .ports import Budget, Ledger, QuotaRule, QuotaStatus, UsageRow
+from .replies import details_text, on_this, server_noun
 from .settings import micros_to_usd, usd_to_micros
 
 GROUPINGS = ("user", "guild", "month")
+NOT_YOURS = "Only the person who asked for it, or an admin, can delete this."
+FORGOTTEN = "I no longer know that job."
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,10 @@ class Where:
     def rule_guild(self) -> str:
         return self.guild_id or ""
 
+    @property
+    def noun(self) -> str:
+        return server_noun(self.platform)
+
 
 class Operations:
     def __init__(self, ledger: Ledger):
@@ -47,6 +56,18 @@ class Operations:
 
     async def my_quota(self, requester) -> QuotaStatus:
         return await self.ledger.quota_status(requester)
+
+    async def job_details(self, job_id: str, escape: Callable[[str], str] = str) -> str:
+        """A result's Details: its settings and cost (anyone who sees the result may ask)."""
+        record = await self.ledger.get(job_id)
+        if record is None:
+            return FORGOTTEN
+        return details_text(record.params, record.id, record.cost_micros, escape)
+
+    async def may_delete(self, job_id: str, who: Requester) -> bool:
+        """A result is deleted by the member who asked for it, or by an admin."""
+        record = await self.ledger.get(job_id)
+        return record is not None and (record.user_id == who.user_id or who.is_admin)
 
     # -- for admins --------------------------------------------------------------------------
 
@@ -62,6 +83,14 @@ class Operations:
             month, where.platform if where else None, where.guild_id if where else None
         )
         return roll_up(rows, by)
+
+    async def usage_report(self, where: Where, month: str | None = None, top: int = 20) -> str:
+        """A server's usage for a chat message: its top users as a table, then its budgets."""
+        rows = await self.usage(where, month)
+        budgets = await self.budgets(where, month)
+        return f"```\n{usage_table(rows[:top])}\n```\n" + "\n".join(
+            describe_budget(b) for b in budgets
+        )
 
     async def budgets(self, where: Where | None = None, month: str | None = None) -> list[Budget]:
         scopes = [GLOBAL_SCOPE]
@@ -81,7 +110,7 @@ class Operations:
         """`jobs` as an admin types it: a number, or "unlimited"; "default" removes the rule."""
         if kind == "guild":
             if not where.guild_id:
-                raise InputError("scope", "a server quota needs a server")
+                raise InputError("scope", f"a {where.noun} quota needs a {where.noun}")
             target = ""
         elif not target:
             raise InputError(kind, f"name the {kind}")
@@ -90,9 +119,9 @@ class Operations:
                 where.platform, where.rule_guild, kind, target, actor
             )
             return (
-                f"{describe_rule_target(kind, target)}: back to the default quota"
+                f"{describe_rule_target(kind, target, where.noun)}: back to the default quota"
                 if removed
-                else f"{describe_rule_target(kind, target)} had no quota of its own"
+                else f"{describe_rule_target(kind, target, where.noun)} had no quota of its own"
             )
         count = parse_jobs(jobs)
         await self.ledger.set_quota_rule(
@@ -100,14 +129,14 @@ class Operations:
         )
         shown = "unlimited jobs" if count is None else f"{count} jobs"
         window = f" per {window_hours:g} h" if window_hours else ""
-        return f"{describe_rule_target(kind, target)}: {shown}{window}"
+        return f"{describe_rule_target(kind, target, where.noun)}: {shown}{window}"
 
     async def set_budget(self, actor: str, where: Where, usd: str | Decimal | None) -> str:
         """A server's monthly budget (or, from the command line, the global cap); "none"
         removes a server's own budget."""
         cap = parse_usd(usd)
         await self.ledger.set_budget_cap(where.budget_scope, cap, actor)
-        name = "this server's monthly budget" if where.guild_id else "the global monthly cap"
+        name = f"this {where.noun}'s monthly budget" if where.guild_id else "the global monthly cap"
         return f"{name}: {'none' if cap is None else format_usd(cap)}"
 
     async def block(self, actor: str, where: Where, user_id: str, reason: str = "") -> str:
@@ -124,7 +153,8 @@ class Operations:
     async def pause(self, actor: str, where: Where | None, reason: str = "") -> str:
         scope = where.budget_scope if where else GLOBAL_SCOPE
         await self.ledger.pause(scope, actor, reason)
-        return "new jobs are paused" + (" on this server" if scope != GLOBAL_SCOPE else "")
+        here = f" {on_this(where.platform)}" if where and scope != GLOBAL_SCOPE else ""
+        return "new jobs are paused" + here
 
     async def resume(self, actor: str, where: Where | None) -> str:
         scope = where.budget_scope if where else GLOBAL_SCOPE
@@ -138,11 +168,18 @@ class Operations:
         """Add or remove a channel where jobs may start: (changed, the channels now; none
         means every channel)."""
         if not where.guild_id:
-            raise InputError("channel", "channels belong to a server")
+            raise InputError("channel", f"channels belong to a {where.noun}")
         changed = await self.ledger.allow_channel(
             where.platform, where.guild_id, channel_id, allowed, actor
         )
         return changed, await self.ledger.allowed_channels(where.platform, where.guild_id)
+
+    async def channel_answer(self, actor: str, where: Where, channel_id: str, allowed: bool) -> str:
+        """`allow_channel`, worded for the admin who asked (both platforms write <#id>)."""
+        changed, channels = await self.allow_channel(actor, where, channel_id, allowed)
+        listed = ", ".join(f"<#{c}>" for c in channels) if channels else "every channel"
+        done = ("allowed" if allowed else "no longer allowed") if changed else "unchanged"
+        return f"<#{channel_id}>: {done}. Jobs start in: {listed}."
 
     async def may_start_in(self, where: Where, channel_id: str) -> list[str] | None:
         """None if jobs may start in this channel, else the channels where they may."""
@@ -151,6 +188,14 @@ class Operations:
         channels = await self.ledger.allowed_channels(where.platform, where.guild_id)
         return None if not channels or channel_id in channels else channels
 
+    async def refusal_here(self, where: Where, channel_id: str) -> str | None:
+        """Why a job may not start in this channel (and where it may), or None."""
+        channels = await self.may_start_in(where, channel_id)
+        if channels is None:
+            return None
+        made_in = ", ".join(f"<#{c}>" for c in channels)
+        return f"{on_this(where.platform).capitalize()}, 3D models are made in {made_in}."
+
     async def refund(self, actor: str, where: Where | None, job_id: str, reason: str = "") -> str:
         job = await self.ledger.get(job_id.strip())
         if job is None or (
@@ -158,7 +203,8 @@ class Operations:
             and where.guild_id
             and (job.platform, job.guild_id) != (where.platform, where.guild_id)
         ):
-            raise InputError("job", f"there is no job {job_id} on this server")
+            here = f" {on_this(where.platform)}" if where is not None and where.guild_id else ""
+            raise InputError("job", f"there is no job {job_id}{here}")
         outcome = await self.ledger.admin_refund(job.id, actor, reason or "refunded by an admin")
         if outcome == "released":
             return f"job {job.id}: its {format_usd(job.reserved_micros)} reservation is released"
@@ -171,7 +217,7 @@ class Operations:
 # -- words and numbers ---------------------------------------------------------------------
 
 
-def describe_quota(status: QuotaStatus, now: datetime | None = None) -> str:
+def describe_quota(status: QuotaStatus, now: datetime | None = None, noun: str = "server") -> str:
     """The answer to "how much may I still do?", a few short lines."""
     now = now or datetime.now(UTC)
     lines = []
@@ -194,7 +240,7 @@ def describe_quota(status: QuotaStatus, now: datetime | None = None) -> str:
         lines.append(f"On the way: {status.in_flight} of {status.max_in_flight} jobs.")
     budget = f"Budget left this month: {format_usd(status.budget_left_micros)}"
     if status.guild_budget_left_micros is not None:
-        budget += f" (this server: {format_usd(status.guild_budget_left_micros)})"
+        budget += f" (this {noun}: {format_usd(status.guild_budget_left_micros)})"
     lines.append(budget + ".")
     return "\n".join(lines)
 
@@ -210,8 +256,8 @@ def until(moment: datetime, now: datetime) -> str:
     return f"{seconds} s"
 
 
-def describe_rule_target(kind: str, target: str) -> str:
-    return {"user": f"user {target}", "role": f"role {target}", "guild": "this server"}[kind]
+def describe_rule_target(kind: str, target: str, noun: str = "server") -> str:
+    return {"user": f"user {target}", "role": f"role {target}", "guild": f"this {noun}"}[kind]
 
 
 def format_usd(micros: int) -> str:
@@ -313,7 +359,8 @@ def usage_csv(rows: list[UsageRow], by: str = "user") -> str:
 
 
 def describe_budget(budget: Budget) -> str:
-    name = "global" if budget.scope == GLOBAL_SCOPE else f"server {budget.scope}"
+    platform = budget.scope.split(":", 1)[0]
+    name = "global" if budget.scope == GLOBAL_SCOPE else f"{server_noun(platform)} {budget.scope}"
     cap = "no cap" if budget.cap_micros is None else f"cap {format_usd(budget.cap_micros)}"
     return (
         f"{name} budget {budget.month}: {format_usd(budget.committed_micros)} spent, "

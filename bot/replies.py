@@ -18,6 +18,17 @@ UPSTREAM_LINK_NOTE = "Segmind's link, valid for about an hour"
 SHARED_KINDS = (FileKind.MESH, FileKind.SPLAT, FileKind.ARCHIVE)  # the files users download
 
 
+def server_noun(platform: str | None) -> str:
+    """What a platform calls the place its admins run: a Discord server, a Slack workspace."""
+    return "workspace" if platform == "slack" else "server"
+
+
+def on_this(platform: str | None) -> str:
+    """ "on this server", "in this workspace"."""
+    noun = server_noun(platform)
+    return f"{'in' if noun == 'workspace' else 'on'} this {noun}"
+
+
 def failure_text(error: BotError, refunded: bool) -> str:
     note = " Nothing was charged." if refunded else ""
     return f"{error.user_message}{note}"

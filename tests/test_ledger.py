@@ -148,9 +148,14 @@ async def test_a_servers_monthly_budget_and_the_global_cap_both_hold(make_ledger
         await ledger.reserve(new_job(ALICE))
     await ledger.reserve(new_job(CAROL_ELSEWHERE))  # another server has its own budget
     await ledger.reserve(new_job(Requester("discord", "dm-user")))  # DMs: global cap only
+    slack_member = Requester("slack", "U1", "T1")
+    await ledger.reserve(new_job(slack_member))
+    await ledger.reserve(new_job(Requester("slack", "U2", "T1")))
+    with pytest.raises(BudgetExhausted, match="This workspace's budget"):  # Slack's own word
+        await ledger.reserve(new_job(slack_member))
     guild = await ledger.budget(scope="discord:guild1")
     assert money(guild) == (2 * PRICE, PRICE, 60_000) and guild.left_micros == 5_000
-    assert money(await ledger.budget()) == (20_000_000, 3 * PRICE, 60_000)
+    assert money(await ledger.budget()) == (20_000_000, 5 * PRICE, 60_000)
 
 
 async def test_an_admin_sets_a_servers_budget_and_the_global_cap(make_ledger):

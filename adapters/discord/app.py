@@ -16,14 +16,12 @@ from discord import app_commands
 from bot.errors import BotError, InputError
 from bot.models import SEED_MAX, SEED_MIN, ImageSource, JobRequest
 from bot.operations import (
+    NOT_YOURS,
     Operations,
     Where,
-    describe_budget,
     describe_quota,
-    usage_table,
 )
 from bot.ports import JobRecord
-from bot.replies import details_text
 
 from .replier import DiscordReplier
 from .translate import (
@@ -152,13 +150,10 @@ class Sam3dClient(discord.AutoShardedClient):
     async def may_start_here(self, interaction: discord.Interaction) -> bool:
         """Admins may keep /sam3d to some channels of their server."""
         where = Where(PLATFORM, str(interaction.guild_id) if interaction.guild_id else None)
-        channels = await self.operations.may_start_in(where, str(interaction.channel_id))
-        if channels is None:
+        refusal = await self.operations.refusal_here(where, str(interaction.channel_id))
+        if refusal is None:
             return True
-        await ephemeral(
-            interaction,
-            "On this server, 3D models are made in " + ", ".join(f"<#{c}>" for c in channels) + ".",
-        )
+        await ephemeral(interaction, refusal)
         return False
 
     async def may_post_here(self, interaction: discord.Interaction) -> bool:
@@ -371,23 +366,13 @@ async def new_seed(client: Sam3dClient, interaction: discord.Interaction, job_id
 
 
 async def details(client: Sam3dClient, interaction: discord.Interaction, job_id: str) -> None:
-    record = await client.core.ledger.get(job_id)
-    if record is None:
-        await ephemeral(interaction, "I no longer know that job.")
-        return
-    await ephemeral(
-        interaction,
-        details_text(record.params, record.id, record.cost_micros, discord.utils.escape_markdown),
-    )
+    text = await client.operations.job_details(job_id, discord.utils.escape_markdown)
+    await ephemeral(interaction, text)
 
 
 async def delete(client: Sam3dClient, interaction: discord.Interaction, job_id: str) -> None:
-    record = await client.core.ledger.get(job_id)
-    who = requester_of(interaction)
-    if record is None or (record.user_id != who.user_id and not who.is_admin):
-        await ephemeral(
-            interaction, "Only the person who asked for it, or an admin, can delete this."
-        )
+    if not await client.operations.may_delete(job_id, requester_of(interaction)):
+        await ephemeral(interaction, NOT_YOURS)
         return
     await interaction.response.defer(ephemeral=True, thinking=False)
     if interaction.message is not None:
@@ -462,13 +447,9 @@ class AdminCommands(app_commands.Group):
     @app_commands.command(name="usage", description="This server's jobs and spend")
     @app_commands.describe(month="YYYY-MM (default: this month)")
     async def usage(self, interaction: discord.Interaction, month: str | None = None) -> None:
-        async def report() -> str:
-            rows = await self.client.operations.usage(self._where(interaction), month)
-            budgets = await self.client.operations.budgets(self._where(interaction), month)
-            table = usage_table(rows[:20])
-            return f"```\n{table}\n```\n" + "\n".join(describe_budget(b) for b in budgets)
-
-        await self._answer(interaction, report())
+        await self._answer(
+            interaction, self.client.operations.usage_report(self._where(interaction), month)
+        )
 
     @app_commands.command(
         name="quota", description="Jobs per window for a member or role, or the whole server"
@@ -557,16 +538,12 @@ class AdminCommands(app_commands.Group):
         channel: app_commands.AppCommandChannel,
         allowed: bool,
     ) -> None:
-        try:
-            changed, channels = await self.client.operations.allow_channel(
+        await self._answer(
+            interaction,
+            self.client.operations.channel_answer(
                 requester_of(interaction).key, self._where(interaction), str(channel.id), allowed
-            )
-        except BotError as error:
-            await ephemeral(interaction, error.user_message)
-            return
-        listed = ", ".join(f"<#{c}>" for c in channels) if channels else "every channel"
-        done = ("allowed" if allowed else "no longer allowed") if changed else "unchanged"
-        await ephemeral(interaction, f"<#{channel.id}>: {done}. Jobs start in: {listed}.")
+            ),
+        )
 
     @app_commands.command(name="refund", description="Give a finished job back to its member")
     async def refund(self, interaction: discord.Interaction, job: str, reason: str = "") -> None:

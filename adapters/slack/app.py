@@ -26,14 +26,13 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.errors import AdapterFailed, BotError, InputError, ServiceStopping
 from bot.models import ImageSource, JobRequest, Requester
 from bot.operations import (
+    NOT_YOURS,
     Operations,
     Where,
-    describe_budget,
     describe_quota,
-    usage_table,
 )
 from bot.ports import JobRecord
-from bot.replies import RESTARTING, details_text
+from bot.replies import RESTARTING, server_noun
 
 from .files import SlackFiles
 from .replier import SlackReplier, quietly, slack_error
@@ -220,15 +219,11 @@ class SlackBot:
         if same_as is not None:
             self._making.add(same_as)
         try:
-            channels = await self.operations.may_start_in(
+            refusal = await self.operations.refusal_here(
                 Where(PLATFORM, who.guild_id), place.channel_id
             )
-            if channels is not None:
-                await replier.tell(
-                    "In this workspace, 3D models are made in "
-                    + ", ".join(f"<#{c}>" for c in channels)
-                    + "."
-                )
+            if refusal is not None:
+                await replier.tell(refusal)
                 return
             if not await replier.start():
                 return
@@ -307,10 +302,10 @@ def add_listeners(bot: SlackBot) -> None:
         elif word == "quota":
             await ack()
             status = await bot.operations.my_quota(await bot.requester_of(team, user))
-            await respond(in_workspace(describe_quota(status)))
+            await respond(describe_quota(status, noun=server_noun(PLATFORM)))
         elif word == "admin":
             await ack()
-            await respond(in_workspace(await admin(bot, team, user, text.split()[1:])))
+            await respond(await admin(bot, team, user, text.split()[1:]))
         else:
             try:
                 args = parse_job_text(text)
@@ -446,32 +441,16 @@ def add_listeners(bot: SlackBot) -> None:
     @app.action(DETAILS)
     async def details(ack, body, respond) -> None:
         await ack()
-        record = await bot.core.ledger.get(body["actions"][0]["value"])
-        if record is None:
-            await respond(
-                "I no longer know that job.", response_type="ephemeral", replace_original=False
-            )
-            return
-        await respond(
-            details_text(record.params, record.id, record.cost_micros, escape),
-            response_type="ephemeral",
-            replace_original=False,
-        )
+        text = await bot.operations.job_details(body["actions"][0]["value"], escape)
+        await respond(text, response_type="ephemeral", replace_original=False)
 
     @app.action(DELETE)
     async def delete(ack, body, respond) -> None:
         await ack()
         value = json.loads(body["actions"][0]["value"])
-        record = await bot.core.ledger.get(value["job"])
-        user = body["user"]["id"]
-        if record is None or (
-            record.user_id != user and not await bot.is_admin(team_of(body), user)
-        ):
-            await respond(
-                "Only the person who asked for it, or an admin, can delete this.",
-                response_type="ephemeral",
-                replace_original=False,
-            )
+        who = await bot.requester_of(team_of(body), body["user"]["id"])
+        if not await bot.operations.may_delete(value["job"], who):
+            await respond(NOT_YOURS, response_type="ephemeral", replace_original=False)
             return
         for file_id in value["files"]:
             await quietly(bot.client.files_delete(file=file_id))
@@ -516,12 +495,7 @@ async def admin(bot: SlackBot, team_id: str | None, user_id: str, words: list[st
     ops = bot.operations
     try:
         if verb == "usage":
-            month = rest[0] if rest else None
-            rows = await ops.usage(where, month)
-            budgets = await ops.budgets(where, month)
-            return f"```\n{usage_table(rows[:20])}\n```\n" + "\n".join(
-                describe_budget(b) for b in budgets
-            )
+            return await ops.usage_report(where, rest[0] if rest else None)
         if verb == "quota":
             return await set_quota(ops, actor, where, rest)
         if verb == "budget":
@@ -546,15 +520,6 @@ async def admin(bot: SlackBot, team_id: str | None, user_id: str, words: list[st
     except BotError as error:
         return error.user_message
     return f"I do not know `{verb}`.\n{ADMIN_HELP}"
-
-
-def in_workspace(text: str) -> str:
-    """The core words a Discord guild or a Slack workspace as a server; Slack says workspace."""
-    return (
-        text.replace("on this server", "in this workspace")
-        .replace("this server", "this workspace")
-        .replace("a server", "a workspace")
-    )
 
 
 async def set_quota(ops: Operations, actor: str, where: Where, words: list[str]) -> str:
@@ -586,7 +551,4 @@ async def allow_channel(ops: Operations, actor: str, where: Where, words: list[s
     switch = words[1].lower() if len(words) > 1 else ""
     if channel is None or switch not in ("on", "off"):
         raise InputError("channel", "say `channel #name on` or `channel #name off`")
-    changed, channels = await ops.allow_channel(actor, where, channel, switch == "on")
-    listed = ", ".join(f"<#{c}>" for c in channels) if channels else "every channel"
-    done = ("allowed" if switch == "on" else "no longer allowed") if changed else "unchanged"
-    return f"<#{channel}>: {done}. Jobs start in: {listed}."
+    return await ops.channel_answer(actor, where, channel, switch == "on")

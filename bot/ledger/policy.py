@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 
 from ..models import Requester
 from ..ports import QuotaRule
+from ..replies import server_noun
 from ..settings import micros_to_usd, usd_to_micros
 
 
@@ -99,8 +100,9 @@ class QuotaPolicy:
                 f"The bot's spending cap for this month (${cap:.2f}) is reached; "
                 "new jobs open again on the 1st (UTC)."
             )
+        noun = server_noun(scope.split(":", 1)[0])
         return (
-            "This server's budget for this month is spent; new jobs open again on the 1st "
+            f"This {noun}'s budget for this month is spent; new jobs open again on the 1st "
             "(UTC), or when an admin raises it."
         )
 
