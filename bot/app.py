@@ -73,7 +73,7 @@ async def build_core(
         backend: ImageTo3D = (
             OfflineBackend()
             if settings.offline
-            else SegmindClient.from_settings(api_session, settings)
+            else SegmindClient.from_settings(api_session, settings, foreign_session=fetch_session)
         )
         limits = ImageLimits.from_settings(settings)
         results = ResultStore(settings.data_dir)

@@ -69,15 +69,52 @@ class ImageLimits:
 # --- where images may come from -------------------------------------------------------------
 
 
+# IPv6 ranges that carry (or once carried) an IPv4 address or a site's own network, which
+# Python counts as global: NAT64, 6to4, IPv4-compatible, site-local. A link into them can reach
+# an IPv4 host behind a translator, so none is a public destination.
+TRANSITION_NETWORKS = tuple(
+    ipaddress.ip_network(n)
+    for n in ("64:ff9b::/96", "64:ff9b:1::/48", "2002::/16", "::/96", "fec0::/10")
+)
+
+
 def public_addresses_only(ip: IPAddress) -> bool:
     """Refuse loopback, private, link-local, reserved and other non-global addresses."""
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped:
+            ip = ip.ipv4_mapped
+        elif any(ip in network for network in TRANSITION_NETWORKS):
+            return False
     return ip.is_global and not ip.is_multicast
 
 
 class BlockedAddress(OSError):
-    """Raised inside the resolver so aiohttp never opens a connection to the address."""
+    """Raised where the connection is made, so none is opened to the address."""
+
+
+def is_blocked(error: BaseException) -> bool:
+    """Whether a failed connection was refused by the address policy (aiohttp may wrap one
+    refusal per address into one OSError)."""
+    os_error = getattr(error, "os_error", error)
+    return isinstance(os_error, BlockedAddress) or BLOCKED in str(os_error)
+
+
+BLOCKED = "is not a public address"
+
+
+def guarded_socket_factory(allowed: AddressPolicy = public_addresses_only):
+    """Every socket the session opens is checked here, just before it connects: names
+    resolved by any resolver, IP literals (which aiohttp connects to without resolving) and
+    every redirect's hop alike."""
+
+    def open_socket(addr_info) -> socket.socket:
+        family, kind, proto, _, address = addr_info
+        host = address[0]
+        if not allowed(ipaddress.ip_address(host.split("%", 1)[0])):
+            raise BlockedAddress(f"{host} {BLOCKED}")
+        return socket.socket(family=family, type=kind, proto=proto)
+
+    return open_socket
 
 
 class GuardedResolver(AbstractResolver):
@@ -101,8 +138,13 @@ class GuardedResolver(AbstractResolver):
 
 
 def guarded_session(allowed: AddressPolicy = public_addresses_only) -> aiohttp.ClientSession:
-    """The session used to fetch users' image URLs (the composition root owns it)."""
-    connector = aiohttp.TCPConnector(resolver=GuardedResolver(allowed), limit=32)
+    """The session for every URL a user or an upstream answer names (the composition root
+    owns it): each address is checked where the socket connects."""
+    connector = aiohttp.TCPConnector(
+        resolver=GuardedResolver(allowed),
+        socket_factory=guarded_socket_factory(allowed),
+        limit=32,
+    )
     return aiohttp.ClientSession(connector=connector, headers={"User-Agent": "sam3d-bot"})
 
 
@@ -141,25 +183,43 @@ class ImageFetcher:
                         raise InputError(field, f"the server answered HTTP {response.status}")
                     return await read_capped(response, field, self._limits.max_bytes)
             except aiohttp.ClientConnectorError as exc:
-                if isinstance(exc.os_error, BlockedAddress):
+                if is_blocked(exc):
                     raise InputError(
                         field, "links to private or local addresses are refused"
                     ) from None
                 raise InputError(field, "the server could not be reached") from None
             except aiohttp.ClientError:
                 raise InputError(field, "the download failed") from None
+            except (ValueError, UnicodeError):  # a host name no URL library can spell
+                raise InputError(field, "that is not a valid link") from None
         raise InputError(field, f"more than {MAX_REDIRECTS} redirects")
 
     def _check_url(self, url: str, field: str) -> None:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        try:
+            parts = urlsplit(url)
+            hostname = parts.hostname
+        except ValueError:  # "http://[::1", a port that is no number
+            raise InputError(field, "that is not a valid link") from None
+        if parts.scheme not in ("http", "https") or not hostname:
             raise InputError(field, "only http:// and https:// links are accepted")
         try:
-            literal = ipaddress.ip_address(parts.hostname)
+            literal = ipaddress.ip_address(hostname)
         except ValueError:
-            return  # a name: the guarded resolver checks every address it resolves to
+            if not valid_host_name(hostname):
+                raise InputError(field, "that is not a valid link") from None
+            return  # a name: every address it resolves to is checked where it connects
         if not self._allowed(literal):
             raise InputError(field, "links to private or local addresses are refused")
+
+
+def valid_host_name(name: str) -> bool:
+    """A name DNS could hold: labels of 1-63 bytes once IDNA-encoded, 253 in all."""
+    try:
+        encoded = name.rstrip(".").encode("idna")
+    except UnicodeError:
+        return False
+    labels = encoded.split(b".")
+    return len(encoded) <= 253 and all(0 < len(label) <= 63 for label in labels)
 
 
 async def read_capped(response: aiohttp.ClientResponse, field: str, cap: int) -> bytes:

@@ -17,18 +17,19 @@ import re
 import time
 import zipfile
 from collections.abc import Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 from pydantic import SecretStr
 
 from . import errors
-from .images import bbox_to_api, points_to_api
+from .images import MAX_REDIRECTS, bbox_to_api, is_blocked, points_to_api
 from .models import FileKind, OutputFile, UpstreamResult, ValidatedInput
 from .settings import usd_to_micros
 
@@ -38,6 +39,10 @@ MODEL = "sam-3d-objects"
 KNOWN_KINDS = {"model_glb": FileKind.MESH, "gaussian_splat": FileKind.SPLAT}
 TERMINAL_OK = "COMPLETED"
 TERMINAL_FAILED = "FAILED"
+REDIRECTS = (301, 302, 303, 307, 308)
+# Where a result's files may be named (Segmind's documented keys); links anywhere else in an
+# answer are not fetched.
+OUTPUT_KEYS = ("model_glb", "gaussian_splat", "output", "outputs", "individual_meshes", "artifacts")
 PENDING = {"QUEUED", "PROCESSING", "IN_PROGRESS", "STARTING", "IN_QUEUE"}
 
 
@@ -208,21 +213,33 @@ def extract_models(archive: Path, workdir: Path, max_bytes: int) -> list[Path]:
     return found
 
 
-def find_outputs(result: Any, prefix: str = "") -> list[tuple[str, str]]:
-    """Every (name, url-or-data) in a result, whatever its nesting; known keys first."""
+def find_outputs(result: Any) -> list[tuple[str, str]]:
+    """(name, url-or-data) of every file under the result's documented output keys, however
+    nested below them; known kinds first. Links anywhere else are not the model's."""
+    if not isinstance(result, dict):
+        return []
     found: list[tuple[str, str]] = []
-    if isinstance(result, dict):
-        for key, value in result.items():
-            if key in ("metrics", "status", "request_id", "status_url", "response_url", "error"):
-                continue
-            found += find_outputs(value, f"{prefix}{key}")
-    elif isinstance(result, list):
-        for index, value in enumerate(result):
-            found += find_outputs(value, f"{prefix}_{index}" if prefix else f"output_{index}")
-    elif isinstance(result, str) and _looks_like_file(result):
-        found.append((prefix or "output", result))
+    for key in OUTPUT_KEYS:
+        if key in result:
+            found += _files_in(result[key], key, depth=0)
     found.sort(key=lambda item: item[0] not in KNOWN_KINDS)
     return found
+
+
+def _files_in(value: Any, name: str, depth: int) -> list[tuple[str, str]]:
+    if depth > 4:  # no documented answer nests deeper
+        return []
+    if isinstance(value, dict):
+        return [
+            f for key, inner in value.items() for f in _files_in(inner, f"{name}{key}", depth + 1)
+        ]
+    if isinstance(value, list):
+        return [
+            f for i, inner in enumerate(value) for f in _files_in(inner, f"{name}_{i}", depth + 1)
+        ]
+    if isinstance(value, str) and _looks_like_file(value):
+        return [(name, value)]
+    return []
 
 
 def _looks_like_file(value: str) -> bool:
@@ -244,6 +261,7 @@ class SegmindClient:
         session: aiohttp.ClientSession,
         *,
         api_key: SecretStr,
+        foreign_session: aiohttp.ClientSession | None = None,
         base_url: str = "https://api.segmind.com",
         version: str = "v2",
         poll_interval_s: float = 2.0,
@@ -255,6 +273,9 @@ class SegmindClient:
         rng: Callable[[], float] = random.random,
     ):
         self._session = session
+        # For links in Segmind's answers to other hosts: the guarded session (the composition
+        # root's), or this one where no other is given (tests of the client alone).
+        self._foreign = foreign_session or session
         self._api_key = api_key
         self._base = base_url.rstrip("/")
         self._version = version
@@ -267,10 +288,16 @@ class SegmindClient:
         self._rng = rng
 
     @classmethod
-    def from_settings(cls, session: aiohttp.ClientSession, settings) -> SegmindClient:
+    def from_settings(
+        cls,
+        session: aiohttp.ClientSession,
+        settings,
+        foreign_session: aiohttp.ClientSession | None = None,
+    ) -> SegmindClient:
         return cls(
             session,
             api_key=settings.segmind_api_key,
+            foreign_session=foreign_session,
             base_url=settings.segmind_base_url,
             version=settings.segmind_api_version,
             poll_interval_s=settings.segmind_poll_interval_s,
@@ -460,15 +487,44 @@ class SegmindClient:
             next_poll = started + polls * self._poll_interval
             await self._sleep(max(0.0, next_poll - time.monotonic()))
 
+    def _own_origin(self, url: str) -> bool:
+        return urlsplit(url)[:2] == urlsplit(self._base)[:2]
+
+    @asynccontextmanager
+    async def _get(self, url: str, limits: aiohttp.ClientTimeout):
+        """GET, following redirects by hand: the API key goes only to the API's own origin,
+        on every hop, and any other origin is reached through the guarded session (public
+        addresses only) with no key at all."""
+        for _ in range(MAX_REDIRECTS + 1):
+            own = self._own_origin(url)
+            session = self._session if own else self._foreign
+            headers = self._headers() if own else {}
+            try:
+                async with session.get(
+                    url, headers=headers, timeout=limits, allow_redirects=False
+                ) as response:
+                    location = response.headers.get("Location")
+                    if response.status in REDIRECTS and location:
+                        url = urljoin(url, location)
+                        continue
+                    yield response
+                    return
+            except aiohttp.ClientConnectorError as exc:
+                if is_blocked(exc):
+                    raise errors.BadUpstreamResult(
+                        "Segmind's answer pointed the bot at a private address; refused.",
+                        charged=True,
+                    ) from None
+                raise
+        raise errors.BadUpstreamResult("Segmind's links redirect too often.", charged=True)
+
     async def _get_with_retries(self, url: str):
         """GET that retries network failures, 5xx and 429; anything else is the answer."""
         attempt = 0
         waited = 0.0
         while True:
             try:
-                async with self._session.get(
-                    url, headers=self._headers(), timeout=aiohttp.ClientTimeout(total=60)
-                ) as response:
+                async with self._get(url, aiohttp.ClientTimeout(total=60)) as response:
                     body = await response.read()
                     if response.status == 429:
                         delay = self._rate_limit_delay(response.headers, waited)
@@ -552,12 +608,10 @@ class SegmindClient:
 
     async def _download(self, url: str, target: Path, budget: _ByteBudget) -> Path:
         """Stream one output file to disk; retry broken transfers; refuse oversize files."""
-        same_origin = urlsplit(url)[:2] == urlsplit(self._base)[:2]
-        headers = self._headers() if same_origin else {}
         for attempt in range(self._retry.attempts):
             try:
-                async with self._session.get(
-                    url, headers=headers, timeout=aiohttp.ClientTimeout(total=300, sock_read=60)
+                async with self._get(
+                    url, aiohttp.ClientTimeout(total=300, sock_read=60)
                 ) as response:
                     if response.status in (403, 404, 410):
                         raise errors.ResultExpired(

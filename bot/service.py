@@ -59,6 +59,7 @@ HELD_AFTER_STOP = (
     "its price stays held until an admin checks the Segmind account."
 )
 FILES_LOST = "The model was made, but its files were lost when the bot restarted."
+MAX_SANE_COST_MICROS = 1_000_000  # $1: far above any SAM 3D call, far below an overflow
 KEPT = "It is kept: ask again with the same photo and settings and it is sent free."
 
 
@@ -236,6 +237,20 @@ class Service:
         await self._results.keep_upstream(job.id, upstream)
         return await self._settle_and_deliver(job, upstream, workdir)
 
+    def _sane_cost(self, job: _Job, reported: int | None) -> int:
+        """What Segmind says a job cost, unless it cannot be true (below zero, or more than
+        ten times the price): then the reserved price, and a line in the log."""
+        if reported is None:
+            return self._price
+        if 0 <= reported <= max(10 * self._price, MAX_SANE_COST_MICROS):
+            return reported
+        log.warning(
+            "job %s: Segmind reported a cost of %s micro-USD; charging the price reserved instead",
+            job.id,
+            reported,
+        )
+        return self._price
+
     def _processing(self, job: _Job):
         async def on_processing() -> None:
             await job.replier.progress(Progress(Stage.PROCESSING))
@@ -248,7 +263,7 @@ class Service:
         if job.committed:  # settled before a restart: its recorded cost stands
             cost = job.record.cost_micros
         else:
-            cost = upstream.cost_micros if upstream.cost_micros is not None else self._price
+            cost = self._sane_cost(job, upstream.cost_micros)
             await self._write(job, self._ledger.commit(job.id, cost))
             job.committed = True
         files = upstream.files

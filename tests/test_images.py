@@ -17,6 +17,7 @@ from bot.images import (
     ImageFetcher,
     ImageLimits,
     InputValidator,
+    guarded_session,
     parse_bbox,
     parse_points,
     parse_prompt,
@@ -340,3 +341,34 @@ def test_giant_dimensions_are_refused_as_too_many_pixels():
     Image.new("1", (20000, 20000)).save(giant, "PNG")  # 400 MP: Pillow itself refuses to open
     with pytest.raises(InputError, match="too many pixels"):
         prepare_image(giant.getvalue(), "image", ImageLimits(max_pixels=10**12))
+
+
+@pytest.mark.parametrize(
+    "host", ["127。0。0。1", "１２７.０.０.１", "①②⑦.0.0.1", "127．0．0．1", "127.0.0.1"]
+)
+async def test_every_spelling_of_a_local_address_is_refused_where_it_connects(image_server, host):
+    """Unicode dots and digits become 127.0.0.1 inside the URL library, and a literal is
+    connected to without asking any resolver: the guard is where the socket connects."""
+    url = f"http://{host}:{image_server.rsplit(':', 1)[1]}/p.png"
+    async with aiohttp.ClientSession() as unguarded:  # the spelling really reaches loopback
+        async with unguarded.get(url) as response:
+            assert response.status == 200
+    async with guarded_session() as session:
+        with pytest.raises(InputError, match="private or local"):
+            await fetch(session, url, allowed=public_addresses_only)
+
+
+@pytest.mark.parametrize(
+    "address", ["64:ff9b::7f00:1", "64:ff9b:1::a00:1", "2002:7f00:1::1", "::7f00:1", "fec0::1"]
+)
+def test_ipv6_transition_ranges_are_not_public(address):
+    assert not public_addresses_only(ipaddress.ip_address(address))
+
+
+@pytest.mark.parametrize(
+    "url", ["http://[::1", "http://" + "a" * 300 + ".test/p.png", "http://" + "é" * 300 + ".test/"]
+)
+async def test_links_no_url_library_can_read_are_refused_clearly(url):
+    async with guarded_session() as session:
+        with pytest.raises(InputError, match="not a valid link"):
+            await fetch(session, url, allowed=public_addresses_only)

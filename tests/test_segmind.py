@@ -7,13 +7,15 @@ from datetime import UTC, datetime
 
 import aiohttp
 import pytest
+from aiohttp import web
 from pydantic import SecretStr
 
 from bot import errors
-from bot.images import ImageLimits, prepare_image
+from bot.images import ImageLimits, guarded_session, prepare_image
 from bot.models import FileKind, ValidatedInput
 from bot.segmind import RetryPolicy, SegmindClient, parse_reset_at
 from tests.conftest import photo_bytes
+from tests.fakes import serve_on_loopback
 from tests.fakes.segmind import API_KEY, HTML_PAGE
 
 FAST = RetryPolicy(attempts=4, base_delay_s=0.01, max_delay_s=0.05)
@@ -304,3 +306,54 @@ def test_html_page_is_not_an_error_message():
     from bot.segmind import _message_from
 
     assert _message_from(HTML_PAGE, "text/html") == ""
+
+
+@pytest.fixture
+async def elsewhere():
+    """Another origin on loopback that records what reaches it (an attacker's server)."""
+    seen: list[dict] = []
+
+    async def record(request):
+        seen.append({"path": request.path, "headers": dict(request.headers)})
+        return web.json_response({"status": "COMPLETED"})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", record)
+    runner, url = await serve_on_loopback(app)
+    yield url, seen
+    await runner.cleanup()
+
+
+async def test_the_api_key_never_follows_a_redirect_to_another_origin(
+    session, fake_segmind, tmp_path, elsewhere
+):
+    url, seen = elsewhere
+    fake_segmind.behaviour.status_redirect = f"{url}/steal"
+    with pytest.raises(errors.UpstreamError):
+        await generate(session, fake_segmind, tmp_path)
+    assert seen and all(s["path"] == "/steal" for s in seen)  # it went there...
+    assert not any("x-api-key" in {k.lower() for k in s["headers"]} for s in seen)  # keyless
+
+
+async def test_links_outside_the_documented_keys_are_never_fetched(
+    session, fake_segmind, tmp_path, elsewhere
+):
+    url, seen = elsewhere
+    fake_segmind.behaviour.result_extra = {"extras": {"report": f"{url}/internal/admin"}}
+    result, _ = await generate(session, fake_segmind, tmp_path)
+    assert seen == []
+    assert {f.path.name for f in result.files} == {"model_glb.glb", "gaussian_splat.ply"}
+
+
+async def test_a_model_link_to_a_private_address_is_refused_where_it_connects(
+    session, fake_segmind, tmp_path, elsewhere
+):
+    url, seen = elsewhere
+    fake_segmind.behaviour.file_base = url  # another origin, on a local address
+    async with guarded_session() as guarded:
+        with pytest.raises(errors.BadUpstreamResult, match="private address") as caught:
+            await client(session, fake_segmind, foreign_session=guarded).generate(
+                job(), tmp_path, Events().on_submitted, Events().on_processing
+            )
+    assert caught.value.charged  # Segmind billed the result it answered with
+    assert seen == []

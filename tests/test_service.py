@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from bot import errors
 from bot.ledger import QuotaPolicy, SqliteLedger
 from bot.models import FileKind, ImageSource, JobRequest, JobState, Requester, Stage
@@ -33,6 +35,18 @@ async def test_real_cost_from_the_api_is_what_is_committed(make_service, ledger,
     result = await make_service().run(request(), Recorder())
     assert result.cost_micros == 71_200
     assert (await ledger.budget()).committed_micros == 71_200
+
+
+@pytest.mark.parametrize("reported", ["-5", "1e30", "NaN", "Infinity"])
+async def test_a_cost_that_cannot_be_true_is_charged_at_the_reserved_price(
+    make_service, ledger, fake_segmind, reported
+):
+    fake_segmind.behaviour.cost = reported
+    reply = Recorder()
+    result = await make_service().run(request(), reply)
+    assert result is not None and reply.result.cost_micros == 65_000  # the model is delivered
+    budget = await ledger.budget()
+    assert (budget.committed_micros, budget.reserved_micros) == (65_000, 0)
 
 
 async def test_identical_request_is_served_from_the_store_for_free(

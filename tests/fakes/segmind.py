@@ -49,6 +49,9 @@ class Behaviour:
     cost: str = "0.065"
     remaining_credits: float = 9.87
     include_splat: bool = True
+    status_redirect: str | None = None  # the status endpoint answers 302 to this URL
+    result_extra: dict[str, Any] = field(default_factory=dict)  # more keys in the result JSON
+    file_base: str | None = None  # the result names its files under this origin instead
 
 
 @dataclass
@@ -192,6 +195,8 @@ class FakeSegmind:
         gate = self._gate(request)
         if gate is not None:
             return gate
+        if self.behaviour.status_redirect:
+            raise web.HTTPFound(self.behaviour.status_redirect)
         if self.behaviour.poll_delay_s:
             await asyncio.sleep(self.behaviour.poll_delay_s)
         if self.behaviour.status_errors > 0:
@@ -250,9 +255,11 @@ class FakeSegmind:
                 "individual_meshes": [f"{self.url}/files/part0.glb"],
             }
         else:
-            body = {"model_glb": f"{self.url}/files/model.glb"}
+            files = b.file_base or self.url
+            body = {"model_glb": f"{files}/files/model.glb"}
             if b.include_splat:
-                body["gaussian_splat"] = f"{self.url}/files/splat.ply"
+                body["gaussian_splat"] = f"{files}/files/splat.ply"
+        body.update(b.result_extra)
         body["metrics"] = self._metrics()
         return web.json_response(body, headers=headers)
 
