@@ -363,10 +363,16 @@ _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 _ALLOWED_CHARS = re.compile(r"^[\d\s.,;\[\]()\-]*$")
 
 
+MAX_COORDINATE = 1_000_000  # pixels: any real photo is far smaller
+
+
 def _numbers(text: str, field: str, example: str) -> list[float]:
     if not _ALLOWED_CHARS.match(text):
         raise InputError(field, f"use numbers only, for example {example}")
-    return [float(n) for n in _NUMBER.findall(text)]
+    values = [float(n) for n in _NUMBER.findall(text)]
+    if any(not abs(v) <= MAX_COORDINATE for v in values):  # also inf, from 400 digits
+        raise InputError(field, f"numbers must be pixels of the photo, for example {example}")
+    return values
 
 
 def parse_bbox(text: str | None, width: int, height: int) -> tuple[int, int, int, int] | None:

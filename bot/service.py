@@ -59,6 +59,7 @@ HELD_AFTER_STOP = (
     "its price stays held until an admin checks the Segmind account."
 )
 FILES_LOST = "The model was made, but its files were lost when the bot restarted."
+UNREADABLE = "the photo or its settings could not be read; nothing was charged"
 MAX_SANE_COST_MICROS = 1_000_000  # $1: far above any SAM 3D call, far below an overflow
 KEPT = "It is kept: ask again with the same photo and settings and it is sent free."
 
@@ -167,6 +168,10 @@ class Service:
             await replier.prepare()  # where the result goes, before anything is charged
         except BotError as error:
             await _tell_failure(replier, error, refunded=False)
+            return None
+        except Exception:  # a checker tripped on something it did not foresee: still an answer
+            log.exception("a request's input could not be checked")
+            await _tell_failure(replier, InputError("image", UNREADABLE), refunded=False)
             return None
         except asyncio.CancelledError:  # stopping before there is a job to carry on
             await asyncio.shield(_tell_failure(replier, ServiceStopping(RESTARTING), False))

@@ -115,7 +115,7 @@ async def ledger(tmp_path):
 def make_service(http, ledger, fake_segmind, tmp_path):
     default_ledger = ledger
 
-    def make(backend=None, renderer=None, capacity=4, ledger=None):
+    def make(backend=None, renderer=None, capacity=4, ledger=None, validator=None):
         backend = backend or SegmindClient(
             http,
             api_key=SecretStr(API_KEY),
@@ -124,7 +124,7 @@ def make_service(http, ledger, fake_segmind, tmp_path):
             retry=RetryPolicy(attempts=3, base_delay_s=0.01),
         )
         return Service(
-            validator=InputValidator(ImageFetcher(http, ImageLimits()), ImageLimits()),
+            validator=validator or InputValidator(ImageFetcher(http, ImageLimits()), ImageLimits()),
             backend=backend,
             ledger=ledger or default_ledger,
             results=ResultStore(tmp_path / "data"),

@@ -9,6 +9,8 @@ import ipaddress
 import aiohttp
 import pytest
 from aiohttp import web
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from bot.errors import InputError
@@ -53,6 +55,7 @@ def test_bbox_forms(text):
         ("350,75,50,400", "x1 must be less than x2"),
         ("50,75,700,400", "outside the 640x480 image"),
         ("a,b,c,d", "use numbers only"),
+        ("1" * 400 + ",2,3,4", "numbers must be pixels of the photo"),  # was OverflowError
     ],
 )
 def test_bbox_refusals_name_the_field(text, words):
@@ -74,6 +77,33 @@ def test_points_refusals():
         parse_points("10,20,30", 640, 480)
     with pytest.raises(InputError, match="outside the 640x480"):
         parse_points("10,20;640,10", 640, 480)
+    with pytest.raises(InputError, match="pixels of the photo"):
+        parse_points("9" * 400 + ",1", 640, 480)
+
+
+# What people type, and what an attacker types: the only outcomes are a box or points inside
+# the photo, or the field's own clear error.
+TYPED = st.one_of(
+    st.text(max_size=80),
+    st.text(alphabet="0123456789 ,;.[]()-", max_size=80),
+    st.lists(st.integers(-(10**400), 10**400), max_size=10).map(lambda ns: ",".join(map(str, ns))),
+)
+
+
+@settings(max_examples=300, deadline=200, derandomize=True)
+@given(text=TYPED, width=st.integers(1, 4096), height=st.integers(1, 4096))
+def test_any_typed_box_or_points_is_a_result_or_a_clear_error(text, width, height):
+    for parse in (parse_bbox, parse_points):
+        try:
+            parsed = parse(text, width, height)
+        except InputError as error:
+            assert error.field in ("bbox", "points") and len(error.user_message) < 200
+            continue
+        if parse is parse_bbox and parsed is not None:
+            x1, y1, x2, y2 = parsed
+            assert 0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height
+        if parse is parse_points:
+            assert all(0 <= x < width and 0 <= y < height for x, y in parsed)
 
 
 def test_seed_range_and_default():

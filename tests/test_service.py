@@ -315,3 +315,16 @@ async def test_the_pipeline_counts_jobs_for_the_metrics(make_service, fake_segmi
     assert sample("sam3d_jobs_total", {"platform": "discord", "outcome": "refunded"}) == 1
     assert sample("sam3d_upstream_errors_total", {"code": "generation_failed"}) == 1
     assert sample("sam3d_upstream_seconds_count", {}) == 1
+
+
+async def test_an_input_a_checker_trips_on_is_answered_not_dropped(make_service, ledger):
+    class Tripping:
+        async def validate(self, request):
+            raise TypeError("corrupt EXIF")  # what Pillow raised on one such JPEG
+
+    service = make_service(validator=Tripping())
+    reply = Recorder()
+    assert await service.run(request(), reply) is None
+    error, refunded = reply.failure
+    assert isinstance(error, errors.InputError) and "could not be read" in error.user_message
+    assert await ledger.usage() == []
