@@ -280,6 +280,8 @@ class Service:
                 files += await self._renderer.thumbnail(files, workdir)
             except BotError as error:  # the model still goes out without its picture
                 log.warning("job %s: no thumbnail: %s", job.id, error.user_message)
+            except Exception:  # a failed picture never costs the member the model
+                log.exception("job %s: no thumbnail", job.id)
             job.lap("render", render_at)
         result = JobResult(
             job_id=job.id,

@@ -295,6 +295,13 @@ def bad_files(folder: Path) -> dict[str, Path]:
         "novertices.ply": b"ply\nformat binary_little_endian 1.0\nelement vertex 0\n"
         b"property float x\nend_header\n",
         "lying.glb": lying_glb(glb),
+        "meshes5.glb": lying_glb(glb, lambda d: {**d, "meshes": 5}),
+        "listroot.glb": lying_glb(glb, lambda d: [d]),
+        "stringindices.glb": lying_glb(
+            glb, lambda d: {**d, "meshes": [{"primitives": [{"attributes": {"POSITION": "0"}}]}]}
+        ),
+        "localimage.glb": lying_glb(glb, lambda d: {**d, "images": [{"uri": "/etc/passwd"}]}),
+        "parentimage.glb": lying_glb(glb, lambda d: {**d, "images": [{"uri": "../input.img"}]}),
     }
     paths = {}
     for name, data in cases.items():
@@ -303,14 +310,18 @@ def bad_files(folder: Path) -> dict[str, Path]:
     return paths
 
 
-def lying_glb(glb: bytes) -> bytes:
-    """A GLB whose buffer claims far more bytes than the file carries."""
+def lying_glb(glb: bytes, change=None) -> bytes:
+    """A GLB whose JSON says what `change` makes it say (by default: a buffer that claims far
+    more bytes than the file carries)."""
     import json
     import struct
 
     json_length = struct.unpack_from("<I", glb, 12)[0]
     document = json.loads(glb[20 : 20 + json_length])
-    document["buffers"][0]["byteLength"] = 10**9
+    if change is None:
+        document["buffers"][0]["byteLength"] = 10**9
+    else:
+        document = change(document)
     text = json.dumps(document).encode()
     text += b" " * (-len(text) % 4)
     rest = glb[20 + json_length :]
@@ -326,6 +337,11 @@ def lying_glb(glb: bytes) -> bytes:
         ("truncated.glb", "cut short"),
         ("novertices.ply", "no vertices"),
         ("lying.glb", "claims 1,000,000,000 bytes"),
+        ("meshes5.glb", "not a valid glTF document"),
+        ("listroot.glb", "not a glTF document"),
+        ("stringindices.glb", "not a valid glTF document"),
+        ("localimage.glb", "points to outside files"),
+        ("parentimage.glb", "points to outside files"),
     ],
 )
 @pytest.mark.asyncio(loop_scope="module")

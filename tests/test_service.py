@@ -102,6 +102,17 @@ async def test_a_broken_renderer_still_delivers_the_model(make_service):
     assert {f.kind for f in result.files} == {FileKind.MESH, FileKind.SPLAT}
 
 
+async def test_a_renderer_that_trips_unexpectedly_still_delivers_the_model(make_service, ledger):
+    class Tripping(PictureRenderer):
+        async def thumbnail(self, files, workdir):
+            raise RecursionError("a very deep glTF")
+
+    reply = Recorder()
+    result = await make_service(renderer=Tripping()).run(request(), reply)
+    assert {f.kind for f in reply.result.files} == {FileKind.MESH, FileKind.SPLAT}
+    assert result is not None and (await ledger.get(result.job_id)).state is JobState.DELIVERED
+
+
 async def test_bad_input_costs_nothing(make_service, ledger, fake_segmind):
     reply = Recorder()
     await make_service().run(request(bbox="0,0,9999,10"), reply)

@@ -90,7 +90,11 @@ def inspect_model(path: Path, limits: RenderLimits = RenderLimits()) -> ModelInf
             f"({limits.max_bytes / 1e6:.0f} MB)"
         )
     if head.startswith(GLB_MAGIC):
-        info = _inspect_glb(path)
+        try:
+            info = _inspect_glb(path)
+        except (TypeError, ValueError, AttributeError, KeyError, IndexError, RecursionError):
+            # A field of the wrong type ("meshes": 5, indices as strings): not a glTF we draw.
+            raise RenderError(f"{path.name}: the GLB's JSON is not a valid glTF document") from None
     elif head.startswith(b"ply"):
         info = _inspect_ply(path, head, size)
     else:
@@ -131,8 +135,10 @@ def read_glb(path: Path) -> tuple[dict, int]:
             raise RenderError(f"{name}: the GLB's JSON chunk is damaged")
         try:
             document = json.loads(fh.read(json_length))
-        except ValueError:
+        except (ValueError, RecursionError):  # bad JSON, or JSON nested past any glTF's depth
             raise RenderError(f"{name}: the GLB's JSON chunk is damaged") from None
+        if not isinstance(document, dict):
+            raise RenderError(f"{name}: the GLB's JSON is not a glTF document")
         binary_length = 0
         offset = 20 + json_length
         if offset + 8 <= length:
@@ -147,10 +153,13 @@ def _inspect_glb(path: Path) -> ModelInfo:
     document, binary_length = read_glb(path)
     name = path.name
     buffers = document.get("buffers", [])
+    # Buffers and images alike may only be embedded: a URI could name any file on this host.
+    for item in [*buffers, *document.get("images", [])]:
+        if "uri" in item and not str(item["uri"]).startswith("data:"):
+            raise RenderError(f"{name}: the GLB points to outside files")
     for index, buffer in enumerate(buffers):
         if "uri" in buffer:
-            if not str(buffer["uri"]).startswith("data:"):
-                raise RenderError(f"{name}: the GLB points to outside files")
+            continue
         elif buffer.get("byteLength", 0) > binary_length:
             raise RenderError(
                 f"{name}: buffer {index} claims {buffer.get('byteLength'):,} bytes "
