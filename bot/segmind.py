@@ -40,6 +40,7 @@ KNOWN_KINDS = {"model_glb": FileKind.MESH, "gaussian_splat": FileKind.SPLAT}
 TERMINAL_OK = "COMPLETED"
 TERMINAL_FAILED = "FAILED"
 REDIRECTS = (301, 302, 303, 307, 308)
+ANSWER_CAP = 1_000_000  # a status or submit answer is a few hundred bytes
 # Where a result's files may be named (Segmind's documented keys); links anywhere else in an
 # answer are not fetched.
 OUTPUT_KEYS = ("model_glb", "gaussian_splat", "output", "outputs", "individual_meshes", "artifacts")
@@ -331,15 +332,26 @@ class SegmindClient:
             resume_ref.get("status_url"), f"/v2/requests/{request_id}/status"
         )
         response_url = self._own_url(resume_ref.get("response_url"), f"/v2/requests/{request_id}")
+        deadline = time.monotonic() + self._job_timeout
         metrics = await self._poll(status_url, on_processing)
-        status, body, headers = await self._get_with_retries(response_url)
-        if status != 200:
-            raise error_for_status(
-                status, _message_from(body, headers.get("Content-Type", "")), charged=False
-            )
-        metrics = _metrics_of(body, headers) or metrics
-        fetching = time.monotonic()
-        files = await self._materialise(body, headers, workdir)
+        try:  # the whole job, downloads included, within SEGMIND_JOB_TIMEOUT_S
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                status, body, headers = await self._get_with_retries(
+                    response_url, cap=self._max_bytes, charged=True
+                )
+                if status != 200:
+                    raise error_for_status(
+                        status, _message_from(body, headers.get("Content-Type", "")), charged=False
+                    )
+                metrics = _metrics_of(body, headers) or metrics
+                fetching = time.monotonic()
+                files = await self._materialise(body, headers, workdir)
+        except TimeoutError:
+            raise errors.JobTimedOut(
+                f"SAM 3D made the model, but it could not be fetched within "
+                f"{self._job_timeout / 60:g} minutes.",
+                charged=True,
+            ) from None
         return UpstreamResult(
             files=files,
             request_id=request_id,
@@ -373,7 +385,7 @@ class SegmindClient:
             log.warning("ignoring a status URL on another host: %s", parts.netloc)
         return f"{self._base}{fallback_path}"
 
-    async def _post_once(self, url: str, payload: dict, limit_s: float):
+    async def _post_once(self, url: str, payload: dict, limit_s: float, cap: int = ANSWER_CAP):
         """POST at most once, except where Segmind certainly did not take it (429, no connect)."""
         waited = 0.0
         connect_failures = 0
@@ -389,7 +401,11 @@ class SegmindClient:
                         delay = self._rate_limit_delay(response.headers, waited)
                         await response.read()
                     else:
-                        return response.status, await response.read(), response.headers
+                        # Past this point Segmind may have the job: a bad answer is uncertain.
+                        body = await _read_capped(
+                            response, cap, charged=False, error=errors.SubmitUncertain
+                        )
+                        return response.status, body, response.headers
             except aiohttp.ClientConnectorError:
                 # The connection never opened, so nothing reached Segmind: safe to try again.
                 connect_failures += 1
@@ -438,7 +454,7 @@ class SegmindClient:
     async def _run_v1(self, payload, workdir, on_submitted, on_processing) -> UpstreamResult:
         await on_processing()
         status, body, headers = await self._post_once(
-            f"{self._base}/v1/{MODEL}", payload, self._job_timeout
+            f"{self._base}/v1/{MODEL}", payload, self._job_timeout, cap=self._max_bytes
         )
         if status != 200:
             raise error_for_status(status, _message_from(body, headers.get("Content-Type", "")))
@@ -518,14 +534,15 @@ class SegmindClient:
                 raise
         raise errors.BadUpstreamResult("Segmind's links redirect too often.", charged=True)
 
-    async def _get_with_retries(self, url: str):
-        """GET that retries network failures, 5xx and 429; anything else is the answer."""
+    async def _get_with_retries(self, url: str, cap: int = ANSWER_CAP, charged: bool = False):
+        """GET that retries network failures, 5xx and 429; anything else is the answer, read
+        under `cap` bytes."""
         attempt = 0
         waited = 0.0
         while True:
             try:
                 async with self._get(url, aiohttp.ClientTimeout(total=60)) as response:
-                    body = await response.read()
+                    body = await _read_capped(response, cap, charged)
                     if response.status == 429:
                         delay = self._rate_limit_delay(response.headers, waited)
                         waited += delay
@@ -676,6 +693,24 @@ class _ByteBudget:
 
     def give_back(self, size: int) -> None:
         self.left += size
+
+
+async def _read_capped(
+    response: aiohttp.ClientResponse,
+    cap: int,
+    charged: bool,
+    error: type[errors.UpstreamError] = errors.BadUpstreamResult,
+) -> bytes:
+    """An answer's body, refused as soon as it passes `cap` bytes (declared or received)."""
+    too_large = f"Segmind sent an answer larger than the bot accepts ({cap // 1_000_000} MB)."
+    if response.content_length is not None and response.content_length > cap:
+        raise error(too_large, charged=charged)
+    body = bytearray()
+    async for chunk in response.content.iter_chunked(1 << 16):
+        body += chunk
+        if len(body) > cap:
+            raise error(too_large, charged=charged)
+    return bytes(body)
 
 
 def _decode_inline(value: str) -> bytes:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from datetime import UTC, datetime
 
 import aiohttp
@@ -357,3 +358,21 @@ async def test_a_model_link_to_a_private_address_is_refused_where_it_connects(
             )
     assert caught.value.charged  # Segmind billed the result it answered with
     assert seen == []
+
+
+async def test_a_runaway_status_answer_is_refused_at_its_cap(session, fake_segmind, tmp_path):
+    fake_segmind.behaviour.status_padding = 3_000_000  # 3 MB of "status"
+    with pytest.raises(errors.BadUpstreamResult, match="larger than the bot accepts") as caught:
+        await generate(session, fake_segmind, tmp_path)
+    assert not caught.value.charged  # it never completed: nothing billed
+
+
+async def test_the_whole_job_downloads_included_keeps_to_the_job_timeout(
+    session, fake_segmind, tmp_path
+):
+    fake_segmind.behaviour.file_dribble_s = 0.05  # a byte every 50 ms: hours for a model
+    started = time.monotonic()
+    with pytest.raises(errors.JobTimedOut) as caught:
+        await generate(session, fake_segmind, tmp_path, job_timeout_s=1.0)
+    assert time.monotonic() - started < 3.0
+    assert caught.value.charged  # the model was made and billed; only fetching it failed

@@ -50,6 +50,8 @@ class Behaviour:
     remaining_credits: float = 9.87
     include_splat: bool = True
     status_redirect: str | None = None  # the status endpoint answers 302 to this URL
+    status_padding: int = 0  # bytes of junk in every status answer (a runaway upstream)
+    file_dribble_s: float = 0.0  # files arrive a byte at a time, this long between bytes
     result_extra: dict[str, Any] = field(default_factory=dict)  # more keys in the result JSON
     file_base: str | None = None  # the result names its files under this origin instead
 
@@ -214,6 +216,8 @@ class FakeSegmind:
         body: dict[str, Any] = {"request_id": request.match_info["id"], "status": state}
         if state == "COMPLETED":
             body["metrics"] = self._metrics()
+        if self.behaviour.status_padding:
+            body["log"] = "x" * self.behaviour.status_padding
         return web.json_response(body)
 
     async def result(self, request: web.Request) -> web.Response:
@@ -316,5 +320,12 @@ class FakeSegmind:
             await response.prepare(request)
             await response.write(body[: len(body) // 2])
             request.transport.close()  # the connection drops half way
+            return response
+        if self.behaviour.file_dribble_s:
+            response = web.StreamResponse(headers={"Content-Length": str(len(body))})
+            await response.prepare(request)
+            for index in range(len(body)):
+                await response.write(body[index : index + 1])
+                await asyncio.sleep(self.behaviour.file_dribble_s)
             return response
         return web.Response(body=body, content_type="application/octet-stream")
