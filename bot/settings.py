@@ -168,6 +168,11 @@ def load_settings(env_file: str | Path | None = ".env", **overrides) -> Settings
         raise SettingsError(describe_validation_error(exc)) from None
 
 
+def without_password(text: str) -> str:
+    """A URL's password (postgresql://user:secret@host) as ***."""
+    return re.sub(r"(://[^/:@\s]*:)[^@/\s]*@", r"\1***@", text)
+
+
 def describe_validation_error(exc: ValidationError) -> str:
     first = exc.errors()[0]
     name = str(first["loc"][0]).upper() if first["loc"] else "settings"
@@ -175,5 +180,7 @@ def describe_validation_error(exc: ValidationError) -> str:
     got = first.get("input")
     if name.endswith(("_KEY", "_TOKEN", "_SECRET")):
         got = None  # never echo a secret back
+    elif isinstance(got, str):
+        got = without_password(got)
     shown = f" (got {got!r})" if isinstance(got, str | int | float) else ""
     return f"{name}: {message}{shown}"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import html
+import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -89,6 +90,9 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": PROMETHEUS_TYPE})
 
 
+EMPTY_SUFFIX_RANGE = re.compile(r"bytes=\s*-0+")
+
+
 def plain(status: int, text: str) -> web.Response:
     return web.Response(status=status, text=text + "\n", content_type="text/plain")
 
@@ -109,6 +113,10 @@ async def download(request: web.Request) -> web.StreamResponse:
     if path is None:
         return plain(404, "No such file.")
     media_type = MEDIA_TYPES.get(path.suffix.lower(), "application/octet-stream")
+    if EMPTY_SUFFIX_RANGE.fullmatch(request.headers.get("Range", "").strip()):
+        # "the last 0 bytes" is no range at all (RFC 9110 14.1.2): unsatisfiable, not the file.
+        size = (await asyncio.to_thread(path.stat)).st_size
+        return web.Response(status=416, headers={"Content-Range": f"bytes */{size}"})
     return web.FileResponse(
         path,
         headers={
@@ -138,7 +146,8 @@ async def viewer(request: web.Request) -> web.Response:
         else ("mesh" if "mesh" in files else "splat")
     )
     signed = {kind: links.link(job, path.name) for kind, (path, _) in files.items()}
-    page = viewer_page(signed, view, request.url.with_query(None), files)
+    # The page's own address as PUBLIC_URL names it, never as the request's Host header does.
+    page = viewer_page(signed, view, links.viewer_link(job), files)
     return web.Response(
         text=page,
         content_type="text/html",

@@ -80,3 +80,11 @@ def test_env_example_documents_every_setting():
         "SLACK_APP_TOKEN",
     ):
         assert f"\n{secret}=\n" in example
+
+
+def test_a_database_url_with_a_password_is_never_echoed_whole(settings_env):
+    settings_env.setenv("DATABASE_URL", "mysql://bot:hunter2@db.internal:3306/sam3d")
+    with pytest.raises(SettingsError) as caught:
+        load_settings(env_file=None)
+    assert "hunter2" not in str(caught.value)
+    assert "(got 'mysql://bot:***@db.internal:3306/sam3d')" in str(caught.value)

@@ -457,6 +457,25 @@ async def test_requests_with_a_bad_signature_or_an_old_timestamp_are_refused(sla
     assert not fake_slack.find("views.open")
 
 
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (b"payload=not-json", "application/x-www-form-urlencoded"),
+        (b"payload=%5B1%2C2%5D", "application/x-www-form-urlencoded"),  # a list, not an object
+        (b"{not json", "application/json"),
+        (b"[]", "application/json"),
+        (b"\xff\xfe", "application/json"),
+    ],
+)
+async def test_a_signed_but_malformed_request_is_a_400_not_a_500(
+    slack, fake_slack, body, content_type
+):
+    status, _, _ = await slack.post(body, content_type)
+    assert status == 400
+    await asyncio.sleep(0.1)
+    assert status == 400 and not fake_slack.find("views.open")
+
+
 async def test_a_missing_files_read_scope_is_explained(slack, fake_slack, fake_segmind):
     fake_slack.scopes.discard("files:read")  # Slack then answers downloads with a sign-in page
     await slack.event(payloads.mention("chair", [photo_file(fake_slack)]))

@@ -16,8 +16,6 @@ from bot.downloads import DownloadLinks
 from bot.web import STATIC, build_web_app, start_web
 from tests.fakes.models3d import made_glb, made_splat_ply
 
-pytestmark = pytest.mark.slow  # a real browser: seconds each
-
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # Chromium is not Python: the tests' network guard cannot see it, so it gets its own: every
 # name but loopback fails to resolve, and its background services are off.
@@ -75,6 +73,10 @@ async def test_the_page_has_the_model_its_poster_downloads_and_a_preview_card(si
     assert 'poster="http://127.0.0.1' in page and "camera-controls" in page
     assert '<meta property="og:image" content="http://127.0.0.1' in page
     assert page.count('class="button"') == 3 and "?view=splat" in page
+    # The card's address is the bot's own (PUBLIC_URL), whatever Host the request names.
+    async with session.get(links.viewer_link("abc123"), headers={"Host": "evil.test"}) as r:
+        forged = await r.text()
+    assert f'<meta property="og:url" content="{links.viewer_link("abc123")}">' in forged
     async with session.get(links.viewer_link("abc123") + "?view=splat") as response:
         splat = await response.text()
     assert '<canvas id="splat" data-src="http://127.0.0.1' in splat
@@ -124,6 +126,7 @@ def browser_ready() -> str | None:
     return None
 
 
+@pytest.mark.slow  # a real browser: seconds each
 @pytest.mark.skipif(browser_ready() is not None, reason=str(browser_ready()))
 @pytest.mark.parametrize("view", ["mesh", "splat"])
 async def test_a_real_browser_draws_the_model(site, view):

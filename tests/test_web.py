@@ -59,6 +59,9 @@ async def test_a_signed_link_downloads_the_file_with_ranges(files_server):
         assert 'filename="model.glb"' in response.headers["Content-Disposition"]
     async with session.get(url, headers={"Range": "bytes=4-13"}) as response:
         assert response.status == 206 and await response.read() == bytes(range(10))
+    async with session.get(url, headers={"Range": "bytes=-0"}) as response:  # no bytes at all
+        assert response.status == 416 and await response.read() == b""
+        assert response.headers["Content-Range"] == f"bytes */{4 + 256 * 40}"
 
 
 async def test_tampered_expired_and_climbing_links_are_refused(files_server):

@@ -117,7 +117,13 @@ class SlackBot:
 
     async def handle_http(self, request: web.Request) -> web.Response:
         """HTTP mode: Slack's requests arrive at /slack/events on the bot's web server."""
-        response = await self.app.async_dispatch(await to_bolt_request(request))
+        try:
+            bolt_request = await to_bolt_request(request)
+        except (ValueError, TypeError, AttributeError):
+            # Not the JSON or form object Slack sends (bad JSON or UTF-8, a list): Bolt's parser
+            # trips on it before any signature check. No request of Slack's: 400, not 500.
+            return web.Response(status=400, text="malformed request")
+        response = await self.app.async_dispatch(bolt_request)
         return await to_aiohttp_response(response)
 
     # -- bookkeeping -----------------------------------------------------------------------
