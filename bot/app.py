@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any, Protocol
 
 import aiohttp
@@ -64,6 +65,7 @@ async def build_core(
 ) -> AsyncIterator[Core]:
     """`fetch_session` and `renderer` stand in for the real ones (tests, benchmarks)."""
     async with AsyncExitStack() as stack:
+        await asyncio.to_thread(keep_private, settings.data_dir)
         api_session = await stack.enter_async_context(aiohttp.ClientSession())
         if fetch_session is None:
             fetch_session = await stack.enter_async_context(guarded_session())
@@ -95,6 +97,13 @@ async def build_core(
         yield Core(
             settings, service, ledger, backend, results, api_session, fetch_session, renderer, links
         )
+
+
+def keep_private(data_dir: Path) -> None:
+    """DATA_DIR holds the ledger, members' photos and models: its own user only may enter it
+    (whatever the umask made of the files inside, nobody else can reach them)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.chmod(0o700)
 
 
 @asynccontextmanager

@@ -44,6 +44,8 @@ PROMPT_MAX_CHARS = 300
 MAX_POINTS = 16
 MAX_REDIRECTS = 5
 EXIF_ORIENTATION = 0x0112
+MIN_SIDE = 16  # pixels: smaller is no photo of an object
+MAX_ASPECT = 20  # a panorama is 4:1; this far is a sliver
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 AddressPolicy = Callable[[IPAddress], bool]
@@ -292,6 +294,10 @@ def prepare_image(data: bytes, field: str, limits: ImageLimits) -> tuple[Prepare
                 f"{width}x{height} is too many pixels "
                 f"(at most {limits.max_pixels // 1_000_000} MP)",
             )
+        if min(width, height) < MIN_SIDE or max(width, height) > MAX_ASPECT * min(width, height):
+            # A sliver (49,000,000 x 1 pixels fits in 47 kB) is no photo, and scaling it
+            # would take gigabytes.
+            raise InputError(field, f"a {width}x{height} picture is not a photo of an object")
         image.load()
         needs_turn = image.getexif().get(EXIF_ORIENTATION, 1) != 1
         oriented = ImageOps.exif_transpose(image) if needs_turn else image
@@ -301,7 +307,8 @@ def prepare_image(data: bytes, field: str, limits: ImageLimits) -> tuple[Prepare
         raise InputError(
             field, f"too many pixels (at most {limits.max_pixels // 1_000_000} MP)"
         ) from None
-    except (OSError, ValueError, SyntaxError):
+    except (OSError, ValueError, SyntaxError, TypeError, MemoryError):
+        # TypeError: Pillow on some corrupt EXIF blocks.
         raise InputError(field, "the image is damaged or truncated") from None
 
     scale = min(1.0, limits.max_side / max(oriented.size))

@@ -40,6 +40,8 @@ async def test_generate_offline_with_no_keys_at_all(workdir):
     assert "offline preview" in ran.out.lower() and "not SAM 3D" in ran.out
     assert ran.err == ""  # piped: no progress lines, no escape codes
     assert (workdir / "data" / "sam3d.sqlite3").is_file()
+    # The ledger and the members' photos are the bot's user's alone.
+    assert (workdir / "data").stat().st_mode & 0o777 == 0o700
 
 
 async def test_generate_through_segmind_writes_glb_and_ply(workdir, fake_segmind):

@@ -373,6 +373,14 @@ def test_giant_dimensions_are_refused_as_too_many_pixels():
         prepare_image(giant.getvalue(), "image", ImageLimits(max_pixels=10**12))
 
 
+def test_a_sliver_of_a_picture_is_refused_before_it_is_decoded():
+    sliver = io.BytesIO()
+    Image.new("L", (49_000_000, 1)).save(sliver, "PNG")  # 47 kB; scaling it took gigabytes
+    assert len(sliver.getvalue()) < 100_000
+    with pytest.raises(InputError, match="49000000x1 picture is not a photo"):
+        prepare_image(sliver.getvalue(), "image", ImageLimits())
+
+
 @pytest.mark.parametrize(
     "host", ["127。0。0。1", "１２７.０.０.１", "①②⑦.0.0.1", "127．0．0．1", "127.0.0.1"]
 )
