@@ -594,30 +594,48 @@ class SegmindClient:
             await asyncio.to_thread(path.write_bytes, data)
             return path, None
 
-        # The files of one result download side by side: the mesh and the splat together.
-        tasks = [asyncio.ensure_future(fetch(name, value)) for name, value in outputs]
+        # The models first, side by side (the mesh and the splat together); the artifacts
+        # archive after them, with what is left of the size cap: too large, it is left out,
+        # never the model with it.
+        models = [o for o in outputs if not o[0].startswith("artifacts")]
+        extras = [o for o in outputs if o[0].startswith("artifacts")]
+        tasks = [asyncio.ensure_future(fetch(name, value)) for name, value in models]
         try:
-            written = await asyncio.gather(*tasks)
+            written = list(await asyncio.gather(*tasks))
         except BaseException:
             for task in tasks:  # one failed: the others stop too
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
+        for name, value in extras:
+            try:
+                written.append(await fetch(name, value))
+            except errors.OutputTooLarge:
+                log.warning("the artifacts archive is over MAX_OUTPUT_BYTES: left out")
         return await self._describe(written, workdir)
 
     async def _describe(self, written, workdir: Path) -> tuple[OutputFile, ...]:
         files: list[OutputFile] = []
+        too_large: errors.OutputTooLarge | None = None
         for path, url in written:
             kind, ext, media = await asyncio.to_thread(classify_file, path)
             final = path.with_suffix(ext)
             path.replace(final)
             files.append(OutputFile(kind, final, final.stat().st_size, media, url))
             if kind is FileKind.ARCHIVE:
-                members = await asyncio.to_thread(extract_models, final, workdir, self._max_bytes)
+                try:
+                    members = await asyncio.to_thread(
+                        extract_models, final, workdir, self._max_bytes
+                    )
+                except errors.OutputTooLarge as error:  # fatal only if no other model came
+                    log.warning("%s: its models are over MAX_OUTPUT_BYTES; not unpacked", final)
+                    too_large, members = error, []
                 for member in members:
                     m_kind, _, m_media = await asyncio.to_thread(classify_file, member)
                     files.append(OutputFile(m_kind, member, member.stat().st_size, m_media))
         if not any(f.kind in (FileKind.MESH, FileKind.SPLAT) for f in files):
+            if too_large is not None:
+                raise too_large
             raise errors.BadUpstreamResult(
                 "Segmind finished but none of its files is a 3D model.", charged=True
             )

@@ -376,3 +376,13 @@ async def test_the_whole_job_downloads_included_keeps_to_the_job_timeout(
         await generate(session, fake_segmind, tmp_path, job_timeout_s=1.0)
     assert time.monotonic() - started < 3.0
     assert caught.value.charged  # the model was made and billed; only fetching it failed
+
+
+async def test_an_artifacts_archive_over_the_cap_is_left_out_not_the_model(
+    session, fake_segmind, tmp_path
+):
+    fake_segmind.behaviour.result_extra = {"artifacts": f"{fake_segmind.url}/files/artifacts.zip"}
+    cap = len(fake_segmind.glb) + len(fake_segmind.ply) + 1000  # the models fit, not the ZIP
+    result, _ = await generate(session, fake_segmind, tmp_path, max_output_bytes=cap)
+    kinds = sorted(f.kind.value for f in result.files)
+    assert kinds == ["mesh", "splat"]  # delivered, without the archive

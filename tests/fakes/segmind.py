@@ -311,7 +311,12 @@ class FakeSegmind:
         name = request.match_info["name"]
         if self.behaviour.file_status:
             return web.Response(text="AccessDenied", status=self.behaviour.file_status)
-        body = {"model.glb": self.glb, "part0.glb": self.glb, "splat.ply": self.ply}.get(name)
+        body = {
+            "model.glb": self.glb,
+            "part0.glb": self.glb,
+            "splat.ply": self.ply,
+            "artifacts.zip": self.zip_bytes(),
+        }.get(name)
         if body is None:
             return web.Response(status=404)
         if self.behaviour.truncate_downloads > 0:
