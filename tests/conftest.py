@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import settings
 from PIL import Image
 
 from tests import netguard
@@ -13,7 +14,13 @@ from tests.fakes.segmind import API_KEY, FakeSegmind
 
 netguard.install()
 
-pytest_plugins = ["tests.pipeline"]  # the pipeline's fixtures: http, ledger, make_service
+pytest_plugins = ["tests.pipeline"]
+
+# Property tests: a fixed seed and a bounded number of examples in the suite; many more with
+# `--hypothesis-profile=long` (random seeds).
+settings.register_profile("default", max_examples=200, derandomize=True)
+settings.register_profile("long", max_examples=20_000, deadline=None)
+settings.load_profile("default")  # the pipeline's fixtures: http, ledger, make_service
 
 
 @pytest.fixture(autouse=True)

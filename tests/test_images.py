@@ -90,7 +90,7 @@ TYPED = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=200, derandomize=True)
+@settings(deadline=500)
 @given(text=TYPED, width=st.integers(1, 4096), height=st.integers(1, 4096))
 def test_any_typed_box_or_points_is_a_result_or_a_clear_error(text, width, height):
     for parse in (parse_bbox, parse_points):
