@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Iterable
+from urllib.parse import unquote, urlsplit
 
 REDACTED = "[redacted]"
 
@@ -33,13 +34,21 @@ class RedactSecrets(logging.Filter):
 
 
 def secrets_of(settings) -> list[str]:
-    return [
+    found = [
         settings.segmind_api_key.get_secret_value(),
         settings.discord_token.get_secret_value(),
         settings.slack_bot_token.get_secret_value(),
         settings.slack_signing_secret.get_secret_value(),
         settings.slack_app_token.get_secret_value(),
+        settings.download_secret.get_secret_value(),
+        settings.metrics_token.get_secret_value(),
     ]
+    # DATABASE_URL is no secret as a whole, but its password is (a driver's error names it).
+    try:
+        password = urlsplit(settings.database_url).password
+    except ValueError:
+        password = None
+    return [*found, *([unquote(password)] if password else [])]
 
 
 def setup_logging(settings, stream=None) -> None:

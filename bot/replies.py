@@ -13,6 +13,7 @@ from .settings import micros_to_usd
 # A job asked for while the bot stops, or cut off before it was reserved.
 RESTARTING = "The bot is restarting; please send it again in a minute. Nothing was charged."
 
+UNREADABLE = "the photo or its settings could not be read; nothing was charged"
 # Segmind keeps a result's files about an hour; shown beside its links.
 UPSTREAM_LINK_NOTE = "Segmind's link, valid for about an hour"
 SHARED_KINDS = (FileKind.MESH, FileKind.SPLAT, FileKind.ARCHIVE)  # the files users download

@@ -72,7 +72,7 @@ def _message_from(body: bytes, content_type: str) -> str:
         return ""
     try:
         data = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # JSON nested past sense too
         return text.strip()[:200]
     if isinstance(data, dict):
         for key in ("error", "message", "detail"):
@@ -443,7 +443,7 @@ class SegmindClient:
             data = json.loads(body)
             if not isinstance(data.get("request_id"), str):
                 raise ValueError
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             # Accepted, so maybe billed, but with nothing to follow it by.
             raise errors.SubmitUncertain(
                 "Segmind accepted the job but sent no request id to follow it by; its price "
@@ -453,6 +453,7 @@ class SegmindClient:
 
     async def _run_v1(self, payload, workdir, on_submitted, on_processing) -> UpstreamResult:
         await on_processing()
+        sent = time.monotonic()
         status, body, headers = await self._post_once(
             f"{self._base}/v1/{MODEL}", payload, self._job_timeout, cap=self._max_bytes
         )
@@ -460,7 +461,15 @@ class SegmindClient:
             raise error_for_status(status, _message_from(body, headers.get("Content-Type", "")))
         metrics = _metrics_of(body, headers)
         fetching = time.monotonic()
-        files = await self._materialise(body, headers, workdir)
+        try:  # v1 too: the whole job, downloads included, within SEGMIND_JOB_TIMEOUT_S
+            async with asyncio.timeout(max(0.0, self._job_timeout - (fetching - sent))):
+                files = await self._materialise(body, headers, workdir)
+        except TimeoutError:
+            raise errors.JobTimedOut(
+                f"SAM 3D made the model, but it could not be fetched within "
+                f"{self._job_timeout / 60:g} minutes.",
+                charged=True,
+            ) from None
         return UpstreamResult(
             files=files,
             cost_micros=metrics.get("cost"),
@@ -484,7 +493,7 @@ class SegmindClient:
             try:
                 data = json.loads(body)
                 state = str(data.get("status", "")).upper()
-            except (ValueError, AttributeError):
+            except (ValueError, AttributeError, RecursionError):
                 raise errors.BadUpstreamResult("Segmind sent an unreadable job status.") from None
             if state == TERMINAL_OK:
                 return _metrics_of(body, headers)
@@ -574,7 +583,7 @@ class SegmindClient:
             return await self._describe([(path, None)], workdir)
         try:
             data = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # JSON nested past sense too
             raise errors.BadUpstreamResult(
                 "Segmind returned a result the bot cannot read.", charged=True
             ) from None
@@ -749,7 +758,7 @@ def _metrics_of(body: bytes, headers) -> dict[str, Any]:
     if body[:64].lstrip()[:1] == b"{":
         try:
             data = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # JSON nested past sense too
             data = None
     metrics = data.get("metrics") if isinstance(data, dict) else None
     cost = metrics.get("cost") if isinstance(metrics, dict) else None

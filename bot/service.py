@@ -41,7 +41,7 @@ from .models import (
     ValidatedInput,
 )
 from .ports import ImageTo3D, JobRecord, NewJob, QuotaStatus, Renderer, Replier
-from .replies import RESTARTING
+from .replies import RESTARTING, UNREADABLE
 from .results import ResultStore
 from .runner import JobRunner
 from .scheduler import FairScheduler
@@ -59,7 +59,6 @@ HELD_AFTER_STOP = (
     "its price stays held until an admin checks the Segmind account."
 )
 FILES_LOST = "The model was made, but its files were lost when the bot restarted."
-UNREADABLE = "the photo or its settings could not be read; nothing was charged"
 MAX_SANE_COST_MICROS = 1_000_000  # $1: far above any SAM 3D call, far below an overflow
 KEPT = "It is kept: ask again with the same photo and settings and it is sent free."
 

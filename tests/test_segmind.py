@@ -386,3 +386,23 @@ async def test_an_artifacts_archive_over_the_cap_is_left_out_not_the_model(
     result, _ = await generate(session, fake_segmind, tmp_path, max_output_bytes=cap)
     kinds = sorted(f.kind.value for f in result.files)
     assert kinds == ["mesh", "splat"]  # delivered, without the archive
+
+
+@pytest.mark.parametrize(
+    "answer", [b"[" * 100_000 + b"]" * 100_000, b"[1, 2, 3]", b'{"model_glb": 5}', b"null"]
+)
+async def test_a_result_that_is_no_result_is_the_upstreams_clear_error(
+    session, fake_segmind, tmp_path, answer
+):
+    fake_segmind.behaviour.raw_result = answer  # nested past sense, a list, a number, null
+    with pytest.raises(errors.BadUpstreamResult) as caught:
+        await generate(session, fake_segmind, tmp_path)
+    assert caught.value.charged  # Segmind answered its result: it billed the job
+
+
+async def test_v1_keeps_its_downloads_to_the_job_timeout_too(session, fake_segmind, tmp_path):
+    fake_segmind.behaviour.file_dribble_s = 0.05
+    started = time.monotonic()
+    with pytest.raises(errors.JobTimedOut) as caught:
+        await generate(session, fake_segmind, tmp_path, version="v1", job_timeout_s=1.0)
+    assert time.monotonic() - started < 3.0 and caught.value.charged

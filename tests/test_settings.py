@@ -88,3 +88,15 @@ def test_a_database_url_with_a_password_is_never_echoed_whole(settings_env):
         load_settings(env_file=None)
     assert "hunter2" not in str(caught.value)
     assert "(got 'mysql://bot:***@db.internal:3306/sam3d')" in str(caught.value)
+
+
+def test_the_database_password_and_every_secret_are_redacted_from_logs(settings_env):
+    from bot.logs import RedactSecrets, secrets_of
+
+    settings_env.setenv("DATABASE_URL", "postgresql://bot:hun%40ter2@db.internal/sam3d")
+    settings_env.setenv("DOWNLOAD_SECRET", "link-signing-secret")
+    settings_env.setenv("METRICS_TOKEN", "scrape-token")
+    redact = RedactSecrets(secrets_of(load_settings(env_file=None))).redact
+    said = redact("could not connect as bot with hun@ter2; scrape-token; link-signing-secret")
+    assert "hun@ter2" not in said and "scrape-token" not in said
+    assert "link-signing-secret" not in said and said.startswith("could not connect as bot")

@@ -486,6 +486,18 @@ async def test_a_missing_files_read_scope_is_explained(slack, fake_slack, fake_s
     assert fake_slack.find("chat.delete"), "the progress message is taken away"
 
 
+async def test_a_file_object_the_bot_cannot_read_is_answered_not_left_hanging(
+    slack, fake_slack, fake_segmind
+):
+    odd = {**photo_file(fake_slack), "size": {"bytes": 10}}  # not the integer Slack documents
+    await slack.event(payloads.mention("chair", [odd]))
+    await slack.settle(until=lambda: fake_slack.find("chat.postEphemeral"))
+    [told] = fake_slack.find("chat.postEphemeral")
+    assert "could not be read" in told.args["text"] and "nothing was charged" in told.args["text"]
+    assert fake_slack.find("chat.delete"), "the progress message is taken away"
+    assert fake_segmind.counters.submits == 0
+
+
 async def test_a_bot_not_in_the_channel_says_how_to_invite_it(slack, fake_slack, fake_segmind):
     fake_slack.not_member.add("C0000SECRET")
     await slack.command("")

@@ -32,7 +32,7 @@ from bot.operations import (
     describe_quota,
 )
 from bot.ports import JobRecord
-from bot.replies import RESTARTING, server_noun
+from bot.replies import RESTARTING, UNREADABLE, server_noun
 
 from .files import SlackFiles
 from .replier import SlackReplier, quietly, slack_error
@@ -242,6 +242,10 @@ class SlackBot:
             except asyncio.CancelledError:  # the bot stops before the job exists
                 await asyncio.shield(replier.fail(ServiceStopping(RESTARTING), refunded=False))
                 raise
+            except Exception:  # never leave the member with "getting your photo" for good
+                log.exception("a Slack photo could not be fetched")
+                await replier.fail(InputError("image", UNREADABLE), refunded=False)
+                return
             request = JobRequest(
                 requester=who,
                 image=image,

@@ -54,6 +54,7 @@ class Behaviour:
     file_dribble_s: float = 0.0  # files arrive a byte at a time, this long between bytes
     result_extra: dict[str, Any] = field(default_factory=dict)  # more keys in the result JSON
     file_base: str | None = None  # the result names its files under this origin instead
+    raw_result: bytes | None = None  # the result endpoint answers exactly these bytes (JSON)
 
 
 @dataclass
@@ -230,6 +231,8 @@ class FakeSegmind:
             return web.json_response({"error": "Request not found"}, status=404)
         if self._job_state(job) != "COMPLETED":
             return web.json_response({"error": "Request not completed"}, status=400)
+        if self.behaviour.raw_result is not None:
+            return web.Response(body=self.behaviour.raw_result, content_type="application/json")
         return self._result_response({"x-cost": self.behaviour.cost})
 
     def _metrics(self) -> dict:
