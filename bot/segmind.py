@@ -334,24 +334,17 @@ class SegmindClient:
         response_url = self._own_url(resume_ref.get("response_url"), f"/v2/requests/{request_id}")
         deadline = time.monotonic() + self._job_timeout
         metrics = await self._poll(status_url, on_processing)
-        try:  # the whole job, downloads included, within SEGMIND_JOB_TIMEOUT_S
-            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
-                status, body, headers = await self._get_with_retries(
-                    response_url, cap=self._max_bytes, charged=True
+        async with self._fetching_until(deadline):
+            status, body, headers = await self._get_with_retries(
+                response_url, cap=self._max_bytes, charged=True
+            )
+            if status != 200:
+                raise error_for_status(
+                    status, _message_from(body, headers.get("Content-Type", "")), charged=False
                 )
-                if status != 200:
-                    raise error_for_status(
-                        status, _message_from(body, headers.get("Content-Type", "")), charged=False
-                    )
-                metrics = _metrics_of(body, headers) or metrics
-                fetching = time.monotonic()
-                files = await self._materialise(body, headers, workdir)
-        except TimeoutError:
-            raise errors.JobTimedOut(
-                f"SAM 3D made the model, but it could not be fetched within "
-                f"{self._job_timeout / 60:g} minutes.",
-                charged=True,
-            ) from None
+            metrics = _metrics_of(body, headers) or metrics
+            fetching = time.monotonic()
+            files = await self._materialise(body, headers, workdir)
         return UpstreamResult(
             files=files,
             request_id=request_id,
@@ -359,6 +352,20 @@ class SegmindClient:
             remaining_credits=metrics.get("remaining_credits"),
             download_s=time.monotonic() - fetching,
         )
+
+    @asynccontextmanager
+    async def _fetching_until(self, deadline: float):
+        """Fetching a made model within what is left of the job's SEGMIND_JOB_TIMEOUT_S;
+        running out is a charged failure (Segmind billed the model)."""
+        try:
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                yield
+        except TimeoutError:
+            raise errors.JobTimedOut(
+                f"SAM 3D made the model, but it could not be fetched within "
+                f"{self._job_timeout / 60:g} minutes.",
+                charged=True,
+            ) from None
 
     async def credits(self) -> Credits:
         status, body, headers = await self._get_with_retries(f"{self._base}/v1/get-user-credits")
@@ -461,15 +468,8 @@ class SegmindClient:
             raise error_for_status(status, _message_from(body, headers.get("Content-Type", "")))
         metrics = _metrics_of(body, headers)
         fetching = time.monotonic()
-        try:  # v1 too: the whole job, downloads included, within SEGMIND_JOB_TIMEOUT_S
-            async with asyncio.timeout(max(0.0, self._job_timeout - (fetching - sent))):
-                files = await self._materialise(body, headers, workdir)
-        except TimeoutError:
-            raise errors.JobTimedOut(
-                f"SAM 3D made the model, but it could not be fetched within "
-                f"{self._job_timeout / 60:g} minutes.",
-                charged=True,
-            ) from None
+        async with self._fetching_until(sent + self._job_timeout):
+            files = await self._materialise(body, headers, workdir)
         return UpstreamResult(
             files=files,
             cost_micros=metrics.get("cost"),
