@@ -143,6 +143,7 @@ if __name__ == "__main__":
         stdout=subprocess.PIPE,
         text=True,
     )
+    assert fake.stdout is not None and fake.stdin is not None  # both are pipes
     try:
         asyncio.run(bench(args, fake.stdout.readline().strip()))
     finally:

@@ -38,7 +38,9 @@ FIXTURE_FILES = [
 def made_models(folder: Path) -> list[Path]:
     sphere = trimesh.creation.uv_sphere(radius=1.0, count=[501, 501])  # 1,004,000 triangles
     glb = folder / "made_1M_triangles.glb"
-    glb.write_bytes(sphere.export(file_type="glb"))
+    data = sphere.export(file_type="glb")
+    assert isinstance(data, bytes)
+    glb.write_bytes(data)
     paths = [glb]
     for count, name in ((100_000, "made_100k_splats.ply"), (860_000, "made_860k_splats.ply")):
         path = folder / name

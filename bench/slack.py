@@ -82,7 +82,7 @@ async def bench(args) -> None:
                 slack.uploads.get(item["id"], {}).setdefault("at", time.monotonic())
             return answer
 
-        slack.m_files_completeUploadExternal = stamped
+        slack.m_files_completeUploadExternal = stamped  # type: ignore[method-assign]
         port = free_port()
         with tempfile.TemporaryDirectory() as tmp:
             env = {

@@ -63,7 +63,7 @@ async def measure(url: str, clients: int, seconds: float) -> dict:
             await asyncio.sleep(0.01)
             lags.append(time.perf_counter() - before - 0.01)
 
-    queue = multiprocessing.Queue()
+    queue: multiprocessing.Queue = multiprocessing.Queue()
     process = multiprocessing.Process(target=load, args=(url, clients, seconds, queue))
     watcher = asyncio.create_task(watch_loop())
     started = time.perf_counter()

@@ -19,7 +19,7 @@ from decimal import Decimal, InvalidOperation
 from .errors import InputError
 from .ledger.policy import GLOBAL_SCOPE, guild_scope
 from .models import Requester
-from .ports import Budget, Ledger, QuotaRule, QuotaStatus, UsageRow
+from .ports import AdminLedger, Budget, QuotaRule, QuotaStatus, UsageRow
 from .replies import details_text, on_this, server_noun
 from .settings import micros_to_usd, usd_to_micros
 
@@ -49,7 +49,7 @@ class Where:
 
 
 class Operations:
-    def __init__(self, ledger: Ledger):
+    def __init__(self, ledger: AdminLedger):
         self.ledger = ledger
 
     # -- for every user ----------------------------------------------------------------------

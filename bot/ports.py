@@ -193,21 +193,30 @@ class AuditEntry:
     detail: str
 
 
-class Ledger(Protocol):
-    """Jobs, quota and money. Each method is atomic; reserve and settle never double-count."""
+class JobReads(Protocol):
+    """Reading one job or one member's standing (the pipeline and the reports alike)."""
+
+    async def get(self, job_id: str) -> JobRecord | None: ...
+
+    async def quota_status(self, requester: Requester) -> QuotaStatus: ...
+
+
+class JobLedger(JobReads, Protocol):
+    """What the pipeline needs: reserving, moving a job through its states, settling it, and
+    owning it. Each method is atomic; reserve and settle never double-count.
+
+    Every state change is made only while this process owns the job and the job is
+    unfinished; each answers False when it changed nothing (the job was lost or settled)."""
 
     lease_s: float  # how long a job stays its process's without a renewal
 
-    async def open(self) -> None: ...
-
-    async def close(self) -> None: ...
+    async def admit(self, requester: Requester) -> None:
+        """Raise UserBlocked / JobsPaused before any work is done for this requester."""
+        ...
 
     async def reserve(self, job: NewJob) -> JobRecord:
         """Check quota and budget and hold the price; raises QuotaExceeded / BudgetExhausted."""
         ...
-
-    # Every state change below is made only while this process owns the job and the job is
-    # unfinished; each answers False when it changed nothing (the job was lost or settled).
 
     async def mark_submitting(self, job_id: str) -> bool:
         """Just before the POST that may be billed."""
@@ -237,14 +246,6 @@ class Ledger(Protocol):
         """An audit entry about a job (also one this process no longer owns)."""
         ...
 
-    async def get(self, job_id: str) -> JobRecord | None: ...
-
-    async def unfinished(self) -> list[JobRecord]: ...
-
-    async def in_states(self, states: Sequence[str]) -> list[JobRecord]:
-        """Jobs in these states, oldest first (e.g. "held", for an admin to settle)."""
-        ...
-
     async def renew(self, job_ids: Sequence[str]) -> set[str]:
         """Extend this process's leases on the jobs it runs; returns the ones it still owns."""
         ...
@@ -257,14 +258,14 @@ class Ledger(Protocol):
         """Take over unfinished jobs whose leases lapsed (their process stopped)."""
         ...
 
-    async def quota_status(self, requester: Requester) -> QuotaStatus: ...
 
-    async def ping(self) -> bool:
-        """The database answers."""
-        ...
+class Reports(JobReads, Protocol):
+    """What admins, /metrics and the command line read."""
 
-    async def admit(self, requester: Requester) -> None:
-        """Raise UserBlocked / JobsPaused before any work is done for this requester."""
+    async def unfinished(self) -> list[JobRecord]: ...
+
+    async def in_states(self, states: Sequence[str]) -> list[JobRecord]:
+        """Jobs in these states, oldest first (e.g. "held", for an admin to settle)."""
         ...
 
     async def usage(
@@ -277,7 +278,9 @@ class Ledger(Protocol):
         self, job_id: str | None = None, limit: int = 100
     ) -> list[AuditEntry]: ...
 
-    # -- what admins change; every change is written to the audit trail with its actor --------
+
+class AdminControls(Protocol):
+    """What admins change; every change is written to the audit trail with its actor."""
 
     async def set_quota_rule(self, rule: QuotaRule, actor: str) -> None: ...
 
@@ -306,4 +309,20 @@ class Ledger(Protocol):
     async def admin_refund(self, job_id: str, actor: str, reason: str) -> str:
         """An admin gives a finished job back: "released" (its reservation), "slot" (only the
         quota slot: Segmind billed it), or raises InputError saying why not."""
+        ...
+
+
+class AdminLedger(Reports, AdminControls, Protocol):
+    """What the admin operations of both adapters and the command line use."""
+
+
+class Ledger(JobLedger, Reports, AdminControls, Protocol):
+    """The whole store (SQLite or PostgreSQL), as the composition root opens it."""
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> bool:
+        """The database answers."""
         ...

@@ -25,7 +25,6 @@ from .errors import (
     UpstreamError,
 )
 from .images import InputValidator
-from .ledger import Ledger
 from .metrics import Metrics
 from .models import (
     SEED_MAX,
@@ -40,7 +39,7 @@ from .models import (
     UpstreamResult,
     ValidatedInput,
 )
-from .ports import ImageTo3D, JobRecord, NewJob, QuotaStatus, Renderer, Replier
+from .ports import ImageTo3D, JobLedger, JobRecord, NewJob, QuotaStatus, Renderer, Replier
 from .replies import RESTARTING, UNREADABLE
 from .results import ResultStore
 from .runner import JobRunner
@@ -95,6 +94,9 @@ class _Job:
     committed: bool = False  # Segmind billed it: from here on nothing is refunded
     finished: bool = False  # delivered: what follows (the turntable) is extra
     lost: bool = False  # another process owns it now: write nothing more
+    # Until when (monotonic) its lease surely holds: nobody can take a job before its lease
+    # lapses, so no round trip is needed to know it is still ours.
+    owned_until: float = 0.0
     task: asyncio.Task | None = None
 
     @property
@@ -113,7 +115,7 @@ class Service:
         *,
         validator: InputValidator,
         backend: ImageTo3D,
-        ledger: Ledger,
+        ledger: JobLedger,
         results: ResultStore,
         renderer: Renderer | None = None,
         turntable: bool = True,
@@ -180,6 +182,7 @@ class Service:
             await replier.deliver(cached)
             self.metrics.delivered(request.requester.platform, cached)
             return cached
+        reserving = time.monotonic()
         try:
             record = await self._ledger.reserve(
                 NewJob(
@@ -197,7 +200,7 @@ class Service:
         if record.duplicate:
             log.info("job %s: duplicate delivery ignored", record.id)
             return None
-        job = _Job(record, replier, started)
+        job = _Job(record, replier, started, owned_until=reserving + self._ledger.lease_s)
         job.lap("validate", started)
         return await self._guarded(job, self._keep_then_run(job, validated))
 
@@ -335,9 +338,13 @@ class Service:
             raise JobLost(job.id)
 
     async def _still_mine(self, job: _Job) -> None:
+        if time.monotonic() < job.owned_until - self._ledger.lease_s / 3:
+            return
+        before = time.monotonic()
         if job.id not in await self._ledger.renew([job.id]):
             job.lost = True
             raise JobLost(job.id)
+        job.owned_until = before + self._ledger.lease_s
 
     async def _guarded(self, job: _Job, work) -> JobResult | None:
         """Run `work`; on any failure settle the money honestly and tell the user once."""
@@ -377,11 +384,15 @@ class Service:
         while self._running:
             await asyncio.sleep(self._ledger.lease_s / 3)
             running = list(self._running)
+            before = time.monotonic()
             try:
                 owned = await self._ledger.renew(running)
             except Exception:  # the next renewal may succeed; a lapse only risks a takeover
                 log.warning("could not renew job leases", exc_info=True)
                 continue
+            for job_id in owned:
+                if job_id in self._running:
+                    self._running[job_id].owned_until = before + self._ledger.lease_s
             for job_id in set(running) - owned:
                 job = self._running.get(job_id)
                 if job is not None and not job.finished and job.task is not None:
@@ -478,6 +489,7 @@ class Service:
         leases and are left alone; `platforms` limits this to one front end's jobs.
         """
         carried = 0
+        claiming = time.monotonic()
         for record in await self._ledger.claim_orphans(platforms):
             if record.id in self._running:  # ours, its lease renewed late: it runs already
                 continue
@@ -488,6 +500,7 @@ class Service:
                 time.monotonic(),
                 submitted=record.request_id is not None,
                 committed=record.committed,
+                owned_until=claiming + self._ledger.lease_s,
             )
             try:
                 work = await self._carry_on(job)

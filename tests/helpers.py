@@ -49,6 +49,7 @@ async def run_bot(*args: str, cwd: Path, limit_s: float = 60, **settings: str) -
         stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(process.communicate(), limit_s)
+    assert process.returncode is not None  # communicate() waited for the exit
     return Ran(process.returncode, out.decode(), err.decode())
 
 

@@ -327,6 +327,7 @@ class FakeSegmind:
             response = web.StreamResponse(headers={"Content-Length": str(len(body))})
             await response.prepare(request)
             await response.write(body[: len(body) // 2])
+            assert request.transport is not None
             request.transport.close()  # the connection drops half way
             return response
         if self.behaviour.file_dribble_s:

@@ -138,7 +138,7 @@ class FakeSlack:
         if request.content_type == "application/json":
             args.update(await request.json())
         elif request.method == "POST":
-            args.update(dict(await request.post()))
+            args.update({key: str(value) for key, value in (await request.post()).items()})
         for key in JSON_PARAMS:
             if isinstance(args.get(key), str) and args[key][:1] in "[{":
                 args[key] = json.loads(args[key])
@@ -321,6 +321,7 @@ class FakeSlack:
         waiter = asyncio.get_running_loop().create_future()
         self._ack_waiters[envelope] = waiter
         sent = time.monotonic()
+        assert self.socket is not None  # socket_open is set once it is
         await self.socket.send_json(
             {
                 "envelope_id": envelope,

@@ -117,7 +117,7 @@ def mention(
     thread_ts: str | None = None,
 ) -> dict[str, Any]:
     ts = f"{time.time():.6f}"
-    event = {
+    event: dict[str, Any] = {
         "type": "app_mention",
         "user": user,
         "text": f"<@{BOT_USER}> {text}",
