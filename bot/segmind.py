@@ -81,57 +81,59 @@ def _message_from(body: bytes, content_type: str) -> str:
     return ""
 
 
+ErrorText = tuple[type[errors.UpstreamError], str]
+
+# Segmind's documented statuses: the error each becomes and what the member reads ({detail} is
+# Segmind's own message, when it sent one). 406 means two things; its message tells which.
+STATUS_ERRORS: dict[int, ErrorText] = {
+    400: (errors.UpstreamRejected, "Segmind could not use this request{detail}"),
+    401: (
+        errors.UpstreamAuthError,
+        "Segmind refused the bot's API key; an admin needs to check SEGMIND_API_KEY.",
+    ),
+    403: (errors.UpstreamAuthError, "Segmind refused this account access to SAM 3D Objects."),
+    404: (
+        errors.ResultExpired,
+        "Segmind no longer knows this request (records expire after about an hour).",
+    ),
+    405: (
+        errors.UpstreamRejected,
+        "Segmind refused the call (HTTP 405); SEGMIND_BASE_URL may be wrong.",
+    ),
+    406: (errors.UpstreamRejected, "Segmind refused the input format{detail}"),
+    410: (
+        errors.ModelRetired,
+        "Segmind has retired this version of SAM 3D Objects; the bot needs an update.",
+    ),
+    422: (errors.GenerationFailed, "SAM 3D could not make a model from this photo{detail}"),
+    429: (errors.RateLimited, "Segmind is rate-limiting the bot right now; try again in a minute."),
+}
+OUT_OF_CREDITS: ErrorText = (
+    errors.InsufficientCredits,
+    "The bot's Segmind account is out of credits; an admin needs to top it up.",
+)
+SERVER_ERROR: ErrorText = (
+    errors.UpstreamUnavailable,
+    "Segmind had a server error (HTTP {status}); try again later.",
+)
+OTHER_STATUS: ErrorText = (errors.UpstreamError, "Segmind answered HTTP {status}{detail}")
+
+
 def error_for_status(status: int, message: str, *, charged: bool = False) -> errors.UpstreamError:
     """Map one of Segmind's documented statuses to a typed error with a user message."""
+    if status == 406 and "credit" in message.lower():
+        kind, text = OUT_OF_CREDITS
+    elif status >= 500:
+        kind, text = SERVER_ERROR
+    else:
+        kind, text = STATUS_ERRORS.get(status, OTHER_STATUS)
     detail = f": {message}" if message else ""
-    E = errors
-    if status == 400:
-        return E.UpstreamRejected(f"Segmind could not use this request{detail}", status=status)
-    if status == 401:
-        return E.UpstreamAuthError(
-            "Segmind refused the bot's API key; an admin needs to check SEGMIND_API_KEY.",
-            status=status,
-        )
-    if status == 403:
-        return E.UpstreamAuthError(
-            "Segmind refused this account access to SAM 3D Objects.", status=status
-        )
-    if status == 404:
-        return E.ResultExpired(
-            "Segmind no longer knows this request (records expire after about an hour).",
-            status=status,
-        )
-    if status == 405:
-        return E.UpstreamRejected(
-            "Segmind refused the call (HTTP 405); SEGMIND_BASE_URL may be wrong.", status=status
-        )
-    if status == 406:
-        if "credit" in message.lower():
-            return E.InsufficientCredits(
-                "The bot's Segmind account is out of credits; an admin needs to top it up.",
-                status=status,
-            )
-        return E.UpstreamRejected(f"Segmind refused the input format{detail}", status=status)
-    if status == 410:
-        return E.ModelRetired(
-            "Segmind has retired this version of SAM 3D Objects; the bot needs an update.",
-            status=status,
-        )
-    if status == 422:
-        return E.GenerationFailed(
-            f"SAM 3D could not make a model from this photo{detail}", status=status
-        )
-    if status == 429:
-        return E.RateLimited(
-            "Segmind is rate-limiting the bot right now; try again in a minute.", status=status
-        )
-    if status >= 500:
-        return E.UpstreamUnavailable(
-            f"Segmind had a server error (HTTP {status}); try again later.",
-            status=status,
-            charged=charged,
-        )
-    return E.UpstreamError(f"Segmind answered HTTP {status}{detail}", status=status)
+    # Only a server error can follow a billed result (a download failing); the rest never do.
+    return kind(
+        text.format(detail=detail, status=status),
+        status=status,
+        charged=charged and status >= 500,
+    )
 
 
 def parse_reset_at(value: str | None, now: float) -> float | None:
@@ -342,9 +344,10 @@ class SegmindClient:
                 raise error_for_status(
                     status, _message_from(body, headers.get("Content-Type", "")), charged=False
                 )
-            metrics = _metrics_of(body, headers) or metrics
+            data = await parsed(body)  # once: for the metrics and the files alike
+            metrics = _metrics_of(data, headers) or metrics
             fetching = time.monotonic()
-            files = await self._materialise(body, headers, workdir)
+            files = await self._materialise(body, data, workdir)
         return UpstreamResult(
             files=files,
             request_id=request_id,
@@ -466,10 +469,11 @@ class SegmindClient:
         )
         if status != 200:
             raise error_for_status(status, _message_from(body, headers.get("Content-Type", "")))
-        metrics = _metrics_of(body, headers)
+        data = await parsed(body)
+        metrics = _metrics_of(data, headers)
         fetching = time.monotonic()
         async with self._fetching_until(sent + self._job_timeout):
-            files = await self._materialise(body, headers, workdir)
+            files = await self._materialise(body, data, workdir)
         return UpstreamResult(
             files=files,
             cost_micros=metrics.get("cost"),
@@ -490,13 +494,12 @@ class SegmindClient:
             ctype = headers.get("Content-Type", "")
             if status != 200:
                 raise error_for_status(status, _message_from(body, ctype))
-            try:
-                data = json.loads(body)
-                state = str(data.get("status", "")).upper()
-            except (ValueError, AttributeError, RecursionError):
-                raise errors.BadUpstreamResult("Segmind sent an unreadable job status.") from None
+            data = await parsed(body)
+            if not isinstance(data, dict):
+                raise errors.BadUpstreamResult("Segmind sent an unreadable job status.")
+            state = str(data.get("status", "")).upper()
             if state == TERMINAL_OK:
-                return _metrics_of(body, headers)
+                return _metrics_of(data, headers)
             if state == TERMINAL_FAILED:
                 raise error_for_status(422, _message_from(body, ctype))
             if state not in PENDING:
@@ -569,8 +572,9 @@ class SegmindClient:
 
     # -- results and files -------------------------------------------------------------------
 
-    async def _materialise(self, body: bytes, headers, workdir: Path) -> tuple[OutputFile, ...]:
-        """Turn a result (JSON with links or data, or a raw model body) into files on disk."""
+    async def _materialise(self, body: bytes, data: Any, workdir: Path) -> tuple[OutputFile, ...]:
+        """Turn a result (JSON with links or data, parsed as `data`, or a raw model body) into
+        files on disk."""
         await asyncio.to_thread(workdir.mkdir, parents=True, exist_ok=True)
         kind, ext, _ = sniff_output(body[:4096])
         if kind is not FileKind.OTHER:
@@ -581,12 +585,10 @@ class SegmindClient:
                 )
             await asyncio.to_thread(path.write_bytes, body)
             return await self._describe([(path, None)], workdir)
-        try:
-            data = json.loads(body)
-        except (ValueError, RecursionError):  # JSON nested past sense too
+        if data is None:
             raise errors.BadUpstreamResult(
                 "Segmind returned a result the bot cannot read.", charged=True
-            ) from None
+            )
         outputs = find_outputs(data)
         if not outputs:
             raise errors.BadUpstreamResult(
@@ -598,7 +600,7 @@ class SegmindClient:
             path = workdir / f"{_safe_stem(name)}.part"
             if value.startswith(("http://", "https://")):
                 return await self._download(value, path, budget), value
-            data = _decode_inline(value)
+            data = await asyncio.to_thread(_decode_inline, value)  # megabytes: off the loop
             budget.take(len(data))
             await asyncio.to_thread(path.write_bytes, data)
             return path, None
@@ -751,15 +753,22 @@ def _decode_inline(value: str) -> bytes:
         ) from None
 
 
-def _metrics_of(body: bytes, headers) -> dict[str, Any]:
+async def parsed(body: bytes) -> Any:
+    """An answer's JSON, parsed once (in a thread when it is large), or None when it is no
+    JSON (a raw model, an HTML page, JSON nested past sense)."""
+    if body[:64].lstrip()[:1] not in (b"{", b"["):
+        return None
+    try:
+        if len(body) > 1_000_000:
+            return await asyncio.to_thread(json.loads, body)
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _metrics_of(data: Any, headers) -> dict[str, Any]:
     """Cost (as micro-USD) and remaining credits from v2 `metrics` or v1 headers."""
     found: dict[str, Any] = {}
-    data = None
-    if body[:64].lstrip()[:1] == b"{":
-        try:
-            data = json.loads(body)
-        except (ValueError, RecursionError):  # JSON nested past sense too
-            data = None
     metrics = data.get("metrics") if isinstance(data, dict) else None
     cost = metrics.get("cost") if isinstance(metrics, dict) else None
     remaining = metrics.get("remaining_credits") if isinstance(metrics, dict) else None
