@@ -304,7 +304,7 @@ def test_reset_header_forms():
 
 
 def test_html_page_is_not_an_error_message():
-    from bot.segmind import _message_from
+    from bot.segmind.status import message_from as _message_from
 
     assert _message_from(HTML_PAGE, "text/html") == ""
 
@@ -406,3 +406,15 @@ async def test_v1_keeps_its_downloads_to_the_job_timeout_too(session, fake_segmi
     with pytest.raises(errors.JobTimedOut) as caught:
         await generate(session, fake_segmind, tmp_path, version="v1", job_timeout_s=1.0)
     assert time.monotonic() - started < 3.0 and caught.value.charged
+
+
+async def test_the_rate_limit_wait_is_read_against_the_injected_clock(
+    session, fake_segmind, tmp_path
+):
+    fake_segmind.behaviour.rate_limited = 1
+    fake_segmind.behaviour.reset_in_s = 30  # longer than the client may wait (5 s)...
+    with pytest.raises(errors.RateLimited):
+        await generate(session, fake_segmind, tmp_path)
+    fake_segmind.behaviour.rate_limited = 1  # ...unless its clock says that moment has passed
+    result, _ = await generate(session, fake_segmind, tmp_path, clock=lambda: time.time() + 60)
+    assert result.files
