@@ -64,7 +64,7 @@ class CoolingDown(BotError):
 class UserBlocked(BotError):
     code = "blocked"
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__("An admin has blocked you from making 3D models with this bot here.")
 
 
@@ -81,7 +81,7 @@ class LedgerUnavailable(BotError):
 
     code = "ledger"
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__("The bot's database is not reachable right now; please try again soon.")
 
 

@@ -7,6 +7,7 @@ import json
 import os
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from .models import FileKind, JobResult, OutputFile, PreparedImage, UpstreamResult, ValidatedInput
 
@@ -151,7 +152,7 @@ def _write_atomically(path: Path, text: str) -> None:
     os.replace(tmp, path)  # readers never see half a file
 
 
-def _file_entry(file: OutputFile) -> dict:
+def _file_entry(file: OutputFile) -> dict[str, Any]:
     return {
         "kind": file.kind.value,
         "path": str(file.path),
@@ -161,7 +162,7 @@ def _file_entry(file: OutputFile) -> dict:
     }
 
 
-def _file_of(entry: dict) -> OutputFile:
+def _file_of(entry: dict[str, Any]) -> OutputFile:
     return OutputFile(
         FileKind(entry["kind"]),
         Path(entry["path"]),
@@ -175,9 +176,9 @@ def _all_on_disk(files: tuple[OutputFile, ...]) -> bool:
     return all(f.path.is_file() and f.path.stat().st_size == f.size for f in files)
 
 
-def _image_entry(image: PreparedImage) -> dict:
+def _image_entry(image: PreparedImage) -> dict[str, Any]:
     return {"media_type": image.media_type, "width": image.width, "height": image.height}
 
 
-def _prepared(path: Path, entry: dict) -> PreparedImage:
+def _prepared(path: Path, entry: dict[str, Any]) -> PreparedImage:
     return PreparedImage(path.read_bytes(), entry["media_type"], entry["width"], entry["height"])

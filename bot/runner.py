@@ -19,15 +19,15 @@ log = logging.getLogger(__name__)
 
 class JobRunner:
     def __init__(self, clock: Callable[[], float] = time.monotonic):
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._clock = clock
         self.accepting = True
 
     @property
-    def tasks(self) -> frozenset[asyncio.Task]:
+    def tasks(self) -> frozenset[asyncio.Task[Any]]:
         return frozenset(self._tasks)
 
-    def start(self, work: Awaitable[Any], name: str = "job") -> asyncio.Task:
+    def start(self, work: Awaitable[Any], name: str = "job") -> asyncio.Task[Any]:
         """Run `work` in the background, owned here until it ends."""
         task = asyncio.ensure_future(work)
         task.set_name(name)
@@ -35,7 +35,7 @@ class JobRunner:
         task.add_done_callback(self._ended)
         return task
 
-    def _ended(self, task: asyncio.Task) -> None:
+    def _ended(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         if task.cancelled():
             return

@@ -7,6 +7,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 OnPosition = Callable[[int], Awaitable[None]]
 
@@ -15,7 +16,7 @@ OnPosition = Callable[[int], Awaitable[None]]
 class _Waiter:
     user: str
     arrival: int
-    granted: asyncio.Future = field(
+    granted: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
     moved: asyncio.Event = field(default_factory=asyncio.Event)
@@ -58,7 +59,8 @@ class FairScheduler:
                 waiter.moved.clear()
                 moved = asyncio.ensure_future(waiter.moved.wait())
                 try:
-                    await asyncio.wait({moved, waiter.granted}, return_when=asyncio.FIRST_COMPLETED)
+                    either: set[asyncio.Future[Any]] = {moved, waiter.granted}
+                    await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
                 finally:
                     moved.cancel()
         except BaseException:

@@ -26,7 +26,7 @@ class ProgressThrottle:
         self._interval_s = interval_s
         self._last = float("-inf")
         self._pending: Progress | None = None
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
         self.closed = False
 
     async def update(self, progress: Progress) -> None:

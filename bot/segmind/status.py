@@ -20,8 +20,9 @@ def message_from(body: bytes, content_type: str) -> str:
         return text.strip()[:200]
     if isinstance(data, dict):
         for key in ("error", "message", "detail"):
-            if isinstance(data.get(key), str):
-                return data[key].strip()[:200]
+            value = data.get(key)
+            if isinstance(value, str):
+                return value.strip()[:200]
     return ""
 
 
