@@ -684,6 +684,20 @@ async def test_admins_set_budgets_lift_blocks_and_pauses_refund_and_pick_channel
     assert fake_segmind.counters.submits == 1
 
 
+async def test_a_listener_that_trips_tells_the_member_through_the_error_handler(slack, fake_slack):
+    # A Delete button whose value is not the JSON the bot put there (an old or forged one).
+    await slack.interact(
+        payloads.button(
+            "not json", action="sam3d_delete", response_url=fake_slack.response_url("oops")
+        )
+    )
+    await slack.settle(until=lambda: fake_slack.hooks)
+    assert fake_slack.ephemerals() == [
+        "Something went wrong inside the bot; nothing was charged. Try again."
+    ]
+    assert not fake_slack.find("chat.delete")
+
+
 async def test_details_and_delete_on_a_result(slack, fake_slack):
     await slack.event(payloads.mention("jug seed=11", [photo_file(fake_slack)]))
     await slack.settle(until=lambda: uploaded(fake_slack))

@@ -1,16 +1,15 @@
-"""The Slack bot: `/sam3d` (a form, a link with options, quota, help, admin), the "Make 3D model"
-message shortcut, mentions with a photo, and the New seed button. Every request is
-acknowledged at once; jobs run in the background and report through a SlackReplier.
+"""The Slack bot: its Web API clients, the jobs it runs (`run_job`), Slack's files, and the
+words of `/sam3d admin`. Its listeners, in Bolt's own shape, are in listeners.py; every
+request is acknowledged at once and jobs report through a SlackReplier.
 
 Slack re-delivers what it thinks was lost (events with X-Slack-Retry-Num, a double click on
-Submit, a repeated shortcut): each delivery has a key (event id, view id, trigger id) that is
-remembered here and passed to the ledger, so a delivery starts at most one job and one charge.
+Submit, a repeated shortcut): each delivery's key is remembered here (`first_delivery`) and
+passed to the ledger, so a delivery starts at most one job and one charge.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections import OrderedDict
@@ -26,38 +25,23 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.errors import AdapterFailed, BotError, InputError, ServiceStopping
 from bot.models import ImageSource, JobRequest, Requester
 from bot.operations import (
-    NOT_YOURS,
     Operations,
     Where,
-    describe_quota,
 )
 from bot.ports import JobRecord
-from bot.replies import RESTARTING, UNREADABLE, server_noun
+from bot.replies import RESTARTING, UNREADABLE
 
 from .files import SlackFiles
-from .replier import SlackReplier, quietly, slack_error
+from .replier import SlackReplier, slack_error
 from .translate import (
     ADMIN_HELP,
-    COMMAND,
-    DELETE,
-    DETAILS,
-    HELP,
-    JOB_VIEW,
-    NEW_SEED,
     PLATFORM,
-    SHORTCUT,
     JobArgs,
     Place,
     channel_id_in,
-    check_answers,
-    escape,
     image_files,
     job_modal,
-    modal_answers,
-    parse_job_text,
     requester,
-    strip_mentions,
-    team_of,
     user_id_in,
 )
 
@@ -99,7 +83,9 @@ class SlackBot:
             request_verification_enabled=not socket_mode,
             logger=logging.getLogger("slack_bolt"),
         )
-        add_listeners(self)
+        from .listeners import register  # they need this class: imported once it exists
+
+        register(self)
 
     async def start(self) -> None:
         """Check the token, learn the bot's own id, and take over jobs a stopped bot left."""
@@ -289,184 +275,7 @@ def link(url: str) -> Callable[[], Awaitable[ImageSource]]:
     return fetch
 
 
-# -- listeners -------------------------------------------------------------------------------
-
-
-def add_listeners(bot: SlackBot) -> None:
-    app = bot.app
-
-    @app.command(COMMAND)
-    async def command(ack, body, respond) -> None:
-        text = (body.get("text") or "").strip()
-        word = text.split(maxsplit=1)[0].lower() if text else ""
-        team, user = team_of(body), body["user_id"]
-        if not text:
-            await ack()
-            await open_form(
-                bot,
-                body["trigger_id"],
-                {"channel_id": body["channel_id"], "response_url": body.get("response_url")},
-            )
-        elif word == "help":
-            await ack(HELP)
-        elif word == "quota":
-            await ack()
-            status = await bot.operations.my_quota(await bot.requester_of(team, user))
-            await respond(describe_quota(status, noun=server_noun(PLATFORM)))
-        elif word == "admin":
-            await ack()
-            await respond(await admin(bot, team, user, text.split()[1:]))
-        else:
-            try:
-                args = parse_job_text(text)
-            except InputError as error:
-                await ack(error.user_message)
-                return
-            if args.url is None:
-                await ack(
-                    f"Give a link to the photo, or run `{COMMAND}` alone for a form "
-                    f"where you can upload it. `{COMMAND} help` shows more."
-                )
-                return
-            await ack()
-            if not bot.first_delivery(f"command:{body['trigger_id']}"):
-                return
-            who = await bot.requester_of(team, user, body.get("user_name", ""))
-            place = Place(body["channel_id"], None, body.get("response_url"))
-            bot.background(
-                bot.run_job(
-                    who,
-                    place,
-                    args,
-                    link(args.url),
-                    link(args.mask_url) if args.mask_url else None,
-                    f"command:{body['trigger_id']}",
-                )
-            )
-
-    @app.shortcut(SHORTCUT)
-    async def shortcut(ack, body, respond) -> None:
-        await ack()
-        message = body.get("message") or {}
-        images = image_files(message.get("files") or [])
-        if not images:
-            await respond(
-                "That message has no PNG, JPEG or WebP photo to make a model from.",
-                response_type="ephemeral",
-            )
-            return
-        if not bot.first_delivery(f"shortcut:{body['trigger_id']}"):
-            return
-        await open_form(
-            bot,
-            body["trigger_id"],
-            {
-                "channel_id": body["channel"]["id"],
-                "thread_ts": message.get("thread_ts") or message.get("ts"),
-                "response_url": body.get("response_url"),
-                "files": [f["id"] for f in images],
-            },
-            images,
-        )
-
-    @app.view(JOB_VIEW)
-    async def submitted(ack, body, view) -> None:
-        answers = modal_answers(view)
-        errors = check_answers(answers)
-        if errors:
-            await ack(response_action="errors", errors=errors)
-            return
-        await ack()
-        key = f"view:{view['id']}"
-        if not bot.first_delivery(key):
-            return
-        meta = answers.metadata
-        user = body["user"]
-        who = await bot.requester_of(team_of(body), user["id"], user.get("name", ""))
-        place = Place(meta["channel_id"], meta.get("thread_ts"), meta.get("response_url"))
-        args = JobArgs(
-            prompt=answers.prompt, seed=answers.seed, bbox=answers.bbox, points=answers.points
-        )
-        photo = bot.slack_file(answers.files[0] if answers.files else None, answers.file_id)
-        mask = bot.slack_file(answers.mask, field="mask") if answers.mask else None
-        # A message's photo asked for twice (the shortcut used again) is one request.
-        same = (
-            None
-            if answers.files or answers.mask
-            else ":".join(
-                map(str, (who.user_id, place.channel_id, place.thread_ts, answers.file_id, args))
-            )
-        )
-        bot.background(bot.run_job(who, place, args, photo, mask, key, same))
-
-    @app.event("app_mention")
-    async def mentioned(body, event) -> None:
-        key = f"event:{body.get('event_id') or event.get('client_msg_id') or event['ts']}"
-        if not bot.first_delivery(key):
-            return
-        who = await bot.requester_of(team_of(body) or event.get("team"), event["user"])
-        place = Place(event["channel"], event.get("thread_ts") or event["ts"])
-        try:
-            args = parse_job_text(strip_mentions(event.get("text") or "", bot.bot_user_id))
-        except InputError as error:
-            await bot.replier(place.reply_to(who.user_id, who.guild_id)).tell(error.user_message)
-            return
-        replier = bot.replier(place.reply_to(who.user_id, who.guild_id))
-        images = image_files(event.get("files") or [])
-        if not images and not args.url and event.get("thread_ts") not in (None, event["ts"]):
-            try:  # a reply in a photo's thread: that photo
-                images = image_files(await bot.thread_files(event["channel"], event["thread_ts"]))
-            except BotError as error:
-                await replier.tell(error.user_message)
-                return
-        if images:
-            photo = bot.slack_file(images[0])
-        elif args.url:
-            photo = link(args.url)
-        else:
-            await replier.tell(
-                "Mention me in a message with a photo attached (or a link to "
-                "one, or in the thread of a photo), for example "
-                "`@sam3d red chair`."
-            )
-            return
-        bot.background(
-            bot.run_job(
-                who, place, args, photo, link(args.mask_url) if args.mask_url else None, key
-            )
-        )
-
-    @app.action(NEW_SEED)
-    async def new_seed(ack, body) -> None:
-        await ack()
-        key = f"action:{body.get('trigger_id') or body['actions'][0].get('action_ts')}"
-        if not bot.first_delivery(key):
-            return
-        user = body["user"]
-        who = await bot.requester_of(team_of(body), user["id"], user.get("name", ""))
-        message = body.get("message") or {}
-        place = Place(body["channel"]["id"], message.get("thread_ts"), body.get("response_url"))
-        bot.background(again(bot, who, place, body["actions"][0]["value"], key))
-
-    @app.action(DETAILS)
-    async def details(ack, body, respond) -> None:
-        await ack()
-        text = await bot.operations.job_details(body["actions"][0]["value"], escape)
-        await respond(text, response_type="ephemeral", replace_original=False)
-
-    @app.action(DELETE)
-    async def delete(ack, body, respond) -> None:
-        await ack()
-        value = json.loads(body["actions"][0]["value"])
-        who = await bot.requester_of(team_of(body), body["user"]["id"])
-        if not await bot.operations.may_delete(value["job"], who):
-            await respond(NOT_YOURS, response_type="ephemeral", replace_original=False)
-            return
-        for file_id in value["files"]:
-            await quietly(bot.client.files_delete(file=file_id))
-        await quietly(
-            bot.client.chat_delete(channel=body["channel"]["id"], ts=body["message"]["ts"])
-        )
+# -- what the listeners (listeners.py) share ----------------------------------------------
 
 
 async def open_form(
@@ -496,8 +305,7 @@ async def again(bot: SlackBot, who: Requester, place: Place, job_id: str, key: s
 
 
 async def admin(bot: SlackBot, team_id: str | None, user_id: str, words: list[str]) -> str:
-    if not await bot.is_admin(team_id, user_id):
-        return "Only workspace admins and owners (or the bot's configured admins) can do this."
+    """`/sam3d admin ...`, for an admin (listeners.py's middleware let only admins in)."""
     if not words or words[0].lower() == "help":
         return ADMIN_HELP
     verb, rest = words[0].lower(), words[1:]
