@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from ..ports import Ledger
 from .policy import QuotaPolicy, month_of
+from .sql import SqlLedger
 from .sqlite import SqliteLedger
-from .store import SqlLedger
 
 __all__ = ["Ledger", "QuotaPolicy", "SqlLedger", "SqliteLedger", "month_of", "ledger_from_settings"]
 

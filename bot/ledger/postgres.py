@@ -20,7 +20,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ..errors import LedgerUnavailable
 from .policy import QuotaPolicy
-from .store import SqlLedger
+from .sql import SqlLedger
 
 T = TypeVar("T")
 

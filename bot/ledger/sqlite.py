@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 from ..errors import LedgerUnavailable
 from .policy import QuotaPolicy
-from .store import SqlLedger
+from .sql import SqlLedger
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
