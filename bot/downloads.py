@@ -15,6 +15,10 @@ import time
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .settings import Settings
 
 JOB_ID = re.compile(r"[0-9a-f]{6,32}")
 FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
@@ -40,7 +44,7 @@ class DownloadLinks:
         self._clock = clock
 
     @classmethod
-    def from_settings(cls, settings) -> DownloadLinks:
+    def from_settings(cls, settings: Settings) -> DownloadLinks:
         return cls(secret_of(settings), settings.public_url, settings.download_link_days * 86400)
 
     @property
@@ -82,7 +86,7 @@ class DownloadLinks:
         return base64.urlsafe_b64encode(digest[:24]).decode().rstrip("=")
 
 
-def secret_of(settings) -> bytes:
+def secret_of(settings: Settings) -> bytes:
     """DOWNLOAD_SECRET, or a random one kept in DATA_DIR so links outlive restarts (several
     instances behind one PUBLIC_URL must share DOWNLOAD_SECRET)."""
     given = settings.download_secret.get_secret_value()

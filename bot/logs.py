@@ -5,7 +5,11 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Iterable
+from typing import TYPE_CHECKING, TextIO
 from urllib.parse import unquote, urlsplit
+
+if TYPE_CHECKING:
+    from .settings import Settings
 
 REDACTED = "[redacted]"
 
@@ -33,7 +37,7 @@ class RedactSecrets(logging.Filter):
         return text
 
 
-def secrets_of(settings) -> list[str]:
+def secrets_of(settings: Settings) -> list[str]:
     found = [
         settings.segmind_api_key.get_secret_value(),
         settings.discord_token.get_secret_value(),
@@ -51,7 +55,7 @@ def secrets_of(settings) -> list[str]:
     return [*found, *([unquote(password)] if password else [])]
 
 
-def setup_logging(settings, stream=None) -> None:
+def setup_logging(settings: Settings, stream: TextIO | None = None) -> None:
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.addFilter(RedactSecrets(secrets_of(settings)))

@@ -54,7 +54,7 @@ class Operations:
 
     # -- for every user ----------------------------------------------------------------------
 
-    async def my_quota(self, requester) -> QuotaStatus:
+    async def my_quota(self, requester: Requester) -> QuotaStatus:
         return await self.ledger.quota_status(requester)
 
     async def job_details(self, job_id: str, escape: Callable[[str], str] = str) -> str:
@@ -301,7 +301,7 @@ def roll_up(rows: list[UsageRow], by: str) -> list[UsageRow]:
     """Sum the per-user rows by month, by (month, server) or keep them per user."""
     if by == "user":
         return rows
-    totals: dict[tuple, list[int]] = defaultdict(lambda: [0, 0, 0, 0, 0])
+    totals: dict[tuple[str, str, str | None], list[int]] = defaultdict(lambda: [0, 0, 0, 0, 0])
     for row in rows:
         key = (row.month, "", None) if by == "month" else (row.month, row.platform, row.guild_id)
         for index, value in enumerate(

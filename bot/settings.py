@@ -5,10 +5,10 @@ from __future__ import annotations
 import re
 from decimal import Decimal
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -95,7 +95,7 @@ class Settings(BaseSettings):
 
     @field_validator("segmind_base_url", "slack_api_url", "discord_api_url", "public_url")
     @classmethod
-    def _http_url(cls, value: str, info) -> str:
+    def _http_url(cls, value: str, info: ValidationInfo) -> str:
         if value == "" and info.field_name == "public_url":
             return value
         parts = urlsplit(value)
@@ -160,7 +160,7 @@ def micros_to_usd(micros: int) -> Decimal:
     return Decimal(micros) / 1_000_000
 
 
-def load_settings(env_file: str | Path | None = ".env", **overrides) -> Settings:
+def load_settings(env_file: str | Path | None = ".env", **overrides: Any) -> Settings:
     """Build Settings, turning a validation failure into one readable line."""
     try:
         return Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]

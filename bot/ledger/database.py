@@ -30,6 +30,6 @@ class Database(Protocol):
         """Run fn(tx, *args) in one transaction on the database's own thread(s)."""
         ...
 
-    async def statement(self, sql: str, args: Sequence[Any] = ()) -> list:
+    async def statement(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
         """Run one statement, atomic by itself; returns its rows (RETURNING), if any."""
         ...

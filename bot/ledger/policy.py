@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from ..models import Requester
 from ..ports import QuotaRule
 from ..replies import server_noun
-from ..settings import micros_to_usd, usd_to_micros
+from ..settings import Settings, micros_to_usd, usd_to_micros
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class QuotaPolicy:
     max_in_flight: int = 2
 
     @classmethod
-    def from_settings(cls, settings) -> QuotaPolicy:
+    def from_settings(cls, settings: Settings) -> QuotaPolicy:
         guild = settings.guild_budget_usd
         return cls(
             jobs_per_window=settings.quota_jobs,
