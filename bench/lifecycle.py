@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import signal
 import sqlite3
 import sys
@@ -26,10 +25,10 @@ sys.path.insert(0, str(ROOT))
 
 import aiohttp  # noqa: E402
 
-from bench.slack import free_port, photo  # noqa: E402
+from bench.slack import free_port, photo, slack_bot_env  # noqa: E402
 from tests.fakes.models3d import made_glb, made_splat_ply  # noqa: E402
-from tests.fakes.segmind import API_KEY, FakeSegmind  # noqa: E402
-from tests.fakes.slack import BOT_TOKEN, SIGNING_SECRET, FakeSlack  # noqa: E402
+from tests.fakes.segmind import FakeSegmind  # noqa: E402
+from tests.fakes.slack import FakeSlack  # noqa: E402
 from tests.helpers import wait_until_ready  # noqa: E402
 from tests.payloads import slack as payloads  # noqa: E402
 
@@ -65,26 +64,15 @@ async def until(condition, limit_s: float = 300.0) -> float:
 
 class Bots:
     def __init__(self, args, slack: FakeSlack, segmind: FakeSegmind, data: str):
-        self.env = {
-            **os.environ,
-            "SLACK_BOT_TOKEN": BOT_TOKEN,
-            "SLACK_SIGNING_SECRET": SIGNING_SECRET,
-            "SLACK_API_URL": slack.api_url,
-            "SEGMIND_API_KEY": API_KEY,
-            "SEGMIND_BASE_URL": segmind.url,
-            "SEGMIND_POLL_INTERVAL_S": "0.2",
-            "DATA_DIR": data,
-            "RENDER_ENABLED": "false",
-            "GLOBAL_BUDGET_USD": "1000",
-            "MAX_CONCURRENT_JOBS": "16",
-            "MAX_JOBS_IN_FLIGHT_PER_USER": "100",
-            "JOB_LEASE_SECONDS": str(args.lease_s),
-            "SHUTDOWN_GRACE_S": str(args.grace_s),
-            "LOG_LEVEL": "WARNING",
-            "PYTHONPATH": str(ROOT),
-        }
-        for name in ("DISCORD_TOKEN", "SLACK_APP_TOKEN", "DATABASE_URL"):
-            self.env.pop(name, None)
+        self.env = slack_bot_env(
+            slack,
+            segmind,
+            data,
+            MAX_CONCURRENT_JOBS="16",
+            MAX_JOBS_IN_FLIGHT_PER_USER="100",
+            JOB_LEASE_SECONDS=str(args.lease_s),
+            SHUTDOWN_GRACE_S=str(args.grace_s),
+        )
         self.cwd = data
 
     async def start(self) -> tuple[asyncio.subprocess.Process, str]:

@@ -58,6 +58,29 @@ def peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
+def slack_bot_env(slack: FakeSlack, segmind: FakeSegmind, data: str, **more: str) -> dict:
+    """`sam3d-bot run` in Slack's HTTP mode against the fakes, previews off, no other platform
+    or database from the caller's environment."""
+    env = {
+        **os.environ,
+        "SLACK_BOT_TOKEN": BOT_TOKEN,
+        "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+        "SLACK_API_URL": slack.api_url,
+        "SEGMIND_API_KEY": API_KEY,
+        "SEGMIND_BASE_URL": segmind.url,
+        "SEGMIND_POLL_INTERVAL_S": "0.2",
+        "DATA_DIR": data,
+        "RENDER_ENABLED": "false",
+        "GLOBAL_BUDGET_USD": "1000",
+        "LOG_LEVEL": "WARNING",
+        "PYTHONPATH": str(ROOT),
+        **more,
+    }
+    for name in ("DISCORD_TOKEN", "SLACK_APP_TOKEN", "DATABASE_URL"):
+        env.pop(name, None)
+    return env
+
+
 def models_delivered(fake: FakeSlack) -> dict[str, float]:
     """Requesting user -> when their model reached the channel."""
     return {
@@ -85,24 +108,9 @@ async def bench(args) -> None:
         slack.m_files_completeUploadExternal = stamped  # type: ignore[method-assign]
         port = free_port()
         with tempfile.TemporaryDirectory() as tmp:
-            env = {
-                **os.environ,
-                "SLACK_BOT_TOKEN": BOT_TOKEN,
-                "SLACK_SIGNING_SECRET": SIGNING_SECRET,
-                "SLACK_API_URL": slack.api_url,
-                "SEGMIND_API_KEY": API_KEY,
-                "SEGMIND_BASE_URL": segmind.url,
-                "SEGMIND_POLL_INTERVAL_S": "0.2",
-                "HTTP_PORT": str(port),
-                "DATA_DIR": tmp,
-                "RENDER_ENABLED": "false",
-                "GLOBAL_BUDGET_USD": "1000",
-                "MAX_CONCURRENT_JOBS": str(args.concurrent),
-                "LOG_LEVEL": "WARNING",
-                "PYTHONPATH": str(ROOT),
-            }
-            for name in ("DISCORD_TOKEN", "SLACK_APP_TOKEN", "DATABASE_URL"):
-                env.pop(name, None)
+            env = slack_bot_env(
+                slack, segmind, tmp, HTTP_PORT=str(port), MAX_CONCURRENT_JOBS=str(args.concurrent)
+            )
             bot = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",

@@ -43,6 +43,7 @@ ACCEPTED = "PNG, JPEG or WebP"
 PROMPT_MAX_CHARS = 300
 MAX_POINTS = 16
 MAX_REDIRECTS = 5
+REDIRECTS = (301, 302, 303, 307, 308)
 EXIF_ORIENTATION = 0x0112
 MIN_SIDE = 16  # pixels: smaller is no photo of an object
 MAX_ASPECT = 20  # a panorama is 4:1; this far is a sliver
@@ -177,7 +178,7 @@ class ImageFetcher:
             self._check_url(url, field)
             try:
                 async with self._session.get(url, allow_redirects=False) as response:
-                    if response.status in (301, 302, 303, 307, 308):
+                    if response.status in REDIRECTS:
                         location = response.headers.get("Location", "")
                         url = urljoin(url, location)
                         continue
@@ -225,14 +226,23 @@ def valid_host_name(name: str) -> bool:
 
 
 async def read_capped(response: aiohttp.ClientResponse, field: str, cap: int) -> bytes:
-    """The body, refused as soon as it passes `cap` bytes (declared or received)."""
+    """A file someone gave, refused as soon as it passes `cap` bytes."""
+    too_large = InputError(field, f"the file is larger than {cap // 1_000_000} MB")
+    return await read_body_under(response, cap, too_large)
+
+
+async def read_body_under(
+    response: aiohttp.ClientResponse, cap: int, too_large: Exception
+) -> bytes:
+    """The body, refused with `too_large` as soon as it passes `cap` bytes (declared or
+    received), so no answer grows past the cap in memory."""
     if response.content_length is not None and response.content_length > cap:
-        raise InputError(field, f"the file is larger than {cap // 1_000_000} MB")
+        raise too_large
     buffer = bytearray()
     async for chunk in response.content.iter_chunked(65536):
         buffer += chunk
         if len(buffer) > cap:
-            raise InputError(field, f"the file is larger than {cap // 1_000_000} MB")
+            raise too_large
     return bytes(buffer)
 
 

@@ -11,6 +11,7 @@ from PIL import Image
 
 from tests import netguard
 from tests.fakes.segmind import API_KEY, FakeSegmind
+from tests.helpers import CLEAN_ENV_DROP
 
 netguard.install()
 
@@ -75,15 +76,7 @@ def data_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def settings_env(monkeypatch, data_dir):
     """A clean environment: only what a test sets counts, never the developer's .env."""
-    for name in (
-        "SEGMIND_API_KEY",
-        "DISCORD_TOKEN",
-        "SLACK_BOT_TOKEN",
-        "SLACK_APP_TOKEN",
-        "SLACK_SIGNING_SECRET",
-        "DATABASE_URL",
-        "SEGMIND_BASE_URL",
-    ):
+    for name in CLEAN_ENV_DROP:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("DATA_DIR", str(data_dir))
     return monkeypatch

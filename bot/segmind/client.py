@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -70,7 +69,7 @@ class SegmindClient:
             rng=rng,
             clock=clock,
         )
-        self._outputs = Outputs(self._transport, max_output_bytes, rng)
+        self._outputs = Outputs(self._transport, max_output_bytes)
         self._version = version
         self._poll_interval = poll_interval_s
         self._job_timeout = job_timeout_s
@@ -163,8 +162,8 @@ class SegmindClient:
         )
         if status != 200:
             raise error_for_status(status, message_from(body, headers.get("Content-Type", "")))
+        data = await parsed(body)
         try:
-            data = json.loads(body)
             return Credits(float(data.get("credits", 0)), float(data.get("free-credits", 0)))
         except (ValueError, TypeError, AttributeError):
             raise errors.BadUpstreamResult("Segmind sent an unreadable balance.") from None
@@ -175,16 +174,13 @@ class SegmindClient:
         )
         if status not in (200, 201, 202):
             raise error_for_status(status, message_from(body, headers.get("Content-Type", "")))
-        try:
-            data = json.loads(body)
-            if not isinstance(data.get("request_id"), str):
-                raise ValueError
-        except (ValueError, AttributeError, RecursionError):
+        data = await parsed(body)
+        if not isinstance(data, dict) or not isinstance(data.get("request_id"), str):
             # Accepted, so maybe billed, but with nothing to follow it by.
             raise errors.SubmitUncertain(
                 "Segmind accepted the job but sent no request id to follow it by; its price "
                 "stays held until an admin checks the Segmind account."
-            ) from None
+            )
         return data
 
     async def _run_v1(self, payload, workdir, on_submitted, on_processing) -> UpstreamResult:

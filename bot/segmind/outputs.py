@@ -9,10 +9,8 @@ import base64
 import binascii
 import json
 import logging
-import random
 import re
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -125,12 +123,9 @@ def _looks_like_file(value: str) -> bool:
 class Outputs:
     """Turns a result into files on disk, through the transport, under MAX_OUTPUT_BYTES."""
 
-    def __init__(
-        self, transport: Transport, max_bytes: int, rng: Callable[[], float] = random.random
-    ):
+    def __init__(self, transport: Transport, max_bytes: int):
         self._transport = transport
         self._max_bytes = max_bytes
-        self._rng = rng
 
     async def materialise(self, body: bytes, data: Any, workdir: Path) -> tuple[OutputFile, ...]:
         """Turn a result (JSON with links or data, parsed as `data`, or a raw model body) into
@@ -231,7 +226,7 @@ class Outputs:
                         return target
             except (TimeoutError, aiohttp.ClientError):
                 log.info("download attempt %d failed, retrying", attempt + 1)
-            await self._transport.sleep(self._transport.retry.delay(attempt, self._rng))
+            await self._transport.sleep(self._transport.backoff(attempt))
         raise errors.UpstreamUnavailable(
             "The model could not be downloaded from Segmind.", charged=True
         )

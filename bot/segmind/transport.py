@@ -18,12 +18,11 @@ import aiohttp
 from pydantic import SecretStr
 
 from .. import errors
-from ..images import MAX_REDIRECTS, is_blocked
+from ..images import MAX_REDIRECTS, REDIRECTS, is_blocked, read_body_under
 from .status import parse_reset_at
 
 log = logging.getLogger(__name__)
 
-REDIRECTS = (301, 302, 303, 307, 308)
 ANSWER_CAP = 1_000_000  # a status or submit answer is a few hundred bytes
 
 
@@ -68,6 +67,10 @@ class Transport:
         self._rng = rng
         self._clock = clock
 
+    def backoff(self, attempt: int) -> float:
+        """How long to wait before try `attempt` again (exponential, with jitter)."""
+        return self.retry.delay(attempt, self._rng)
+
     def headers(self) -> dict[str, str]:
         return {"x-api-key": self._api_key.get_secret_value()}
 
@@ -109,7 +112,7 @@ class Transport:
                     raise errors.UpstreamUnavailable(
                         "Segmind could not be reached; try again later."
                     ) from None
-                delay = self.retry.delay(connect_failures, self._rng)
+                delay = self.backoff(connect_failures)
             except (TimeoutError, aiohttp.ClientError):
                 # It may have been received: never POST again (it would be billed twice).
                 raise errors.SubmitUncertain(
@@ -183,7 +186,7 @@ class Transport:
                     raise errors.UpstreamUnavailable(
                         "Segmind stopped answering while the job ran; try again later."
                     ) from None
-            await self.sleep(self.retry.delay(attempt, self._rng))
+            await self.sleep(self.backoff(attempt))
             attempt += 1
 
 
@@ -193,13 +196,6 @@ async def read_capped(
     charged: bool,
     error: type[errors.UpstreamError] = errors.BadUpstreamResult,
 ) -> bytes:
-    """An answer's body, refused as soon as it passes `cap` bytes (declared or received)."""
+    """An answer's body under `cap` bytes, or Segmind's error saying it was larger."""
     too_large = f"Segmind sent an answer larger than the bot accepts ({cap // 1_000_000} MB)."
-    if response.content_length is not None and response.content_length > cap:
-        raise error(too_large, charged=charged)
-    body = bytearray()
-    async for chunk in response.content.iter_chunked(1 << 16):
-        body += chunk
-        if len(body) > cap:
-            raise error(too_large, charged=charged)
-    return bytes(body)
+    return await read_body_under(response, cap, error(too_large, charged=charged))

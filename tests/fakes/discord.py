@@ -87,9 +87,12 @@ class FakeDiscord:
     # -- the gateway (https://discord.com/developers/docs/events/gateway) ----------------------
 
     async def gateway(self, request: web.Request) -> web.WebSocketResponse:
-        """One shard's session: HELLO, then READY once the client identifies (with the bot's
-        token and its intents); heartbeats are acknowledged. JSON text frames: Discord
-        compresses only when asked, and what the bot does with an event is the same."""
+        """One shard's session, as Discord's gateway documentation describes it: HELLO (op 10,
+        with the heartbeat interval), then READY (op 0) once the client sends IDENTIFY (op 2)
+        with the bot's token and its intents; a wrong token closes with 4004 (authentication
+        failed), missing intents with 4013 (invalid intents); heartbeats (op 1) get their ACK
+        (op 11). JSON text frames: Discord compresses only when asked, and what the bot does
+        with an event is the same."""
         socket = web.WebSocketResponse()
         await socket.prepare(request)
         await socket.send_json(
@@ -171,8 +174,10 @@ class FakeDiscord:
         call = Call(request.method, path, time.monotonic())
         await self._read_body(request, call)
         self.calls.append(call)
-        # Interaction callbacks and webhook routes are authorised by the token in their path,
-        # and discord.py sends no bot token there; every other route needs it.
+        # Interaction callbacks and webhook-token routes are authorised by the token in their
+        # path: Discord's OpenAPI description gives them `security: [{}, {BotToken: []}]` (no
+        # credentials, or the bot's), and discord.py sends none there. Every other route the
+        # fake serves is `BotToken` only (../shared/specs/discord-openapi.json).
         by_path = path.startswith(("/interactions/", "/webhooks/"))
         if (
             self.token
@@ -181,7 +186,7 @@ class FakeDiscord:
         ):
             return _json({"message": "401: Unauthorized", "code": 0}, status=401)
         route = (request.method, path)
-        if route == ("GET", "/gateway/bot"):
+        if route == ("GET", "/gateway/bot"):  # OpenAPI get_bot_gateway (BotToken, checked above)
             return _json(
                 {
                     "url": self.url.replace("http", "ws", 1) + "/gateway",

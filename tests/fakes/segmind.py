@@ -32,13 +32,15 @@ class Behaviour:
 
     submit_error: tuple[int, Any] | None = None  # (status, body dict or bytes) on submit
     submit_delay_s: float = 0.0  # a slow submit: the request id comes this late
+    # A network that fails after the body went out (not a Segmind rule: a failure to inject).
     drop_after_submit: bool = False  # takes the job (and bills it), then the connection breaks
     html_error_status: int | None = None  # submit answers an HTML page with this status
     rate_limited: int = 0  # the next N API calls answer 429
     reset_in_s: float = 0.3  # for x-rate-limit-reset-at-utc
     polls_before_done: int = 2  # status answers QUEUED, then PROCESSING..., then COMPLETED
     complete_after_s: float = 0.0  # or: done once this much time has passed since submit
-    held_seeds: set[int] = field(default_factory=set)  # jobs with these seeds never finish
+    # A test's control, not a Segmind rule: jobs with these seeds stay PROCESSING.
+    held_seeds: set[int] = field(default_factory=set)
     poll_delay_s: float = 0.0  # a slow status endpoint
     fail_message: str | None = None  # the job ends FAILED (HTTP 422)
     expired: bool = False  # status and result answer 404 (records expire after ~1 h)
@@ -49,6 +51,8 @@ class Behaviour:
     cost: str = "0.065"
     remaining_credits: float = 9.87
     include_splat: bool = True
+    # A misbehaving or hostile upstream (issue 14), injected by tests; none of these is a
+    # documented Segmind behaviour, and none loosens a check the fake makes.
     status_redirect: str | None = None  # the status endpoint answers 302 to this URL
     status_padding: int = 0  # bytes of junk in every status answer (a runaway upstream)
     file_dribble_s: float = 0.0  # files arrive a byte at a time, this long between bytes
