@@ -88,3 +88,21 @@ def test_guard_stops_lookups_before_they_leave(monkeypatch):
     with pytest.raises(socket.gaierror):
         socket.getaddrinfo("example.com", 443)
     assert netguard.violations == ["lookup of 'example.com'"]
+
+
+def test_every_data_file_of_the_bot_is_packaged():
+    """`pip install .` (the Dockerfile) ships only what pyproject's package-data names: a file
+    the bot reads at run time (the ledger's SQL, the viewer's script) must be among them."""
+    import tomllib
+
+    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"
+    ]["bot"]
+    packaged = {path for pattern in patterns for path in (ROOT / "bot").glob(pattern)}
+    data = {
+        path
+        for path in (ROOT / "bot").rglob("*")
+        if path.is_file() and path.suffix not in (".py", ".pyc") and "__pycache__" not in path.parts
+    }
+    assert any(path.suffix == ".sql" for path in data)
+    assert data <= packaged, sorted(str(p.relative_to(ROOT)) for p in data - packaged)

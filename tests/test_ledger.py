@@ -5,6 +5,7 @@ controls and the audit trail."""
 from __future__ import annotations
 
 import asyncio
+import re
 import sqlite3
 import sys
 import threading
@@ -27,7 +28,8 @@ from bot.errors import (
 )
 from bot.ledger import QuotaPolicy, SqliteLedger, month_of
 from bot.ledger.postgres import PostgresLedger
-from bot.ledger.store import MIGRATIONS, sql_for
+from bot.ledger.queries import migrations, queries
+from bot.ledger.rows import COUNTED, UNFINISHED
 from bot.models import JobState, Requester
 from bot.ports import NewJob, QuotaRule
 from tests.helpers import ROOT, bot_env
@@ -464,15 +466,31 @@ async def test_schema_is_migrated_once(make_ledger, store):
     else:
         with psycopg.connect(where) as db:
             versions = [r[0] for r in db.execute("SELECT version FROM schema_version")]
-    assert versions == list(range(1, len(MIGRATIONS) + 1))
+    assert versions == list(range(1, len(migrations(kind)) + 1))
+
+
+@pytest.mark.parametrize("dialect", ["sqlite", "postgres"])
+def test_the_sql_counts_the_states_the_rules_name(dialect):
+    """The SQL files write the lists of job states out; each list that holds a running state
+    is the one the quota rules mean (in flight, counted) or those plus refunded."""
+    lists = [
+        tuple(re.findall(r"'(\w+)'", found))
+        for sql in queries(dialect).values()
+        for found in re.findall(r"state (?:NOT )?IN \(([^)]*)\)", sql)
+    ]
+    running = [states for states in lists if "rendering" in states]
+    assert len(running) >= 10
+    allowed = {UNFINISHED, COUNTED, ("refunded", *UNFINISHED)}
+    assert set(running) <= allowed
+    assert {UNFINISHED, COUNTED} <= set(running)
 
 
 async def test_a_first_version_database_is_upgraded_in_place(tmp_path, clock):
     """An SQLite file made by the first release keeps its jobs and gains the new tables."""
     path = tmp_path / "old.sqlite3"
     db = sqlite3.connect(path)
-    for statement in MIGRATIONS[0]:
-        db.execute(sql_for(statement, "sqlite"))
+    for statement in migrations("sqlite")[0]:
+        db.execute(statement)
     db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
     db.execute("INSERT INTO schema_version VALUES (1)")
     db.execute(

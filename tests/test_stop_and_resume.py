@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 
 import pytest
@@ -180,7 +181,7 @@ async def test_a_process_that_lost_its_job_stops_and_writes_nothing_more(
 
 
 async def test_a_lease_taken_over_while_a_job_runs_stops_it_at_once(
-    make_service, ledger, fake_segmind, other_ledger, tmp_path
+    make_service, ledger, fake_segmind, tmp_path
 ):
     fake_segmind.behaviour.complete_after_s = 3600
     short = SqliteLedger(tmp_path / "l.sqlite3", QuotaPolicy(), lease_s=0.3)
@@ -191,8 +192,9 @@ async def test_a_lease_taken_over_while_a_job_runs_stops_it_at_once(
         running = asyncio.create_task(service.run(request(), reply))
         await until(lambda: _polls(fake_segmind, 2))
         # Another process takes it over (an admin's tool, a clock jump): from the database.
-        rival = await other_ledger()
-        await rival.database.statement("UPDATE jobs SET owner = 'rival'")
+        with sqlite3.connect(tmp_path / "l.sqlite3") as rival:
+            rival.execute("UPDATE jobs SET owner = 'rival'")
+        rival.close()
         assert await asyncio.wait_for(running, 5) is None
     finally:
         await short.close()

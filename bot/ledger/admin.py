@@ -9,22 +9,17 @@ from ..ports import (
     QuotaRule,
 )
 from .database import Tx
-from .migrations import NO_CAP
 from .policy import GLOBAL_SCOPE, month_of
-from .rows import UNFINISHED, _fetch_all
+from .rows import NO_CAP, UNFINISHED
 from .store import SqlBase
 
 
 class AdminStore(SqlBase):
     def _admin_release(self, tx: Tx, job_id: str, reason: str, actor: str) -> bool:
         """An admin releases a settled job's reservation (one never charged)."""
-        marks = ",".join("?" * len(UNFINISHED))
         return bool(
-            tx.execute(
-                "UPDATE jobs SET state = 'refunded', error = ?, updated_at = ?, actor = ?"
-                f" WHERE id = ? AND committed = 0 AND state NOT IN ('refunded', {marks})"
-                " RETURNING id",
-                (reason, self._clock(), actor, job_id, *UNFINISHED),
+            tx.query(
+                "admin_release", id=job_id, actor=actor, now=self._clock(), reason=reason
             ).fetchall()
         )
 
@@ -32,7 +27,7 @@ class AdminStore(SqlBase):
         return await self._run(self._admin_refund, job_id, actor, reason)
 
     def _admin_refund(self, tx: Tx, job_id: str, actor: str, reason: str) -> str:
-        row = tx.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        row = tx.query("job", id=job_id).fetchone()
         if row is None:
             raise InputError("job", f"there is no job {job_id}")
         if row["state"] == "refunded":
@@ -43,12 +38,9 @@ class AdminStore(SqlBase):
         if self._admin_release(tx, job_id, reason, actor):
             return "released"
         # Segmind billed it: the money stays spent, the user gets the quota slot back.
-        marks = ",".join("?" * (len(UNFINISHED) + 1))
-        changed = tx.execute(
-            f"UPDATE jobs SET state = 'refunded', error = ?, updated_at = ?, actor = ?"
-            f" WHERE id = ? AND state NOT IN ({marks})",
-            (reason, self._clock(), actor, job_id, "refunded", *UNFINISHED),
-        ).rowcount
+        changed = tx.query(
+            "admin_release_slot", id=job_id, actor=actor, now=self._clock(), reason=reason
+        ).fetchall()
         if not changed:
             raise InputError("job", f"job {job_id} changed meanwhile; look at it again")
         return "slot"
@@ -63,13 +55,16 @@ class AdminStore(SqlBase):
         await self._run(self._set_quota_rule, rule, actor)
 
     def _set_quota_rule(self, tx: Tx, rule: QuotaRule, actor: str) -> None:
-        tx.execute(
-            "INSERT INTO quota_rules (platform, guild_id, kind, target, jobs, window_hours)"
-            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (platform, guild_id, kind, target)"
-            " DO UPDATE SET jobs = excluded.jobs, window_hours = excluded.window_hours",
-            (rule.platform, rule.guild_id, rule.kind, rule.target, rule.jobs, rule.window_hours),
+        tx.query(
+            "set_quota_rule",
+            platform=rule.platform,
+            guild_id=rule.guild_id,
+            kind=rule.kind,
+            target=rule.target,
+            jobs=rule.jobs,
+            window_hours=rule.window_hours,
         )
-        tx.execute("UPDATE rules_version SET version = version + 1 WHERE id = 1")
+        tx.query("bump_rules_version")
         jobs = "unlimited" if rule.jobs is None else str(rule.jobs)
         window = f" per {rule.window_hours:g} h" if rule.window_hours else ""
         self._audit(
@@ -87,14 +82,14 @@ class AdminStore(SqlBase):
     ) -> bool:
         return await self._run(self._clear_quota_rule, platform, guild_id, kind, target, actor)
 
-    def _clear_quota_rule(self, tx: Tx, platform, guild_id, kind, target, actor) -> bool:
-        cursor = tx.execute(
-            "DELETE FROM quota_rules WHERE platform = ? AND guild_id = ? AND kind = ?"
-            " AND target = ?",
-            (platform, guild_id, kind, target),
+    def _clear_quota_rule(
+        self, tx: Tx, platform: str, guild_id: str, kind: str, target: str, actor: str
+    ) -> bool:
+        cursor = tx.query(
+            "clear_quota_rule", platform=platform, guild_id=guild_id, kind=kind, target=target
         )
         if cursor.rowcount:
-            tx.execute("UPDATE rules_version SET version = version + 1 WHERE id = 1")
+            tx.query("bump_rules_version")
             self._audit(
                 tx,
                 None,
@@ -113,15 +108,13 @@ class AdminStore(SqlBase):
         await self._run(self._set_budget_cap, scope, cap_micros, actor)
 
     def _set_budget_cap(self, tx: Tx, scope: str, cap: int | None, actor: str) -> None:
-        tx.execute(
-            "INSERT INTO budget_caps (scope, cap_micros) VALUES (?, ?)"
-            " ON CONFLICT (scope) DO UPDATE SET cap_micros = excluded.cap_micros",
-            (scope, cap),
-        )
+        tx.query("set_budget_cap", scope=scope, cap=cap)
         # This month's row follows at once; lowering a cap never cancels what is reserved.
-        tx.execute(
-            "UPDATE budgets SET cap_micros = ? WHERE scope = ? AND period = ?",
-            (NO_CAP if cap is None else cap, scope, month_of(self._clock())),
+        tx.query(
+            "set_month_cap",
+            scope=scope,
+            period=month_of(self._clock()),
+            cap=NO_CAP if cap is None else cap,
         )
         self._audit(
             tx, None, actor, "set_budget", cap or 0, f"{scope}: {'no cap' if cap is None else cap}"
@@ -132,12 +125,10 @@ class AdminStore(SqlBase):
     ) -> None:
         await self._run(self._block, platform, guild_id, user_id, actor, reason)
 
-    def _block(self, tx: Tx, platform, guild_id, user_id, actor, reason) -> None:
-        tx.execute(
-            "INSERT INTO blocks (platform, guild_id, user_id, reason) VALUES (?, ?, ?, ?)"
-            " ON CONFLICT (platform, guild_id, user_id) DO UPDATE SET reason = ?",
-            (platform, guild_id, user_id, reason, reason),
-        )
+    def _block(
+        self, tx: Tx, platform: str, guild_id: str, user_id: str, actor: str, reason: str
+    ) -> None:
+        tx.query("block", platform=platform, guild_id=guild_id, user_id=user_id, reason=reason)
         self._audit(
             tx,
             None,
@@ -150,11 +141,8 @@ class AdminStore(SqlBase):
     async def unblock(self, platform: str, guild_id: str, user_id: str, actor: str) -> bool:
         return await self._run(self._unblock, platform, guild_id, user_id, actor)
 
-    def _unblock(self, tx: Tx, platform, guild_id, user_id, actor) -> bool:
-        cursor = tx.execute(
-            "DELETE FROM blocks WHERE platform = ? AND guild_id = ? AND user_id = ?",
-            (platform, guild_id, user_id),
-        )
+    def _unblock(self, tx: Tx, platform: str, guild_id: str, user_id: str, actor: str) -> bool:
+        cursor = tx.query("unblock", platform=platform, guild_id=guild_id, user_id=user_id)
         if cursor.rowcount:
             self._audit(
                 tx, None, actor, "unblock", 0, f"{platform}:{user_id} guild={guild_id or '*'}"
@@ -167,18 +155,15 @@ class AdminStore(SqlBase):
         """Add or remove a channel where jobs may start; False if nothing changed."""
         return await self._run(self._allow_channel, platform, guild_id, channel_id, allowed, actor)
 
-    def _allow_channel(self, tx: Tx, platform, guild_id, channel_id, allowed, actor) -> bool:
-        if allowed:
-            changed = tx.execute(
-                "INSERT INTO channel_rules (platform, guild_id, channel_id) VALUES (?, ?, ?)"
-                " ON CONFLICT (platform, guild_id, channel_id) DO NOTHING",
-                (platform, guild_id, channel_id),
-            ).rowcount
-        else:
-            changed = tx.execute(
-                "DELETE FROM channel_rules WHERE platform = ? AND guild_id = ? AND channel_id = ?",
-                (platform, guild_id, channel_id),
-            ).rowcount
+    def _allow_channel(
+        self, tx: Tx, platform: str, guild_id: str, channel_id: str, allowed: bool, actor: str
+    ) -> bool:
+        changed = tx.query(
+            "allow_channel" if allowed else "disallow_channel",
+            platform=platform,
+            guild_id=guild_id,
+            channel_id=channel_id,
+        ).rowcount
         if changed:
             self._audit(
                 tx,
@@ -192,30 +177,21 @@ class AdminStore(SqlBase):
 
     async def allowed_channels(self, platform: str, guild_id: str) -> list[str]:
         """The channels where jobs may start on a server; empty: all of them."""
-        rows = await self._run(
-            _fetch_all,
-            "SELECT channel_id FROM channel_rules WHERE platform = ?"
-            " AND guild_id = ? ORDER BY channel_id",
-            (platform, guild_id),
-        )
+        rows = await self._statement("allowed_channels", platform=platform, guild_id=guild_id)
         return [r["channel_id"] for r in rows]
 
     async def pause(self, scope: str, actor: str, reason: str = "") -> None:
         await self._run(self._pause, scope, actor, reason)
 
     def _pause(self, tx: Tx, scope: str, actor: str, reason: str) -> None:
-        tx.execute(
-            "INSERT INTO pauses (scope, reason) VALUES (?, ?)"
-            " ON CONFLICT (scope) DO UPDATE SET reason = ?",
-            (scope, reason, reason),
-        )
+        tx.query("pause", scope=scope, reason=reason)
         self._audit(tx, None, actor, "pause", 0, f"{scope} {reason}".rstrip())
 
     async def resume(self, scope: str, actor: str) -> bool:
         return await self._run(self._resume, scope, actor)
 
     def _resume(self, tx: Tx, scope: str, actor: str) -> bool:
-        cursor = tx.execute("DELETE FROM pauses WHERE scope = ?", (scope,))
+        cursor = tx.query("resume", scope=scope)
         if cursor.rowcount:
             self._audit(tx, None, actor, "resume", 0, scope)
         return bool(cursor.rowcount)

@@ -23,9 +23,8 @@ from ..ports import (
     QuotaStatus,
 )
 from .database import Tx
-from .migrations import NO_CAP
 from .policy import GLOBAL_SCOPE, Limit, guild_scope, month_of
-from .rows import COUNTED, UNFINISHED, _dt, _fetch_one, _record, _refuse_if_barred
+from .rows import NO_CAP, _dt, _record, _refuse_if_barred
 from .store import SqlBase
 
 
@@ -44,9 +43,7 @@ class JobStore(SqlBase):
         tx.lock(f"user:{who.key}")
         now = self._clock()
         if job.idempotency_key:
-            row = tx.execute(
-                "SELECT * FROM jobs WHERE idempotency_key = ?", (job.idempotency_key,)
-            ).fetchone()
+            row = tx.query("job_by_idempotency_key", key=job.idempotency_key).fetchone()
             if row is not None:
                 return _record(row, duplicate=True)
         limit, context = self._limit_and_context(tx, who, now)
@@ -54,30 +51,23 @@ class JobStore(SqlBase):
         if not self._policy.exempt(who):
             self._check_user_rules(tx, who, now, limit, context)
         period = month_of(now)
-        job_id = secrets.token_hex(6)
-        row = tx.execute(
-            "INSERT INTO jobs (id, idempotency_key, platform, user_id, guild_id, state,"
-            " created_at, updated_at, period, reserved_micros, cache_key, params, reply_to,"
-            " owner, lease_until, actor)"
-            " VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
-            (
-                job_id,
-                job.idempotency_key,
-                who.platform,
-                who.user_id,
-                who.guild_id,
-                now,
-                now,
-                period,
-                job.price_micros,
-                job.cache_key,
-                json.dumps(job.params),
-                json.dumps(job.reply_to),
-                self.owner,
-                now + self.lease_s,
-                who.key,
-            ),
-        ).fetchall()[0]
+        row = tx.query(
+            "insert_job",
+            id=secrets.token_hex(6),
+            key=job.idempotency_key,
+            platform=who.platform,
+            user_id=who.user_id,
+            guild_id=who.guild_id,
+            now=now,
+            period=period,
+            price=job.price_micros,
+            cache_key=job.cache_key,
+            params=json.dumps(job.params),
+            reply_to=json.dumps(job.reply_to),
+            owner=self.owner,
+            lease_until=now + self.lease_s,
+            actor=who.key,
+        ).fetchone()
         # Money last, so the budget rows every instance contends for stay locked only briefly:
         # the server's budget first, then the global one; a refusal rolls all of it back.
         holds = [(GLOBAL_SCOPE, context["global_cap"])]
@@ -105,8 +95,8 @@ class JobStore(SqlBase):
 
     def _load_rules(self, tx: Tx) -> list[QuotaRule]:
         # The version first: a change made between the two reads is simply loaded again.
-        version = tx.execute("SELECT version FROM rules_version WHERE id = 1").fetchone()
-        rows = tx.execute("SELECT * FROM quota_rules").fetchall()
+        version = tx.query("rules_version").fetchone()
+        rows = tx.query("quota_rules").fetchall()
         rules = [
             QuotaRule(
                 r["platform"], r["guild_id"], r["kind"], r["target"], r["jobs"], r["window_hours"]
@@ -119,42 +109,15 @@ class JobStore(SqlBase):
     def _context(self, tx: Tx, who: Requester, now: float, window_s: float) -> dict:
         """What reserving decides on, in one query: pauses, blocks, the user's jobs in flight,
         in the window and in the cooldown, and the caps that apply."""
-        guild = guild_scope(who.platform, who.guild_id) or GLOBAL_SCOPE
-        unfinished = ",".join("?" * len(UNFINISHED))
-        counted = ",".join("?" * len(COUNTED))
-        user = (who.platform, who.user_id)
-        row = tx.execute(
-            "SELECT"
-            " (SELECT reason FROM pauses WHERE scope IN (?, ?) LIMIT 1) AS paused,"
-            " (SELECT count(*) FROM blocks WHERE platform = ? AND user_id = ?"
-            "  AND guild_id IN (?, '')) AS blocked,"
-            f" (SELECT count(*) FROM jobs WHERE platform = ? AND user_id = ?"
-            f"  AND state IN ({unfinished})) AS in_flight,"
-            f" (SELECT count(*) FROM jobs WHERE platform = ? AND user_id = ?"
-            f"  AND state IN ({counted}) AND created_at > ?) AS recent,"
-            f" (SELECT max(created_at) FROM jobs WHERE platform = ? AND user_id = ?"
-            f"  AND state IN ({counted}) AND created_at > ?) AS latest,"
-            " (SELECT count(*) FROM budget_caps WHERE scope = ?) AS guild_cap_set,"
-            " (SELECT cap_micros FROM budget_caps WHERE scope = ?) AS guild_cap,"
-            " (SELECT cap_micros FROM budget_caps WHERE scope = ?) AS global_cap,"
-            " (SELECT version FROM rules_version WHERE id = 1) AS rules_version",
-            (
-                GLOBAL_SCOPE,
-                guild,
-                *user,
-                who.guild_id or "",
-                *user,
-                *UNFINISHED,
-                *user,
-                *COUNTED,
-                now - window_s,
-                *user,
-                *COUNTED,
-                now - self._policy.cooldown_s,
-                guild,
-                guild,
-                GLOBAL_SCOPE,
-            ),
+        row = tx.query(
+            "reserve_context",
+            global_scope=GLOBAL_SCOPE,
+            guild_scope=guild_scope(who.platform, who.guild_id) or GLOBAL_SCOPE,
+            platform=who.platform,
+            user_id=who.user_id,
+            guild_id=who.guild_id or "",
+            window_start=now - window_s,
+            cooldown_start=now - self._policy.cooldown_s,
         ).fetchone()
         context = dict(row)
         if not context["guild_cap_set"]:
@@ -184,67 +147,59 @@ class JobStore(SqlBase):
         """When the oldest job that keeps the user at the limit leaves the window."""
         if limit.jobs is None or limit.jobs == 0 or recent < limit.jobs:
             return None
-        counted = ",".join("?" * len(COUNTED))
-        row = tx.execute(
-            f"SELECT created_at FROM jobs WHERE platform = ? AND user_id = ?"
-            f" AND state IN ({counted}) AND created_at > ? ORDER BY created_at"
-            f" LIMIT 1 OFFSET ?",
-            (who.platform, who.user_id, *COUNTED, now - limit.window_s, recent - limit.jobs),
+        row = tx.query(
+            "nth_counted_job",
+            platform=who.platform,
+            user_id=who.user_id,
+            window_start=now - limit.window_s,
+            offset=recent - limit.jobs,
         ).fetchone()
         return None if row is None else row["created_at"] + limit.window_s
 
     def _hold(
         self, tx: Tx, period: str, holds: list[tuple[str, int | None]], amount: int
     ) -> str | None:
-        """Reserve `amount` on every (scope, cap) only where reserved + committed stays within
-        the cap: one statement, which the database applies to each budget row one writer at a
-        time, in the order given. Returns the scope that refused, if any."""
+        """Reserve `amount` on every (scope, cap), in the order given, only where what the row
+        holds stays within its cap. Returns the scope that refused, if any (the caller rolls
+        back the holds before it)."""
         for scope, cap in holds:
             if cap is not None and amount > cap:
                 return scope
-        rows = ", ".join(["(?, ?, ?, ?)"] * len(holds))
-        values = [
-            v
-            for scope, cap in holds
-            for v in (scope, period, NO_CAP if cap is None else cap, amount)
-        ]
-        held = {
-            r["scope"]
-            for r in tx.execute(
-                f"INSERT INTO budgets (scope, period, cap_micros, held_micros) VALUES {rows}"
-                " ON CONFLICT (scope, period) DO UPDATE SET cap_micros = excluded.cap_micros,"
-                " held_micros = budgets.held_micros + excluded.held_micros"
-                " WHERE budgets.held_micros + excluded.held_micros <= excluded.cap_micros"
-                " RETURNING scope",
-                values,
+        for scope, cap in holds:
+            held = tx.query(
+                "hold_budget",
+                scope=scope,
+                period=period,
+                cap=NO_CAP if cap is None else cap,
+                amount=amount,
             ).fetchall()
-        }
-        # The first that refused, if any (the caller rolls back the others' holds).
-        return next((scope for scope, _ in holds if scope not in held), None)
+            if not held:
+                return scope
+        return None
 
     async def renew(self, job_ids: Sequence[str]) -> set[str]:
         """Keep this process's jobs its own for another lease; returns those it still owns
         (a job missing was taken over by another process, or settled by an admin)."""
         if not job_ids:
             return set()
-        marks = ",".join("?" * len(job_ids))
-        unfinished = ",".join("?" * len(UNFINISHED))
-        rows = await self._statement(
-            f"UPDATE jobs SET lease_until = ? WHERE owner = ? AND id IN ({marks})"
-            f" AND state IN ({unfinished}) RETURNING id",
-            (self._clock() + self.lease_s, self.owner, *job_ids, *UNFINISHED),
-        )
-        return {r["id"] for r in rows}
+        return await self._run(self._renew, list(job_ids), self._clock() + self.lease_s)
+
+    def _renew(self, tx: Tx, job_ids: list[str], until: float) -> set[str]:
+        return {
+            job_id
+            for job_id in job_ids
+            if tx.query("renew_lease", id=job_id, owner=self.owner, lease_until=until).fetchall()
+        }
 
     async def release(self, job_ids: Sequence[str]) -> None:
         """Let this process's lease on these jobs lapse now (it is stopping): the next process
         to look takes them over at once instead of a lease later."""
         if job_ids:
-            marks = ",".join("?" * len(job_ids))
-            await self._statement(
-                f"UPDATE jobs SET lease_until = 0 WHERE owner = ? AND id IN ({marks})",
-                (self.owner, *job_ids),
-            )
+            await self._run(self._release, list(job_ids))
+
+    def _release(self, tx: Tx, job_ids: list[str]) -> None:
+        for job_id in job_ids:
+            tx.query("release_lease", id=job_id, owner=self.owner)
 
     async def claim_orphans(self, platforms: set[str] | None = None) -> list[JobRecord]:
         """Take over unfinished jobs whose process stopped renewing them (crashed, killed,
@@ -253,94 +208,60 @@ class JobStore(SqlBase):
 
     def _claim_orphans(self, tx: Tx, platforms: set[str] | None) -> list[JobRecord]:
         now = self._clock()
-        marks = ",".join("?" * len(UNFINISHED))
-        rows = tx.execute(
-            f"SELECT id, platform FROM jobs WHERE state IN ({marks})"
-            " AND COALESCE(lease_until, 0) < ? ORDER BY created_at",
-            (*UNFINISHED, now),
-        ).fetchall()
+        rows = tx.query("orphans", now=now).fetchall()
         claimed = []
         for row in rows:
             if platforms is not None and row["platform"] not in platforms:
                 continue
-            taken = tx.execute(
-                "UPDATE jobs SET owner = ?, lease_until = ?, updated_at = ?, actor = 'system'"
-                " WHERE id = ? AND COALESCE(lease_until, 0) < ? RETURNING *",
-                (self.owner, now + self.lease_s, now, row["id"], now),
-            ).fetchall()
-            if taken:
-                claimed.append(_record(taken[0]))
+            taken = tx.query(
+                "claim_job", id=row["id"], owner=self.owner, lease_until=now + self.lease_s, now=now
+            ).fetchone()
+            if taken is not None:
+                claimed.append(_record(taken))
         return claimed
 
-    def _owned(
-        self,
-        assignments: str,
-        job_id: str,
-        args: Sequence[Any],
-        states: Sequence[str] = UNFINISHED,
-        extra: str = "",
-    ) -> tuple[str, tuple]:
-        marks = ",".join("?" * len(states))
-        return (
-            f"UPDATE jobs SET {assignments}, updated_at = ?, actor = 'system'"
-            f" WHERE id = ? AND owner = ? AND state IN ({marks}){extra} RETURNING id",
-            (*args, self._clock(), job_id, self.owner, *states),
+    async def _owned(self, query: str, job_id: str, **params: Any) -> bool:
+        """Change a job this process owns while it is unfinished (the query says how); False:
+        it is no longer this process's to change."""
+        return bool(
+            await self._statement(query, id=job_id, owner=self.owner, now=self._clock(), **params)
         )
-
-    async def _changed(self, statement: tuple[str, tuple]) -> bool:
-        return bool(await self._statement(*statement))
 
     async def mark_submitting(self, job_id: str) -> bool:
         """Written just before the POST: from here on the job may be billed."""
-        return await self._changed(self._owned("state = 'submitting'", job_id, (), ("queued",)))
+        return await self._owned("mark_submitting", job_id)
 
     async def mark_submitted(self, job_id: str, request_id: str, resume_ref: dict) -> bool:
-        return await self._changed(
-            self._owned(
-                "state = 'submitted', request_id = ?, resume_ref = ?",
-                job_id,
-                (request_id, json.dumps(resume_ref)),
-                ("queued", "submitting"),
-            )
+        return await self._owned(
+            "mark_submitted", job_id, request_id=request_id, resume_ref=json.dumps(resume_ref)
         )
 
     async def set_state(self, job_id: str, state: JobState) -> bool:
-        return await self._changed(self._owned("state = ?", job_id, (str(state),)))
+        return await self._owned("set_state", job_id, state=str(state))
 
     async def commit(self, job_id: str, cost_micros: int) -> bool:
-        # The condition is the charge-once rule: a second commit, or a commit racing a refund,
-        # finds nothing to change. `reserved_micros` stays on the job as its history.
-        return await self._changed(
-            self._owned(
-                "cost_micros = ?, committed = 1", job_id, (cost_micros,), extra=" AND committed = 0"
-            )
-        )
+        """Charge a job once: a second commit, or a commit racing a refund, changes nothing."""
+        return await self._owned("commit_job", job_id, cost=cost_micros)
 
     async def finish(self, job_id: str, state: JobState, error: str | None = None) -> bool:
-        return await self._changed(self._owned("state = ?, error = ?", job_id, (str(state), error)))
+        return await self._owned("finish_job", job_id, state=str(state), error=error)
 
     async def hold(self, job_id: str, reason: str) -> bool:
         """A submit that may have been billed: its price stays held for an admin to settle."""
-        return await self._changed(
-            self._owned("state = 'held', error = ?", job_id, (reason,), extra=" AND committed = 0")
-        )
+        return await self._owned("hold_job", job_id, reason=reason)
 
     async def refund(self, job_id: str, reason: str) -> bool:
         """Release an uncharged job's reservation and quota slot (its budget rows follow by
         trigger). Only the job's owner, only while it is unfinished and uncharged."""
-        return await self._changed(
-            self._owned(
-                "state = 'refunded', error = ?", job_id, (reason,), extra=" AND committed = 0"
-            )
-        )
+        return await self._owned("refund_job", job_id, reason=reason)
 
     async def note(self, job_id: str, action: str, detail: str) -> None:
         """An audit entry about a job that this process may no longer write to."""
         await self._run(self._audit, job_id, "system", action, 0, detail)
 
     async def get(self, job_id: str) -> JobRecord | None:
-        row = await self._run(_fetch_one, "SELECT * FROM jobs WHERE id = ?", (job_id,))
-        return _record(row) if row else None
+        rows = await self._statement("job", id=job_id)
+        return _record(rows[0]) if rows else None
 
     async def quota_status(self, requester: Requester) -> QuotaStatus:
         return await self._run(self._quota_status, requester)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -20,19 +20,24 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ..errors import LedgerUnavailable
 from .policy import QuotaPolicy
+from .queries import queries
 from .sql import SqlLedger
 
 T = TypeVar("T")
+
+
+QUERIES = queries("postgres")
 
 
 class PostgresTx:
     def __init__(self, connection: psycopg.Connection):
         self._connection = connection
 
-    def execute(self, sql: str, args: Sequence[Any] = ()) -> psycopg.Cursor:
-        if args:
-            return self._connection.execute(sql.replace("?", "%s"), tuple(args))
-        return self._connection.execute(sql)
+    def query(self, name: str, /, **params: Any) -> psycopg.Cursor:
+        return self._connection.execute(QUERIES[name], params)
+
+    def execute_schema(self, statement: str) -> None:
+        self._connection.execute(statement)
 
     def lock(self, key: str) -> None:
         self._connection.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (key,))
@@ -72,14 +77,14 @@ class PostgresDatabase:
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         return await self._on_thread(self._transaction, fn, *args)
 
-    async def statement(self, sql: str, args: Sequence[Any] = ()) -> list:
-        return await self._on_thread(self._statement, sql, args)
+    async def statement(self, name: str, /, **params: Any) -> list[Any]:
+        return await self._on_thread(self._statement, name, params)
 
-    def _statement(self, sql: str, args: Sequence[Any]) -> list:
+    def _statement(self, name: str, params: dict[str, Any]) -> list[Any]:
         # Autocommit: one statement is one transaction, with no BEGIN / COMMIT round trips.
         assert self._pool is not None, "ledger is not open"
         with self._pool.connection() as connection:
-            cursor = PostgresTx(connection).execute(sql, args)
+            cursor = PostgresTx(connection).query(name, **params)
             return cursor.fetchall() if cursor.description else []
 
     async def _on_thread(self, fn: Callable[..., T], *args: Any) -> T:

@@ -12,7 +12,6 @@ from ..errors import (
 )
 from ..models import JobState
 from ..ports import JobRecord
-from .database import Tx
 
 T = TypeVar("T")
 
@@ -20,14 +19,11 @@ T = TypeVar("T")
 # keeps its slot (and its price) until an admin settles it.
 COUNTED = ("queued", "submitting", "submitted", "rendering", "delivered", "held")
 UNFINISHED = ("queued", "submitting", "submitted", "rendering")
+# The SQL in bot/ledger/sql/ writes these lists out; tests/test_ledger.py holds them equal.
 
-
-def _fetch_one(tx: Tx, sql: str, args=()):
-    return tx.execute(sql, args).fetchone()
-
-
-def _fetch_all(tx: Tx, sql: str, args=()):
-    return tx.execute(sql, args).fetchall()
+# A budget row always exists, so a server's spend is counted even before it has a cap;
+# "no cap" is stored as this many micros.
+NO_CAP = 2**62
 
 
 def _refuse_if_barred(context) -> None:

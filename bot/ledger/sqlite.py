@@ -17,17 +17,19 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
 from ..errors import LedgerUnavailable
 from .policy import QuotaPolicy
+from .queries import queries
 from .sql import SqlLedger
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+QUERIES = queries("sqlite")
 BATCH_MAX = 64  # transactions per COMMIT: bounds how long other processes wait for the lock
 
 
@@ -35,8 +37,11 @@ class SqliteTx:
     def __init__(self, db: sqlite3.Connection):
         self._db = db
 
-    def execute(self, sql: str, args: Sequence[Any] = ()) -> sqlite3.Cursor:
-        return self._db.execute(sql, tuple(args))
+    def query(self, name: str, /, **params: Any) -> sqlite3.Cursor:
+        return self._db.execute(QUERIES[name], params)
+
+    def execute_schema(self, statement: str) -> None:
+        self._db.execute(statement)
 
     def lock(self, key: str) -> None:
         """BEGIN IMMEDIATE already holds the whole database."""
@@ -81,8 +86,8 @@ class SqliteDatabase:
             self._thread.submit(self._drain, asyncio.get_running_loop())
         return await future
 
-    async def statement(self, sql: str, args: Sequence[Any] = ()) -> list:
-        return await self.run(_rows_of, sql, args)
+    async def statement(self, name: str, /, **params: Any) -> list[Any]:
+        return await self.run(_rows_of, name, params)
 
     async def _on_thread(self, fn: Callable[..., T], *args: Any) -> T:
         try:
@@ -146,8 +151,8 @@ class SqliteDatabase:
         return outcomes
 
 
-def _rows_of(tx: SqliteTx, sql: str, args: Sequence[Any]) -> list:
-    return tx.execute(sql, args).fetchall()
+def _rows_of(tx: SqliteTx, name: str, params: dict[str, Any]) -> list[Any]:
+    return tx.query(name, **params).fetchall()
 
 
 def _unavailable(exc: Exception) -> LedgerUnavailable:

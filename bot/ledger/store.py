@@ -1,11 +1,11 @@
 """The base of the ledger's SQL, which its three parts (jobs.py, admin.py, reports.py) share.
 
 A store (SQLite, PostgreSQL) gives a `Database`: it runs a function in one transaction on a
-thread of its own, with SQL written once in `?` style. Everything that decides money or quota
-happens inside that one transaction, so the rules hold whatever the concurrency, between
-coroutines, threads or processes: a user's reservations are serialised by a lock on the user,
-and money moves only through conditional UPDATEs of a budget row
-(`reserved + committed + price <= cap`), which the database applies one at a time.
+thread of its own; the SQL is written once, in bot/ledger/sql/, with named parameters.
+Everything that decides money or quota happens inside that one transaction, so the rules hold
+whatever the concurrency, between coroutines, threads or processes: a user's reservations are
+serialised by a lock on the user, and money moves only through conditional UPDATEs of a budget
+row (`held + price <= cap`), which the database applies one at a time.
 """
 
 from __future__ import annotations
@@ -13,27 +13,16 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from ..errors import LedgerTimeout
 from ..ports import QuotaRule
 from .database import Database, Tx
-from .migrations import MIGRATIONS, NO_CAP, SERIAL_KEY, Statement, sql_for
 from .policy import GLOBAL_SCOPE, QuotaPolicy
+from .queries import migrations
 
 T = TypeVar("T")
-
-__all__ = [
-    "MIGRATIONS",
-    "NO_CAP",
-    "SERIAL_KEY",
-    "Database",
-    "SqlBase",
-    "Statement",
-    "Tx",
-    "sql_for",
-]
 
 
 class SqlBase:
@@ -61,8 +50,9 @@ class SqlBase:
         """fn(tx, *args) in one transaction, within the ledger's time bound."""
         return await self._bounded(self.database.run(fn, *args))
 
-    async def _statement(self, sql: str, args: Sequence[Any] = ()) -> list:
-        return await self._bounded(self.database.statement(sql, args))
+    async def _statement(self, name: str, /, **params: Any) -> list[Any]:
+        """One named query, atomic by itself, within the ledger's time bound."""
+        return await self._bounded(self.database.statement(name, **params))
 
     async def _bounded(self, call: Awaitable[T]) -> T:
         try:
@@ -78,33 +68,40 @@ class SqlBase:
         await self.database.close()
 
     def _migrate(self, tx: Tx) -> None:
+        """Apply the migrations this database has not had yet, in order, in one transaction
+        (the lock keeps two instances starting at once from racing)."""
         tx.lock("schema")
-        tx.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-        current = tx.execute("SELECT max(version) AS v FROM schema_version").fetchone()["v"] or 0
-        for version, statements in enumerate(MIGRATIONS[current:], start=current + 1):
+        tx.query("create_schema_version")
+        current = tx.query("schema_version").fetchone()["version"] or 0
+        schema = migrations(self.database.dialect)
+        for version, statements in enumerate(schema[current:], start=current + 1):
             for statement in statements:
-                sql = sql_for(statement, self.database.dialect)
-                if sql:
-                    tx.execute(sql)
-            tx.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+                tx.execute_schema(statement)
+            tx.query("record_schema_version", version=version)
 
-    def _audit(self, tx: Tx, job_id, actor, action, amount=0, detail="") -> None:
-        tx.execute(
-            "INSERT INTO audit (at, job_id, actor, action, amount_micros, detail)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (self._clock(), job_id, actor, action, amount, detail),
+    def _audit(
+        self, tx: Tx, job_id: str | None, actor: str, action: str, amount: int = 0, detail: str = ""
+    ) -> None:
+        tx.query(
+            "audit",
+            at=self._clock(),
+            job_id=job_id,
+            actor=actor,
+            action=action,
+            amount=amount,
+            detail=detail,
         )
 
     async def ping(self) -> bool:
         """The database answers (for /readyz)."""
         try:
-            await self._statement("SELECT 1")
+            await self._statement("ping")
         except Exception:  # any failure means not ready; /readyz says so
             return False
         return True
 
     def _cap(self, tx: Tx, scope: str) -> int | None:
-        row = tx.execute("SELECT cap_micros FROM budget_caps WHERE scope = ?", (scope,)).fetchone()
+        row = tx.query("budget_cap", scope=scope).fetchone()
         if row is not None:
             return row["cap_micros"]
         if scope == GLOBAL_SCOPE:
@@ -115,7 +112,5 @@ class SqlBase:
         """What a budget has left this month (None: no cap), from its one row."""
         if cap is None:
             return None
-        row = tx.execute(
-            "SELECT held_micros FROM budgets WHERE scope = ? AND period = ?", (scope, month)
-        ).fetchone()
+        row = tx.query("budget_row", scope=scope, period=month).fetchone()
         return max(0, cap - (row["held_micros"] if row else 0))

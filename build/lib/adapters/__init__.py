@@ -1,0 +1,1 @@
+"""Chat platform adapters: each translates its platform to the core at the edge."""

@@ -1,0 +1,153 @@
+"""/sam3d-admin: quotas, budgets, blocks, pauses, channels and refunds for a server's admins
+(Manage Server), checked again here whatever the server's command permissions say."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+
+from bot.operations import Where
+
+from .answers import ephemeral
+from .translate import PLATFORM, requester_of
+
+if TYPE_CHECKING:
+    from .app import Sam3dClient
+
+
+class AdminCommands(app_commands.Group):
+    def __init__(self, client: Sam3dClient):
+        super().__init__(
+            name="sam3d-admin",
+            description="Quotas, budget and controls of sam3d",
+            default_permissions=discord.Permissions(manage_guild=True),
+            guild_only=True,
+        )
+        self.client = client
+
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        # Discord hides the command from others by default; a server can change that, so the
+        # permission is checked again here.
+        if requester_of(interaction).is_admin:
+            return True
+        await ephemeral(interaction, "Only members with Manage Server can use this.")
+        return False
+
+    def _where(self, interaction: discord.Interaction) -> Where:
+        return Where(PLATFORM, str(interaction.guild_id))
+
+    async def _answer(self, interaction: discord.Interaction, work) -> None:
+        # A refusal (BotError) is worded by the command tree's error hook.
+        await ephemeral(interaction, await work)
+
+    @app_commands.command(name="usage", description="This server's jobs and spend")
+    @app_commands.describe(month="YYYY-MM (default: this month)")
+    async def usage(self, interaction: discord.Interaction, month: str | None = None) -> None:
+        await self._answer(
+            interaction, self.client.operations.usage_report(self._where(interaction), month)
+        )
+
+    @app_commands.command(
+        name="quota", description="Jobs per window for a member or role, or the whole server"
+    )
+    @app_commands.describe(jobs="a number, unlimited, or default", window_hours="its window")
+    async def quota(
+        self,
+        interaction: discord.Interaction,
+        jobs: str,
+        member: discord.Member | None = None,
+        role: discord.Role | None = None,
+        window_hours: app_commands.Range[float, 0.1, 744.0] | None = None,
+    ) -> None:
+        kind, target = (
+            ("user", str(member.id))
+            if member
+            else ("role", str(role.id))
+            if role
+            else ("guild", "")
+        )
+        await self._answer(
+            interaction,
+            self.client.operations.set_quota(
+                requester_of(interaction).key,
+                self._where(interaction),
+                kind,
+                target,
+                jobs,
+                window_hours,
+            ),
+        )
+
+    @app_commands.command(name="budget", description="This server's monthly budget in USD")
+    @app_commands.describe(usd="e.g. 25, or none")
+    async def budget(self, interaction: discord.Interaction, usd: str) -> None:
+        await self._answer(
+            interaction,
+            self.client.operations.set_budget(
+                requester_of(interaction).key, self._where(interaction), usd
+            ),
+        )
+
+    @app_commands.command(name="block", description="Stop a member making models here")
+    async def block(
+        self, interaction: discord.Interaction, member: discord.User, reason: str = ""
+    ) -> None:
+        await self._answer(
+            interaction,
+            self.client.operations.block(
+                requester_of(interaction).key, self._where(interaction), str(member.id), reason
+            ),
+        )
+
+    @app_commands.command(name="unblock", description="Let a member make models again")
+    async def unblock(self, interaction: discord.Interaction, member: discord.User) -> None:
+        await self._answer(
+            interaction,
+            self.client.operations.unblock(
+                requester_of(interaction).key, self._where(interaction), str(member.id)
+            ),
+        )
+
+    @app_commands.command(name="pause", description="Stop new jobs on this server")
+    async def pause(self, interaction: discord.Interaction, reason: str = "") -> None:
+        await self._answer(
+            interaction,
+            self.client.operations.pause(
+                requester_of(interaction).key, self._where(interaction), reason
+            ),
+        )
+
+    @app_commands.command(name="resume", description="Open new jobs again")
+    async def resume(self, interaction: discord.Interaction) -> None:
+        await self._answer(
+            interaction,
+            self.client.operations.resume(requester_of(interaction).key, self._where(interaction)),
+        )
+
+    @app_commands.command(
+        name="channel",
+        description="Allow or stop /sam3d in a channel (none allowed: every channel)",
+    )
+    async def channel(
+        self,
+        interaction: discord.Interaction,
+        channel: app_commands.AppCommandChannel,
+        allowed: bool,
+    ) -> None:
+        await self._answer(
+            interaction,
+            self.client.operations.channel_answer(
+                requester_of(interaction).key, self._where(interaction), str(channel.id), allowed
+            ),
+        )
+
+    @app_commands.command(name="refund", description="Give a finished job back to its member")
+    async def refund(self, interaction: discord.Interaction, job: str, reason: str = "") -> None:
+        await self._answer(
+            interaction,
+            self.client.operations.refund(
+                requester_of(interaction).key, self._where(interaction), job, reason
+            ),
+        )

@@ -1,0 +1,305 @@
+"""The Discord bot: /sam3d, the "Make 3D model" message command, /sam3d-quota, /sam3d-admin and
+the buttons on results. Every interaction is deferred or answered at once; the job runs in the
+background and reports through a DiscordReplier."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import discord
+from discord import app_commands
+
+from bot.errors import InputError
+from bot.models import SEED_MAX, SEED_MIN, ImageSource, JobRequest
+from bot.operations import Operations, Where, describe_quota
+from bot.ports import JobRecord
+
+from .admin import AdminCommands
+from .answers import AnsweringModal, AnsweringView, Sam3dTree, ephemeral
+from .buttons import ResultButton, result_view
+from .replier import DiscordReplier
+from .translate import (
+    NO_PINGS,
+    PLATFORM,
+    images_in,
+    reply_to_of,
+    requester_of,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_PROMPT = 200
+# Send Messages, Embed Links, Attach Files, Read Message History, Use Application Commands.
+INVITE_PERMISSIONS = discord.Permissions(
+    send_messages=True,
+    embed_links=True,
+    attach_files=True,
+    read_message_history=True,
+    use_application_commands=True,
+)
+
+
+class Sam3dClient(discord.AutoShardedClient):
+    def __init__(self, core, **options: Any):
+        super().__init__(intents=discord.Intents(guilds=True), allowed_mentions=NO_PINGS, **options)
+        self.core = core
+        self.settings = core.settings
+        self.operations = Operations(core.ledger)
+        self.tree = Sam3dTree(self)
+        add_commands(self)
+
+    async def setup_hook(self) -> None:
+        self.add_dynamic_items(ResultButton)
+        if self.settings.discord_sync_commands:
+            await self.sync_commands()
+        log.info("invite the bot with: %s", invite_url(self.application_id))
+        self.core.service.keep_recovering(self.replier_for_record, {PLATFORM})
+
+    async def sync_commands(self) -> None:
+        guild_id = self.settings.discord_dev_guild_id
+        if guild_id:
+            guild = discord.Object(int(guild_id))
+            self.tree.copy_global_to(guild=guild)
+            await self.tree.sync(guild=guild)
+        else:
+            await self.tree.sync()
+
+    def size_limit_of(self, interaction: discord.Interaction) -> int:
+        return interaction.filesize_limit  # Discord's attachment_size_limit for this interaction
+
+    def replier_for(self, interaction: discord.Interaction) -> DiscordReplier:
+        return DiscordReplier(
+            self,
+            reply_to_of(interaction),
+            interaction,
+            interval_s=self.settings.progress_edit_interval_s,
+            size_limit=self.size_limit_of(interaction),
+            view_for=result_view,
+            links=self.core.links,
+        )
+
+    def replier_for_record(self, record: JobRecord) -> DiscordReplier | None:
+        """After a restart: the channel, the user, and the token while it still lives."""
+        if "channel_id" not in record.reply_to:
+            return None
+        return DiscordReplier(
+            self,
+            record.reply_to,
+            None,
+            interval_s=self.settings.progress_edit_interval_s,
+            view_for=result_view,
+            links=self.core.links,
+        )
+
+    async def start_job(
+        self,
+        interaction: discord.Interaction,
+        image: ImageSource,
+        *,
+        prompt: str | None = None,
+        bbox: str | None = None,
+        points: str | None = None,
+        mask: ImageSource | None = None,
+        seed: int | str | None = None,  # typed in a form: the core checks it
+        artifacts: bool = False,
+    ) -> None:
+        """Defer within Discord's 3 s, then run the job in the background."""
+        if not await self.may_post_here(interaction) or not await self.may_start_here(interaction):
+            return
+        await interaction.response.defer(thinking=True)
+        replier = self.replier_for(interaction)
+        request = JobRequest(
+            requester=requester_of(interaction),
+            image=image,
+            prompt=prompt,
+            bbox=bbox,
+            points=points,
+            mask=mask,
+            seed=seed,
+            include_artifacts=artifacts,
+            reply_to=replier.reply_to,
+        )
+        self.background(
+            self.core.service.run(request, replier, idempotency_key=f"discord:{interaction.id}")
+        )
+
+    def background(self, work) -> asyncio.Task:
+        return self.core.runner.start(work, "discord job")
+
+    async def may_start_here(self, interaction: discord.Interaction) -> bool:
+        """Admins may keep /sam3d to some channels of their server."""
+        where = Where(PLATFORM, str(interaction.guild_id) if interaction.guild_id else None)
+        refusal = await self.operations.refusal_here(where, str(interaction.channel_id))
+        if refusal is None:
+            return True
+        await ephemeral(interaction, refusal)
+        return False
+
+    async def may_post_here(self, interaction: discord.Interaction) -> bool:
+        """The bot needs to post files and embeds where the result goes; say so up front."""
+        if interaction.guild_id is None:
+            return True
+        allowed = interaction.app_permissions
+        missing = [
+            name
+            for name, ok in (
+                ("Attach Files", allowed.attach_files),
+                ("Embed Links", allowed.embed_links),
+            )
+            if not ok
+        ]
+        if missing and not interaction.is_user_integration():
+            await ephemeral(
+                interaction,
+                f"I need the {' and '.join(missing)} permission in "
+                "this channel to deliver models; ask an admin.",
+            )
+            return False
+        return True
+
+
+def invite_url(application_id: int | None) -> str:
+    return discord.utils.oauth_url(
+        application_id or 0, permissions=INVITE_PERMISSIONS, scopes=("bot", "applications.commands")
+    )
+
+
+async def attachment_image(attachment: discord.Attachment, max_bytes: int) -> ImageSource:
+    if attachment.size > max_bytes:
+        raise InputError(
+            attachment.filename, f"the file is larger than {max_bytes // 1_000_000} MB"
+        )
+    try:
+        return ImageSource.from_bytes(await attachment.read(), attachment.filename)
+    except discord.HTTPException:
+        raise InputError(
+            attachment.filename, "I could not download it from Discord; try again"
+        ) from None
+
+
+# -- commands ----------------------------------------------------------------------------------
+
+
+def add_commands(client: Sam3dClient) -> None:
+    tree = client.tree
+
+    @tree.command(name="sam3d", description="Make a 3D model of an object in a photo")
+    @app_commands.describe(
+        image="the photo (PNG, JPEG or WebP)",
+        image_url="or a link to the photo",
+        prompt="what the object is, e.g. 'red chair'",
+        bbox="box around it: x1,y1,x2,y2",
+        points="points on it: x,y;x,y",
+        mask="a mask image (white = the object)",
+        seed="0 to 1000000; the same seed gives the same model",
+        artifacts="also send the artifacts archive",
+    )
+    async def sam3d(
+        interaction: discord.Interaction,
+        image: discord.Attachment | None = None,
+        image_url: str | None = None,
+        prompt: app_commands.Range[str, 1, MAX_PROMPT] | None = None,
+        bbox: str | None = None,
+        points: str | None = None,
+        mask: discord.Attachment | None = None,
+        seed: app_commands.Range[int, SEED_MIN, SEED_MAX] | None = None,
+        artifacts: bool = False,
+    ) -> None:
+        if (image is None) == (image_url is None):
+            await ephemeral(interaction, "Give the photo as an attachment or as a link (one).")
+            return
+        limit = client.settings.max_image_bytes
+        # A refusal (BotError) is worded by the command tree's error hook.
+        source = (
+            await attachment_image(image, limit) if image else ImageSource.from_url(image_url or "")
+        )
+        mask_source = await attachment_image(mask, limit) if mask else None
+        await client.start_job(
+            interaction,
+            source,
+            prompt=prompt,
+            bbox=bbox,
+            points=points,
+            mask=mask_source,
+            seed=seed,
+            artifacts=artifacts,
+        )
+
+    @tree.context_menu(name="Make 3D model")
+    async def make_3d(interaction: discord.Interaction, message: discord.Message) -> None:
+        images = images_in(message)
+        if not images:
+            await ephemeral(interaction, "That message has no image to make a model from.")
+            return
+        if len(images) == 1:
+            await interaction.response.send_modal(JobModal(client, message, images[0][1]))
+            return
+        await interaction.response.send_message(
+            "Which image?", view=PickImage(client, message, images), ephemeral=True
+        )
+
+    @tree.command(name="sam3d-quota", description="Your jobs left and this server's budget")
+    async def quota(interaction: discord.Interaction) -> None:
+        status = await client.operations.my_quota(requester_of(interaction))
+        await ephemeral(interaction, describe_quota(status))
+
+    tree.add_command(AdminCommands(client))
+
+
+class JobModal(AnsweringModal, title="Make a 3D model"):
+    prompt: discord.ui.TextInput[JobModal] = discord.ui.TextInput(
+        label="What is the object? (optional)", required=False, max_length=MAX_PROMPT
+    )
+    seed: discord.ui.TextInput[JobModal] = discord.ui.TextInput(
+        label="Seed, 0 to 1000000 (optional)", required=False, max_length=7
+    )
+
+    def __init__(self, client: Sam3dClient, message: discord.Message, url: str):
+        super().__init__()
+        self.client, self.message, self.url = client, message, url
+
+    async def on_submit(self, interaction: discord.Interaction) -> None:
+        attachment = next((a for a in self.message.attachments if a.url == self.url), None)
+        # A refusal (BotError) is worded by the modal's error hook.
+        source = (
+            await attachment_image(attachment, self.client.settings.max_image_bytes)
+            if attachment
+            else ImageSource.from_url(self.url)
+        )
+        await self.client.start_job(
+            interaction,
+            source,
+            prompt=self.prompt.value or None,
+            seed=self.seed.value.strip() or None,
+        )
+
+
+class PickImage(AnsweringView):
+    def __init__(
+        self, client: Sam3dClient, message: discord.Message, images: list[tuple[str, str]]
+    ):
+        super().__init__(timeout=300)
+        self.client, self.message = client, message
+        select: discord.ui.Select[PickImage] = discord.ui.Select(
+            placeholder="Pick the image",
+            options=[
+                discord.SelectOption(label=label[:100], value=str(index))
+                for index, (label, _) in enumerate(images[:25])
+            ],
+        )
+        self.images = images
+
+        async def picked(interaction: discord.Interaction) -> None:
+            url = self.images[int(select.values[0])][1]
+            await interaction.response.send_modal(JobModal(self.client, self.message, url))
+
+        select.callback = picked  # type: ignore[method-assign]  # discord.py's documented way
+        self.add_item(select)
+
+
+def build_client(core) -> Sam3dClient:
+    """The client, with Discord's API root from the settings (discord.py keeps it globally)."""
+    discord.http.Route.BASE = core.settings.discord_api_url
+    return Sam3dClient(core)

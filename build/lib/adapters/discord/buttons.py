@@ -1,0 +1,95 @@
+"""The buttons on a result: New seed, Details, Delete. Their ids carry the action and the job,
+so they keep working after a restart (discord.py rebuilds them from the id)."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+import discord
+
+from bot.operations import NOT_YOURS
+
+from .answers import answer_failure, ephemeral
+from .translate import requester_of
+
+if TYPE_CHECKING:
+    from .app import Sam3dClient
+
+JOB_ID = r"(?P<job>[0-9a-f]{6,32})"
+
+
+def result_view(job_id: str) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    for action in BUTTONS:
+        view.add_item(ResultButton(action, job_id))
+    return view
+
+
+async def new_seed(client: Sam3dClient, interaction: discord.Interaction, job_id: str) -> None:
+    """Run the job's photo again with another seed, as a new job under the quota."""
+    if not await client.may_post_here(interaction):
+        return
+    await interaction.response.defer(thinking=True)
+    replier = client.replier_for(interaction)
+    client.background(
+        client.core.service.again(
+            job_id,
+            requester_of(interaction),
+            replier,
+            reply_to=replier.reply_to,
+            idempotency_key=f"discord:{interaction.id}",
+        )
+    )
+
+
+async def details(client: Sam3dClient, interaction: discord.Interaction, job_id: str) -> None:
+    text = await client.operations.job_details(job_id, discord.utils.escape_markdown)
+    await ephemeral(interaction, text)
+
+
+async def delete(client: Sam3dClient, interaction: discord.Interaction, job_id: str) -> None:
+    if not await client.operations.may_delete(job_id, requester_of(interaction)):
+        await ephemeral(interaction, NOT_YOURS)
+        return
+    await interaction.response.defer(ephemeral=True, thinking=False)
+    if interaction.message is not None:
+        await interaction.message.delete()
+
+
+# action -> (label, emoji, style, what it does)
+BUTTONS = {
+    "seed": ("New seed", "🎲", discord.ButtonStyle.primary, new_seed),
+    "details": ("Details", None, discord.ButtonStyle.secondary, details),
+    "delete": ("Delete", None, discord.ButtonStyle.danger, delete),
+}
+
+
+class ResultButton(
+    discord.ui.DynamicItem[discord.ui.Button],
+    template=rf"sam3d:(?P<action>seed|details|delete):{JOB_ID}",
+):
+    """One button on a result; its id says what it does to which job."""
+
+    def __init__(self, action: str, job_id: str):
+        label, emoji, style, _ = BUTTONS[action]
+        super().__init__(
+            discord.ui.Button(
+                label=label, emoji=emoji, style=style, custom_id=f"sam3d:{action}:{job_id}"
+            )
+        )
+        self.action, self.job_id = action, job_id
+
+    @classmethod
+    async def from_custom_id(cls, interaction, item, match: re.Match[str]):
+        return cls(match["action"], match["job"])
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        from .app import Sam3dClient
+
+        client = interaction.client
+        assert isinstance(client, Sam3dClient)
+        try:
+            await BUTTONS[self.action][3](client, interaction, self.job_id)
+        except Exception as error:  # a dynamic item has no view of ours to catch it
+            await answer_failure(interaction, error)

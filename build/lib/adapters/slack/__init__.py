@@ -1,0 +1,113 @@
+"""Slack adapter (slack-bolt, async): found by the core through the `sam3d_bot.adapters` entry
+point. Slack's types stop in this package.
+
+Socket Mode when SLACK_APP_TOKEN is set (no public URL needed); otherwise HTTP mode, with
+Slack's requests arriving at /slack/events on the bot's own web server, signed with
+SLACK_SIGNING_SECRET.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiohttp import web
+from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
+from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.errors import AdapterFailed
+
+from .app import SlackBot
+
+log = logging.getLogger(__name__)
+EVENTS_PATH = "/slack/events"
+RATE_LIMIT_RETRIES = 30
+
+
+class SlackAdapter:
+    name = "slack"
+
+    def __init__(self):
+        self.bot: SlackBot | None = None
+        self.socket: AsyncSocketModeHandler | None = None
+
+    def enabled(self, settings) -> bool:
+        return bool(settings.slack_bot_token.get_secret_value())
+
+    def ready(self) -> bool:
+        if self.bot is None or not self.bot.connected:
+            return False
+        if self.socket is None:
+            return True
+        client = self.socket.client  # its is_connected() is a coroutine; the same test here
+        return (
+            not client.closed
+            and not client.stale
+            and client.current_session is not None
+            and not client.current_session.closed
+        )
+
+    def bot_for(self, core) -> SlackBot:
+        if self.bot is None:
+            settings = core.settings
+            if not socket_mode(settings) and not settings.slack_signing_secret.get_secret_value():
+                raise AdapterFailed(
+                    "Slack: set SLACK_SIGNING_SECRET (HTTP mode, Basic "
+                    "Information > Signing Secret) or SLACK_APP_TOKEN (Socket "
+                    "Mode)"
+                )
+            self.bot = SlackBot(
+                core,
+                web_client(core),
+                socket_mode=socket_mode(settings),
+                progress_client=web_client(core, wait_out_rate_limits=False),
+            )
+        return self.bot
+
+    def routes(self, core) -> list[web.RouteDef]:
+        if socket_mode(core.settings):
+            return []
+        return [web.post(EVENTS_PATH, self.bot_for(core).handle_http)]
+
+    async def run(self, core, stop: asyncio.Event) -> None:
+        bot = self.bot_for(core)
+        await bot.start()
+        if socket_mode(core.settings):
+            self.socket = AsyncSocketModeHandler(
+                bot.app, core.settings.slack_app_token.get_secret_value(), web_client=bot.client
+            )
+            await self.socket.connect_async()
+            log.info("Slack: connected in Socket Mode")
+        else:
+            log.info("Slack: HTTP mode, Slack's requests go to %s", EVENTS_PATH)
+        try:
+            await stop.wait()  # set by the core once its jobs are done with the clients
+        finally:
+            if self.socket is not None:
+                await self.socket.close_async()
+
+
+def socket_mode(settings) -> bool:
+    return bool(settings.slack_app_token.get_secret_value())
+
+
+def web_client(core, wait_out_rate_limits: bool = True) -> AsyncWebClient:
+    """Slack's Web API at SLACK_API_URL, on the bot's own HTTP session. Rate-limited calls are
+    retried after the wait Slack asks for (chat.postMessage allows about one message a second
+    per channel, so a burst of jobs in one channel waits its turn), except by the client for
+    progress edits: a rate-limited edit is dropped, leaving the turn to what must arrive."""
+    client = AsyncWebClient(
+        token=core.settings.slack_bot_token.get_secret_value(),
+        base_url=core.settings.slack_api_url,
+        session=core.api_session,
+    )
+    if wait_out_rate_limits:
+        client.retry_handlers.append(
+            AsyncRateLimitErrorRetryHandler(max_retry_count=RATE_LIMIT_RETRIES)
+        )
+    return client
+
+
+adapter = SlackAdapter()
+__all__ = ["adapter"]

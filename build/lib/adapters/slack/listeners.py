@@ -1,0 +1,302 @@
+"""Slack's listeners in Bolt's own shape: module-level handlers, the bot found in each request's
+context, a delivery that Slack re-sends (X-Slack-Retry-Num, a double click, a repeated
+shortcut) dropped by middleware before any handler runs, `/sam3d admin` gated by middleware
+for admins only, and one error handler for whatever a listener did not foresee.
+
+Each delivery's key (trigger, view and values, event, action) is also the job's idempotency
+key in the ledger, so a delivery starts at most one job and one charge even across restarts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from slack_bolt.app.async_app import AsyncApp
+from slack_bolt.response import BoltResponse
+from slack_sdk.webhook.async_client import AsyncWebhookClient
+
+from bot.errors import BotError, InputError
+from bot.operations import NOT_YOURS, describe_quota
+from bot.replies import server_noun
+
+from .app import SlackBot, admin, again, link, open_form
+from .replier import quietly
+from .translate import (
+    COMMAND,
+    DELETE,
+    DETAILS,
+    HELP,
+    JOB_VIEW,
+    NEW_SEED,
+    PLATFORM,
+    SHORTCUT,
+    JobArgs,
+    Place,
+    check_answers,
+    escape,
+    image_files,
+    modal_answers,
+    parse_job_text,
+    strip_mentions,
+    team_of,
+)
+
+log = logging.getLogger(__name__)
+
+BOT = "sam3d_bot"  # where the SlackBot is in each request's context
+DELIVERY = "sam3d_delivery"  # the delivery's key, set by `once`
+ONLY_ADMINS = "Only workspace admins and owners (or the bot's configured admins) can do this."
+SOMETHING_WRONG = "Something went wrong inside the bot; nothing was charged. Try again."
+
+
+def register(bot: SlackBot) -> None:
+    app: AsyncApp = bot.app
+
+    async def attach_bot(context, next) -> None:
+        context[BOT] = bot
+        await next()
+
+    app.use(attach_bot)
+    app.error(on_error)
+    app.command(COMMAND, matchers=[asks_admin], middleware=[admins_only])(admin_command)
+    app.command(COMMAND, middleware=[once(command_key)])(command)
+    app.shortcut(SHORTCUT, middleware=[once(trigger_key("shortcut"))])(shortcut)
+    app.view(JOB_VIEW, middleware=[once(view_key)])(submitted)
+    app.event("app_mention", middleware=[once(event_key)])(mentioned)
+    app.action(NEW_SEED, middleware=[once(action_key)])(new_seed)
+    app.action(DETAILS)(details)
+    app.action(DELETE)(delete)
+
+
+# -- middleware ----------------------------------------------------------------------------
+
+
+def once(key_of: Callable[[dict[str, Any]], str]):
+    """Run the listener for the first delivery of a key only; a repeat is answered 200 (Slack
+    must hear back in 3 s) and dropped. (A listener middleware that stops returns the
+    response; without one, Bolt would look for another listener and answer 404.)"""
+
+    async def first_delivery_only(body, context, next) -> BoltResponse | None:
+        key = key_of(body)
+        if not context[BOT].first_delivery(key):
+            return BoltResponse(status=200, body="")  # answered; no listener runs
+        context[DELIVERY] = key
+        await next()
+        return None
+
+    return first_delivery_only
+
+
+def command_key(body: dict[str, Any]) -> str:
+    return f"command:{body['trigger_id']}"
+
+
+def trigger_key(kind: str) -> Callable[[dict[str, Any]], str]:
+    return lambda body: f"{kind}:{body['trigger_id']}"
+
+
+def view_key(body: dict[str, Any]) -> str:
+    """The view and what was typed in it: a double click on Submit is one delivery, a form
+    sent again after its errors were fixed is another."""
+    view = body["view"]
+    typed = json.dumps((view.get("state") or {}).get("values") or {}, sort_keys=True)
+    return f"view:{view['id']}:{hashlib.sha256(typed.encode()).hexdigest()[:12]}"
+
+
+def event_key(body: dict[str, Any]) -> str:
+    event = body.get("event") or {}
+    return f"event:{body.get('event_id') or event.get('client_msg_id') or event.get('ts')}"
+
+
+def action_key(body: dict[str, Any]) -> str:
+    return f"action:{body.get('trigger_id') or body['actions'][0].get('action_ts')}"
+
+
+async def asks_admin(body: dict[str, Any]) -> bool:
+    words = (body.get("text") or "").split()
+    return bool(words) and words[0].lower() == "admin"
+
+
+async def admins_only(body, context, next, respond) -> BoltResponse | None:
+    bot: SlackBot = context[BOT]
+    if not await bot.is_admin(team_of(body), body["user_id"]):
+        await respond(ONLY_ADMINS)
+        return BoltResponse(status=200, body="")
+    await next()
+    return None
+
+
+async def on_error(error: Exception, body: dict[str, Any], context) -> None:
+    """What a listener did not foresee: logged, and the member told where Slack left a way
+    to reach them (a response_url)."""
+    log.error("a Slack listener failed", exc_info=error)
+    text = error.user_message if isinstance(error, BotError) else SOMETHING_WRONG
+    url = body.get("response_url") if isinstance(body, dict) else None
+    bot = context.get(BOT)
+    if url and bot is not None:
+        webhook = AsyncWebhookClient(url, session=bot.client.session)
+        await webhook.send(text=text, response_type="ephemeral")
+
+
+# -- listeners -----------------------------------------------------------------------------
+
+
+async def admin_command(ack, body, respond, context) -> None:
+    await ack()
+    text = (body.get("text") or "").strip()
+    bot: SlackBot = context[BOT]
+    await respond(await admin(bot, team_of(body), body["user_id"], text.split()[1:]))
+
+
+async def command(ack, body, respond, context) -> None:
+    bot: SlackBot = context[BOT]
+    text = (body.get("text") or "").strip()
+    word = text.split(maxsplit=1)[0].lower() if text else ""
+    team, user = team_of(body), body["user_id"]
+    if not text:
+        await ack()
+        await open_form(
+            bot,
+            body["trigger_id"],
+            {"channel_id": body["channel_id"], "response_url": body.get("response_url")},
+        )
+    elif word == "help":
+        await ack(HELP)
+    elif word == "quota":
+        await ack()
+        status = await bot.operations.my_quota(await bot.requester_of(team, user))
+        await respond(describe_quota(status, noun=server_noun(PLATFORM)))
+    else:
+        try:
+            args = parse_job_text(text)
+        except InputError as error:
+            await ack(error.user_message)
+            return
+        if args.url is None:
+            await ack(
+                f"Give a link to the photo, or run `{COMMAND}` alone for a form "
+                f"where you can upload it. `{COMMAND} help` shows more."
+            )
+            return
+        await ack()
+        who = await bot.requester_of(team, user, body.get("user_name", ""))
+        place = Place(body["channel_id"], None, body.get("response_url"))
+        mask = link(args.mask_url) if args.mask_url else None
+        bot.background(bot.run_job(who, place, args, link(args.url), mask, context[DELIVERY]))
+
+
+async def shortcut(ack, body, respond, context) -> None:
+    await ack()
+    message = body.get("message") or {}
+    images = image_files(message.get("files") or [])
+    if not images:
+        await respond(
+            "That message has no PNG, JPEG or WebP photo to make a model from.",
+            response_type="ephemeral",
+        )
+        return
+    await open_form(
+        context[BOT],
+        body["trigger_id"],
+        {
+            "channel_id": body["channel"]["id"],
+            "thread_ts": message.get("thread_ts") or message.get("ts"),
+            "response_url": body.get("response_url"),
+            "files": [f["id"] for f in images],
+        },
+        images,
+    )
+
+
+async def submitted(ack, body, view, context) -> None:
+    bot: SlackBot = context[BOT]
+    answers = modal_answers(view)
+    errors = check_answers(answers)
+    if errors:
+        await ack(response_action="errors", errors=errors)
+        return
+    await ack()
+    meta = answers.metadata
+    user = body["user"]
+    who = await bot.requester_of(team_of(body), user["id"], user.get("name", ""))
+    place = Place(meta["channel_id"], meta.get("thread_ts"), meta.get("response_url"))
+    args = JobArgs(
+        prompt=answers.prompt, seed=answers.seed, bbox=answers.bbox, points=answers.points
+    )
+    photo = bot.slack_file(answers.files[0] if answers.files else None, answers.file_id)
+    mask = bot.slack_file(answers.mask, field="mask") if answers.mask else None
+    # A message's photo asked for twice (the shortcut used again) is one request.
+    same = (
+        None
+        if answers.files or answers.mask
+        else ":".join(
+            map(str, (who.user_id, place.channel_id, place.thread_ts, answers.file_id, args))
+        )
+    )
+    bot.background(bot.run_job(who, place, args, photo, mask, context[DELIVERY], same))
+
+
+async def mentioned(body, event, context) -> None:
+    bot: SlackBot = context[BOT]
+    who = await bot.requester_of(team_of(body) or event.get("team"), event["user"])
+    place = Place(event["channel"], event.get("thread_ts") or event["ts"])
+    replier = bot.replier(place.reply_to(who.user_id, who.guild_id))
+    try:
+        args = parse_job_text(strip_mentions(event.get("text") or "", bot.bot_user_id))
+    except InputError as error:
+        await replier.tell(error.user_message)
+        return
+    images = image_files(event.get("files") or [])
+    if not images and not args.url and event.get("thread_ts") not in (None, event["ts"]):
+        try:  # a reply in a photo's thread: that photo
+            images = image_files(await bot.thread_files(event["channel"], event["thread_ts"]))
+        except BotError as error:
+            await replier.tell(error.user_message)
+            return
+    photo: Callable[[], Awaitable[Any]]
+    if images:
+        photo = bot.slack_file(images[0])
+    elif args.url:
+        photo = link(args.url)
+    else:
+        await replier.tell(
+            "Mention me in a message with a photo attached (or a link to "
+            "one, or in the thread of a photo), for example "
+            "`@sam3d red chair`."
+        )
+        return
+    mask = link(args.mask_url) if args.mask_url else None
+    bot.background(bot.run_job(who, place, args, photo, mask, context[DELIVERY]))
+
+
+async def new_seed(ack, body, context) -> None:
+    await ack()
+    bot: SlackBot = context[BOT]
+    user = body["user"]
+    who = await bot.requester_of(team_of(body), user["id"], user.get("name", ""))
+    message = body.get("message") or {}
+    place = Place(body["channel"]["id"], message.get("thread_ts"), body.get("response_url"))
+    bot.background(again(bot, who, place, body["actions"][0]["value"], context[DELIVERY]))
+
+
+async def details(ack, body, respond, context) -> None:
+    await ack()
+    text = await context[BOT].operations.job_details(body["actions"][0]["value"], escape)
+    await respond(text, response_type="ephemeral", replace_original=False)
+
+
+async def delete(ack, body, respond, context) -> None:
+    await ack()
+    bot: SlackBot = context[BOT]
+    value = json.loads(body["actions"][0]["value"])
+    who = await bot.requester_of(team_of(body), body["user"]["id"])
+    if not await bot.operations.may_delete(value["job"], who):
+        await respond(NOT_YOURS, response_type="ephemeral", replace_original=False)
+        return
+    for file_id in value["files"]:
+        await quietly(bot.client.files_delete(file=file_id))
+    await quietly(bot.client.chat_delete(channel=body["channel"]["id"], ts=body["message"]["ts"]))

@@ -1,0 +1,386 @@
+"""Where Slack's payloads stop: command text, modals, shortcuts and mentions become core
+requests; core results become mrkdwn. Nothing here talks to Slack; it only converts."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from bot.errors import InputError
+from bot.models import SEED_MAX, SEED_MIN, JobResult, Requester
+from bot.replies import cost_text
+
+PLATFORM = "slack"
+COMMAND = "/sam3d"
+JOB_VIEW = "sam3d_job"  # the modal's callback_id
+SHORTCUT = "sam3d_make"  # the message shortcut's callback_id
+NEW_SEED = "sam3d_new_seed"  # the buttons on a finished job
+DETAILS = "sam3d_details"
+DELETE = "sam3d_delete"
+MAX_PROMPT = 200
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp")
+KEYS = ("seed", "bbox", "points", "mask")
+
+HELP = f"""*Make a 3D model of an object in a photo*
+• `{COMMAND}` opens a form: the photo, and if you like a mask, what the object is, a box, \
+points and a seed.
+• `{COMMAND} <photo link> [what it is] [seed=42] [bbox=x1,y1,x2,y2] [points=x,y;x,y]` \
+runs at once.
+• On a message with a photo: ⋯ More actions > *Make 3D model*.
+• Mention me in a message with a photo, or in reply to one: `@sam3d red chair`.
+• `{COMMAND} quota`: how many jobs you have left.
+• `{COMMAND} admin ...`: usage, quotas, budget, blocks and pauses (workspace admins)."""
+
+ADMIN_HELP = f"""*Admin commands* (`{COMMAND} admin ...`)
+• `usage [YYYY-MM]`: this workspace's jobs and spend
+• `quota <jobs|unlimited|default> [@user] [hours]`: jobs per window, for a user or everyone
+• `budget <USD|none>`: this workspace's monthly budget
+• `block @user [reason]`, `unblock @user`
+• `pause [reason]`, `resume`: stop or open new jobs here
+• `refund <job id> [reason]`: give a job back to its user
+• `channel #channel on|off`: keep jobs to some channels (none listed: every channel)"""
+
+
+# -- text people type ------------------------------------------------------------------------
+
+LINK = re.compile(r"<((?:https?://)[^>|]+)(?:\|[^>]*)?>")
+USER = re.compile(r"<@([UW][A-Z0-9]+)(?:\|[^>]*)?>")
+CHANNEL = re.compile(r"<#([CG][A-Z0-9]+)(?:\|[^>]*)?>")
+
+
+@dataclass(frozen=True)
+class JobArgs:
+    """A job as typed after `/sam3d` or a mention: a link, words for the prompt, key=value."""
+
+    url: str | None = None
+    prompt: str | None = None
+    seed: str | None = None
+    bbox: str | None = None
+    points: str | None = None
+    mask_url: str | None = None
+
+
+def unwrap_link(token: str) -> str:
+    """Slack writes links as <url> or <url|label>; people may also paste them bare."""
+    match = LINK.fullmatch(token)
+    return match.group(1) if match else token
+
+
+def parse_job_text(text: str) -> JobArgs:
+    words, options, url = [], {}, None
+    for token in text.split():
+        key, sep, value = token.partition("=")
+        if sep and key.lower() in KEYS:
+            options[key.lower()] = unwrap_link(value)
+            continue
+        plain = unwrap_link(token)
+        if url is None and plain.lower().startswith(("http://", "https://")):
+            url = plain
+            continue
+        words.append(token)
+    prompt = " ".join(words).strip() or None
+    if prompt is not None and len(prompt) > MAX_PROMPT:
+        raise InputError("prompt", f"keep it to {MAX_PROMPT} characters")
+    return JobArgs(
+        url,
+        prompt,
+        options.get("seed"),
+        options.get("bbox"),
+        options.get("points"),
+        options.get("mask"),
+    )
+
+
+def strip_mentions(text: str, bot_user_id: str | None) -> str:
+    """A mention's text without the bot's own mention."""
+    if bot_user_id:
+        text = re.sub(rf"<@{re.escape(bot_user_id)}(?:\|[^>]*)?>", " ", text)
+    return text.strip()
+
+
+def user_id_in(token: str) -> str | None:
+    """A user named in a command: <@U123|name> as Slack escapes it, or a bare U123."""
+    match = USER.fullmatch(token)
+    if match:
+        return match.group(1)
+    return token if re.fullmatch(r"[UW][A-Z0-9]{2,}", token) else None
+
+
+def channel_id_in(token: str) -> str | None:
+    match = CHANNEL.fullmatch(token)
+    if match:
+        return match.group(1)
+    return token if re.fullmatch(r"[CG][A-Z0-9]{2,}", token) else None
+
+
+def escape(text: str) -> str:
+    """User text shown in mrkdwn: no mentions, links or formatting smuggled in."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+# -- who and where ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where a job talks: the channel, the thread of its source message if any, and the
+    command's response_url (ephemeral answers where the bot is not a member)."""
+
+    channel_id: str
+    thread_ts: str | None = None
+    response_url: str | None = None
+
+    def reply_to(self, user_id: str, team_id: str | None) -> dict[str, Any]:
+        return {
+            "channel_id": self.channel_id,
+            "thread_ts": self.thread_ts,
+            "response_url": self.response_url,
+            "user_id": user_id,
+            "team_id": team_id,
+        }
+
+
+def requester(
+    user_id: str, team_id: str | None, name: str = "", is_admin: bool = False
+) -> Requester:
+    return Requester(
+        platform=PLATFORM,
+        user_id=user_id,
+        guild_id=team_id or None,
+        display_name=name,
+        is_admin=is_admin,
+    )
+
+
+def team_of(body: dict[str, Any]) -> str | None:
+    """The workspace of a payload (slash command, interaction or event)."""
+    team = body.get("team")
+    if isinstance(team, dict) and team.get("id"):
+        return team["id"]
+    return body.get("team_id") or (body.get("user") or {}).get("team_id")
+
+
+def image_files(files: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The files of a message or a form that are photos we can use."""
+    return [
+        f
+        for f in files or ()
+        if (f.get("mimetype") or "").split(";")[0] in IMAGE_TYPES
+        or (f.get("name") or "").lower().endswith(IMAGE_SUFFIXES)
+    ]
+
+
+# -- the modal -------------------------------------------------------------------------------
+
+
+def _text_input(
+    block_id: str, label: str, placeholder: str, max_length: int | None = None
+) -> dict[str, Any]:
+    element: dict[str, Any] = {
+        "type": "plain_text_input",
+        "action_id": block_id,
+        "placeholder": {"type": "plain_text", "text": placeholder},
+    }
+    if max_length:
+        element["max_length"] = max_length
+    return {
+        "type": "input",
+        "block_id": block_id,
+        "optional": True,
+        "label": {"type": "plain_text", "text": label},
+        "element": element,
+    }
+
+
+def _file_input(block_id: str, label: str, optional: bool) -> dict[str, Any]:
+    return {
+        "type": "input",
+        "block_id": block_id,
+        "optional": optional,
+        "label": {"type": "plain_text", "text": label},
+        "element": {
+            "type": "file_input",
+            "action_id": block_id,
+            "max_files": 1,
+            "filetypes": [s.lstrip(".") for s in IMAGE_SUFFIXES],
+        },
+    }
+
+
+def job_modal(
+    metadata: dict[str, Any], images: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """The form: a photo to upload (or, from a message, which of its photos), then the
+    optional settings. `metadata` rides along in private_metadata to the submission."""
+    blocks: list[dict[str, Any]] = []
+    if images is None:
+        blocks.append(_file_input("image", "Photo (PNG, JPEG or WebP)", optional=False))
+    elif len(images) == 1:
+        blocks.append(
+            {
+                "type": "section",
+                "block_id": "image",
+                "text": {"type": "mrkdwn", "text": f"Photo: *{escape(images[0]['name'])}*"},
+            }
+        )
+    else:
+        blocks.append(
+            {
+                "type": "input",
+                "block_id": "image",
+                "label": {"type": "plain_text", "text": "Which photo?"},
+                "element": {
+                    "type": "static_select",
+                    "action_id": "image",
+                    "initial_option": _option(images[0]),
+                    "options": [_option(f) for f in images[:100]],
+                },
+            }
+        )
+    blocks += [
+        _text_input("prompt", "What is the object?", "e.g. red chair", MAX_PROMPT),
+        _text_input("bbox", "Box around it", "x1,y1,x2,y2 in pixels"),
+        _text_input("points", "Points on it", "x,y;x,y in pixels"),
+        {
+            "type": "input",
+            "block_id": "seed",
+            "optional": True,
+            "label": {"type": "plain_text", "text": "Seed (the same seed gives the same model)"},
+            "element": {
+                "type": "number_input",
+                "action_id": "seed",
+                "is_decimal_allowed": False,
+                "min_value": str(SEED_MIN),
+                "max_value": str(SEED_MAX),
+            },
+        },
+        _file_input("mask", "Mask (white = the object)", optional=True),
+    ]
+    return {
+        "type": "modal",
+        "callback_id": JOB_VIEW,
+        "title": {"type": "plain_text", "text": "Make a 3D model"},
+        "submit": {"type": "plain_text", "text": "Make it"},
+        "close": {"type": "plain_text", "text": "Cancel"},
+        "private_metadata": json.dumps(metadata),
+        "blocks": blocks,
+    }
+
+
+def _option(file: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "text": {"type": "plain_text", "text": (file.get("name") or file["id"])[:75]},
+        "value": file["id"],
+    }
+
+
+@dataclass(frozen=True)
+class ModalAnswers:
+    files: list[dict[str, Any]]  # the uploaded photo (file objects), if uploaded in the form
+    file_id: str | None  # or the id of the message's photo that was picked
+    mask: dict[str, Any] | None
+    prompt: str | None
+    bbox: str | None
+    points: str | None
+    seed: str | None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def modal_answers(view: dict[str, Any]) -> ModalAnswers:
+    values = view.get("state", {}).get("values", {})
+
+    def value(block: str) -> Any:
+        return next(iter(values.get(block, {}).values()), {})
+
+    metadata = json.loads(view.get("private_metadata") or "{}")
+    image = value("image")
+    picked = (image.get("selected_option") or {}).get("value")
+    message_files = metadata.get("files") or []
+    masks = value("mask").get("files") or []
+    return ModalAnswers(
+        files=image.get("files") or [],
+        file_id=picked or (message_files[0] if message_files else None),
+        mask=masks[0] if masks else None,
+        prompt=(value("prompt").get("value") or "").strip() or None,
+        bbox=(value("bbox").get("value") or "").strip() or None,
+        points=(value("points").get("value") or "").strip() or None,
+        seed=(value("seed").get("value") or "").strip() or None,
+        metadata=metadata,
+    )
+
+
+def check_answers(answers: ModalAnswers) -> dict[str, str]:
+    """What is wrong in the form, by block, for Slack to show under the fields."""
+    errors = {}
+    if not answers.files and not answers.file_id:
+        errors["image"] = "Add a photo."
+    elif answers.files and not image_files(answers.files):
+        errors["image"] = "That is not a PNG, JPEG or WebP photo."
+    if answers.mask is not None and not image_files([answers.mask]):
+        errors["mask"] = "The mask must be a PNG, JPEG or WebP image."
+    return errors
+
+
+# -- results ---------------------------------------------------------------------------------
+
+
+def progress_text(user_id: str, stage: str) -> str:
+    return f"⏳ <@{user_id}>'s 3D model: {stage}…"
+
+
+def result_text(result: JobResult, user_id: str, links=None) -> str:
+    params = result.params
+    lines = [
+        f"<@{user_id}> your 3D model is ready"
+        + (f": *{escape(params['prompt'])}*" if params.get("prompt") else "")
+    ]
+    lines.append(
+        f"Seed {params.get('seed', '?')} · {cost_text(result)} · "
+        f"{result.seconds:.0f} s · job `{result.job_id}`"
+    )
+    if links is not None and links.enabled:
+        lines.append(f"<{links.viewer_link(result.job_id)}|View in 3D>")
+    if result.note:
+        lines.append(f"_{result.note}_")
+    return "\n".join(lines)
+
+
+def result_blocks(text: str, job_id: str, file_ids: list[str]) -> list[dict[str, Any]]:
+    """The result's header: its text and the New seed, Details and Delete buttons. Delete
+    carries the ids of the files it takes away with the header."""
+
+    def button(action: str, label: str, value: str, **extra: Any) -> dict[str, Any]:
+        return {
+            "type": "button",
+            "action_id": action,
+            "value": value,
+            "text": {"type": "plain_text", "text": label},
+            **extra,
+        }
+
+    confirm = {
+        "title": {"type": "plain_text", "text": "Delete this model?"},
+        "text": {"type": "plain_text", "text": "Its files and this message go away."},
+        "confirm": {"type": "plain_text", "text": "Delete"},
+        "deny": {"type": "plain_text", "text": "Keep"},
+    }
+    return [
+        {"type": "section", "text": {"type": "mrkdwn", "text": text}},
+        {
+            "type": "actions",
+            "elements": [
+                button(NEW_SEED, "🎲 New seed", job_id),
+                button(DETAILS, "Details", job_id),
+                button(
+                    DELETE,
+                    "Delete",
+                    json.dumps({"job": job_id, "files": file_ids}),
+                    style="danger",
+                    confirm=confirm,
+                ),
+            ],
+        },
+    ]

@@ -1,0 +1,237 @@
+"""The composition root: settings -> sessions -> ledger -> backend -> service.
+
+Front ends (the CLI, the chat adapters) get a ready Core from here; adapters are found
+through the `sam3d_bot.adapters` entry point group, so bot/ never imports them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, Protocol
+
+import aiohttp
+from aiohttp import web
+
+from .downloads import DownloadLinks
+from .errors import RenderError
+from .images import ImageFetcher, ImageLimits, InputValidator, guarded_session
+from .ledger import Ledger, ledger_from_settings
+from .offline import OfflineBackend
+from .ports import ImageTo3D, Renderer
+from .render.renderer import F3dRenderer, RenderOptions
+from .results import ResultStore
+from .runner import JobRunner
+from .segmind import SegmindClient
+from .service import Service
+from .settings import Settings
+from .web import build_web_app, start_web
+
+log = logging.getLogger(__name__)
+ADAPTER_GROUP = "sam3d_bot.adapters"
+
+
+@dataclass
+class Core:
+    settings: Settings
+    service: Service
+    ledger: Ledger
+    backend: ImageTo3D
+    results: ResultStore
+    api_session: aiohttp.ClientSession
+    fetch_session: aiohttp.ClientSession  # for users' image URLs: private addresses refused
+    renderer: Renderer | None = None
+    links: DownloadLinks | None = None  # signed links to files, when PUBLIC_URL is set
+
+    @property
+    def runner(self) -> JobRunner:
+        """The one owner of job tasks: front ends start their jobs here."""
+        return self.service.runner
+
+
+@asynccontextmanager
+async def build_core(
+    settings: Settings,
+    *,
+    allow_paths: bool = False,
+    fetch_session: aiohttp.ClientSession | None = None,
+    renderer: Renderer | None = None,
+) -> AsyncIterator[Core]:
+    """`fetch_session` and `renderer` stand in for the real ones (tests, benchmarks)."""
+    async with AsyncExitStack() as stack:
+        await asyncio.to_thread(keep_private, settings.data_dir)
+        api_session = await stack.enter_async_context(aiohttp.ClientSession())
+        if fetch_session is None:
+            fetch_session = await stack.enter_async_context(guarded_session())
+        ledger = ledger_from_settings(settings)
+        await ledger.open()
+        stack.push_async_callback(ledger.close)
+        backend: ImageTo3D = (
+            OfflineBackend()
+            if settings.offline
+            else SegmindClient.from_settings(api_session, settings, foreign_session=fetch_session)
+        )
+        limits = ImageLimits.from_settings(settings)
+        results = ResultStore(settings.data_dir)
+        if renderer is None:
+            renderer = await stack.enter_async_context(warm_renderer(settings))
+        service = Service(
+            validator=InputValidator(ImageFetcher(fetch_session, limits), limits, allow_paths),
+            backend=backend,
+            ledger=ledger,
+            results=results,
+            renderer=renderer,
+            turntable=settings.render_turntable,
+            max_concurrent=settings.max_concurrent_jobs,
+            price_micros=settings.price_micros,
+            runner=JobRunner(),
+        )
+        stack.push_async_callback(service.close)
+        links = await asyncio.to_thread(DownloadLinks.from_settings, settings)
+        yield Core(
+            settings, service, ledger, backend, results, api_session, fetch_session, renderer, links
+        )
+
+
+def keep_private(data_dir: Path) -> None:
+    """DATA_DIR holds the ledger, members' photos and models: its own user only may enter it
+    (whatever the umask made of the files inside, nobody else can reach them)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.chmod(0o700)
+
+
+@asynccontextmanager
+async def warm_renderer(settings: Settings) -> AsyncIterator[F3dRenderer | None]:
+    """The renderer, its worker warming up in the background while the first job starts."""
+    if not settings.render_enabled:
+        yield None
+        return
+    renderer = F3dRenderer(RenderOptions.from_settings(settings))
+
+    async def warm() -> None:
+        try:
+            await renderer.start()
+        except RenderError as error:
+            log.warning("previews are unavailable until this is fixed: %s", error.user_message)
+
+    warming = asyncio.create_task(warm())
+    try:
+        yield renderer
+    finally:
+        warming.cancel()
+        await asyncio.gather(warming, return_exceptions=True)
+        await renderer.close()
+
+
+class Adapter(Protocol):
+    """What an entry point in `sam3d_bot.adapters` provides."""
+
+    name: str
+
+    def enabled(self, settings: Settings) -> bool: ...
+
+    def routes(self, core: Core) -> list[web.RouteDef]:
+        """What it serves on the bot's web server (Slack's HTTP mode); often nothing."""
+        ...
+
+    async def run(self, core: Core, stop: asyncio.Event) -> None: ...
+
+    def ready(self) -> bool:
+        """Connected to its platform and answering."""
+        ...
+
+
+def installed_adapters() -> list[Any]:
+    return [ep.load() for ep in entry_points(group=ADAPTER_GROUP)]
+
+
+def configured_platforms(settings: Settings) -> list[str]:
+    platforms = []
+    if settings.discord_token.get_secret_value():
+        platforms.append("discord")
+    if settings.slack_bot_token.get_secret_value():
+        platforms.append("slack")
+    return platforms
+
+
+async def readiness(core: Core, adapters: list[Any]) -> dict[str, bool]:
+    """/readyz: each part the bot needs to serve users, and whether it is ready."""
+    checks = {"database": await core.ledger.ping()}
+    if core.renderer is not None:
+        checks["renderer"] = core.renderer.ready
+    for adapter in adapters:
+        checks[adapter.name] = adapter.ready()
+    return checks
+
+
+async def run_adapters(settings: Settings, adapters: list[Any]) -> None:
+    """Run until SIGTERM / SIGINT, then stop in bounded time: take no new work, let jobs in
+    flight finish within SHUTDOWN_GRACE_S, leave the rest to resume, and only then close the
+    platform clients (a job finishing needs them) and the core."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with build_core(settings) as core:
+        app = build_web_app(
+            core.links,
+            settings.data_dir,
+            readiness=lambda: readiness(core, adapters),
+            scrape=lambda: core.service.metrics.scrape(
+                core.ledger, lambda: core.service.queue_length
+            ),
+            metrics_token=settings.metrics_token.get_secret_value(),
+        )
+        for adapter in adapters:
+            app.add_routes(refused_while_stopping(adapter.routes(core), core.runner))
+        runner = await start_web(app, settings.http_host, settings.http_port)
+        close_clients = asyncio.Event()
+        running = [
+            asyncio.create_task(adapter.run(core, close_clients), name=adapter.name)
+            for adapter in adapters
+        ]
+        stopping = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait({stopping, *running}, return_when=asyncio.FIRST_COMPLETED)
+            log.info(
+                "stopping: no new jobs; %d in flight get %g s to finish",
+                len(core.runner.tasks),
+                settings.shutdown_grace_s,
+            )
+            await core.service.shutdown(settings.shutdown_grace_s)
+        finally:
+            stopping.cancel()
+            close_clients.set()
+            ended = await asyncio.wait(running, timeout=CLOSE_CLIENTS_S)
+            for task in ended[1]:
+                task.cancel()
+            await runner.cleanup()
+        for task in running:  # an adapter that stopped the bot says why
+            failure = task.exception() if task.done() and not task.cancelled() else None
+            if failure is not None:
+                raise failure
+    log.info("stopped")
+
+
+CLOSE_CLIENTS_S = 1.5  # for the platform clients to close, within docker stop's 10 s
+
+
+def refused_while_stopping(routes: list[web.RouteDef], runner: JobRunner) -> list[web.RouteDef]:
+    """A platform's requests are answered 503 once the bot is stopping, so the platform
+    sends them again later, or to another instance (Slack retries a 5xx)."""
+
+    def guard(handler):
+        async def guarded(request: web.Request) -> web.StreamResponse:
+            if not runner.accepting:
+                return web.Response(status=503, text="stopping", headers={"Retry-After": "10"})
+            return await handler(request)
+
+        return guarded
+
+    return [web.RouteDef(r.method, r.path, guard(r.handler), r.kwargs) for r in routes]

@@ -1,0 +1,616 @@
+"""The job pipeline: validate, cache, reserve, queue, upstream, render, deliver, settle.
+
+It knows nothing about chat platforms: it reports to a Replier and keeps every job as a
+ledger row, so a crash or restart can finish or refund it. The rule that matters most:
+until Segmind has billed a result, any failure refunds the reservation and the quota slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from .errors import (
+    BotError,
+    DeliveryError,
+    InputError,
+    JobLost,
+    ServiceStopping,
+    SubmitUncertain,
+    UpstreamError,
+)
+from .images import InputValidator
+from .metrics import Metrics
+from .models import (
+    SEED_MAX,
+    SEED_MIN,
+    ImageSource,
+    JobRequest,
+    JobResult,
+    JobState,
+    Progress,
+    Requester,
+    Stage,
+    UpstreamResult,
+    ValidatedInput,
+)
+from .ports import ImageTo3D, JobLedger, JobRecord, NewJob, QuotaStatus, Renderer, Replier
+from .replies import RESTARTING, UNREADABLE
+from .results import ResultStore
+from .runner import JobRunner
+from .scheduler import FairScheduler
+
+log = logging.getLogger(__name__)
+
+INTERNAL_ERROR = "Something went wrong inside the bot; the job was stopped."
+PHOTO_GONE = (
+    "The bot restarted before your job reached SAM 3D, and its photo was not kept; "
+    "nothing was charged. Please send it again."
+)
+HELD_AFTER_STOP = (
+    "The bot stopped while sending your job to SAM 3D, so it cannot tell "
+    "whether Segmind got it. It was not sent again (that could charge twice); "
+    "its price stays held until an admin checks the Segmind account."
+)
+FILES_LOST = "The model was made, but its files were lost when the bot restarted."
+MAX_SANE_COST_MICROS = 1_000_000  # $1: far above any SAM 3D call, far below an overflow
+KEPT = "It is kept: ask again with the same photo and settings and it is sent free."
+
+
+class NullReplier:
+    """For jobs whose requester cannot be reached (e.g. resumed after a restart from the CLI)."""
+
+    async def prepare(self) -> None:
+        pass
+
+    async def progress(self, update: Progress) -> None:
+        pass
+
+    async def deliver(self, result: JobResult) -> None:
+        pass
+
+    async def deliver_more(self, result: JobResult, files) -> None:
+        pass
+
+    async def fail(self, error: BotError, refunded: bool) -> None:
+        pass
+
+
+@dataclass
+class _Job:
+    """One job on its way through the pipeline."""
+
+    record: JobRecord
+    replier: Replier
+    started: float
+    timings: dict[str, float] = field(default_factory=dict)
+    sending: bool = False  # the POST that may be billed has started
+    submitted: bool = False  # Segmind has it: from here on a restart resumes, not refunds
+    committed: bool = False  # Segmind billed it: from here on nothing is refunded
+    finished: bool = False  # delivered: what follows (the turntable) is extra
+    lost: bool = False  # another process owns it now: write nothing more
+    # Until when (monotonic) its lease surely holds: nobody can take a job before its lease
+    # lapses, so no round trip is needed to know it is still ours.
+    owned_until: float = 0.0
+    task: asyncio.Task | None = None
+
+    @property
+    def id(self) -> str:
+        return self.record.id
+
+    def lap(self, name: str, since: float) -> float:
+        now = time.monotonic()
+        self.timings[name] = round(now - since, 3)
+        return now
+
+
+class Service:
+    def __init__(
+        self,
+        *,
+        validator: InputValidator,
+        backend: ImageTo3D,
+        ledger: JobLedger,
+        results: ResultStore,
+        renderer: Renderer | None = None,
+        turntable: bool = True,
+        max_concurrent: int = 4,
+        price_micros: int = 65_000,
+        metrics: Metrics | None = None,
+        runner: JobRunner | None = None,
+    ):
+        self._validator = validator
+        self._backend = backend
+        self._ledger = ledger
+        self._results = results
+        self._renderer = renderer
+        self._turntable = turntable and renderer is not None
+        self._scheduler = FairScheduler(max_concurrent)
+        # The offline backend costs nothing, so it reserves nothing.
+        self._price = 0 if backend.offline else price_micros
+        self.metrics = metrics or Metrics()
+        self.runner = runner or JobRunner()
+        # Jobs this process runs: their leases are renewed so no other instance takes them.
+        self._running: dict[str, _Job] = {}
+        self._lease_keeper: asyncio.Task | None = None
+        # Front ends whose lapsed jobs this process takes over, every lease period.
+        self._watched: list[tuple[Callable[[JobRecord], Replier | None], set[str] | None]] = []
+        self._watcher: asyncio.Task | None = None
+
+    @property
+    def offline(self) -> bool:
+        return self._backend.offline
+
+    @property
+    def queue_length(self) -> int:
+        return self._scheduler.waiting
+
+    async def quota(self, requester: Requester) -> QuotaStatus:
+        return await self._ledger.quota_status(requester)
+
+    # -- running a job -----------------------------------------------------------------------
+
+    async def run(
+        self, request: JobRequest, replier: Replier, idempotency_key: str | None = None
+    ) -> JobResult | None:
+        """Run one job to the end, telling `replier` everything; returns the result if any."""
+        started = time.monotonic()
+        if not self.runner.accepting:
+            await _tell_failure(replier, ServiceStopping(RESTARTING), refunded=False)
+            return None
+        try:
+            await self._ledger.admit(request.requester)  # blocked or paused: say so at once
+            validated = await self._validator.validate(request)
+            await replier.prepare()  # where the result goes, before anything is charged
+        except BotError as error:
+            await _tell_failure(replier, error, refunded=False)
+            return None
+        except Exception:  # a checker tripped on something it did not foresee: still an answer
+            log.exception("a request's input could not be checked")
+            await _tell_failure(replier, InputError("image", UNREADABLE), refunded=False)
+            return None
+        except asyncio.CancelledError:  # stopping before there is a job to carry on
+            await asyncio.shield(_tell_failure(replier, ServiceStopping(RESTARTING), False))
+            raise
+        cached = await self._results.lookup(validated.cache_key, offline=self.offline)
+        if cached is not None:
+            await replier.deliver(cached)
+            self.metrics.delivered(request.requester.platform, cached)
+            return cached
+        reserving = time.monotonic()
+        try:
+            record = await self._ledger.reserve(
+                NewJob(
+                    request.requester,
+                    self._price,
+                    validated.cache_key,
+                    validated.describe(),
+                    request.reply_to,
+                    idempotency_key,
+                )
+            )
+        except BotError as error:
+            await _tell_failure(replier, error, refunded=False)
+            return None
+        if record.duplicate:
+            log.info("job %s: duplicate delivery ignored", record.id)
+            return None
+        job = _Job(record, replier, started, owned_until=reserving + self._ledger.lease_s)
+        job.lap("validate", started)
+        return await self._guarded(job, self._keep_then_run(job, validated))
+
+    async def _keep_then_run(self, job: _Job, validated: ValidatedInput) -> JobResult:
+        # Kept before it queues: a job the bot stops while it waits runs after the restart.
+        await self._results.keep_inputs(job.id, validated)
+        return await self._upstream_then_deliver(job, validated)
+
+    async def _upstream_then_deliver(self, job: _Job, validated: ValidatedInput) -> JobResult:
+        queued_at = time.monotonic()
+
+        async def on_position(position: int) -> None:
+            await job.replier.progress(Progress(Stage.QUEUED, position))
+
+        async with self._scheduler.slot(
+            job.record.platform + ":" + job.record.user_id, on_position
+        ):
+            upstream_at = job.lap("queue", queued_at)
+
+            async def on_sending() -> None:
+                await self._write(job, self._ledger.mark_submitting(job.id))
+                job.sending = True
+
+            async def on_submitted(request_id: str, resume_ref: dict) -> None:
+                if not await self._ledger.mark_submitted(job.id, request_id, resume_ref):
+                    # Taken over while sending (its new owner holds it): what Segmind
+                    # answered goes on record for the admin who settles it.
+                    await self._ledger.note(job.id, "late_submit", request_id)
+                    job.lost = True
+                    raise JobLost(job.id)
+                job.submitted = True
+                await job.replier.progress(Progress(Stage.SUBMITTED))
+
+            workdir = await self._results.workdir(job.id)
+            upstream = await self._backend.generate(
+                validated, workdir, on_submitted, self._processing(job), on_sending
+            )
+        # The slot is for Segmind only: the next job may go upstream while this one renders.
+        job.lap("upstream", upstream_at)
+        job.timings["download"] = round(upstream.download_s, 3)
+        await self._results.keep_upstream(job.id, upstream)
+        return await self._settle_and_deliver(job, upstream, workdir)
+
+    def _sane_cost(self, job: _Job, reported: int | None) -> int:
+        """What Segmind says a job cost, unless it cannot be true (below zero, or more than
+        ten times the price): then the reserved price, and a line in the log."""
+        if reported is None:
+            return self._price
+        if 0 <= reported <= max(10 * self._price, MAX_SANE_COST_MICROS):
+            return reported
+        log.warning(
+            "job %s: Segmind reported a cost of %s micro-USD; charging the price reserved instead",
+            job.id,
+            reported,
+        )
+        return self._price
+
+    def _processing(self, job: _Job):
+        async def on_processing() -> None:
+            await job.replier.progress(Progress(Stage.PROCESSING))
+
+        return on_processing
+
+    async def _settle_and_deliver(
+        self, job: _Job, upstream: UpstreamResult, workdir: Path
+    ) -> JobResult:
+        if job.committed:  # settled before a restart: its recorded cost stands
+            cost = job.record.cost_micros
+        else:
+            cost = self._sane_cost(job, upstream.cost_micros)
+            await self._write(job, self._ledger.commit(job.id, cost))
+            job.committed = True
+        files = upstream.files
+        if self._renderer is not None:
+            render_at = time.monotonic()
+            await self._write(job, self._ledger.set_state(job.id, JobState.RENDERING))
+            await job.replier.progress(Progress(Stage.RENDERING))
+            try:
+                files += await self._renderer.thumbnail(files, workdir)
+            except BotError as error:  # the model still goes out without its picture
+                log.warning("job %s: no thumbnail: %s", job.id, error.user_message)
+            except Exception:  # a failed picture never costs the member the model
+                log.exception("job %s: no thumbnail", job.id)
+            job.lap("render", render_at)
+        result = JobResult(
+            job_id=job.id,
+            params=job.record.params,
+            files=files,
+            cost_micros=cost,
+            offline=upstream.offline,
+            seconds=round(time.monotonic() - job.started, 3),
+            timings=dict(job.timings),
+        )
+        await self._still_mine(job)  # a job another process took over is posted by it alone
+        try:
+            await job.replier.deliver(result)
+        except BotError:
+            await self._results.remember(job.record.cache_key, result)  # paid for: kept
+            raise
+        except Exception as exc:
+            log.exception("job %s: delivery failed", job.id)
+            await self._results.remember(job.record.cache_key, result)
+            raise DeliveryError(
+                "The model was made but could not be posted here.", charged=True
+            ) from exc
+        await self._write(job, self._ledger.finish(job.id, JobState.DELIVERED))
+        job.finished = True
+        if self._turntable:
+            result = await self._add_turntable(job, result, workdir)
+        await self._results.remember(job.record.cache_key, result)
+        return result
+
+    async def _add_turntable(self, job: _Job, result: JobResult, workdir: Path) -> JobResult:
+        """Soon after the thumbnail: a turning view. Its failure costs nothing but itself."""
+        started = time.monotonic()
+        assert self._renderer is not None  # a turntable is asked for only with a renderer
+        try:
+            more = await self._renderer.turntable(result.files, workdir)
+            await job.replier.deliver_more(result, more)
+        except BotError as error:
+            log.warning("job %s: no turntable: %s", job.id, error.user_message)
+            return result
+        except Exception:
+            log.exception("job %s: the turntable could not be posted", job.id)
+            return result
+        timings = {**result.timings, "turntable": round(time.monotonic() - started, 3)}
+        return replace(result, files=result.files + more, timings=timings)
+
+    # -- owning a job ------------------------------------------------------------------------
+
+    async def _write(self, job: _Job, change: Awaitable[bool]) -> None:
+        """A state change the ledger makes only while this process owns the job."""
+        if not await change:
+            job.lost = True
+            raise JobLost(job.id)
+
+    async def _still_mine(self, job: _Job) -> None:
+        if time.monotonic() < job.owned_until - self._ledger.lease_s / 3:
+            return
+        before = time.monotonic()
+        if job.id not in await self._ledger.renew([job.id]):
+            job.lost = True
+            raise JobLost(job.id)
+        job.owned_until = before + self._ledger.lease_s
+
+    async def _guarded(self, job: _Job, work) -> JobResult | None:
+        """Run `work`; on any failure settle the money honestly and tell the user once."""
+        job.task = asyncio.current_task()
+        self._hold_lease(job)
+        try:
+            result = await work
+            self.metrics.delivered(job.record.platform, result)
+            return result
+        except asyncio.CancelledError:
+            if job.lost:  # the lease keeper stopped it: its new owner carries on
+                if job.task is not None:
+                    job.task.uncancel()
+                log.warning("job %s: taken over by another process; stopped here", job.id)
+                return None
+            await asyncio.shield(self._on_cancel(job))
+            raise
+        except JobLost:
+            log.warning("job %s: taken over by another process; stopped here", job.id)
+        except BotError as error:
+            await self._settle_failure(job, error)
+        except Exception:
+            log.exception("job %s failed", job.id)
+            await self._settle_failure(job, BotError(INTERNAL_ERROR))
+        finally:
+            self._running.pop(job.id, None)
+        return None
+
+    def _hold_lease(self, job: _Job) -> None:
+        self._running[job.id] = job
+        if self._lease_keeper is None or self._lease_keeper.done():
+            self._lease_keeper = asyncio.create_task(self._keep_leases())
+
+    async def _keep_leases(self) -> None:
+        """While this process runs jobs, renew their leases a few times per lease; a job whose
+        lease another process took is stopped at once."""
+        while self._running:
+            await asyncio.sleep(self._ledger.lease_s / 3)
+            running = list(self._running)
+            before = time.monotonic()
+            try:
+                owned = await self._ledger.renew(running)
+            except Exception:  # the next renewal may succeed; a lapse only risks a takeover
+                log.warning("could not renew job leases", exc_info=True)
+                continue
+            for job_id in owned:
+                if job_id in self._running:
+                    self._running[job_id].owned_until = before + self._ledger.lease_s
+            for job_id in set(running) - owned:
+                job = self._running.get(job_id)
+                if job is not None and not job.finished and job.task is not None:
+                    job.lost = True
+                    job.task.cancel()
+
+    async def _settle_failure(self, job: _Job, error: BotError) -> None:
+        try:
+            await self._on_failure(job, error)
+        except JobLost:
+            log.warning("job %s: taken over by another process before it failed here", job.id)
+
+    async def _on_failure(self, job: _Job, error: BotError) -> None:
+        if error.charged and not job.committed:  # billed upstream, lost afterwards
+            await self._write(job, self._ledger.commit(job.id, self._price))
+            job.committed = True
+        refunded = False
+        if job.committed:
+            await self._write(job, self._ledger.finish(job.id, JobState.FAILED, error.code))
+            if isinstance(error, DeliveryError):
+                error = DeliveryError(f"{error.user_message} {KEPT}", charged=True)
+        elif _maybe_billed(job, error):
+            await self._write(job, self._ledger.hold(job.id, error.code))
+            log.warning(
+                "job %s: %s; held for an admin (sam3d-bot admin refund %s releases it)",
+                job.id,
+                error.code,
+                job.id,
+            )
+        else:
+            await self._write(job, self._ledger.refund(job.id, error.code))
+            refunded = True
+        job.finished = True
+        log.info("job %s: %s (refunded=%s)", job.id, error.code, refunded)
+        self.metrics.failed(job.record.platform, error, refunded)
+        await _tell_failure(job.replier, error, refunded)
+
+    async def _on_cancel(self, job: _Job) -> None:
+        """Stopping: nothing is refunded or failed. The job's lease lapses at once, and the next
+        start (or another instance) carries it on from where it was: queued, sent, rendering."""
+        try:
+            await self._ledger.release([job.id])
+        except Exception:  # its lease then lapses by itself
+            log.warning("job %s: could not release its lease", job.id, exc_info=True)
+
+    async def again(
+        self,
+        job_id: str,
+        requester: Requester,
+        replier: Replier,
+        seed: int | None = None,
+        reply_to: dict | None = None,
+        idempotency_key: str | None = None,
+    ) -> JobResult | None:
+        """Run a finished job's photo and settings again with another seed ("New seed"):
+        a new job, under the requester's own quota."""
+        record = await self._ledger.get(job_id)
+        inputs = await self._results.inputs_of(job_id)
+        if record is None or inputs is None:
+            await _tell_failure(
+                replier,
+                InputError("job", "that job's photo is no longer kept; send the photo again"),
+                False,
+            )
+            return None
+        image, mask = inputs
+        params = record.params
+        request = JobRequest(
+            requester=requester,
+            image=ImageSource.from_bytes(image, "photo"),
+            prompt=params.get("prompt"),
+            bbox=",".join(map(str, params["bbox"])) if params.get("bbox") else None,
+            points=";".join(f"{x},{y}" for x, y in params["points"])
+            if params.get("points")
+            else None,
+            mask=ImageSource.from_bytes(mask, "mask") if mask else None,
+            seed=random.randint(SEED_MIN, SEED_MAX) if seed is None else seed,
+            reply_to=reply_to or record.reply_to,
+        )
+        return await self.run(request, replier, idempotency_key)
+
+    # -- taking over jobs a stopped process left --------------------------------------------
+
+    async def recover(
+        self,
+        replier_for: Callable[[JobRecord], Replier | None],
+        platforms: set[str] | None = None,
+    ) -> int:
+        """Take over the jobs a stopped process left (their leases lapsed) and carry each on
+        from where it was; refund only what cannot be finished, and tell its user. Returns the
+        number of jobs carried on.
+
+        Jobs of processes still running (another instance on the same database) keep their
+        leases and are left alone; `platforms` limits this to one front end's jobs.
+        """
+        carried = 0
+        claiming = time.monotonic()
+        for record in await self._ledger.claim_orphans(platforms):
+            if record.id in self._running:  # ours, its lease renewed late: it runs already
+                continue
+            replier = replier_for(record) or NullReplier()
+            job = _Job(
+                record,
+                replier,
+                time.monotonic(),
+                submitted=record.request_id is not None,
+                committed=record.committed,
+                owned_until=claiming + self._ledger.lease_s,
+            )
+            try:
+                work = await self._carry_on(job)
+            except JobLost:
+                continue
+            if work is not None:
+                carried += 1
+                self._hold_lease(job)  # renewed from now, before the task starts
+                self.runner.start(self._guarded(job, work), f"job {record.id}")
+        if carried:
+            log.info("took over %d job(s) a stopped bot left", carried)
+        return carried
+
+    async def _carry_on(self, job: _Job):
+        """What finishes a job taken over, or None when it is settled here and now."""
+        record = job.record
+        if record.state is JobState.SUBMITTING:
+            # Cut off while sending: Segmind may have it, and nothing says under which id.
+            await self._write(job, self._ledger.hold(job.id, "submit_interrupted"))
+            log.warning("job %s: stopped while being sent; held for an admin", job.id)
+            await _tell_failure(job.replier, SubmitUncertain(HELD_AFTER_STOP), refunded=False)
+            return None
+        if record.state is JobState.QUEUED:
+            validated = await self._results.validated_of(job.id)
+            if validated is None:
+                await self._write(job, self._ledger.refund(job.id, "restart"))
+                await _tell_failure(job.replier, ServiceStopping(PHOTO_GONE), refunded=True)
+                return None
+            return self._continue_queued(job, validated)
+        upstream = await self._results.upstream_of(job.id)
+        if upstream is not None:  # downloaded before the stop: finished from these files
+            return self._finish_from(job, upstream)
+        if record.resume_ref and not self._backend.offline:
+            return self._resume_upstream(job)
+        if job.committed:
+            await self._write(job, self._ledger.finish(job.id, JobState.FAILED, "files_lost"))
+            await _tell_failure(job.replier, DeliveryError(FILES_LOST, charged=True), False)
+            return None
+        await self._write(job, self._ledger.hold(job.id, "cannot_resume"))
+        await _tell_failure(job.replier, SubmitUncertain(HELD_AFTER_STOP), refunded=False)
+        return None
+
+    async def _continue_queued(self, job: _Job, validated: ValidatedInput) -> JobResult:
+        await job.replier.progress(Progress(Stage.RESUMED))
+        return await self._upstream_then_deliver(job, validated)
+
+    async def _finish_from(self, job: _Job, upstream: UpstreamResult) -> JobResult:
+        workdir = await self._results.workdir(job.id)
+        await job.replier.progress(Progress(Stage.RESUMED))
+        return await self._settle_and_deliver(job, upstream, workdir)
+
+    async def _resume_upstream(self, job: _Job) -> JobResult:
+        workdir = await self._results.workdir(job.id)
+        await job.replier.progress(Progress(Stage.RESUMED))
+        upstream = await self._backend.resume(job.record.resume_ref, workdir, self._processing(job))
+        await self._results.keep_upstream(job.id, upstream)
+        return await self._settle_and_deliver(job, upstream, workdir)
+
+    def keep_recovering(
+        self, replier_for: Callable[[JobRecord], Replier | None], platforms: set[str] | None = None
+    ) -> None:
+        """Take over `platforms`' lapsed jobs now and every lease period while running: a
+        job whose instance was killed is finished by another one, not at some later start."""
+        self._watched.append((replier_for, platforms))
+        if self._watcher is None or self._watcher.done():
+            self._watcher = asyncio.create_task(self._watch())
+
+    async def _watch(self) -> None:
+        while self.runner.accepting:
+            for replier_for, platforms in list(self._watched):
+                try:
+                    await self.recover(replier_for, platforms)
+                except Exception:  # the ledger may be back by the next round
+                    log.warning("could not look for jobs to take over", exc_info=True)
+            await asyncio.sleep(self._ledger.lease_s)
+
+    async def wait_resumed(self) -> None:
+        await self.runner.idle()
+
+    # -- stopping ----------------------------------------------------------------------------
+
+    async def shutdown(self, grace_s: float) -> None:
+        """Take no new jobs; let those in flight finish within `grace_s`; leave the rest to
+        be carried on by the next start or another instance."""
+        self.runner.accepting = False
+        self._scheduler.hold()  # a queued job starting now would only be cut off
+        await self._stop(self._watcher)
+        await self.runner.shutdown(grace_s)
+
+    async def close(self) -> None:
+        self.runner.accepting = False
+        await self._stop(self._watcher)
+        await self._stop(self._lease_keeper)
+
+    @staticmethod
+    async def _stop(task: asyncio.Task | None) -> None:
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
+def _maybe_billed(job: _Job, error: BotError) -> bool:
+    """A failure while the submit was on its way, where Segmind may have taken it."""
+    if not job.sending or job.submitted:
+        return False
+    return isinstance(error, SubmitUncertain) or not isinstance(error, UpstreamError)
+
+
+async def _tell_failure(replier: Replier, error: BotError, refunded: bool) -> None:
+    try:
+        await replier.fail(error, refunded)
+    except Exception:
+        log.exception("could not tell the user about a failed job")
