@@ -19,13 +19,15 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bot.errors import BudgetExhausted  # noqa: E402
-from bot.ledger import QuotaPolicy, SqliteLedger  # noqa: E402
+from bot.ledger import QuotaPolicy, SqliteLedger, SqlLedger  # noqa: E402
 from bot.ledger.postgres import PostgresLedger  # noqa: E402
 from bot.models import Requester  # noqa: E402
 from bot.ports import NewJob  # noqa: E402
@@ -34,7 +36,9 @@ from tests.postgres import fresh_schema_url, start_server, stop_server  # noqa: 
 PRICE = 65_000
 
 
-async def run(make_ledger, callers: int, pairs: int) -> dict:
+async def run(
+    make_ledger: Callable[[QuotaPolicy], SqlLedger], callers: int, pairs: int
+) -> dict[str, Any]:
     cap = int(pairs * 0.9) * PRICE
     policy = QuotaPolicy(global_budget_micros=cap, jobs_per_window=10**9, max_in_flight=10**9)
     ledger = make_ledger(policy)
@@ -73,7 +77,7 @@ async def run(make_ledger, callers: int, pairs: int) -> dict:
     }
 
 
-async def main(args) -> None:
+async def main(args: argparse.Namespace) -> None:
     directory = None
     url = args.postgres
     if url is None:  # TEST_DATABASE_URL, or a private server from Debian's package

@@ -18,6 +18,7 @@ import sqlite3
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,12 +49,13 @@ def states(data: Path) -> dict[str, int]:
 def commits(data: Path) -> int:
     db = sqlite3.connect(data / "sam3d.sqlite3")
     try:
-        return db.execute("SELECT count(*) FROM audit WHERE action = 'commit'").fetchone()[0]
+        (count,) = db.execute("SELECT count(*) FROM audit WHERE action = 'commit'").fetchone()
+        return int(count)
     finally:
         db.close()
 
 
-async def until(condition, limit_s: float = 300.0) -> float:
+async def until(condition: Callable[[], bool], limit_s: float = 300.0) -> float:
     started = time.monotonic()
     while not condition():
         if time.monotonic() - started > limit_s:
@@ -63,7 +65,7 @@ async def until(condition, limit_s: float = 300.0) -> float:
 
 
 class Bots:
-    def __init__(self, args, slack: FakeSlack, segmind: FakeSegmind, data: str):
+    def __init__(self, args: argparse.Namespace, slack: FakeSlack, segmind: FakeSegmind, data: str):
         self.env = slack_bot_env(
             slack,
             segmind,
@@ -109,7 +111,7 @@ async def send_jobs(url: str, slack: FakeSlack, first: int, count: int) -> None:
                     raise RuntimeError(f"acknowledgement: HTTP {response.status}")
 
 
-async def bench(args) -> None:
+async def bench(args: argparse.Namespace) -> None:
     async with FakeSlack() as slack, FakeSegmind() as segmind:
         segmind.glb, segmind.ply = made_glb(), made_splat_ply()
         with tempfile.TemporaryDirectory() as tmp:

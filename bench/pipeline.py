@@ -25,7 +25,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bot.app import build_core  # noqa: E402
-from bot.models import ImageSource, JobRequest, Requester  # noqa: E402
+from bot.errors import BotError  # noqa: E402
+from bot.models import (  # noqa: E402
+    ImageSource,
+    JobRequest,
+    JobResult,
+    OutputFile,
+    Progress,
+    Requester,
+)
 from bot.settings import load_settings  # noqa: E402
 from tests.conftest import photo_bytes  # noqa: E402
 from tests.fakes.segmind import API_KEY  # noqa: E402
@@ -38,19 +46,19 @@ def percentiles(values: list[float]) -> str:
 
 
 class Quiet:
-    async def prepare(self):
+    async def prepare(self) -> None:
         pass
 
-    async def progress(self, update):
+    async def progress(self, update: Progress) -> None:
         pass
 
-    async def deliver(self, result):
+    async def deliver(self, result: JobResult) -> None:
         pass
 
-    async def deliver_more(self, result, files):
+    async def deliver_more(self, result: JobResult, files: tuple[OutputFile, ...]) -> None:
         pass
 
-    async def fail(self, error, refunded):
+    async def fail(self, error: BotError, refunded: bool) -> None:
         raise SystemExit(f"job failed: {error.user_message}")
 
 
@@ -61,7 +69,7 @@ async def watch_lag(stop: asyncio.Event, worst: list[float]) -> None:
         worst[0] = max(worst[0], time.perf_counter() - before - 0.005)
 
 
-async def bench(args, url: str) -> None:
+async def bench(args: argparse.Namespace, url: str) -> None:
     with tempfile.TemporaryDirectory() as data:
         settings = load_settings(
             env_file=None,
@@ -80,12 +88,15 @@ async def bench(args, url: str) -> None:
             watcher = asyncio.create_task(watch_lag(stop, worst))
             started = time.perf_counter()
 
-            async def one(i: int):
+            async def one(i: int) -> JobResult:
                 await asyncio.sleep(i / rate)  # a steady stream of users, not one burst
                 request = JobRequest(
                     Requester("bench", f"user{i}"), ImageSource.from_bytes(photo), seed=i
                 )
-                return await core.service.run(request, Quiet())
+                result = await core.service.run(request, Quiet())
+                if result is None:
+                    raise SystemExit(f"job {i} ended without a result")
+                return result
 
             rate = args.rate or 0.9 * args.in_flight / args.upstream_s
             results = await asyncio.gather(*(one(i) for i in range(args.jobs)))

@@ -54,7 +54,7 @@ def as_output(path: Path) -> tuple[OutputFile, ...]:
     return (OutputFile(kind, path, path.stat().st_size, ""),)
 
 
-async def bench(args) -> None:
+async def bench(args: argparse.Namespace) -> None:
     options = RenderOptions(
         size=args.size, turntable_frames=args.frames, turntable_size=args.turntable_size
     )

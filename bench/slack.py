@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -48,7 +49,8 @@ def photo(index: int) -> bytes:
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+        port: int = probe.getsockname()[1]
+        return port
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -58,7 +60,7 @@ def peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
-def slack_bot_env(slack: FakeSlack, segmind: FakeSegmind, data: str, **more: str) -> dict:
+def slack_bot_env(slack: FakeSlack, segmind: FakeSegmind, data: str, **more: str) -> dict[str, str]:
     """`sam3d-bot run` in Slack's HTTP mode against the fakes, previews off, no other platform
     or database from the caller's environment."""
     env = {
@@ -90,7 +92,7 @@ def models_delivered(fake: FakeSlack) -> dict[str, float]:
     }
 
 
-async def bench(args) -> None:
+async def bench(args: argparse.Namespace) -> None:
     async with (
         FakeSlack() as slack,
         FakeSegmind(Behaviour(complete_after_s=args.upstream_s)) as segmind,
@@ -99,13 +101,13 @@ async def bench(args) -> None:
         slack.per_second = {"chat.postMessage": args.post_limit, "chat.update": args.post_limit}
         completed = slack.m_files_completeUploadExternal
 
-        def stamped(request_args):  # when each upload reached the channel
+        def stamped(request_args: dict[str, Any]) -> Any:  # when each upload reached Slack
             answer = completed(request_args)
             for item in request_args.get("files", []):
                 slack.uploads.get(item["id"], {}).setdefault("at", time.monotonic())
             return answer
 
-        slack.m_files_completeUploadExternal = stamped  # type: ignore[method-assign]
+        slack.m_files_completeUploadExternal = stamped  # type: ignore[method-assign,assignment]
         port = free_port()
         with tempfile.TemporaryDirectory() as tmp:
             env = slack_bot_env(
@@ -128,7 +130,7 @@ async def bench(args) -> None:
                 await bot.wait()
 
 
-async def measure(args, slack: FakeSlack, pid: int, url: str) -> None:
+async def measure(args: argparse.Namespace, slack: FakeSlack, pid: int, url: str) -> None:
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         await wait_until_ready(session, url)
         users = [f"U{i:08d}B" for i in range(args.jobs)]
@@ -143,7 +145,7 @@ async def measure(args, slack: FakeSlack, pid: int, url: str) -> None:
         ]
         sent: dict[str, float] = {}
 
-        async def send(user: str, event: dict) -> float:
+        async def send(user: str, event: dict[str, Any]) -> float:
             body = payloads.event_body(event)
             sent[user] = time.monotonic()
             async with session.post(

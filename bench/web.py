@@ -16,7 +16,9 @@ import multiprocessing
 import sys
 import tempfile
 import time
+from multiprocessing import Queue
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -28,7 +30,7 @@ from bot.web import build_web_app, start_web  # noqa: E402
 from tests.fakes.models3d import FIXTURES, made_glb  # noqa: E402
 
 
-def load(url: str, clients: int, seconds: float, queue) -> None:
+def load(url: str, clients: int, seconds: float, queue: Queue[tuple[int, int]]) -> None:
     """In the client process: as many requests as `clients` keep going for `seconds`."""
 
     async def run() -> tuple[int, int]:
@@ -53,7 +55,7 @@ def load(url: str, clients: int, seconds: float, queue) -> None:
     queue.put(asyncio.run(run()))
 
 
-async def measure(url: str, clients: int, seconds: float) -> dict:
+async def measure(url: str, clients: int, seconds: float) -> dict[str, Any]:
     lags: list[float] = []
     stop = asyncio.Event()
 
@@ -63,7 +65,7 @@ async def measure(url: str, clients: int, seconds: float) -> dict:
             await asyncio.sleep(0.01)
             lags.append(time.perf_counter() - before - 0.01)
 
-    queue: multiprocessing.Queue = multiprocessing.Queue()
+    queue: Queue[tuple[int, int]] = multiprocessing.Queue()
     process = multiprocessing.Process(target=load, args=(url, clients, seconds, queue))
     watcher = asyncio.create_task(watch_loop())
     started = time.perf_counter()
@@ -80,7 +82,7 @@ async def measure(url: str, clients: int, seconds: float) -> dict:
     }
 
 
-async def main(args) -> None:
+async def main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         job = Path(tmp) / "jobs" / "abc123"
         job.mkdir(parents=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -222,15 +222,19 @@ async def run_adapters(settings: Settings, adapters: list[Any]) -> None:
 CLOSE_CLIENTS_S = 1.5  # for the platform clients to close, within docker stop's 10 s
 
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
 def refused_while_stopping(routes: list[web.RouteDef], runner: JobRunner) -> list[web.RouteDef]:
     """A platform's requests are answered 503 once the bot is stopping, so the platform
     sends them again later, or to another instance (Slack retries a 5xx)."""
 
-    def guard(handler):
+    def guard(handler: Handler) -> Handler:
         async def guarded(request: web.Request) -> web.StreamResponse:
             if not runner.accepting:
                 return web.Response(status=503, text="stopping", headers={"Retry-After": "10"})
-            return await handler(request)
+            response: web.StreamResponse = await handler(request)
+            return response
 
         return guarded
 

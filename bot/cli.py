@@ -16,11 +16,11 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from .errors import BotError, DeliveryError, InputError
 from .logs import RedactSecrets, secrets_of, setup_logging
@@ -30,6 +30,7 @@ from .models import (
     JobRequest,
     JobResult,
     JobState,
+    OutputFile,
     Progress,
     Requester,
 )
@@ -91,11 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_admin_parser(sub) -> None:
+def add_admin_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     admin = sub.add_parser("admin", help="quotas, budgets, blocks, pauses, refunds, audit")
     verbs = admin.add_subparsers(dest="verb", required=True)
 
-    def where(parser, needs_platform: bool = True) -> None:
+    def where(parser: argparse.ArgumentParser, needs_platform: bool = True) -> None:
         parser.add_argument("--platform", required=needs_platform, help="discord or slack (or cli)")
         parser.add_argument("--guild", help="a server / workspace id (default: everywhere)")
 
@@ -185,10 +186,10 @@ class TerminalReplier:
         cost = f"${micros_to_usd(result.cost_micros):.3f}" if result.cost_micros else "free"
         print(f"done in {result.seconds:.1f} s, {cost}", file=self._out)
 
-    async def deliver_more(self, result: JobResult, files) -> None:
+    async def deliver_more(self, result: JobResult, files: tuple[OutputFile, ...]) -> None:
         await self._write(files)
 
-    async def _write(self, files) -> None:
+    async def _write(self, files: tuple[OutputFile, ...]) -> None:
         """NAME.glb, NAME.ply, NAME.png, NAME-turntable.webp; anything else NAME-FILE."""
         self._out_dir.mkdir(parents=True, exist_ok=True)
         for file in files:
@@ -228,7 +229,7 @@ def image_source(text: str) -> ImageSource:
     return ImageSource.from_path(text)
 
 
-async def generate(settings: Settings, args, out: TextIO, err: TextIO) -> int:
+async def generate(settings: Settings, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from .app import build_core
 
     source = image_source(args.image)
@@ -253,7 +254,7 @@ async def generate(settings: Settings, args, out: TextIO, err: TextIO) -> int:
     replier = TerminalReplier(Path(args.out), stem or "model", err, out)
     settings = settings.model_copy(update={"render_turntable": args.turntable})
 
-    def earlier_replier(record) -> TerminalReplier | None:
+    def earlier_replier(record: JobRecord) -> TerminalReplier | None:
         where = record.reply_to
         if "out" not in where:
             return None
@@ -282,7 +283,7 @@ async def generate(settings: Settings, args, out: TextIO, err: TextIO) -> int:
 # --- the other commands ---------------------------------------------------------------------
 
 
-async def render(settings: Settings, args, out: TextIO) -> int:
+async def render(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
     from .render.renderer import F3dRenderer, RenderOptions
 
     model, picture = Path(args.model), Path(args.output)
@@ -331,7 +332,7 @@ async def opened_ledger(settings: Settings) -> AsyncIterator[Ledger]:
         await ledger.close()
 
 
-async def usage(settings: Settings, args, out: TextIO) -> int:
+async def usage(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
     where = Where(args.platform, args.guild) if args.platform else None
     if args.guild and not args.platform:
         raise CliFailure("--guild needs --platform", USAGE)
@@ -348,7 +349,7 @@ async def usage(settings: Settings, args, out: TextIO) -> int:
     return OK
 
 
-async def admin(settings: Settings, args, out: TextIO) -> int:
+async def admin(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
     actor = f"{CLI_ACTOR}:{getpass.getuser()}"
     where = Where(getattr(args, "platform", None) or "", getattr(args, "guild", None))
     async with opened_ledger(settings) as ledger:
@@ -453,7 +454,7 @@ def main(
         setup_logging(settings, err)
         if args.command != "run":
             logging.getLogger().setLevel(logging.WARNING)  # the terminal shows progress itself
-        command = {
+        command: Callable[[], Coroutine[Any, Any, int]] = {
             "generate": lambda: generate(settings, args, out, err),
             "render": lambda: render(settings, args, out),
             "credits": lambda: credits(settings, out),

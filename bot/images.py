@@ -17,6 +17,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
@@ -34,6 +35,11 @@ from .models import (
     PreparedImage,
     ValidatedInput,
 )
+
+if TYPE_CHECKING:
+    from aiohttp.connector import AddrInfoType
+
+    from .settings import Settings
 
 # The pixel cap is ours (ImageLimits.max_pixels, checked before decoding); Pillow's own
 # warning for big images would only repeat it in the logs.
@@ -60,7 +66,7 @@ class ImageLimits:
     fetch_timeout_s: float = 20.0
 
     @classmethod
-    def from_settings(cls, settings) -> ImageLimits:
+    def from_settings(cls, settings: Settings) -> ImageLimits:
         return cls(
             settings.max_image_bytes,
             settings.max_image_pixels,
@@ -105,12 +111,14 @@ def is_blocked(error: BaseException) -> bool:
 BLOCKED = "is not a public address"
 
 
-def guarded_socket_factory(allowed: AddressPolicy = public_addresses_only):
+def guarded_socket_factory(
+    allowed: AddressPolicy = public_addresses_only,
+) -> Callable[[AddrInfoType], socket.socket]:
     """Every socket the session opens is checked here, just before it connects: names
     resolved by any resolver, IP literals (which aiohttp connects to without resolving) and
     every redirect's hop alike."""
 
-    def open_socket(addr_info) -> socket.socket:
+    def open_socket(addr_info: AddrInfoType) -> socket.socket:
         family, kind, proto, _, address = addr_info
         host = address[0]
         if not allowed(ipaddress.ip_address(host.split("%", 1)[0])):
@@ -123,7 +131,9 @@ def guarded_socket_factory(allowed: AddressPolicy = public_addresses_only):
 class GuardedResolver(AbstractResolver):
     """Resolves like aiohttp does, but refuses a name if any of its addresses is not allowed."""
 
-    def __init__(self, allowed: AddressPolicy = public_addresses_only, inner=None):
+    def __init__(
+        self, allowed: AddressPolicy = public_addresses_only, inner: AbstractResolver | None = None
+    ):
         self._allowed = allowed
         self._inner = inner or DefaultResolver()
 
@@ -460,7 +470,9 @@ def points_to_api(points: tuple[tuple[int, int], ...]) -> str:
 class InputValidator:
     """Turns a JobRequest into a ValidatedInput, fetching what it must; charges nothing."""
 
-    def __init__(self, fetcher: ImageFetcher | None, limits: ImageLimits, allow_paths=False):
+    def __init__(
+        self, fetcher: ImageFetcher | None, limits: ImageLimits, allow_paths: bool = False
+    ):
         self._fetcher = fetcher
         self._limits = limits
         self._allow_paths = allow_paths  # local files: the command line only
@@ -501,7 +513,15 @@ class InputValidator:
             self._check, raw, mask_raw, image_field, request, prompt, seed
         )
 
-    def _check(self, raw, mask_raw, image_field, request, prompt, seed) -> ValidatedInput:
+    def _check(
+        self,
+        raw: bytes,
+        mask_raw: bytes | None,
+        image_field: str,
+        request: JobRequest,
+        prompt: str | None,
+        seed: int,
+    ) -> ValidatedInput:
         image, scale = prepare_image(raw, image_field, self._limits)
         # Users measure boxes and points on the photo as shown, before any scaling.
         shown = (image.width, image.height) if scale == 1.0 else oriented_size(raw)

@@ -10,13 +10,14 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from .errors import BotError, UpstreamError
 from .models import JobResult
+from .ports import Reports
 from .settings import micros_to_usd
 
 SECONDS = (0.5, 1, 2, 5, 10, 20, 30, 45, 60, 90, 120, 300, 600)
 
 
 class Metrics:
-    def __init__(self):
+    def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.jobs = Counter(
             "sam3d_jobs",
@@ -72,7 +73,7 @@ class Metrics:
 
     # -- read on each scrape --------------------------------------------------------------------
 
-    async def scrape(self, ledger, queue_length: Callable[[], int]) -> bytes:
+    async def scrape(self, ledger: Reports, queue_length: Callable[[], int]) -> bytes:
         budget = await ledger.budget()
         self.usd.labels("reserved").set(float(micros_to_usd(budget.reserved_micros)))
         self.usd.labels("committed").set(float(micros_to_usd(budget.committed_micros)))

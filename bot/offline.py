@@ -9,14 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import io
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import trimesh
 from PIL import Image, ImageDraw, ImageFilter
 
 from .models import FileKind, OutputFile, UpstreamResult, ValidatedInput
+from .ports import OnProcessing, OnSending, OnSubmitted
 
+Box = tuple[int, int, int, int]  # left, top, right, bottom
+Points = tuple[tuple[int, int], ...]
+FloatArray = npt.NDArray[np.floating[Any]]
+BoolArray = npt.NDArray[np.bool_]
 GRID_SIDE = 160  # vertices along the longer side of the object
 TEXTURE_SIDE = 1024
 
@@ -25,15 +33,22 @@ class OfflineBackend:
     offline = True
 
     async def generate(
-        self, job: ValidatedInput, workdir: Path, on_submitted, on_processing, on_sending=None
-    ):
+        self,
+        job: ValidatedInput,
+        workdir: Path,
+        on_submitted: OnSubmitted,
+        on_processing: OnProcessing,
+        on_sending: OnSending | None = None,
+    ) -> UpstreamResult:
         await on_processing()
         path = workdir / "offline.glb"
         await asyncio.to_thread(write_relief_glb, job, path)
         model = OutputFile(FileKind.MESH, path, path.stat().st_size, "model/gltf-binary")
         return UpstreamResult(files=(model,), cost_micros=0, offline=True)
 
-    async def resume(self, resume_ref, workdir, on_processing):
+    async def resume(
+        self, resume_ref: dict[str, Any], workdir: Path, on_processing: OnProcessing
+    ) -> UpstreamResult:
         raise NotImplementedError("offline jobs are never left running upstream")
 
 
@@ -66,7 +81,9 @@ def _lowest(band: Image.Image) -> float:
     return low
 
 
-def cut_out(photo: Image.Image, mask: Image.Image | None, bbox, points) -> Image.Image:
+def cut_out(
+    photo: Image.Image, mask: Image.Image | None, bbox: Box | None, points: Points
+) -> Image.Image:
     """A 0/255 mask of the main object, at the photo's size."""
     width, height = photo.size
     if mask is not None:
@@ -91,7 +108,7 @@ def _share(mask: Image.Image) -> float:
     return float(np.asarray(mask, dtype=np.uint8).mean()) / 255.0
 
 
-def _separate_background(rgb: Image.Image, region) -> Image.Image:
+def _separate_background(rgb: Image.Image, region: Box) -> Image.Image:
     """Background = what is connected to the region's border and coloured like it."""
     x1, y1, x2, y2 = region
     crop = rgb.crop(region)
@@ -117,15 +134,18 @@ def _separate_background(rgb: Image.Image, region) -> Image.Image:
     return full
 
 
-def _shadow_of(pixels: np.ndarray, background: np.ndarray) -> np.ndarray:
+def _shadow_of(pixels: FloatArray, background: FloatArray) -> BoolArray:
     """Pixels that are the background's colour, only darker: a cast shadow, not the object."""
     chroma = pixels / (pixels.sum(axis=2, keepdims=True) + 1e-3)
     bg_chroma = background / (background.sum() + 1e-3)
     ratio = pixels.sum(axis=2) / (background.sum() + 1e-3)
-    return (np.linalg.norm(chroma - bg_chroma, axis=2) < 0.025) & (ratio > 0.3) & (ratio < 1.0)
+    shadow: BoolArray = (
+        (np.linalg.norm(chroma - bg_chroma, axis=2) < 0.025) & (ratio > 0.3) & (ratio < 1.0)
+    )
+    return shadow
 
 
-def _border_seeds(w: int, h: int, step: int = 16):
+def _border_seeds(w: int, h: int, step: int = 16) -> Iterator[tuple[int, int]]:
     for x in range(0, w, step):
         yield x, 0
         yield x, h - 1
@@ -134,7 +154,7 @@ def _border_seeds(w: int, h: int, step: int = 16):
         yield w - 1, y
 
 
-def _grow_from_points(rgb: Image.Image, points, region) -> Image.Image:
+def _grow_from_points(rgb: Image.Image, points: Points, region: Box) -> Image.Image:
     """The areas of similar colour around each point the user marked."""
     x1, y1, x2, y2 = region
     work = rgb.copy()
@@ -150,7 +170,7 @@ def _grow_from_points(rgb: Image.Image, points, region) -> Image.Image:
     return mask.filter(ImageFilter.MaxFilter(3)).filter(ImageFilter.MinFilter(3))
 
 
-def _ellipse(size, region) -> Image.Image:
+def _ellipse(size: tuple[int, int], region: Box) -> Image.Image:
     mask = Image.new("L", size, 0)
     x1, y1, x2, y2 = region
     inset_x, inset_y = (x2 - x1) * 0.1, (y2 - y1) * 0.1
@@ -211,18 +231,18 @@ def relief_mesh(photo: Image.Image, mask: Image.Image) -> trimesh.Trimesh:
     return mesh
 
 
-def _dome(inside: np.ndarray) -> np.ndarray:
+def _dome(inside: BoolArray) -> FloatArray:
     """Height from the outline: 0 on the rim, rising smoothly inwards (a blurred distance)."""
     mask = Image.fromarray(np.where(inside, 255, 0).astype(np.uint8))
     radius = max(1.0, max(inside.shape) / 10)
     blurred = np.asarray(mask.filter(ImageFilter.GaussianBlur(radius)), dtype=np.float32) / 255
     rim = inside & ~_eroded(inside)
-    height = np.sqrt(np.clip(blurred - 0.5, 0, None) * 2) * inside
+    height: FloatArray = np.sqrt(np.clip(blurred - 0.5, 0, None) * 2) * inside
     height[rim] = 0.0
     return height
 
 
-def _eroded(inside: np.ndarray) -> np.ndarray:
+def _eroded(inside: BoolArray) -> BoolArray:
     out = inside.copy()
     out[1:, :] &= inside[:-1, :]
     out[:-1, :] &= inside[1:, :]

@@ -4,11 +4,14 @@ is called and where a file too large to attach can be fetched."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import BotError
 from .models import FileKind, JobResult, OutputFile
 from .settings import micros_to_usd
+
+if TYPE_CHECKING:
+    from .downloads import DownloadLinks
 
 # A job asked for while the bot stops, or cut off before it was reserved.
 RESTARTING = "The bot is restarting; please send it again in a minute. Nothing was charged."
@@ -48,7 +51,7 @@ def attachment_name(file: OutputFile) -> str:
     ) + suffix
 
 
-def link_line(file: OutputFile, name: str, job_id: str, links=None) -> str:
+def link_line(file: OutputFile, name: str, job_id: str, links: DownloadLinks | None = None) -> str:
     """`links`: the bot's signed download links (used when PUBLIC_URL is set)."""
     size = f"{file.size / 1e6:.1f} MB"
     if links is not None and links.enabled:

@@ -14,6 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from .errors import (
     BotError,
@@ -33,13 +34,23 @@ from .models import (
     JobRequest,
     JobResult,
     JobState,
+    OutputFile,
     Progress,
     Requester,
     Stage,
     UpstreamResult,
     ValidatedInput,
 )
-from .ports import ImageTo3D, JobLedger, JobRecord, NewJob, QuotaStatus, Renderer, Replier
+from .ports import (
+    ImageTo3D,
+    JobLedger,
+    JobRecord,
+    NewJob,
+    OnProcessing,
+    QuotaStatus,
+    Renderer,
+    Replier,
+)
 from .replies import RESTARTING, UNREADABLE
 from .results import ResultStore
 from .runner import JobRunner
@@ -74,7 +85,7 @@ class NullReplier:
     async def deliver(self, result: JobResult) -> None:
         pass
 
-    async def deliver_more(self, result: JobResult, files) -> None:
+    async def deliver_more(self, result: JobResult, files: tuple[OutputFile, ...]) -> None:
         pass
 
     async def fail(self, error: BotError, refunded: bool) -> None:
@@ -97,7 +108,7 @@ class _Job:
     # Until when (monotonic) its lease surely holds: nobody can take a job before its lease
     # lapses, so no round trip is needed to know it is still ours.
     owned_until: float = 0.0
-    task: asyncio.Task | None = None
+    task: asyncio.Task[Any] | None = None
 
     @property
     def id(self) -> str:
@@ -137,10 +148,10 @@ class Service:
         self.runner = runner or JobRunner()
         # Jobs this process runs: their leases are renewed so no other instance takes them.
         self._running: dict[str, _Job] = {}
-        self._lease_keeper: asyncio.Task | None = None
+        self._lease_keeper: asyncio.Task[None] | None = None
         # Front ends whose lapsed jobs this process takes over, every lease period.
         self._watched: list[tuple[Callable[[JobRecord], Replier | None], set[str] | None]] = []
-        self._watcher: asyncio.Task | None = None
+        self._watcher: asyncio.Task[None] | None = None
 
     @property
     def offline(self) -> bool:
@@ -224,7 +235,7 @@ class Service:
                 await self._write(job, self._ledger.mark_submitting(job.id))
                 job.sending = True
 
-            async def on_submitted(request_id: str, resume_ref: dict) -> None:
+            async def on_submitted(request_id: str, resume_ref: dict[str, Any]) -> None:
                 if not await self._ledger.mark_submitted(job.id, request_id, resume_ref):
                     # Taken over while sending (its new owner holds it): what Segmind
                     # answered goes on record for the admin who settles it.
@@ -258,7 +269,7 @@ class Service:
         )
         return self._price
 
-    def _processing(self, job: _Job):
+    def _processing(self, job: _Job) -> OnProcessing:
         async def on_processing() -> None:
             await job.replier.progress(Progress(Stage.PROCESSING))
 
@@ -346,7 +357,7 @@ class Service:
             raise JobLost(job.id)
         job.owned_until = before + self._ledger.lease_s
 
-    async def _guarded(self, job: _Job, work) -> JobResult | None:
+    async def _guarded(self, job: _Job, work: Awaitable[JobResult]) -> JobResult | None:
         """Run `work`; on any failure settle the money honestly and tell the user once."""
         job.task = asyncio.current_task()
         self._hold_lease(job)
@@ -444,7 +455,7 @@ class Service:
         requester: Requester,
         replier: Replier,
         seed: int | None = None,
-        reply_to: dict | None = None,
+        reply_to: dict[str, Any] | None = None,
         idempotency_key: str | None = None,
     ) -> JobResult | None:
         """Run a finished job's photo and settings again with another seed ("New seed"):
@@ -514,7 +525,7 @@ class Service:
             log.info("took over %d job(s) a stopped bot left", carried)
         return carried
 
-    async def _carry_on(self, job: _Job):
+    async def _carry_on(self, job: _Job) -> Awaitable[JobResult] | None:
         """What finishes a job taken over, or None when it is settled here and now."""
         record = job.record
         if record.state is JobState.SUBMITTING:
@@ -596,7 +607,7 @@ class Service:
         await self._stop(self._lease_keeper)
 
     @staticmethod
-    async def _stop(task: asyncio.Task | None) -> None:
+    async def _stop(task: asyncio.Task[Any] | None) -> None:
         if task is not None and not task.done():
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)

@@ -36,13 +36,17 @@ class ProgressThrottle:
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._show_pending())
 
+    def _take_pending(self) -> Progress | None:
+        progress, self._pending = self._pending, None
+        return progress
+
     async def _show_pending(self) -> None:
         while self._pending is not None and not self.closed:
             wait = self._last + self._interval_s - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
-            progress, self._pending = self._pending, None
-            if progress is None:
+            progress = self._take_pending()
+            if progress is None:  # cleared while this waited
                 return
             self._last = time.monotonic()
             try:

@@ -180,7 +180,7 @@ def job_files(jobs: Path, job: str) -> dict[str, tuple[Path, int]]:
 
 
 def viewer_page(
-    signed: dict[str, str], view: str, page_url, files: dict[str, tuple[Path, int]]
+    signed: dict[str, str], view: str, page_url: str, files: dict[str, tuple[Path, int]]
 ) -> str:
     esc = html.escape
     picture = signed.get("picture", "")

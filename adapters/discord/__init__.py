@@ -5,10 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import TYPE_CHECKING
 
 import discord
 
 from bot.errors import AdapterFailed
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from bot.app import Core
+    from bot.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -16,19 +23,19 @@ log = logging.getLogger(__name__)
 class DiscordAdapter:
     name = "discord"
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.client: discord.Client | None = None
 
     def ready(self) -> bool:
         return self.client is not None and self.client.is_ready()
 
-    def enabled(self, settings) -> bool:
+    def enabled(self, settings: Settings) -> bool:
         return bool(settings.discord_token.get_secret_value())
 
-    def routes(self, core) -> list:
+    def routes(self, core: Core) -> list[web.RouteDef]:
         return []  # Discord reaches the bot through its gateway, not the web server
 
-    async def run(self, core, stop: asyncio.Event) -> None:
+    async def run(self, core: Core, stop: asyncio.Event) -> None:
         """Connect and serve until `stop`, which the core sets once jobs are done with."""
         from .app import Sam3dClient, build_client
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 import discord
@@ -38,7 +39,7 @@ class AdminCommands(app_commands.Group):
     def _where(self, interaction: discord.Interaction) -> Where:
         return Where(PLATFORM, str(interaction.guild_id))
 
-    async def _answer(self, interaction: discord.Interaction, work) -> None:
+    async def _answer(self, interaction: discord.Interaction, work: Awaitable[str]) -> None:
         # A refusal (BotError) is worded by the command tree's error hook.
         await ephemeral(interaction, await work)
 

@@ -4,6 +4,7 @@ worded: the command tree's, the forms' and the buttons' error hooks all come her
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import discord
 from discord import app_commands
@@ -58,6 +59,6 @@ class AnsweringModal(discord.ui.Modal):
 
 class AnsweringView(discord.ui.View):
     async def on_error(
-        self, interaction: discord.Interaction, error: Exception, item: discord.ui.Item, /
+        self, interaction: discord.Interaction, error: Exception, item: discord.ui.Item[Any], /
     ) -> None:
         await answer_failure(interaction, error)

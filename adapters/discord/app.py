@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any
 
 import discord
 from discord import app_commands
@@ -15,6 +16,9 @@ from bot.errors import InputError
 from bot.models import SEED_MAX, SEED_MIN, ImageSource, JobRequest
 from bot.operations import Operations, Where, describe_quota
 from bot.ports import JobRecord
+
+if TYPE_CHECKING:
+    from bot.app import Core
 
 from .admin import AdminCommands
 from .answers import AnsweringModal, AnsweringView, Sam3dTree, ephemeral
@@ -42,7 +46,7 @@ INVITE_PERMISSIONS = discord.Permissions(
 
 
 class Sam3dClient(discord.AutoShardedClient):
-    def __init__(self, core, **options: Any):
+    def __init__(self, core: Core, **options: Any):
         super().__init__(intents=discord.Intents(guilds=True), allowed_mentions=NO_PINGS, **options)
         self.core = core
         self.settings = core.settings
@@ -125,7 +129,7 @@ class Sam3dClient(discord.AutoShardedClient):
             self.core.service.run(request, replier, idempotency_key=f"discord:{interaction.id}")
         )
 
-    def background(self, work) -> asyncio.Task:
+    def background(self, work: Awaitable[Any]) -> asyncio.Task[Any]:
         return self.core.runner.start(work, "discord job")
 
     async def may_start_here(self, interaction: discord.Interaction) -> bool:
@@ -299,7 +303,7 @@ class PickImage(AnsweringView):
         self.add_item(select)
 
 
-def build_client(core) -> Sam3dClient:
+def build_client(core: Core) -> Sam3dClient:
     """The client, with Discord's API root from the settings (discord.py keeps it globally)."""
     discord.http.Route.BASE = core.settings.discord_api_url
     return Sam3dClient(core)

@@ -4,7 +4,7 @@ so they keep working after a restart (discord.py rebuilds them from the id)."""
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import discord
 
@@ -66,7 +66,7 @@ BUTTONS = {
 
 
 class ResultButton(
-    discord.ui.DynamicItem[discord.ui.Button],
+    discord.ui.DynamicItem[discord.ui.Button[discord.ui.View]],
     template=rf"sam3d:(?P<action>seed|details|delete):{JOB_ID}",
 ):
     """One button on a result; its id says what it does to which job."""
@@ -81,7 +81,12 @@ class ResultButton(
         self.action, self.job_id = action, job_id
 
     @classmethod
-    async def from_custom_id(cls, interaction, item, match: re.Match[str]):
+    async def from_custom_id(
+        cls,
+        interaction: discord.Interaction,
+        item: discord.ui.Item[Any],
+        match: re.Match[str],
+    ) -> ResultButton:
         return cls(match["action"], match["job"])
 
     async def callback(self, interaction: discord.Interaction) -> None:

@@ -10,7 +10,8 @@ otherwise. Errors go to the user alone (ephemeral) while the token lives.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import discord
 
@@ -20,6 +21,9 @@ from bot.replies import failure_text
 from bot.throttle import ProgressThrottle
 
 from .translate import NO_PINGS, result_message, token_alive
+
+if TYPE_CHECKING:
+    from bot.downloads import DownloadLinks
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +37,8 @@ class DiscordReplier:
         *,
         interval_s: float = 3.0,
         size_limit: int = 10 * 1024 * 1024,
-        view_for=None,
-        links=None,
+        view_for: Callable[[str], discord.ui.View] | None = None,
+        links: DownloadLinks | None = None,
     ):
         self._client = client
         self._reply_to = reply_to

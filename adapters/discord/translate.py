@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import discord
 
 from bot.models import FileKind, JobResult, Requester
 from bot.replies import SHARED_KINDS, attachment_name, cost_text, link_line
+
+if TYPE_CHECKING:
+    from bot.downloads import DownloadLinks
 
 PLATFORM = "discord"
 TOKEN_LIFETIME_S = 15 * 60
@@ -49,6 +52,8 @@ def reply_to_of(interaction: discord.Interaction) -> dict[str, Any]:
 
 def token_alive(reply_to: dict[str, Any], now: float | None = None) -> bool:
     expires = reply_to.get("token_expires_at", 0)
+    if not isinstance(expires, int | float):
+        return False
     return (now or time.time()) < expires - TOKEN_MARGIN_S
 
 
@@ -76,7 +81,9 @@ class ResultMessage:
     links: list[str]  # files too large to attach, as lines with their links
 
 
-def result_message(result: JobResult, size_limit: int, links=None) -> ResultMessage:
+def result_message(
+    result: JobResult, size_limit: int, links: DownloadLinks | None = None
+) -> ResultMessage:
     """The embed, the attachments that fit (at most 10) and links for the rest."""
     params = result.params
     embed = discord.Embed(title="3D model ready", colour=0x5865F2)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
@@ -20,6 +21,10 @@ from bot.errors import AdapterFailed
 
 from .app import SlackBot
 
+if TYPE_CHECKING:
+    from bot.app import Core
+    from bot.settings import Settings
+
 log = logging.getLogger(__name__)
 EVENTS_PATH = "/slack/events"
 RATE_LIMIT_RETRIES = 30
@@ -28,11 +33,11 @@ RATE_LIMIT_RETRIES = 30
 class SlackAdapter:
     name = "slack"
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.bot: SlackBot | None = None
         self.socket: AsyncSocketModeHandler | None = None
 
-    def enabled(self, settings) -> bool:
+    def enabled(self, settings: Settings) -> bool:
         return bool(settings.slack_bot_token.get_secret_value())
 
     def ready(self) -> bool:
@@ -48,7 +53,7 @@ class SlackAdapter:
             and not client.current_session.closed
         )
 
-    def bot_for(self, core) -> SlackBot:
+    def bot_for(self, core: Core) -> SlackBot:
         if self.bot is None:
             settings = core.settings
             if not socket_mode(settings) and not settings.slack_signing_secret.get_secret_value():
@@ -65,12 +70,12 @@ class SlackAdapter:
             )
         return self.bot
 
-    def routes(self, core) -> list[web.RouteDef]:
+    def routes(self, core: Core) -> list[web.RouteDef]:
         if socket_mode(core.settings):
             return []
         return [web.post(EVENTS_PATH, self.bot_for(core).handle_http)]
 
-    async def run(self, core, stop: asyncio.Event) -> None:
+    async def run(self, core: Core, stop: asyncio.Event) -> None:
         bot = self.bot_for(core)
         await bot.start()
         if socket_mode(core.settings):
@@ -88,11 +93,11 @@ class SlackAdapter:
                 await self.socket.close_async()
 
 
-def socket_mode(settings) -> bool:
+def socket_mode(settings: Settings) -> bool:
     return bool(settings.slack_app_token.get_secret_value())
 
 
-def web_client(core, wait_out_rate_limits: bool = True) -> AsyncWebClient:
+def web_client(core: Core, wait_out_rate_limits: bool = True) -> AsyncWebClient:
     """Slack's Web API at SLACK_API_URL, on the bot's own HTTP session. Rate-limited calls are
     retried after the wait Slack asks for (chat.postMessage allows about one message a second
     per channel, so a burst of jobs in one channel waits its turn), except by the client for

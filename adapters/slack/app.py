@@ -14,7 +14,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
@@ -30,6 +30,9 @@ from bot.operations import (
 )
 from bot.ports import JobRecord
 from bot.replies import RESTARTING, UNREADABLE
+
+if TYPE_CHECKING:
+    from bot.app import Core
 
 from .files import SlackFiles
 from .replier import SlackReplier, slack_error
@@ -54,7 +57,7 @@ ADMIN_CACHE_S = 300.0
 class SlackBot:
     def __init__(
         self,
-        core,
+        core: Core,
         client: AsyncWebClient,
         *,
         socket_mode: bool,
@@ -123,7 +126,7 @@ class SlackBot:
             self._seen.popitem(last=False)
         return True
 
-    def background(self, work: Awaitable[Any]) -> asyncio.Task:
+    def background(self, work: Awaitable[Any]) -> asyncio.Task[Any]:
         return self.core.runner.start(work, "slack job")
 
     async def is_admin(self, team_id: str | None, user_id: str) -> bool:
@@ -162,11 +165,14 @@ class SlackBot:
 
     async def file_info(self, file_id: str) -> dict[str, Any]:
         try:
-            return (await self.client.files_info(file=file_id))["file"]
+            info = (await self.client.files_info(file=file_id)).get("file")
         except SlackApiError as exc:
             raise InputError(
                 "image", f"Slack would not show me that file ({slack_error(exc)})"
             ) from None
+        if not isinstance(info, dict):
+            raise InputError("image", "Slack answered without the file's details")
+        return info
 
     async def thread_files(self, channel: str, thread_ts: str) -> list[dict[str, Any]]:
         """The files of the message that starts a thread."""

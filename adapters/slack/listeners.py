@@ -16,6 +16,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from slack_bolt.app.async_app import AsyncApp
+from slack_bolt.context.ack.async_ack import AsyncAck
+from slack_bolt.context.async_context import AsyncBoltContext
+from slack_bolt.context.respond.async_respond import AsyncRespond
 from slack_bolt.response import BoltResponse
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
@@ -47,6 +50,9 @@ from .translate import (
 
 log = logging.getLogger(__name__)
 
+Next = Callable[[], Awaitable[None]]  # Bolt's `next` in a middleware
+Middleware = Callable[[dict[str, Any], AsyncBoltContext, Next], Awaitable[BoltResponse | None]]
+
 BOT = "sam3d_bot"  # where the SlackBot is in each request's context
 DELIVERY = "sam3d_delivery"  # the delivery's key, set by `once`
 ONLY_ADMINS = "Only workspace admins and owners (or the bot's configured admins) can do this."
@@ -56,7 +62,7 @@ SOMETHING_WRONG = "Something went wrong inside the bot; nothing was charged. Try
 def register(bot: SlackBot) -> None:
     app: AsyncApp = bot.app
 
-    async def attach_bot(context, next) -> None:
+    async def attach_bot(context: AsyncBoltContext, next: Next) -> None:
         context[BOT] = bot
         await next()
 
@@ -75,12 +81,14 @@ def register(bot: SlackBot) -> None:
 # -- middleware ----------------------------------------------------------------------------
 
 
-def once(key_of: Callable[[dict[str, Any]], str]):
+def once(key_of: Callable[[dict[str, Any]], str]) -> Middleware:
     """Run the listener for the first delivery of a key only; a repeat is answered 200 (Slack
     must hear back in 3 s) and dropped. (A listener middleware that stops returns the
     response; without one, Bolt would look for another listener and answer 404.)"""
 
-    async def first_delivery_only(body, context, next) -> BoltResponse | None:
+    async def first_delivery_only(
+        body: dict[str, Any], context: AsyncBoltContext, next: Next
+    ) -> BoltResponse | None:
         key = key_of(body)
         if not context[BOT].first_delivery(key):
             return BoltResponse(status=200, body="")  # answered; no listener runs
@@ -121,7 +129,9 @@ async def asks_admin(body: dict[str, Any]) -> bool:
     return bool(words) and words[0].lower() == "admin"
 
 
-async def admins_only(body, context, next, respond) -> BoltResponse | None:
+async def admins_only(
+    body: dict[str, Any], context: AsyncBoltContext, next: Next, respond: AsyncRespond
+) -> BoltResponse | None:
     bot: SlackBot = context[BOT]
     if not await bot.is_admin(team_of(body), body["user_id"]):
         await respond(ONLY_ADMINS)
@@ -130,7 +140,7 @@ async def admins_only(body, context, next, respond) -> BoltResponse | None:
     return None
 
 
-async def on_error(error: Exception, body: dict[str, Any], context) -> None:
+async def on_error(error: Exception, body: dict[str, Any], context: AsyncBoltContext) -> None:
     """What a listener did not foresee: logged, and the member told where Slack left a way
     to reach them (a response_url)."""
     log.error("a Slack listener failed", exc_info=error)
@@ -145,14 +155,18 @@ async def on_error(error: Exception, body: dict[str, Any], context) -> None:
 # -- listeners -----------------------------------------------------------------------------
 
 
-async def admin_command(ack, body, respond, context) -> None:
+async def admin_command(
+    ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond, context: AsyncBoltContext
+) -> None:
     await ack()
     text = (body.get("text") or "").strip()
     bot: SlackBot = context[BOT]
     await respond(await admin(bot, team_of(body), body["user_id"], text.split()[1:]))
 
 
-async def command(ack, body, respond, context) -> None:
+async def command(
+    ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond, context: AsyncBoltContext
+) -> None:
     bot: SlackBot = context[BOT]
     text = (body.get("text") or "").strip()
     word = text.split(maxsplit=1)[0].lower() if text else ""
@@ -189,7 +203,9 @@ async def command(ack, body, respond, context) -> None:
         bot.background(bot.run_job(who, place, args, link(args.url), mask, context[DELIVERY]))
 
 
-async def shortcut(ack, body, respond, context) -> None:
+async def shortcut(
+    ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond, context: AsyncBoltContext
+) -> None:
     await ack()
     message = body.get("message") or {}
     images = image_files(message.get("files") or [])
@@ -212,7 +228,9 @@ async def shortcut(ack, body, respond, context) -> None:
     )
 
 
-async def submitted(ack, body, view, context) -> None:
+async def submitted(
+    ack: AsyncAck, body: dict[str, Any], view: dict[str, Any], context: AsyncBoltContext
+) -> None:
     bot: SlackBot = context[BOT]
     answers = modal_answers(view)
     errors = check_answers(answers)
@@ -240,7 +258,7 @@ async def submitted(ack, body, view, context) -> None:
     bot.background(bot.run_job(who, place, args, photo, mask, context[DELIVERY], same))
 
 
-async def mentioned(body, event, context) -> None:
+async def mentioned(body: dict[str, Any], event: dict[str, Any], context: AsyncBoltContext) -> None:
     bot: SlackBot = context[BOT]
     who = await bot.requester_of(team_of(body) or event.get("team"), event["user"])
     place = Place(event["channel"], event.get("thread_ts") or event["ts"])
@@ -273,7 +291,7 @@ async def mentioned(body, event, context) -> None:
     bot.background(bot.run_job(who, place, args, photo, mask, context[DELIVERY]))
 
 
-async def new_seed(ack, body, context) -> None:
+async def new_seed(ack: AsyncAck, body: dict[str, Any], context: AsyncBoltContext) -> None:
     await ack()
     bot: SlackBot = context[BOT]
     user = body["user"]
@@ -283,13 +301,17 @@ async def new_seed(ack, body, context) -> None:
     bot.background(again(bot, who, place, body["actions"][0]["value"], context[DELIVERY]))
 
 
-async def details(ack, body, respond, context) -> None:
+async def details(
+    ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond, context: AsyncBoltContext
+) -> None:
     await ack()
     text = await context[BOT].operations.job_details(body["actions"][0]["value"], escape)
     await respond(text, response_type="ephemeral", replace_original=False)
 
 
-async def delete(ack, body, respond, context) -> None:
+async def delete(
+    ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond, context: AsyncBoltContext
+) -> None:
     await ack()
     bot: SlackBot = context[BOT]
     value = json.loads(body["actions"][0]["value"])

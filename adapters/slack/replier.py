@@ -10,7 +10,8 @@ with a New seed button; the turntable follows in its thread. Errors go to the us
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any
 
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
@@ -22,6 +23,9 @@ from bot.replies import SHARED_KINDS, attachment_name, failure_text
 from bot.throttle import ProgressThrottle
 
 from .translate import progress_text, result_blocks, result_text
+
+if TYPE_CHECKING:
+    from bot.downloads import DownloadLinks
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +74,7 @@ class SlackReplier:
         reply_to: dict[str, Any],
         *,
         interval_s: float = 3.0,
-        links=None,
+        links: DownloadLinks | None = None,
         progress_client: AsyncWebClient | None = None,
     ):
         self._client = client
@@ -88,11 +92,11 @@ class SlackReplier:
 
     @property
     def _channel(self) -> str:
-        return self._reply_to["channel_id"]
+        return str(self._reply_to["channel_id"])
 
     @property
     def _user(self) -> str:
-        return self._reply_to["user_id"]
+        return str(self._reply_to["user_id"])
 
     @property
     def _thread(self) -> str | None:
@@ -230,7 +234,7 @@ class SlackReplier:
                 )
 
 
-async def quietly(call) -> None:
+async def quietly(call: Awaitable[Any]) -> None:
     """A call whose failure (a message already gone) changes nothing for the user."""
     try:
         await call

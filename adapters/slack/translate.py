@@ -6,11 +6,14 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bot.errors import InputError
 from bot.models import SEED_MAX, SEED_MIN, JobResult, Requester
 from bot.replies import cost_text
+
+if TYPE_CHECKING:
+    from bot.downloads import DownloadLinks
 
 PLATFORM = "slack"
 COMMAND = "/sam3d"
@@ -159,8 +162,10 @@ def team_of(body: dict[str, Any]) -> str | None:
     """The workspace of a payload (slash command, interaction or event)."""
     team = body.get("team")
     if isinstance(team, dict) and team.get("id"):
-        return team["id"]
-    return body.get("team_id") or (body.get("user") or {}).get("team_id")
+        return str(team["id"])
+    user = body.get("user")
+    found = body.get("team_id") or (user.get("team_id") if isinstance(user, dict) else None)
+    return str(found) if found else None
 
 
 def image_files(files: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -331,7 +336,7 @@ def progress_text(user_id: str, stage: str) -> str:
     return f"⏳ <@{user_id}>'s 3D model: {stage}…"
 
 
-def result_text(result: JobResult, user_id: str, links=None) -> str:
+def result_text(result: JobResult, user_id: str, links: DownloadLinks | None = None) -> str:
     params = result.params
     lines = [
         f"<@{user_id}> your 3D model is ready"

@@ -3,15 +3,20 @@ PostgreSQL when several instances share one database (DATABASE_URL=postgresql://
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ..ports import Ledger
 from .policy import QuotaPolicy, month_of
 from .sql import SqlLedger
 from .sqlite import SqliteLedger
 
+if TYPE_CHECKING:
+    from ..settings import Settings
+
 __all__ = ["Ledger", "QuotaPolicy", "SqlLedger", "SqliteLedger", "month_of", "ledger_from_settings"]
 
 
-def ledger_from_settings(settings) -> SqlLedger:
+def ledger_from_settings(settings: Settings) -> SqlLedger:
     policy = QuotaPolicy.from_settings(settings)
     if settings.database_url.startswith(("postgresql://", "postgres://")):
         from .postgres import PostgresLedger  # psycopg loads only when it is used

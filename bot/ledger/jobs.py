@@ -79,7 +79,9 @@ class JobStore(SqlBase):
             raise BudgetExhausted(self._policy.budget_message(refused))
         return _record(row)
 
-    def _limit_and_context(self, tx: Tx, who: Requester, now: float) -> tuple[Limit, dict]:
+    def _limit_and_context(
+        self, tx: Tx, who: Requester, now: float
+    ) -> tuple[Limit, dict[str, Any]]:
         """The user's quota and the context to judge it, from cached rules when they are
         current (the context query says which version of the rules is in force)."""
         version, rules = self._rules_cache
@@ -106,7 +108,7 @@ class JobStore(SqlBase):
         self._rules_cache = (version["version"], rules)
         return rules
 
-    def _context(self, tx: Tx, who: Requester, now: float, window_s: float) -> dict:
+    def _context(self, tx: Tx, who: Requester, now: float, window_s: float) -> dict[str, Any]:
         """What reserving decides on, in one query: pauses, blocks, the user's jobs in flight,
         in the window and in the cooldown, and the caps that apply."""
         row = tx.query(
@@ -127,7 +129,7 @@ class JobStore(SqlBase):
         return context
 
     def _check_user_rules(
-        self, tx: Tx, who: Requester, now: float, limit: Limit, context: dict
+        self, tx: Tx, who: Requester, now: float, limit: Limit, context: dict[str, Any]
     ) -> None:
         if context["in_flight"] >= self._policy.max_in_flight:
             raise JobInFlight(self._policy.max_in_flight)
@@ -231,7 +233,9 @@ class JobStore(SqlBase):
         """Written just before the POST: from here on the job may be billed."""
         return await self._owned("mark_submitting", job_id)
 
-    async def mark_submitted(self, job_id: str, request_id: str, resume_ref: dict) -> bool:
+    async def mark_submitted(
+        self, job_id: str, request_id: str, resume_ref: dict[str, Any]
+    ) -> bool:
         return await self._owned(
             "mark_submitted", job_id, request_id=request_id, resume_ref=json.dumps(resume_ref)
         )

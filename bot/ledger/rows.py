@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from ..errors import (
     JobsPaused,
@@ -26,7 +27,7 @@ UNFINISHED = ("queued", "submitting", "submitted", "rendering")
 NO_CAP = 2**62
 
 
-def _refuse_if_barred(context) -> None:
+def _refuse_if_barred(context: Mapping[str, Any]) -> None:
     if context["paused"] is not None:
         raise JobsPaused(context["paused"])
     if context["blocked"]:
@@ -41,7 +42,7 @@ def _at(timestamp: float) -> datetime:
     return datetime.fromtimestamp(timestamp, UTC)
 
 
-def _record(row, duplicate: bool = False) -> JobRecord:
+def _record(row: Mapping[str, Any], duplicate: bool = False) -> JobRecord:
     return JobRecord(
         id=row["id"],
         platform=row["platform"],

@@ -30,6 +30,8 @@ from .sql import SqlLedger
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 QUERIES = queries("sqlite")
+# A transaction waiting for the store's thread: fn(tx, *args), and who hears back.
+Waiting = tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]]
 BATCH_MAX = 64  # transactions per COMMIT: bounds how long other processes wait for the lock
 
 
@@ -54,7 +56,7 @@ class SqliteDatabase:
         self.path = Path(path)
         self._db: sqlite3.Connection | None = None
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger")
-        self._waiting: deque[tuple[Callable, tuple, asyncio.Future]] = deque()
+        self._waiting: deque[Waiting] = deque()
         self._draining = False
         self._guard = threading.Lock()
 
@@ -77,7 +79,7 @@ class SqliteDatabase:
         self._db = db
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        future = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         with self._guard:
             self._waiting.append((fn, args, future))
             start = not self._draining
@@ -128,7 +130,7 @@ class SqliteDatabase:
             except sqlite3.Error:
                 log.warning("could not roll back a failed batch", exc_info=True)
 
-    def _run_batch(self, batch) -> list[tuple[bool, Any]]:
+    def _run_batch(self, batch: list[Waiting]) -> list[tuple[bool, Any]]:
         db = self._db
         if db is None:
             return [(False, LedgerUnavailable())] * len(batch)
@@ -161,7 +163,7 @@ def _unavailable(exc: Exception) -> LedgerUnavailable:
     return error
 
 
-def _settle(future: asyncio.Future, ok: bool, value: Any) -> None:
+def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
     if future.done():  # the caller stopped waiting (cancelled); the work stands
         return
     if ok:

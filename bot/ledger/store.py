@@ -103,7 +103,8 @@ class SqlBase:
     def _cap(self, tx: Tx, scope: str) -> int | None:
         row = tx.query("budget_cap", scope=scope).fetchone()
         if row is not None:
-            return row["cap_micros"]
+            cap: int | None = row["cap_micros"]
+            return cap
         if scope == GLOBAL_SCOPE:
             return self._policy.global_budget_micros
         return self._policy.guild_budget_micros

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import DracoPy
 import numpy as np
+import numpy.typing as npt
 import pygltflib
 
 from ..errors import RenderError
@@ -50,7 +52,12 @@ def decode_draco_glb(source: Path, target: Path) -> None:
 
 
 def _add_accessor(
-    gltf, blob: bytearray, values: np.ndarray, width: int, component: int, with_bounds: bool = False
+    gltf: pygltflib.GLTF2,
+    blob: bytearray,
+    values: npt.NDArray[Any],
+    width: int,
+    component: int,
+    with_bounds: bool = False,
 ) -> int:
     blob.extend(b"\0" * (-len(blob) % 4))  # accessors start on 4-byte boundaries
     data = np.ascontiguousarray(values).tobytes()

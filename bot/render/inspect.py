@@ -11,6 +11,7 @@ import json
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -115,7 +116,7 @@ def inspect_model(path: Path, limits: RenderLimits = RenderLimits()) -> ModelInf
 # --- GLB --------------------------------------------------------------------------------------
 
 
-def read_glb(path: Path) -> tuple[dict, int]:
+def read_glb(path: Path) -> tuple[dict[str, Any], int]:
     """A GLB's JSON and the length of its BIN chunk, every length checked against the file.
 
     Only the header and the JSON are read: the geometry stays on disk.
@@ -195,7 +196,7 @@ def _inspect_glb(path: Path) -> ModelInfo:
     return ModelInfo(path, "glb", triangles, points, has_colour, draco)
 
 
-def _count(accessors: list, index) -> int:
+def _count(accessors: list[Any], index: Any) -> int:
     if index is None or not 0 <= index < len(accessors):
         return 0
     return int(accessors[index].get("count", 0))
@@ -210,7 +211,7 @@ class PlyHeader:
     header_bytes: int
     elements: list[tuple[str, int, list[tuple[str, str]]]]  # name, count, [(prop, type)]
 
-    def element(self, name: str):
+    def element(self, name: str) -> tuple[str, int, list[tuple[str, str]]] | None:
         return next((e for e in self.elements if e[0] == name), None)
 
 
@@ -269,7 +270,10 @@ def load_splat(path: Path) -> np.ndarray:
         if header.format == "ascii":
             raise RenderError(f"{path.name}: text PLY splats are not supported")
         order = "<" if header.format == "binary_little_endian" else ">"
-        _, count, props = header.element("vertex")
+        vertex = header.element("vertex")
+        if vertex is None:
+            raise RenderError(f"{path.name}: the PLY has no vertices")
+        _, count, props = vertex
         dtype = np.dtype([(p, order + PLY_TYPES.get(t, "f4")) for p, t in props])
         fh.seek(header.header_bytes)
         data = np.fromfile(fh, dtype=dtype, count=count)

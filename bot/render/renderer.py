@@ -14,10 +14,14 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ..errors import RenderError
 from ..models import FileKind, OutputFile
 from .inspect import ModelInfo, RenderLimits, inspect_model, write_render_splat
+
+if TYPE_CHECKING:
+    from ..settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +43,7 @@ class RenderOptions:
     limits: RenderLimits = field(default_factory=RenderLimits)
 
     @classmethod
-    def from_settings(cls, settings) -> RenderOptions:
+    def from_settings(cls, settings: Settings) -> RenderOptions:
         return cls(
             size=settings.render_size,
             source=settings.render_source,
@@ -113,12 +117,16 @@ class F3dRenderer:
 
     # -- the Renderer protocol -----------------------------------------------------------------
 
-    async def thumbnail(self, files: tuple[OutputFile, ...], workdir: Path):
+    async def thumbnail(
+        self, files: tuple[OutputFile, ...], workdir: Path
+    ) -> tuple[OutputFile, ...]:
         out = workdir / "thumbnail.png"
         await self._draw_thumbnail(await self._prepare(files, workdir), out)
         return (_output(FileKind.THUMBNAIL, out, "image/png"),)
 
-    async def turntable(self, files: tuple[OutputFile, ...], workdir: Path):
+    async def turntable(
+        self, files: tuple[OutputFile, ...], workdir: Path
+    ) -> tuple[OutputFile, ...]:
         webp, gif = workdir / "turntable.webp", workdir / "turntable.gif"
         await self._draw_turntable(await self._prepare(files, workdir), [webp, gif])
         return (
@@ -140,11 +148,13 @@ class F3dRenderer:
 
     # -- inside --------------------------------------------------------------------------------
 
-    async def _prepare(self, files, workdir: Path) -> tuple[ModelInfo, Path]:
+    async def _prepare(
+        self, files: tuple[OutputFile, ...], workdir: Path
+    ) -> tuple[ModelInfo, Path]:
         """Choose the source and write what the renderer reads best (checked, in a thread)."""
         return await asyncio.to_thread(self._prepare_sync, files, workdir)
 
-    def _prepare_sync(self, files, workdir: Path) -> tuple[ModelInfo, Path]:
+    def _prepare_sync(self, files: tuple[OutputFile, ...], workdir: Path) -> tuple[ModelInfo, Path]:
         info = choose_source(files, self.options.source, self.options.limits)
         workdir.mkdir(parents=True, exist_ok=True)
         if info.is_splat:
@@ -161,7 +171,7 @@ class F3dRenderer:
             return info, target
         return info, info.path
 
-    def _request(self, source: tuple[ModelInfo, Path], op: str, **extra) -> dict:
+    def _request(self, source: tuple[ModelInfo, Path], op: str, **extra: Any) -> dict[str, Any]:
         info, path = source
         if info.is_splat:
             mode = "splat"
@@ -178,11 +188,11 @@ class F3dRenderer:
             **extra,
         }
 
-    async def _draw_thumbnail(self, source, out: Path) -> None:
+    async def _draw_thumbnail(self, source: tuple[ModelInfo, Path], out: Path) -> None:
         request = self._request(source, "thumbnail", out=str(out), size=self.options.size)
         await self._ask(request, self.options.timeout_s)
 
-    async def _draw_turntable(self, source, outs: list[Path]) -> None:
+    async def _draw_turntable(self, source: tuple[ModelInfo, Path], outs: list[Path]) -> None:
         request = self._request(
             source,
             "turntable",
@@ -194,7 +204,7 @@ class F3dRenderer:
             request["background"] = NEUTRAL_BACKDROP
         await self._ask(request, self.options.turntable_timeout_s)
 
-    async def _ask(self, request: dict, limit_s: float) -> dict:
+    async def _ask(self, request: dict[str, Any], limit_s: float) -> dict[str, Any]:
         async with self._lock:
             worker = await self._ensure_worker()
             try:
@@ -257,7 +267,7 @@ class _Worker:
     def alive(self) -> bool:
         return self._process is not None and self._process.returncode is None
 
-    async def ask(self, request: dict, limit_s: float) -> dict:
+    async def ask(self, request: dict[str, Any], limit_s: float) -> dict[str, Any]:
         assert self._process is not None and self._process.stdin is not None, "not started"
         try:
             self._process.stdin.write(json.dumps(request).encode() + b"\n")
@@ -266,7 +276,7 @@ class _Worker:
             raise RenderError("the renderer crashed while drawing this model") from None
         return await self._read(limit_s, "draw")
 
-    async def _read(self, limit_s: float, doing: str) -> dict:
+    async def _read(self, limit_s: float, doing: str) -> dict[str, Any]:
         assert self._process is not None and self._process.stdout is not None, "not started"
         try:
             line = await asyncio.wait_for(self._process.stdout.readline(), limit_s)
@@ -279,7 +289,10 @@ class _Worker:
                 if doing == "draw"
                 else "the renderer crashed while starting"
             )
-        return json.loads(line)
+        reply = json.loads(line)
+        if not isinstance(reply, dict):
+            raise RenderError("the renderer answered something else than a reply")
+        return reply
 
     async def stop(self) -> None:
         if self._process is None:

@@ -21,8 +21,10 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any, Protocol, TextIO
 
 import numpy as np
+import numpy.typing as npt
 from PIL import Image
 
 UP = {"+Y": np.array([0.0, 1.0, 0.0]), "+Z": np.array([0.0, 0.0, 1.0])}
@@ -97,12 +99,12 @@ def main(backend: str) -> None:
         return
 
 
-def _send(stream, message: dict) -> None:
+def _send(stream: TextIO, message: dict[str, Any]) -> None:
     stream.write(json.dumps(message) + "\n")
     stream.flush()
 
 
-def make_engine(backend: str):
+def make_engine(backend: str) -> tuple[f3d.Engine, Canvas]:
     """The engine and the canvas it draws on. auto: our own EGL surface where we can have one
     (one render per picture), else f3d's own EGL window, else OSMesa. egl: f3d's EGL window.
     osmesa: f3d's OSMesa window."""
@@ -124,10 +126,17 @@ def make_engine(backend: str):
         return f3d.Engine.create_osmesa(), F3dCanvas()  # software OSMesa, same pictures
 
 
+Vector = npt.NDArray[np.float64]
+
+
+class Canvas(Protocol):
+    def draw(self, window: f3d.Window, size: int) -> Image.Image: ...
+
+
 class F3dCanvas:
     """Pixels through f3d's render_to_image (which renders the picture three times over)."""
 
-    def draw(self, window, size: int) -> Image.Image:
+    def draw(self, window: f3d.Window, size: int) -> Image.Image:
         window.size = (size, size)
         image = window.render_to_image(True)
         channels = image.channel_count
@@ -195,7 +204,8 @@ class EglCanvas:
         )
         if not self.context:
             raise RuntimeError("eglCreateContext failed")
-        self.surface, self.side = None, 0
+        self.surface: Any = None
+        self.side = 0
         self._ensure(side)
 
     def _ensure(self, size: int) -> None:
@@ -214,7 +224,7 @@ class EglCanvas:
             EGL.eglDestroySurface(self.display, self.surface)
         self.surface, self.side = surface, size
 
-    def draw(self, window, size: int) -> Image.Image:
+    def draw(self, window: f3d.Window, size: int) -> Image.Image:
         self._ensure(size)
         window.size = (size, size)
         window.render()
@@ -224,17 +234,22 @@ class EglCanvas:
         return Image.fromarray(np.ascontiguousarray(pixels), "RGBA")
 
 
-def _egl_attributes(EGL, *pairs: int):
+def _point(vector: Vector) -> tuple[float, float, float]:
+    x, y, z = map(float, vector)
+    return x, y, z
+
+
+def _egl_attributes(EGL: Any, *pairs: int) -> Any:
     values = [*pairs, EGL.EGL_NONE]
     return (EGL.EGLint * len(values))(*values)
 
 
 class Drawer:
-    def __init__(self, engine, canvas):
+    def __init__(self, engine: f3d.Engine, canvas: Canvas):
         self.engine = engine
         self.canvas = canvas
         self.window = engine.window
-        self.applied: dict = {}
+        self.applied: dict[str, Any] = {}
 
     def warm_up(self) -> None:
         """One lit render, so the lighting cache exists before a user's job needs it."""
@@ -253,7 +268,7 @@ class Drawer:
                 }
             )
 
-    def _apply(self, options: dict) -> None:
+    def _apply(self, options: dict[str, Any]) -> None:
         # Setting an option, even to its value, can make f3d rebuild its lighting: set changes.
         for name, value in options.items():
             if self.applied.get(name) != value:
@@ -263,7 +278,7 @@ class Drawer:
                     self.engine.options[name] = value
                 self.applied[name] = value
 
-    def handle(self, request: dict) -> dict:
+    def handle(self, request: dict[str, Any]) -> dict[str, Any]:
         up = request["up"]
         self._apply(
             {**COMMON_OPTIONS, **MODE_OPTIONS[request["mode"]], "scene.up_direction": list(UP[up])}
@@ -283,21 +298,23 @@ class Drawer:
 
     # -- camera --------------------------------------------------------------------------------
 
-    def _look(self, centre, distance, azimuth, elevation, up) -> None:
+    def _look(
+        self, centre: Vector, distance: float, azimuth: float, elevation: float, up: str
+    ) -> None:
         # Position and focal point are set directly: orbiting with azimuth/elevation drifts.
         a, e = math.radians(azimuth), math.radians(elevation)
         upward, front = UP[up], FRONT[up]
         right = np.cross(upward, front)
         direction = math.cos(e) * (math.cos(a) * front + math.sin(a) * right) + math.sin(e) * upward
         camera = self.window.camera
-        camera.focal_point = list(map(float, centre))
-        camera.position = list(map(float, centre + distance * direction))
-        camera.view_up = list(map(float, upward))
+        camera.focal_point = _point(centre)
+        camera.position = _point(centre + distance * direction)
+        camera.view_up = _point(upward)
 
     def _draw(self, size: int) -> Image.Image:
         return self.canvas.draw(self.window, size)
 
-    def _fit(self, centre, distance, up):
+    def _fit(self, centre: Vector, distance: float, up: str) -> tuple[Vector, float]:
         """Move in and re-centre so the object fills FILL of the picture (two small probes:
         the second corrects what perspective did to the first)."""
         for _ in range(2):
@@ -308,7 +325,7 @@ class Drawer:
                 break
         return centre, distance
 
-    def _probe(self, centre, distance, up):
+    def _probe(self, centre: Vector, distance: float, up: str) -> tuple[Vector, float]:
         self._look(centre, distance, VIEW_AZIMUTH, VIEW_ELEVATION, up)
         probe = self._draw(PROBE_SIZE)
         left, top, right, bottom = solid_box(np.asarray(probe.getchannel("A")))
@@ -327,14 +344,18 @@ class Drawer:
 
     # -- outputs -------------------------------------------------------------------------------
 
-    def _thumbnail(self, request, centre, distance, up) -> list[str]:
+    def _thumbnail(
+        self, request: dict[str, Any], centre: Vector, distance: float, up: str
+    ) -> list[str]:
         centre, distance = self._fit(centre, distance, up)
         self._look(centre, distance, VIEW_AZIMUTH, VIEW_ELEVATION, up)
         picture = backdrop(self._draw(request["size"]), request["background"])
         picture.save(request["out"], "PNG", optimize=False)
         return [request["out"]]
 
-    def _turntable(self, request, centre, distance, up) -> list[str]:
+    def _turntable(
+        self, request: dict[str, Any], centre: Vector, distance: float, up: str
+    ) -> list[str]:
         # One distance for every frame, from the bounding sphere: nothing is cut as it turns.
         frames = []
         count = request["frames"]
@@ -363,7 +384,7 @@ class Drawer:
         return written
 
 
-def solid_box(alpha: np.ndarray) -> tuple[float, float, float, float]:
+def solid_box(alpha: npt.NDArray[np.uint8]) -> tuple[float, float, float, float]:
     """The box around what is drawn, ignoring the faint, sparse strays splats often have."""
     rows, cols = np.nonzero(alpha > 48)
     if len(rows) == 0:

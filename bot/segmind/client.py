@@ -8,11 +8,11 @@ import asyncio
 import base64
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from pydantic import SecretStr
@@ -20,9 +20,13 @@ from pydantic import SecretStr
 from .. import errors
 from ..images import bbox_to_api, points_to_api
 from ..models import UpstreamResult, ValidatedInput
+from ..ports import OnProcessing, OnSending, OnSubmitted
 from .outputs import Outputs, metrics_of, parsed
 from .status import error_for_status, message_from
 from .transport import RetryPolicy, Transport
+
+if TYPE_CHECKING:
+    from ..settings import Settings
 
 MODEL = "sam-3d-objects"
 TERMINAL_OK = "COMPLETED"
@@ -80,7 +84,7 @@ class SegmindClient:
     def from_settings(
         cls,
         session: aiohttp.ClientSession,
-        settings,
+        settings: Settings,
         foreign_session: aiohttp.ClientSession | None = None,
     ) -> SegmindClient:
         return cls(
@@ -96,8 +100,13 @@ class SegmindClient:
         )
 
     async def generate(
-        self, job: ValidatedInput, workdir: Path, on_submitted, on_processing, on_sending=None
-    ):
+        self,
+        job: ValidatedInput,
+        workdir: Path,
+        on_submitted: OnSubmitted,
+        on_processing: OnProcessing,
+        on_sending: OnSending | None = None,
+    ) -> UpstreamResult:
         payload = build_payload(job)
         if on_sending is not None:
             await on_sending()
@@ -112,7 +121,9 @@ class SegmindClient:
         await on_submitted(ref["request_id"], ref)
         return await self.resume(ref, workdir, on_processing)
 
-    async def resume(self, resume_ref: dict, workdir: Path, on_processing) -> UpstreamResult:
+    async def resume(
+        self, resume_ref: dict[str, Any], workdir: Path, on_processing: OnProcessing
+    ) -> UpstreamResult:
         request_id = resume_ref["request_id"]
         status_url = self._transport.own_url(
             resume_ref.get("status_url"), f"/v2/requests/{request_id}/status"
@@ -143,7 +154,7 @@ class SegmindClient:
         )
 
     @asynccontextmanager
-    async def _fetching_until(self, deadline: float):
+    async def _fetching_until(self, deadline: float) -> AsyncIterator[None]:
         """Fetching a made model within what is left of the job's SEGMIND_JOB_TIMEOUT_S;
         running out is a charged failure (Segmind billed the model)."""
         try:
@@ -168,7 +179,7 @@ class SegmindClient:
         except (ValueError, TypeError, AttributeError):
             raise errors.BadUpstreamResult("Segmind sent an unreadable balance.") from None
 
-    async def _submit_v2(self, payload: dict) -> dict:
+    async def _submit_v2(self, payload: dict[str, Any]) -> dict[str, Any]:
         status, body, headers = await self._transport.post_once(
             f"{self._transport.base}/v2/{MODEL}", payload, 120
         )
@@ -183,7 +194,13 @@ class SegmindClient:
             )
         return data
 
-    async def _run_v1(self, payload, workdir, on_submitted, on_processing) -> UpstreamResult:
+    async def _run_v1(
+        self,
+        payload: dict[str, Any],
+        workdir: Path,
+        on_submitted: OnSubmitted,
+        on_processing: OnProcessing,
+    ) -> UpstreamResult:
         await on_processing()
         sent = time.monotonic()
         status, body, headers = await self._transport.post_once(
@@ -203,7 +220,7 @@ class SegmindClient:
             download_s=time.monotonic() - fetching,
         )
 
-    async def _poll(self, status_url: str, on_processing) -> dict:
+    async def _poll(self, status_url: str, on_processing: OnProcessing) -> dict[str, Any]:
         started = time.monotonic()
         deadline = started + self._job_timeout
         told_processing = False

@@ -11,6 +11,7 @@ import json
 import logging
 import re
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -180,7 +181,9 @@ class Outputs:
                 log.warning("the artifacts archive is over MAX_OUTPUT_BYTES: left out")
         return await self._describe(written, workdir)
 
-    async def _describe(self, written, workdir: Path) -> tuple[OutputFile, ...]:
+    async def _describe(
+        self, written: list[tuple[Path, str | None]], workdir: Path
+    ) -> tuple[OutputFile, ...]:
         files: list[OutputFile] = []
         too_large: errors.OutputTooLarge | None = None
         for path, url in written:
@@ -232,7 +235,9 @@ class Outputs:
         )
 
     @staticmethod
-    async def _stream_to(response: aiohttp.ClientResponse, target: Path, budget: _ByteBudget):
+    async def _stream_to(
+        response: aiohttp.ClientResponse, target: Path, budget: _ByteBudget
+    ) -> None:
         """Write as bytes arrive; a retried download gives back what its broken try took."""
         received = 0
         try:
@@ -303,7 +308,7 @@ async def parsed(body: bytes) -> Any:
         return None
 
 
-def metrics_of(data: Any, headers) -> dict[str, Any]:
+def metrics_of(data: Any, headers: Mapping[str, str]) -> dict[str, Any]:
     """Cost (as micro-USD) and remaining credits from v2 `metrics` or v1 headers."""
     found: dict[str, Any] = {}
     metrics = data.get("metrics") if isinstance(data, dict) else None

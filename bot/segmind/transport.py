@@ -9,9 +9,10 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
@@ -24,6 +25,7 @@ from .status import parse_reset_at
 log = logging.getLogger(__name__)
 
 ANSWER_CAP = 1_000_000  # a status or submit answer is a few hundred bytes
+Answer = tuple[int, bytes, Mapping[str, str]]  # status, body, headers
 
 
 @dataclass(frozen=True)
@@ -33,7 +35,7 @@ class RetryPolicy:
     max_delay_s: float = 8.0
 
     def delay(self, attempt: int, rng: Callable[[], float]) -> float:
-        return min(self.max_delay_s, self.base_delay_s * 2**attempt) * (0.5 + rng())
+        return min(self.max_delay_s, self.base_delay_s * 2.0**attempt) * (0.5 + rng())
 
 
 # --- errors ---------------------------------------------------------------------------------
@@ -84,7 +86,9 @@ class Transport:
             log.warning("ignoring a status URL on another host: %s", parts.netloc)
         return f"{self.base}{fallback_path}"
 
-    async def post_once(self, url: str, payload: dict, limit_s: float, cap: int = ANSWER_CAP):
+    async def post_once(
+        self, url: str, payload: dict[str, Any], limit_s: float, cap: int = ANSWER_CAP
+    ) -> Answer:
         """POST at most once, except where Segmind certainly did not take it (429, no connect)."""
         waited = 0.0
         connect_failures = 0
@@ -123,7 +127,7 @@ class Transport:
             waited += delay
             await self.sleep(delay)
 
-    def rate_limit_delay(self, headers, waited: float) -> float:
+    def rate_limit_delay(self, headers: Mapping[str, str], waited: float) -> float:
         reset_in = parse_reset_at(headers.get("x-rate-limit-reset-at-utc"), self._clock())
         delay = 5.0 if reset_in is None else max(0.2, reset_in)
         delay += self._rng()  # jitter, so several instances do not return at the same instant
@@ -138,7 +142,9 @@ class Transport:
         return urlsplit(url)[:2] == urlsplit(self.base)[:2]
 
     @asynccontextmanager
-    async def get(self, url: str, limits: aiohttp.ClientTimeout):
+    async def get(
+        self, url: str, limits: aiohttp.ClientTimeout
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
         """GET, following redirects by hand: the API key goes only to the API's own origin,
         on every hop, and any other origin is reached through the guarded session (public
         addresses only) with no key at all."""
@@ -165,7 +171,9 @@ class Transport:
                 raise
         raise errors.BadUpstreamResult("Segmind's links redirect too often.", charged=True)
 
-    async def get_with_retries(self, url: str, cap: int = ANSWER_CAP, charged: bool = False):
+    async def get_with_retries(
+        self, url: str, cap: int = ANSWER_CAP, charged: bool = False
+    ) -> Answer:
         """GET that retries network failures, 5xx and 429; anything else is the answer, read
         under `cap` bytes."""
         attempt = 0

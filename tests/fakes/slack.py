@@ -42,7 +42,7 @@ class SlackFile:
 
 
 class FakeSlack:
-    def __init__(self):
+    def __init__(self) -> None:
         self.calls: list[Call] = []
         self.files: dict[str, SlackFile] = {}  # shared files users have in Slack
         self.uploads: dict[str, dict[str, Any]] = {}  # file id -> name, bytes, title
