@@ -8,6 +8,7 @@ import asyncio
 import time
 from contextlib import asynccontextmanager
 
+import discord
 import pytest
 
 from adapters.discord.app import build_client
@@ -15,10 +16,12 @@ from bot.app import build_core
 from bot.settings import load_settings
 from tests.conftest import photo_bytes
 from tests.fakes.discord import FakeDiscord
+from tests.fakes.models3d import made_splat_ply
 from tests.fakes.segmind import API_KEY
 from tests.payloads import discord as payloads
 
 EPHEMERAL = 64
+CANNOT_SEND = discord.Permissions(view_channel=True, embed_links=True, attach_files=True)
 
 
 FAKES: list[FakeDiscord] = []
@@ -71,6 +74,7 @@ DISPATCHED: dict[int, list[str]] = {}  # client -> interaction ids sent to it
 
 def dispatch(client, payload) -> float:
     DISPATCHED.setdefault(id(client), []).append(payload["id"])
+    FAKES[-1].interaction_sent(payload)  # Discord knows what it sent
     client._connection.parsers["INTERACTION_CREATE"](payload)
     return time.monotonic()
 
@@ -143,17 +147,41 @@ async def test_a_job_in_a_dm_works_too(bot, fake_discord):
     assert {name for name, _ in post.files.values()} == {"model.glb", "splat.ply"}
 
 
-async def test_files_over_the_upload_limit_become_links(bot, fake_discord, fake_segmind):
-    # The real fixtures or the made models: whichever file is the larger goes as a link.
-    sizes = {"model.glb": len(fake_segmind.glb), "splat.ply": len(fake_segmind.ply)}
-    fits, too_big = sorted(sizes, key=sizes.__getitem__)
-    assert sizes[fits] < sizes[too_big]
-    dispatch(bot, payloads.sam3d(photo(fake_discord), size_limit=sizes[fits] + 1))
+MiB = 1024 * 1024
+BIG_SPLAT = 165_000  # splats: an 11.2 MB PLY, over an unboosted server's 10 MiB per file
+
+
+async def test_the_bots_own_post_is_held_to_the_servers_upload_limit_not_the_members(
+    bot, fake_discord, fake_segmind
+):
+    """The interaction's attachment_size_limit counts the member's Nitro; the bot's post in
+    the channel has the server's limit (10 MiB unboosted): a larger file goes as a link."""
+    fake_segmind.ply = made_splat_ply(BIG_SPLAT)
+    dispatch(bot, payloads.sam3d(photo(fake_discord), size_limit=500 * MiB))
     await settle(bot)
     [post] = fake_discord.channel_posts()
-    assert {name for name, _ in post.files.values()} == {fits}
-    assert f"{too_big} (" in post.json["content"] and fake_segmind.url in post.json["content"]
+    assert post.status == 200
+    assert {name for name, _ in post.files.values()} == {"model.glb"}
+    assert "splat.ply (11.2 MB)" in post.json["content"]
+    assert fake_segmind.url in post.json["content"]
     assert "valid for about an hour" in post.json["content"]
+
+
+async def test_through_the_token_files_are_held_to_the_interactions_limit(
+    bot, fake_discord, fake_segmind
+):
+    sizes = {"model.glb": len(fake_segmind.glb), "splat.ply": len(fake_segmind.ply)}
+    fits, too_big = sorted(sizes, key=sizes.__getitem__)
+    payload = payloads.sam3d(
+        photo(fake_discord), app_permissions=CANNOT_SEND, size_limit=sizes[fits] + 1
+    )
+    dispatch(bot, payload)
+    await settle(bot)
+    assert fake_discord.channel_posts() == []
+    [answer] = [c for c in fake_discord.original_edits() if c.files]
+    assert answer.status == 200
+    assert {name for name, _ in answer.files.values()} == {fits}
+    assert f"{too_big} (" in answer.json["content"]
 
 
 async def test_errors_are_ephemeral_specific_and_say_nothing_was_charged(bot, fake_discord):
@@ -214,11 +242,18 @@ async def test_missing_permissions_are_named_before_anything_runs(bot, fake_disc
 async def test_a_channel_the_bot_may_not_post_in_gets_the_result_through_the_token(
     bot, fake_discord
 ):
-    fake_discord.forbidden_channels.add(payloads.CHANNEL_ID)
-    dispatch(bot, payloads.sam3d(photo(fake_discord)))
+    """Without Send Messages there, the bot does not try a post Discord must refuse (each 403
+    counts against its invalid-request limit): the result replaces the thinking message."""
+    payload = payloads.sam3d(photo(fake_discord), app_permissions=CANNOT_SEND)
+    dispatch(bot, payload)
     await settle(bot)
-    [result] = [c for c in fake_discord.followups() if c.files]
+    assert fake_discord.channel_posts() == []
+    [result] = [c for c in fake_discord.original_edits() if c.files]
+    assert result.status == 200
     assert {name for name, _ in result.files.values()} == {"model.glb", "splat.ply"}
+    assert result.json["embeds"][0]["title"] == "3D model ready"
+    bodies = [c.json for c in fake_discord.calls if isinstance(c.json, dict)]
+    assert all("Done" not in (body.get("content") or "") for body in bodies)
 
 
 async def test_admin_commands_are_checked_again_in_the_handler(bot, fake_discord):
@@ -420,7 +455,8 @@ async def test_with_a_public_url_big_files_link_to_the_bots_own_signed_download(
     async with running_bot(
         fake_discord, fake_segmind, tmp_path, public_url="https://models.example.org"
     ) as client:
-        dispatch(client, payloads.sam3d(photo(fake_discord), size_limit=1000))
+        fake_segmind.ply = made_splat_ply(BIG_SPLAT)
+        dispatch(client, payloads.sam3d(photo(fake_discord)))
         await settle(client)
         [post] = fake_discord.channel_posts()
         content = post.json["content"]

@@ -70,16 +70,12 @@ class Sam3dClient(discord.AutoShardedClient):
         else:
             await self.tree.sync()
 
-    def size_limit_of(self, interaction: discord.Interaction) -> int:
-        return interaction.filesize_limit  # Discord's attachment_size_limit for this interaction
-
     def replier_for(self, interaction: discord.Interaction) -> DiscordReplier:
         return DiscordReplier(
             self,
             reply_to_of(interaction),
             interaction,
             interval_s=self.settings.progress_edit_interval_s,
-            size_limit=self.size_limit_of(interaction),
             view_for=result_view,
             links=self.core.links,
         )

@@ -20,12 +20,19 @@ from bot.models import FileKind, JobResult, OutputFile, Progress
 from bot.replies import failure_text
 from bot.throttle import ProgressThrottle
 
-from .translate import NO_PINGS, result_message, token_alive
+from .translate import (
+    NO_PINGS,
+    ResultMessage,
+    fit,
+    result_message,
+    token_alive,
+)
 
 if TYPE_CHECKING:
     from bot.downloads import DownloadLinks
 
 log = logging.getLogger(__name__)
+DEFAULT_UPLOAD_LIMIT = discord.utils.DEFAULT_FILE_SIZE_LIMIT_BYTES
 
 
 class DiscordReplier:
@@ -36,17 +43,16 @@ class DiscordReplier:
         interaction: discord.Interaction | None = None,
         *,
         interval_s: float = 3.0,
-        size_limit: int = 10 * 1024 * 1024,
         view_for: Callable[[str], discord.ui.View] | None = None,
         links: DownloadLinks | None = None,
     ):
         self._client = client
         self._reply_to = reply_to
-        self._size_limit = size_limit
         self._view_for = view_for  # job id -> the result's buttons
         self._links = links  # the bot's signed download links, for files too big to attach
         self._progress = ProgressThrottle(self._edit, interval_s)
         self.result_message: discord.Message | None = None
+        self._sent_limit = 0  # the upload limit of the way the result went
         # The interaction's webhook: after a restart it is rebuilt from the token kept with
         # the job, so a job carried on still edits its "thinking" message while it lives.
         self._followup = (
@@ -108,36 +114,90 @@ class DiscordReplier:
 
     async def deliver(self, result: JobResult) -> None:
         await self._finish_progress()
-        made = result_message(result, self._size_limit, self._links)
+        if self._reply_to.get("post_in_channel", True):
+            try:
+                self.result_message = await self._post_in_channel(result)
+            except discord.HTTPException as exc:
+                if not (self._token_usable() and posts_elsewhere(exc)):
+                    raise DeliveryError(_cannot_post(exc)) from None
+                log.info("could not post in the channel (%s); answering through the token", exc)
+            else:
+                self._sent_limit = self._reply_to.get("channel_upload_limit", DEFAULT_UPLOAD_LIMIT)
+                await self._say_progress(f"✅ Done: {self.result_message.jump_url}")
+                return
+        if not self._token_usable():
+            raise DeliveryError(
+                "The model is ready, but I may not post in that channel and the command has "
+                "expired; ask an admin to let me send messages and files there."
+            )
+        self.result_message = await self._answer_through_token(result)
+        self._sent_limit = self._reply_to.get("token_upload_limit", DEFAULT_UPLOAD_LIMIT)
+
+    def _result(self, result: JobResult, size_limit: int) -> tuple[str, ResultMessage]:
+        made = result_message(result, size_limit, self._links)
         content = f"<@{self._reply_to['user_id']}>"
         if made.links:
             content += "\n" + "\n".join(made.links)
-        view = self._view_for(result.job_id) if self._view_for else discord.utils.MISSING
-        mentions = discord.AllowedMentions(everyone=False, roles=False, users=[self._user])
-        try:
-            self.result_message = await self._channel().send(
-                content, embed=made.embed, files=made.files, view=view, allowed_mentions=mentions
-            )
-        except discord.Forbidden:
-            if not self._token_usable():
-                raise DeliveryError(
-                    "The model is ready, but I may not post in that channel and the command "
-                    "has expired; ask an admin to let me send messages and files there."
-                ) from None
-            # A user-installed app, or no right to post: answer through the interaction
-            # (with new file objects: the refused request used up the first ones).
-            made = result_message(result, self._size_limit, self._links)
-            self.result_message = await self._webhook.send(
-                content,
-                embed=made.embed,
-                files=made.files,
-                view=view,
-                wait=True,
-                allowed_mentions=mentions,
-            )
-            await self._say_progress("✅ Done.")
-            return
-        await self._say_progress(f"✅ Done: {self.result_message.jump_url}")
+        return fit(content), made
+
+    def _view(self, job_id: str) -> discord.ui.View:
+        return self._view_for(job_id) if self._view_for else discord.utils.MISSING
+
+    @property
+    def _mentions(self) -> discord.AllowedMentions:
+        return discord.AllowedMentions(everyone=False, roles=False, users=[self._user])
+
+    async def _post_in_channel(self, result: JobResult) -> discord.Message:
+        """The bot's own post, its files within the server's upload limit; over it after all
+        (413), the files go as links instead."""
+        limit = self._reply_to.get("channel_upload_limit", DEFAULT_UPLOAD_LIMIT)
+        for size_limit in (limit, 0):
+            content, made = self._result(result, size_limit)
+            try:
+                return await self._channel().send(
+                    content,
+                    embed=made.embed,
+                    files=made.files,
+                    view=self._view(result.job_id),
+                    allowed_mentions=self._mentions,
+                )
+            except discord.HTTPException as exc:
+                if exc.status != 413 or size_limit == 0:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _answer_through_token(self, result: JobResult) -> discord.Message:
+        """The result in place of the "thinking" message (one message, which a follow-up
+        would only replace), or as a follow-up where that message is gone; files within the
+        interaction's upload limit, or as links."""
+        limit = self._reply_to.get("token_upload_limit", DEFAULT_UPLOAD_LIMIT)
+        for size_limit in (limit, 0):
+            content, made = self._result(result, size_limit)
+            try:
+                try:
+                    edited: discord.Message = await self._webhook.edit_message(
+                        "@original",  # type: ignore[call-overload]
+                        content=content,
+                        embed=made.embed,
+                        attachments=made.files,
+                        view=self._view(result.job_id),
+                        allowed_mentions=self._mentions,
+                    )
+                    return edited
+                except discord.NotFound:  # the thinking message was dismissed
+                    content, made = self._result(result, size_limit)
+                    return await self._webhook.send(
+                        content,
+                        embed=made.embed,
+                        files=made.files,
+                        view=self._view(result.job_id),
+                        wait=True,
+                        allowed_mentions=self._mentions,
+                    )
+            except discord.HTTPException as exc:
+                if exc.status != 413 or size_limit == 0:
+                    raise DeliveryError(_cannot_post(exc)) from None
+        raise AssertionError("unreachable")
 
     async def _say_progress(self, text: str) -> None:
         if self._token_usable():
@@ -155,13 +215,17 @@ class DiscordReplier:
                 for f in files
                 if f.kind is FileKind.TURNTABLE
                 and f.path.suffix == ".gif"
-                and f.size <= self._size_limit
+                and f.size <= self._sent_limit
             ),
             None,
         )
         if message is None or gif is None or not message.embeds:
             return
         embed = message.embeds[0]
+        # The turntable takes the picture's place; the still moves to the corner, so it stays
+        # in the embed instead of showing as a loose attachment under it.
+        if any(a.filename == "thumbnail.png" for a in message.attachments):
+            embed.set_thumbnail(url="attachment://thumbnail.png")
         embed.set_image(url="attachment://turntable.gif")
         await message.edit(
             embed=embed, attachments=[*message.attachments, discord.File(gif.path, "turntable.gif")]
@@ -169,7 +233,12 @@ class DiscordReplier:
 
     async def fail(self, error: BotError, refunded: bool) -> None:
         await self._finish_progress()
-        text = failure_text(error, refunded)
+        await self.tell(failure_text(error, refunded))
+
+    async def tell(self, text: str) -> None:
+        """Something for the member alone: the "thinking" message gives way to an ephemeral
+        follow-up while the token lives; after that, a line in the channel that names them."""
+        text = fit(text)
         if self._token_usable():
             try:
                 await self._webhook.delete_message("@original")  # type: ignore[arg-type]
@@ -178,11 +247,22 @@ class DiscordReplier:
             await self._webhook.send(text, ephemeral=True, allowed_mentions=NO_PINGS)
             return
         await self._channel().send(
-            f"<@{self._reply_to['user_id']}> {text}",
-            allowed_mentions=discord.AllowedMentions(
-                everyone=False, roles=False, users=[self._user]
-            ),
+            fit(f"<@{self._reply_to['user_id']}> {text}"), allowed_mentions=self._mentions
         )
+
+
+def posts_elsewhere(error: discord.HTTPException) -> bool:
+    """A channel post Discord refused for a reason the interaction's token gets around: no
+    access or permission there (50001, 50013), the channel gone (10003), a forum (40058), a
+    channel without text (50008), an archived or locked thread (50083, 160005)."""
+    return error.code in (50001, 50013, 10003, 40058, 50008, 50083, 160005)
+
+
+def _cannot_post(error: discord.HTTPException) -> str:
+    return (
+        "The model is ready, but Discord would not let me post it here "
+        f"({error.status}, {error.code or error.text[:80]}); ask again to get it, free."
+    )
 
 
 def resumed_followup(client: discord.Client, reply_to: dict[str, Any]) -> discord.Webhook | None:

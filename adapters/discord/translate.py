@@ -16,6 +16,9 @@ if TYPE_CHECKING:
     from bot.downloads import DownloadLinks
 
 PLATFORM = "discord"
+MiB = 1024 * 1024
+CONTENT_MAX = 2000  # a message's content (resources/message.mdx, "up to 2000 characters")
+REQUEST_MAX = 25 * MiB  # "The maximum request size when sending a message is 25 MiB"
 TOKEN_LIFETIME_S = 15 * 60
 TOKEN_MARGIN_S = 30  # stop using a token this long before Discord does
 MAX_FILES = 10
@@ -39,7 +42,9 @@ def requester_of(interaction: discord.Interaction) -> Requester:
 
 
 def reply_to_of(interaction: discord.Interaction) -> dict[str, Any]:
-    """What a restarted bot needs to answer this user: where, and the token while it lives."""
+    """What a restarted bot needs to answer this user: where, and the token while it lives,
+    whether the bot may post there itself, and the upload limit of each way of answering."""
+    guild = interaction.guild
     return {
         "channel_id": interaction.channel_id,
         "guild_id": interaction.guild_id,
@@ -47,7 +52,64 @@ def reply_to_of(interaction: discord.Interaction) -> dict[str, Any]:
         "application_id": interaction.application_id,
         "token": interaction.token,
         "token_expires_at": interaction.created_at.timestamp() + TOKEN_LIFETIME_S,
+        "post_in_channel": bot_may_post(interaction),
+        # The bot's own post is held to the server's limit (its Boost tier); what goes through
+        # the token, to the interaction's attachment_size_limit (which counts the member's
+        # Nitro). reference.mdx, "Uploading Files".
+        "channel_upload_limit": (
+            guild.filesize_limit
+            if guild is not None
+            else discord.utils.DEFAULT_FILE_SIZE_LIMIT_BYTES
+        ),
+        "token_upload_limit": interaction.filesize_limit,
     }
+
+
+def bot_may_post(interaction: discord.Interaction) -> bool:
+    """Whether the bot itself may post the result where the command was used: a server that
+    installed it, with View Channel and Send Messages (in threads: Send Messages in Threads)
+    there, or its own DM with the member. Anywhere else (a user-installed app, a channel it
+    may not write in) results go through the interaction's token."""
+    context = interaction.context
+    if interaction.guild_id is None:
+        return bool(context.dm_channel) and not interaction.is_user_integration()
+    if not interaction.is_guild_integration():
+        return False
+    allowed = interaction.app_permissions
+    channel = interaction.channel
+    in_thread = isinstance(channel, discord.Thread) or getattr(channel, "type", None) in (
+        discord.ChannelType.public_thread,
+        discord.ChannelType.private_thread,
+        discord.ChannelType.news_thread,
+    )
+    send = allowed.send_messages_in_threads if in_thread else allowed.send_messages
+    return allowed.view_channel and send
+
+
+def fit(text: str, limit: int = CONTENT_MAX) -> str:
+    """Text within Discord's limit, cut at a line where it can be, with a clear ending."""
+    if len(text) <= limit:
+        return text
+    ending = "\n… (cut: too long for one Discord message)"
+    room = limit - len(ending)
+    cut = text.rfind("\n", 0, room)
+    return text[: cut if cut > room // 2 else room].rstrip() + ending
+
+
+def pages(text: str, limit: int = CONTENT_MAX) -> list[str]:
+    """Long text (a usage table) as messages within the limit, split between lines."""
+    out: list[str] = []
+    current = ""
+    for line in text.splitlines():
+        line = fit(line, limit)
+        if current and len(current) + 1 + len(line) > limit:
+            out.append(current)
+            current = line
+        else:
+            current = f"{current}\n{line}" if current else line
+    if current or not out:
+        out.append(current)
+    return out
 
 
 def token_alive(reply_to: dict[str, Any], now: float | None = None) -> bool:
@@ -101,16 +163,35 @@ def result_message(
         embed.set_footer(text=result.note)
     files: list[discord.File] = []
     too_big: list[str] = []
+    total = 0
     thumbnail = result.file(FileKind.THUMBNAIL)
     if thumbnail is not None and thumbnail.size <= size_limit:
         files.append(discord.File(thumbnail.path, filename="thumbnail.png"))
         embed.set_image(url="attachment://thumbnail.png")
+        total += thumbnail.size
+    names = {"thumbnail.png", "turntable.gif"}
     for file in result.files:
         if file.kind not in SHARED_KINDS:
             continue
-        name = attachment_name(file)
-        if file.size <= size_limit and len(files) < MAX_FILES:
+        name = unique_name(attachment_name(file), names)
+        fits = file.size <= size_limit and total + file.size <= REQUEST_MAX
+        if fits and len(files) < MAX_FILES:
             files.append(discord.File(file.path, filename=name))
+            total += file.size
         else:
             too_big.append(link_line(file, name, result.job_id, links))
     return ResultMessage(embed, files, too_big)
+
+
+def unique_name(name: str, taken: set[str]) -> str:
+    """`name`, or name-2, name-3 ... where a file of the result already has it (Discord keeps
+    both, and `attachment://name` would point at one only)."""
+    stem, dot, suffix = name.rpartition(".")
+    if not dot:
+        stem, suffix = name, ""
+    candidate, number = name, 1
+    while candidate in taken:
+        number += 1
+        candidate = f"{stem}-{number}{dot}{suffix}"
+    taken.add(candidate)
+    return candidate

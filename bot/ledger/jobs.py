@@ -161,23 +161,31 @@ class JobStore(SqlBase):
     def _hold(
         self, tx: Tx, period: str, holds: list[tuple[str, int | None]], amount: int
     ) -> str | None:
-        """Reserve `amount` on every (scope, cap), in the order given, only where what the row
-        holds stays within its cap. Returns the scope that refused, if any (the caller rolls
-        back the holds before it)."""
+        """Reserve `amount` on each (scope, cap), in the order given, only where what the row
+        holds stays within its cap: one statement, which the database applies to each budget
+        row one writer at a time. Returns the scope that refused, if any."""
         for scope, cap in holds:
             if cap is not None and amount > cap:
                 return scope
-        for scope, cap in holds:
-            held = tx.query(
-                "hold_budget",
-                scope=scope,
+        caps = [NO_CAP if cap is None else cap for _, cap in holds]
+        if len(holds) == 2:
+            rows = tx.query(
+                "hold_budgets",
+                first=holds[0][0],
+                first_cap=caps[0],
+                second=holds[1][0],
+                second_cap=caps[1],
                 period=period,
-                cap=NO_CAP if cap is None else cap,
                 amount=amount,
             ).fetchall()
-            if not held:
-                return scope
-        return None
+        else:
+            [(scope, _)] = holds
+            rows = tx.query(
+                "hold_budget", scope=scope, period=period, cap=caps[0], amount=amount
+            ).fetchall()
+        held = {row["scope"] for row in rows}
+        # The first that refused, if any (the caller rolls back the others' holds).
+        return next((scope for scope, _ in holds if scope not in held), None)
 
     async def renew(self, job_ids: Sequence[str]) -> set[str]:
         """Keep this process's jobs its own for another lease; returns those it still owns

@@ -1,8 +1,19 @@
-"""A loopback fake of Discord's REST API, CDN and gateway, enough for the bot: login, command
+"""A loopback fake of Discord's REST API, CDN and gateway, as strict as Discord: login, command
 sync, interaction callbacks, webhook follow-ups and edits, channel messages (JSON or multipart
 with files), attachment downloads, and a gateway session (HELLO, IDENTIFY, READY, heartbeats,
 dispatched interactions) for the real `sam3d-bot run`. It records every call, with the time it
-arrived."""
+arrived.
+
+What Discord checks, the fake checks, each rule from Discord's documentation
+(../shared/specs and the discord-api-docs pages named beside each rule), never from the bot:
+every body against the OpenAPI document and the documented limits (discord_rules.py); the
+first response to an interaction within 3 s of its id's timestamp, once (10062, 40060); its
+token for 15 minutes (50027); the first follow-up after a deferral editing the loading message;
+5 follow-ups for a user-installed app (40094); uploads within the limit of the message being
+sent (the interaction's attachment_size_limit through its token, the server's Boost tier in a
+channel; 413 / 40005); channel routes only where the bot may act (10003, 50001, 50013, 40058,
+50083) and messages that exist (10008); 429 with `retry_after` and the X-RateLimit headers when
+a test asks for them. Its CDN can be slow."""
 
 from __future__ import annotations
 
@@ -10,16 +21,34 @@ import asyncio
 import itertools
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
 from . import serve_on_loopback
+from .discord_rules import (
+    DEFAULT_UPLOAD_LIMIT,
+    GUILD_UPLOAD_LIMITS,
+    DiscordError,
+    check_message,
+    check_upload,
+    spec,
+)
 
 BOT_ID = "900000000000000001"
 APP_ID = "900000000000000002"
 API = "/api/v10"
+DISCORD_EPOCH_MS = 1_420_070_400_000
+FIRST_RESPONSE_S = 3.0  # receiving-and-responding.mdx: "within 3 seconds of receiving the event"
+TOKEN_LIFETIME_S = 15 * 60  # "Interaction tokens are valid for 15 minutes"
+USER_APP_FOLLOWUPS = 5  # "limited to 5 followup messages per interaction" (user-installed)
+EPHEMERAL = 1 << 6
+# Permission bits (developers/topics/permissions.mdx).
+VIEW_CHANNEL, SEND_MESSAGES, EMBED_LINKS, ATTACH_FILES = 1 << 10, 1 << 11, 1 << 14, 1 << 15
+SEND_IN_THREADS = 1 << 38
+DM, GUILD_FORUM, THREAD_TYPES = 1, 15, (10, 11, 12)  # channel types (resources/channel.mdx)
 
 
 @dataclass
@@ -29,6 +58,46 @@ class Call:
     at: float
     json: dict[str, Any] | list | None = None
     files: dict[str, tuple[str, bytes]] = field(default_factory=dict)  # field -> (name, bytes)
+    status: int = 200  # what the fake answered
+
+
+@dataclass
+class Interaction:
+    """What Discord knows of an interaction it sent: when (from its id), its limits, and what
+    the app did with it."""
+
+    id: str
+    token: str
+    channel_id: str | None
+    created_at: float
+    attachment_size_limit: int
+    user_install_only: bool
+    response_type: int | None = None
+    ephemeral: bool = False
+    original: str | None = None  # the response's message id
+    loading: bool = False  # a deferral's "thinking" message, not yet edited
+    followups: int = 0
+
+
+@dataclass
+class Channel:
+    """A channel as Discord holds it, with what the bot may do there."""
+
+    id: str
+    type: int = 0
+    guild_id: str | None = None
+    parent_id: str | None = None
+    bot_permissions: int = VIEW_CHANNEL | SEND_MESSAGES | EMBED_LINKS | ATTACH_FILES
+    deleted: bool = False
+    archived: bool = False
+
+
+@dataclass
+class RateLimit:
+    method: str
+    path_part: str
+    retry_after: float
+    times: int = 1
 
 
 def _json(value: Any, status: int = 200) -> web.Response:
@@ -49,15 +118,24 @@ def user_json(user_id: str, name: str, bot: bool = False) -> dict[str, Any]:
     }
 
 
+def snowflake_time(snowflake: str) -> float:
+    """When a snowflake was made (reference.mdx, "Snowflakes": ms since Discord's epoch)."""
+    return ((int(snowflake) >> 22) + DISCORD_EPOCH_MS) / 1000
+
+
 class FakeDiscord:
-    def __init__(self):
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock  # wall time, as interaction ids carry it
         self.calls: list[Call] = []
         self.cdn: dict[str, bytes] = {}  # file name -> bytes served under /cdn/
-        self.forbidden_channels: set[str] = set()  # posting there answers 403
+        self.cdn_delay_s = 0.0  # how long the CDN takes before it answers
         self.token = ""  # when set, requests with another bot token get 401
+        self.interactions: dict[str, Interaction] = {}  # by token
+        self.channels: dict[str, Channel] = {}
+        self.guild_tiers: dict[str, int] = {}  # guild id -> premium (Boost) tier
+        self.rate_limits: list[RateLimit] = []
         self._ids = itertools.count(1_000_000_000_000_000_001)
         self._messages: dict[str, dict[str, Any]] = {}
-        self._originals: dict[str, str] = {}  # interaction token -> its response's message id
         self._runner: web.AppRunner | None = None
         self.url = ""
         self.sessions: list[web.WebSocketResponse] = []  # gateway connections that identified
@@ -70,6 +148,36 @@ class FakeDiscord:
     def cdn_url(self, name: str) -> str:
         return f"{self.url}/cdn/{name}"
 
+    def interaction_sent(self, payload: dict[str, Any]) -> None:
+        """Discord sends this interaction now: it knows its token, its channel and what the
+        bot may do there (the payload's app_permissions)."""
+        owners = payload.get("authorizing_integration_owners") or {}
+        self.interactions[payload["token"]] = Interaction(
+            id=payload["id"],
+            token=payload["token"],
+            channel_id=payload.get("channel_id"),
+            created_at=snowflake_time(payload["id"]),
+            attachment_size_limit=payload.get("attachment_size_limit", DEFAULT_UPLOAD_LIMIT),
+            user_install_only=set(owners) == {"1"},
+        )
+        channel = payload.get("channel") or {}
+        channel_id = payload.get("channel_id")
+        if channel_id and channel_id not in self.channels:
+            bot_can = int(payload.get("app_permissions") or 0)
+            if channel.get("type") == DM and payload.get("context") == 1:  # the bot's own DM
+                bot_can = VIEW_CHANNEL | SEND_MESSAGES | EMBED_LINKS | ATTACH_FILES
+            self.channels[channel_id] = Channel(
+                channel_id,
+                type=channel.get("type", 0),
+                guild_id=payload.get("guild_id"),
+                parent_id=channel.get("parent_id"),
+                bot_permissions=bot_can,
+            )
+
+    def limit_next(self, method: str, path_part: str, retry_after: float, times: int = 1) -> None:
+        """Answer the next `times` matching requests 429, as a rate-limited route does."""
+        self.rate_limits.append(RateLimit(method, path_part, retry_after, times))
+
     async def __aenter__(self) -> FakeDiscord:
         app = web.Application(client_max_size=200 * 1024 * 1024)
         app.router.add_route("*", API + "/{tail:.*}", self.api)
@@ -78,7 +186,7 @@ class FakeDiscord:
         self._runner, self.url = await serve_on_loopback(app)
         return self
 
-    async def __aexit__(self, *exc) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         for session in self.sessions:
             await session.close()
         if self._runner is not None:
@@ -142,6 +250,7 @@ class FakeDiscord:
                 break
             await asyncio.sleep(0.05)
         assert self.sessions, "no bot is connected to the gateway"
+        self.interaction_sent(payload)
         await self._dispatch(self.sessions[-1], "INTERACTION_CREATE", payload)
 
     # -- what the tests look at ------------------------------------------------------------------
@@ -164,6 +273,8 @@ class FakeDiscord:
     # -- the API --------------------------------------------------------------------------------
 
     async def serve_cdn(self, request: web.Request) -> web.Response:
+        if self.cdn_delay_s:
+            await asyncio.sleep(self.cdn_delay_s)
         data = self.cdn.get(request.match_info["name"])
         if data is None:
             return web.Response(status=404)
@@ -172,8 +283,22 @@ class FakeDiscord:
     async def api(self, request: web.Request) -> web.StreamResponse:
         path = "/" + request.match_info["tail"]
         call = Call(request.method, path, time.monotonic())
-        await self._read_body(request, call)
+        try:
+            await self._read_body(request, call)
+        except (ValueError, UnicodeDecodeError):
+            call.status = 400
+            self.calls.append(call)
+            return DiscordError(400, 50109, "The request body contains invalid JSON.").response()
         self.calls.append(call)
+        try:
+            response = self._answer(request, call)
+        except DiscordError as error:
+            response = error.response()
+        call.status = response.status
+        return response
+
+    def _answer(self, request: web.Request, call: Call) -> web.Response:
+        path = call.path
         # Interaction callbacks and webhook-token routes are authorised by the token in their
         # path: Discord's OpenAPI description gives them `security: [{}, {BotToken: []}]` (no
         # credentials, or the bot's), and discord.py sends none there. Every other route the
@@ -184,7 +309,11 @@ class FakeDiscord:
             and not by_path
             and request.headers.get("Authorization") != f"Bot {self.token}"
         ):
-            return _json({"message": "401: Unauthorized", "code": 0}, status=401)
+            raise DiscordError(401, 0, "401: Unauthorized")
+        self._rate_limit(call)
+        rules = spec()
+        if rules is not None:
+            rules.check(call.method, path, request.content_type, call.json)
         route = (request.method, path)
         if route == ("GET", "/gateway/bot"):  # OpenAPI get_bot_gateway (BotToken, checked above)
             return _json(
@@ -237,15 +366,40 @@ class FakeDiscord:
         if path.endswith("/callback"):
             return self._callback(call)
         if path.startswith("/webhooks/"):
-            return self._webhook(call)
+            return self._webhook(call, request.query.get("wait") in ("true", "1"))
         if path.startswith("/channels/"):
             return self._channel(call)
-        return _json({"message": "unknown route", "code": 0}, status=404)
+        raise DiscordError(404, 0, "404: Not Found")
+
+    def _rate_limit(self, call: Call) -> None:
+        """429 as rate-limits.mdx describes it: `retry_after` in the body, Retry-After and the
+        X-RateLimit-* headers (bucket, reset, scope)."""
+        for limit in self.rate_limits:
+            if limit.times > 0 and limit.method == call.method and limit.path_part in call.path:
+                limit.times -= 1
+                now = self.clock()
+                headers = {
+                    "Retry-After": str(max(1, round(limit.retry_after))),
+                    "X-RateLimit-Limit": "5",
+                    "X-RateLimit-Remaining": "0",
+                    "X-RateLimit-Reset": f"{now + limit.retry_after:.3f}",
+                    "X-RateLimit-Reset-After": f"{limit.retry_after:.3f}",
+                    "X-RateLimit-Bucket": "fake-bucket",
+                    "X-RateLimit-Scope": "user",
+                }
+                body = {
+                    "message": "You are being rate limited.",
+                    "retry_after": limit.retry_after,
+                    "global": False,
+                }
+                raise _RateLimited(_json(body, 429), headers)
 
     async def _read_body(self, request: web.Request, call: Call) -> None:
         if request.content_type.startswith("multipart/"):
             reader = await request.multipart()
             async for part in reader:
+                if not isinstance(part, BodyPartReader):
+                    continue
                 data = await part.read()
                 if part.name == "payload_json":
                     call.json = json.loads(data)
@@ -257,12 +411,15 @@ class FakeDiscord:
 
     def _message(
         self,
-        channel_id: str,
+        channel_id: str | None,
         body: dict[str, Any] | None,
         files: dict[str, tuple[str, bytes]],
         message_id: str | None = None,
+        via: str = "channel",
     ) -> dict[str, Any]:
+        """Make or replace a message (an edit keeps what it does not name)."""
         body = body or {}
+        old = self._messages.get(message_id or "", {})
         attachments = [
             {
                 "id": str(next(self._ids)),
@@ -273,66 +430,198 @@ class FakeDiscord:
             }
             for name, data in files.values()
         ]
+        if not old:
+            kept = []
+        elif "attachments" in body:  # an edit lists the attachments it keeps, by id
+            kept = [a for a in old["attachments"] if _kept(a, body)]
+        else:
+            kept = old["attachments"]
         message = {
             "id": message_id or str(next(self._ids)),
-            "channel_id": channel_id,
+            "channel_id": channel_id or old.get("channel_id") or "0",
             "author": user_json(BOT_ID, "sam3d", bot=True),
-            "content": body.get("content", ""),
+            "content": body.get("content", old.get("content", "")),
             "timestamp": "2026-11-25T12:00:00+00:00",
             "edited_timestamp": None,
             "tts": False,
             "mention_everyone": False,
             "mentions": [],
             "mention_roles": [],
-            "attachments": attachments,
-            "embeds": body.get("embeds", []),
+            "attachments": kept + attachments,
+            "embeds": body.get("embeds", old.get("embeds", [])),
             "pinned": False,
             "type": 0,
-            "flags": body.get("flags", 0),
-            "components": body.get("components", []),
+            "flags": body.get("flags", old.get("flags", 0)) or 0,
+            "components": body.get("components", old.get("components", [])),
         }
         for name, data in files.values():
             self.cdn[name] = data
+        message["_via"] = old.get("_via", via)
         self._messages[message["id"]] = message
-        return message
+        return {k: v for k, v in message.items() if not k.startswith("_")}
+
+    # -- interactions (interactions/receiving-and-responding.mdx) --------------------------------
+
+    def _interaction(self, token: str) -> Interaction:
+        interaction = self.interactions.get(token)
+        if interaction is None or interaction.response_type is None:
+            # A token is the app's to use once it answered the interaction in time.
+            raise DiscordError(404, 10015, "Unknown Webhook")
+        if self.clock() - interaction.created_at > TOKEN_LIFETIME_S:
+            raise DiscordError(401, 50027, "Invalid Webhook Token")
+        return interaction
 
     def _callback(self, call: Call) -> web.Response:
         interaction_id, token = call.path.split("/")[2:4]
-        kind = (call.json or {}).get("type")
-        message = self._message("0", (call.json or {}).get("data"), call.files)
-        self._originals[token] = message["id"]
+        interaction = self.interactions.get(token)
+        if interaction is None or interaction.id != interaction_id:
+            raise DiscordError(404, 10062, "Unknown interaction")
+        if interaction.response_type is not None:
+            raise DiscordError(400, 40060, "Interaction has already been acknowledged.")
+        if self.clock() - interaction.created_at > FIRST_RESPONSE_S:
+            raise DiscordError(404, 10062, "Unknown interaction")
+        body = call.json or {}
+        kind = body.get("type")
+        data = body.get("data") or {}
+        files = [blob for _, blob in call.files.values()]
+        if kind == 4:
+            check_message(data, files, creating=True)
+        if kind in (4, 7):
+            check_upload(files, interaction.attachment_size_limit)
+        interaction.response_type = kind
+        interaction.ephemeral = bool((data.get("flags") or 0) & EPHEMERAL)
+        message = None
+        if kind in (4, 5):
+            shown = {"content": "", **data} if kind == 5 else data
+            message = self._message(interaction.channel_id, shown, call.files, via=f"token:{token}")
+            interaction.original = message["id"]
+            interaction.loading = kind == 5
         return _json(
             {
                 "interaction": {
                     "id": interaction_id,
                     "type": 2,
-                    "response_message_id": message["id"],
+                    "response_message_id": interaction.original,
                     "response_message_loading": kind == 5,
-                    "response_message_ephemeral": bool(
-                        ((call.json or {}).get("data") or {}).get("flags", 0) & 64
-                    ),
+                    "response_message_ephemeral": interaction.ephemeral,
                 },
                 "resource": {"type": kind, "message": message}
-                if kind in (4, 5)
+                if message is not None
                 else {"type": kind},
             }
         )
 
-    def _webhook(self, call: Call) -> web.Response:
-        if call.method == "DELETE":
-            return web.Response(status=204)
-        parts = call.path.split("/")
-        message_id = parts[-1] if "messages" in parts else None
+    def _webhook(self, call: Call, wait: bool) -> web.Response:
+        parts = call.path.split("/")  # "", "webhooks", app, token, ["messages", id]
+        if len(parts) < 4 or parts[2] != APP_ID:
+            raise DiscordError(404, 10015, "Unknown Webhook")
+        interaction = self._interaction(parts[3])
+        files = [blob for _, blob in call.files.values()]
+        body = call.json if isinstance(call.json, dict) else {}
+        if len(parts) == 4:  # a follow-up
+            if call.method != "POST":
+                raise DiscordError(405, 0, "405: Method Not Allowed")
+            check_message(body, files, creating=True)
+            check_upload(files, interaction.attachment_size_limit)
+            if interaction.loading:
+                # "this endpoint will function as Edit Original Interaction Response ... the
+                # loading message will be edited instead. The ephemeral flag will be ignored"
+                interaction.loading = False
+                edit = {k: v for k, v in body.items() if k != "flags"}
+                return _json(self._message(None, edit, call.files, interaction.original))
+            if interaction.user_install_only and interaction.followups >= USER_APP_FOLLOWUPS:
+                raise DiscordError(
+                    400, 40094, "This interaction has hit the maximum number of follow up messages"
+                )
+            interaction.followups += 1
+            message = self._message(
+                interaction.channel_id, body, call.files, via=f"token:{interaction.token}"
+            )
+            return _json(message) if wait else web.Response(status=204)
+        message_id = parts[5] if len(parts) > 5 else ""
         if message_id == "@original":
-            message_id = self._originals.get(parts[3]) or str(next(self._ids))
-        return _json(self._message("0", call.json, call.files, message_id))
+            message_id = interaction.original or ""
+        known = self._messages.get(message_id)
+        if known is None or known["_via"] != f"token:{interaction.token}":
+            raise DiscordError(404, 10008, "Unknown Message")
+        if call.method == "DELETE":
+            del self._messages[message_id]
+            if message_id == interaction.original:
+                interaction.loading = False
+            return web.Response(status=204)
+        if call.method == "GET":
+            return _json({k: v for k, v in known.items() if not k.startswith("_")})
+        check_message(body, files, creating=False)
+        check_upload(files, interaction.attachment_size_limit)
+        if message_id == interaction.original:
+            interaction.loading = False
+        return _json(self._message(None, body, call.files, message_id))
+
+    # -- channels (resources/message.mdx, "Create Message" and its limitations) ------------------
 
     def _channel(self, call: Call) -> web.Response:
-        parts = call.path.split("/")
-        channel_id = parts[2]
-        if call.method == "POST" and channel_id in self.forbidden_channels:
-            return _json({"message": "Missing Permissions", "code": 50013}, status=403)
+        parts = call.path.split("/")  # "", "channels", id, "messages", [message id]
+        channel = self.channels.get(parts[2])
+        if channel is None or channel.deleted:
+            raise DiscordError(404, 10003, "Unknown Channel")
+        allowed = channel.bot_permissions
+        if not allowed & VIEW_CHANNEL:
+            raise DiscordError(403, 50001, "Missing Access")
+        if len(parts) < 4 or parts[3] != "messages":
+            raise DiscordError(404, 0, "404: Not Found")
+        files = [blob for _, blob in call.files.values()]
+        body = dict(call.json) if isinstance(call.json, dict) else {}
+        if len(parts) == 4:
+            if call.method != "POST":
+                raise DiscordError(405, 0, "405: Method Not Allowed")
+            if channel.type == GUILD_FORUM:
+                raise DiscordError(400, 40058, "Cannot send a message in a forum channel")
+            if channel.archived:
+                raise DiscordError(400, 50083, "Thread is archived")
+            send = SEND_IN_THREADS if channel.type in THREAD_TYPES else SEND_MESSAGES
+            if not allowed & send or (files and not allowed & ATTACH_FILES):
+                raise DiscordError(403, 50013, "Missing Permissions")
+            if not allowed & EMBED_LINKS:
+                body.pop("embeds", None)  # without Embed Links, Discord drops the embeds
+            check_message(body, files, creating=True)
+            check_upload(files, self.upload_limit(channel))
+            return _json(self._message(channel.id, body, call.files))
+        known = self._messages.get(parts[4])
+        if known is None or known["channel_id"] != channel.id:
+            raise DiscordError(404, 10008, "Unknown Message")
         if call.method == "DELETE":
+            del self._messages[parts[4]]
             return web.Response(status=204)
-        message_id = parts[4] if len(parts) > 4 else None
-        return _json(self._message(channel_id, call.json, call.files, message_id))
+        if call.method == "PATCH":
+            if channel.archived:
+                raise DiscordError(400, 50083, "Thread is archived")
+            check_message(body, files, creating=False)
+            check_upload(files, self.upload_limit(channel))
+            return _json(self._message(channel.id, body, call.files, parts[4]))
+        return _json({k: v for k, v in known.items() if not k.startswith("_")})
+
+    def upload_limit(self, channel: Channel) -> int:
+        """The per-file limit of a message the bot posts in a channel: its server's Boost tier
+        (the member's Nitro does not count for the bot's own posts)."""
+        if channel.guild_id is None:
+            return DEFAULT_UPLOAD_LIMIT
+        return GUILD_UPLOAD_LIMITS[self.guild_tiers.get(channel.guild_id, 0)]
+
+    def message(self, message_id: str) -> dict[str, Any] | None:
+        """A message as Discord holds it now (None: deleted or never made)."""
+        return self._messages.get(message_id)
+
+
+class _RateLimited(DiscordError):
+    def __init__(self, response: web.Response, headers: dict[str, str]) -> None:
+        super().__init__(429, 0, "You are being rate limited.")
+        self._response = response
+        self._response.headers.update(headers)
+
+    def response(self) -> web.Response:
+        return self._response
+
+
+def _kept(attachment: dict[str, Any], body: dict[str, Any]) -> bool:
+    """An edit's `attachments` lists the existing attachments to keep, by id."""
+    return any(str(a.get("id")) == attachment["id"] for a in body.get("attachments") or [])

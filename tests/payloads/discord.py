@@ -32,6 +32,7 @@ class _Ids:
 _ids = _Ids()
 
 BOT_CAN = discord.Permissions(
+    view_channel=True,
     send_messages=True,
     embed_links=True,
     attach_files=True,
