@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import io
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -181,16 +181,18 @@ class Operations:
         done = ("allowed" if allowed else "no longer allowed") if changed else "unchanged"
         return f"<#{channel_id}>: {done}. Jobs start in: {listed}."
 
-    async def may_start_in(self, where: Where, channel_id: str) -> list[str] | None:
-        """None if jobs may start in this channel, else the channels where they may."""
+    async def may_start_in(self, where: Where, places: Sequence[str]) -> list[str] | None:
+        """None if jobs may start here, else the channels where they may. `places`: the
+        channel and what holds it (a thread's channel or forum, a channel's category); an
+        allowed one allows everything in it."""
         if not where.guild_id:
             return None
         channels = await self.ledger.allowed_channels(where.platform, where.guild_id)
-        return None if not channels or channel_id in channels else channels
+        return None if not channels or set(places) & set(channels) else channels
 
-    async def refusal_here(self, where: Where, channel_id: str) -> str | None:
-        """Why a job may not start in this channel (and where it may), or None."""
-        channels = await self.may_start_in(where, channel_id)
+    async def refusal_here(self, where: Where, places: Sequence[str]) -> str | None:
+        """Why a job may not start here (and where it may), or None."""
+        channels = await self.may_start_in(where, places)
         if channels is None:
             return None
         made_in = ", ".join(f"<#{c}>" for c in channels)

@@ -139,6 +139,21 @@ async def test_a_job_from_a_server_defers_shows_progress_and_posts_the_model(
     assert fake_segmind.counters.payloads[0]["seed"] == 42
 
 
+async def test_the_command_is_answered_before_a_slow_photo_download(
+    bot, fake_discord, fake_segmind
+):
+    """Discord's CDN taking 3.2 s for the photo: the command was deferred before it, so the
+    token lives and the model arrives."""
+    fake_discord.cdn_takes_s = 3.2
+    payload = payloads.sam3d(photo(fake_discord))
+    dispatch(bot, payload)
+    await settle(bot)
+    deferral = callback_for(fake_discord, payload)
+    assert deferral.status == 200 and deferral.json["type"] == 5
+    [post] = fake_discord.channel_posts()
+    assert post.status == 200 and {n for n, _ in post.files.values()} == {"model.glb", "splat.ply"}
+
+
 async def test_a_job_in_a_dm_works_too(bot, fake_discord):
     payload = payloads.sam3d(photo(fake_discord), guild=False)
     dispatch(bot, payload)
@@ -256,6 +271,21 @@ async def test_a_channel_the_bot_may_not_post_in_gets_the_result_through_the_tok
     assert all("Done" not in (body.get("content") or "") for body in bodies)
 
 
+async def test_delete_removes_a_result_that_went_through_the_token(bot, fake_discord):
+    payload = payloads.sam3d(photo(fake_discord), app_permissions=CANNOT_SEND)
+    dispatch(bot, payload)
+    await settle(bot)
+    [result] = [c for c in fake_discord.original_edits() if c.files]
+    job_id = result.json["components"][0]["components"][0]["custom_id"].split(":")[2]
+    press = payloads.button(
+        f"sam3d:delete:{job_id}", message_id=result.answer["id"], app_permissions=CANNOT_SEND
+    )
+    dispatch(bot, press)
+    await settle(bot)
+    assert fake_discord.message(result.answer["id"]) is None
+    assert not [c for c in fake_discord.calls if c.status >= 400]
+
+
 async def test_admin_commands_are_checked_again_in_the_handler(bot, fake_discord):
     sneaky = payloads.admin("pause")
     dispatch(bot, sneaky)
@@ -343,10 +373,16 @@ async def test_buttons_work_on_a_freshly_started_bot(
         dispatch(restarted, stranger)
         await settle(restarted)
         assert "Only the person" in callback_for(fake_discord, stranger).json["data"]["content"]
-        owner = payloads.button(f"sam3d:delete:{job_id}", message_id="500000000000000077")
+        posted = post.answer["id"]
+        owner = payloads.button(f"sam3d:delete:{job_id}", message_id=posted)
         dispatch(restarted, owner)
         await settle(restarted)
-        assert fake_discord.find("DELETE", "/messages/500000000000000077")
+        assert fake_discord.message(posted) is None  # gone from the channel
+        twice = payloads.button(f"sam3d:delete:{job_id}", message_id=posted)
+        dispatch(restarted, twice)
+        await settle(restarted)
+        [said] = [c for c in fake_discord.followups() if twice["token"] in c.path]
+        assert said.json["flags"] & EPHEMERAL and "already deleted" in said.json["content"]
 
         again = payloads.button(f"sam3d:seed:{job_id}")
         dispatch(restarted, again)
@@ -384,9 +420,8 @@ async def test_fifty_commands_at_once_are_all_deferred_in_time(
         assert len(fake_discord.channel_posts()) == 50
 
 
-async def test_admins_keep_jobs_to_some_channels(bot, fake_discord, fake_segmind):
-    elsewhere = "800000000000000555"
-    options, resolved = payloads.channel_option(elsewhere)
+async def allow_channel(bot, fake_discord, channel_id: str) -> str:
+    options, resolved = payloads.channel_option(channel_id)
     allow = payloads.admin(
         "channel",
         [*options, {"name": "allowed", "type": 5, "value": True}],
@@ -396,14 +431,47 @@ async def test_admins_keep_jobs_to_some_channels(bot, fake_discord, fake_segmind
     )
     dispatch(bot, allow)
     await settle(bot)
-    said = callback_for(fake_discord, allow).json["data"]["content"]
+    return callback_for(fake_discord, allow).json["data"]["content"]
+
+
+def told_alone(fake, payload) -> str:
+    """What the member alone was told after the command was deferred: the thinking message
+    gives way to an ephemeral follow-up."""
+    token = payload["token"]
+    assert any(c.method == "DELETE" and token in c.path for c in fake.calls)
+    [told] = [c for c in fake.followups() if token in c.path]
+    assert told.json["flags"] & EPHEMERAL and told.status == 200
+    return told.json["content"]
+
+
+async def test_admins_keep_jobs_to_some_channels(bot, fake_discord, fake_segmind):
+    elsewhere = "800000000000000555"
+    said = await allow_channel(bot, fake_discord, elsewhere)
     assert said == f"<#{elsewhere}>: allowed. Jobs start in: <#{elsewhere}>."
     here = payloads.sam3d(photo(fake_discord))
     dispatch(bot, here)
     await settle(bot)
-    refusal = callback_for(fake_discord, here).json["data"]
-    assert refusal["flags"] & EPHEMERAL and f"<#{elsewhere}>" in refusal["content"]
+    assert callback_for(fake_discord, here).json["type"] == 5  # answered first, always
+    assert f"<#{elsewhere}>" in told_alone(fake_discord, here)
     assert fake_segmind.counters.submits == 0
+
+
+async def test_an_allowed_channel_allows_its_threads_and_a_category_its_channels(
+    bot, fake_discord, fake_segmind
+):
+    category, other = "800000000000000700", "800000000000000701"
+    await allow_channel(bot, fake_discord, payloads.CHANNEL_ID)
+    await allow_channel(bot, fake_discord, category)
+    in_thread = payloads.sam3d(photo(fake_discord), channel=payloads.thread("800000000000000702"))
+    in_category = payloads.sam3d(
+        photo(fake_discord), channel=payloads.text_channel(other, category), seed=7
+    )
+    for payload in (in_thread, in_category):
+        dispatch(bot, payload)
+        await settle(bot)
+    assert fake_segmind.counters.submits == 2
+    posts = {c.path.split("/")[2] for c in fake_discord.channel_posts()}
+    assert posts == {"800000000000000702", other}
 
 
 async def test_an_upstream_failure_is_told_with_the_refund(bot, fake_discord, fake_segmind):

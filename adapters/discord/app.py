@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import discord
 from discord import app_commands
 
-from bot.errors import InputError
+from bot.errors import BotError, InputError
 from bot.models import SEED_MAX, SEED_MIN, ImageSource, JobRequest
 from bot.operations import Operations, Where, describe_quota
 from bot.ports import JobRecord
@@ -28,6 +28,7 @@ from .translate import (
     NO_PINGS,
     PLATFORM,
     images_in,
+    places_of,
     reply_to_of,
     requester_of,
 )
@@ -35,9 +36,12 @@ from .translate import (
 log = logging.getLogger(__name__)
 
 MAX_PROMPT = 200
-# Send Messages, Embed Links, Attach Files, Read Message History, Use Application Commands.
+# View Channel, Send Messages (and in threads), Embed Links, Attach Files, Read Message
+# History, Use Application Commands.
 INVITE_PERMISSIONS = discord.Permissions(
+    view_channel=True,
     send_messages=True,
+    send_messages_in_threads=True,
     embed_links=True,
     attach_files=True,
     read_message_history=True,
@@ -96,46 +100,55 @@ class Sam3dClient(discord.AutoShardedClient):
     async def start_job(
         self,
         interaction: discord.Interaction,
-        image: ImageSource,
+        image: Photo,
         *,
         prompt: str | None = None,
         bbox: str | None = None,
         points: str | None = None,
-        mask: ImageSource | None = None,
+        mask: Photo | None = None,
         seed: int | str | None = None,  # typed in a form: the core checks it
         artifacts: bool = False,
     ) -> None:
-        """Defer within Discord's 3 s, then run the job in the background."""
-        if not await self.may_post_here(interaction) or not await self.may_start_here(interaction):
+        """Acknowledge first (Discord gives 3 s, and a photo from its CDN may take longer),
+        then check where jobs may start, fetch the photo and run the job, in the background."""
+        if not await self.may_post_here(interaction):  # read from the payload: no waiting
             return
         await interaction.response.defer(thinking=True)
         replier = self.replier_for(interaction)
-        request = JobRequest(
-            requester=requester_of(interaction),
-            image=image,
-            prompt=prompt,
-            bbox=bbox,
-            points=points,
-            mask=mask,
-            seed=seed,
-            include_artifacts=artifacts,
-            reply_to=replier.reply_to,
-        )
-        self.background(
-            self.core.service.run(request, replier, idempotency_key=f"discord:{interaction.id}")
-        )
+        places = places_of(interaction)
+        where = Where(PLATFORM, str(interaction.guild_id) if interaction.guild_id else None)
+        key = f"discord:{interaction.id}"
+        requester = requester_of(interaction)
+
+        async def job() -> None:
+            refusal = await self.operations.refusal_here(where, places)
+            if refusal is not None:
+                await replier.tell(refusal)
+                return
+            try:
+                limit = self.settings.max_image_bytes
+                photo = await photo_source(image, limit)
+                mask_source = await photo_source(mask, limit) if mask is not None else None
+            except BotError as error:
+                await replier.fail(error, refunded=False)
+                return
+            request = JobRequest(
+                requester=requester,
+                image=photo,
+                prompt=prompt,
+                bbox=bbox,
+                points=points,
+                mask=mask_source,
+                seed=seed,
+                include_artifacts=artifacts,
+                reply_to=replier.reply_to,
+            )
+            await self.core.service.run(request, replier, idempotency_key=key)
+
+        self.background(job())
 
     def background(self, work: Awaitable[Any]) -> asyncio.Task[Any]:
         return self.core.runner.start(work, "discord job")
-
-    async def may_start_here(self, interaction: discord.Interaction) -> bool:
-        """Admins may keep /sam3d to some channels of their server."""
-        where = Where(PLATFORM, str(interaction.guild_id) if interaction.guild_id else None)
-        refusal = await self.operations.refusal_here(where, str(interaction.channel_id))
-        if refusal is None:
-            return True
-        await ephemeral(interaction, refusal)
-        return False
 
     async def may_post_here(self, interaction: discord.Interaction) -> bool:
         """The bot needs to post files and embeds where the result goes; say so up front."""
@@ -164,6 +177,15 @@ def invite_url(application_id: int | None) -> str:
     return discord.utils.oauth_url(
         application_id or 0, permissions=INVITE_PERMISSIONS, scopes=("bot", "applications.commands")
     )
+
+
+Photo = discord.Attachment | ImageSource  # an attachment is fetched once the command is answered
+
+
+async def photo_source(photo: Photo, max_bytes: int) -> ImageSource:
+    if isinstance(photo, ImageSource):
+        return photo
+    return await attachment_image(photo, max_bytes)
 
 
 async def attachment_image(attachment: discord.Attachment, max_bytes: int) -> ImageSource:
@@ -210,19 +232,13 @@ def add_commands(client: Sam3dClient) -> None:
         if (image is None) == (image_url is None):
             await ephemeral(interaction, "Give the photo as an attachment or as a link (one).")
             return
-        limit = client.settings.max_image_bytes
-        # A refusal (BotError) is worded by the command tree's error hook.
-        source = (
-            await attachment_image(image, limit) if image else ImageSource.from_url(image_url or "")
-        )
-        mask_source = await attachment_image(mask, limit) if mask else None
         await client.start_job(
             interaction,
-            source,
+            image or ImageSource.from_url(image_url or ""),
             prompt=prompt,
             bbox=bbox,
             points=points,
-            mask=mask_source,
+            mask=mask,
             seed=seed,
             artifacts=artifacts,
         )
@@ -262,15 +278,9 @@ class JobModal(AnsweringModal, title="Make a 3D model"):
 
     async def on_submit(self, interaction: discord.Interaction) -> None:
         attachment = next((a for a in self.message.attachments if a.url == self.url), None)
-        # A refusal (BotError) is worded by the modal's error hook.
-        source = (
-            await attachment_image(attachment, self.client.settings.max_image_bytes)
-            if attachment
-            else ImageSource.from_url(self.url)
-        )
         await self.client.start_job(
             interaction,
-            source,
+            attachment or ImageSource.from_url(self.url),
             prompt=self.prompt.value or None,
             seed=self.seed.value.strip() or None,
         )

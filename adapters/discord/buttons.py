@@ -52,9 +52,14 @@ async def delete(client: Sam3dClient, interaction: discord.Interaction, job_id: 
     if not await client.operations.may_delete(job_id, requester_of(interaction)):
         await ephemeral(interaction, NOT_YOURS)
         return
-    await interaction.response.defer(ephemeral=True, thinking=False)
-    if interaction.message is not None:
-        await interaction.message.delete()
+    # Through the press's own token: its original response is the message the button is on,
+    # whichever way that was posted (the bot's channel route fails for a result that went
+    # through a token: 50001 where the bot has no access).
+    await interaction.response.defer()
+    try:
+        await interaction.delete_original_response()
+    except discord.NotFound:
+        await ephemeral(interaction, "That result is already deleted.")
 
 
 # action -> (label, emoji, style, what it does)

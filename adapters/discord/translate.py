@@ -86,6 +86,25 @@ def bot_may_post(interaction: discord.Interaction) -> bool:
     return allowed.view_channel and send
 
 
+def places_of(interaction: discord.Interaction) -> list[str]:
+    """The channel a command came from and what holds it, for the channel rules: a thread's
+    channel (a forum or media channel, for a post), and the category of either."""
+    places = [str(interaction.channel_id)]
+    channel = interaction.channel
+    holder = channel
+    thread_parent = (
+        getattr(channel, "parent_id", None) if isinstance(channel, discord.Thread) else None
+    )
+    if thread_parent:
+        places.append(str(thread_parent))
+        guild = interaction.guild
+        holder = guild.get_channel(thread_parent) if guild is not None else None
+    category_id = getattr(holder, "category_id", None)
+    if category_id:
+        places.append(str(category_id))
+    return places
+
+
 def fit(text: str, limit: int = CONTENT_MAX) -> str:
     """Text within Discord's limit, cut at a line where it can be, with a clear ending."""
     if len(text) <= limit:

@@ -218,7 +218,7 @@ class SlackBot:
             self._making.add(same_as)
         try:
             refusal = await self.operations.refusal_here(
-                Where(PLATFORM, who.guild_id), place.channel_id
+                Where(PLATFORM, who.guild_id), [place.channel_id]
             )
             if refusal is not None:
                 await replier.tell(refusal)

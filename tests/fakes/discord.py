@@ -13,7 +13,7 @@ token for 15 minutes (50027); the first follow-up after a deferral editing the l
 sent (the interaction's attachment_size_limit through its token, the server's Boost tier in a
 channel; 413 / 40005); channel routes only where the bot may act (10003, 50001, 50013, 40058,
 50083) and messages that exist (10008); 429 with `retry_after` and the X-RateLimit headers when
-a test asks for them. Its CDN can be slow."""
+a test asks for them. Its CDN can be slow (on its own clock, so tests do not wait)."""
 
 from __future__ import annotations
 
@@ -59,6 +59,7 @@ class Call:
     json: dict[str, Any] | list | None = None
     files: dict[str, tuple[str, bytes]] = field(default_factory=dict)  # field -> (name, bytes)
     status: int = 200  # what the fake answered
+    answer: Any = None  # and the JSON it answered with
 
 
 @dataclass
@@ -77,6 +78,7 @@ class Interaction:
     original: str | None = None  # the response's message id
     loading: bool = False  # a deferral's "thinking" message, not yet edited
     followups: int = 0
+    component_message: str | None = None  # the message whose component was used
 
 
 @dataclass
@@ -125,10 +127,11 @@ def snowflake_time(snowflake: str) -> float:
 
 class FakeDiscord:
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
-        self.clock = clock  # wall time, as interaction ids carry it
+        self._clock = clock  # wall time, as interaction ids carry it
+        self._skew = 0.0  # how far the fake's time ran ahead of the clock (a slow CDN)
         self.calls: list[Call] = []
         self.cdn: dict[str, bytes] = {}  # file name -> bytes served under /cdn/
-        self.cdn_delay_s = 0.0  # how long the CDN takes before it answers
+        self.cdn_takes_s = 0.0  # how long each CDN download takes, as Discord's clock sees it
         self.token = ""  # when set, requests with another bot token get 401
         self.interactions: dict[str, Interaction] = {}  # by token
         self.channels: dict[str, Channel] = {}
@@ -140,6 +143,9 @@ class FakeDiscord:
         self.url = ""
         self.sessions: list[web.WebSocketResponse] = []  # gateway connections that identified
         self._sequence = itertools.count(1)
+
+    def clock(self) -> float:
+        return self._clock() + self._skew
 
     @property
     def api_url(self) -> str:
@@ -159,6 +165,9 @@ class FakeDiscord:
             created_at=snowflake_time(payload["id"]),
             attachment_size_limit=payload.get("attachment_size_limit", DEFAULT_UPLOAD_LIMIT),
             user_install_only=set(owners) == {"1"},
+            component_message=(payload.get("message") or {}).get("id")
+            if payload.get("type") == 3
+            else None,
         )
         channel = payload.get("channel") or {}
         channel_id = payload.get("channel_id")
@@ -273,8 +282,8 @@ class FakeDiscord:
     # -- the API --------------------------------------------------------------------------------
 
     async def serve_cdn(self, request: web.Request) -> web.Response:
-        if self.cdn_delay_s:
-            await asyncio.sleep(self.cdn_delay_s)
+        # A slow download moves Discord's time on without the test waiting for it.
+        self._skew += self.cdn_takes_s
         data = self.cdn.get(request.match_info["name"])
         if data is None:
             return web.Response(status=404)
@@ -295,6 +304,8 @@ class FakeDiscord:
         except DiscordError as error:
             response = error.response()
         call.status = response.status
+        if response.content_type == "application/json" and isinstance(response.body, bytes):
+            call.answer = json.loads(response.body)
         return response
 
     def _answer(self, request: web.Request, call: Call) -> web.Response:
@@ -491,6 +502,10 @@ class FakeDiscord:
         interaction.response_type = kind
         interaction.ephemeral = bool((data.get("flags") or 0) & EPHEMERAL)
         message = None
+        if kind in (6, 7):
+            # A component's interaction: its original response is the message the component
+            # is on (DEFERRED_UPDATE_MESSAGE, UPDATE_MESSAGE).
+            interaction.original = interaction.component_message
         if kind in (4, 5):
             shown = {"content": "", **data} if kind == 5 else data
             message = self._message(interaction.channel_id, shown, call.files, via=f"token:{token}")
@@ -542,7 +557,11 @@ class FakeDiscord:
         if message_id == "@original":
             message_id = interaction.original or ""
         known = self._messages.get(message_id)
-        if known is None or known["_via"] != f"token:{interaction.token}":
+        ours = known is not None and (
+            known["_via"] == f"token:{interaction.token}"
+            or message_id == interaction.component_message
+        )
+        if known is None or not ours:
             raise DiscordError(404, 10008, "Unknown Message")
         if call.method == "DELETE":
             del self._messages[message_id]

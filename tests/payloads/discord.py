@@ -34,6 +34,7 @@ _ids = _Ids()
 BOT_CAN = discord.Permissions(
     view_channel=True,
     send_messages=True,
+    send_messages_in_threads=True,
     embed_links=True,
     attach_files=True,
     read_message_history=True,
@@ -79,6 +80,7 @@ def base(
     roles: tuple[str, ...] = (),
     size_limit: int = 10 * 1024 * 1024,
     message: dict[str, Any] | None = None,
+    channel: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     payload: dict[str, Any] = {
         "id": str(next(_ids)),
@@ -132,7 +134,44 @@ def base(
         )
     if message is not None:
         payload["message"] = message
+    if channel is not None and guild:
+        payload["channel"], payload["channel_id"] = channel, channel["id"]
     return payload
+
+
+def thread(thread_id: str, parent_id: str = CHANNEL_ID) -> dict[str, Any]:
+    """A public thread in `parent_id` (a forum post is one too), as an interaction's channel."""
+    return {
+        "id": thread_id,
+        "type": 11,
+        "guild_id": GUILD_ID,
+        "parent_id": parent_id,
+        "owner_id": ALICE_ID,
+        "name": "a thread",
+        "member_count": 1,
+        "message_count": 0,
+        "rate_limit_per_user": 0,
+        "flags": 0,
+        "thread_metadata": {
+            "archived": False,
+            "auto_archive_duration": 1440,
+            "archive_timestamp": "2026-11-25T12:00:00+00:00",
+            "locked": False,
+        },
+    }
+
+
+def text_channel(channel_id: str, category_id: str | None = None) -> dict[str, Any]:
+    return {
+        "id": channel_id,
+        "type": 0,
+        "guild_id": GUILD_ID,
+        "name": "models",
+        "position": 0,
+        "permission_overwrites": [],
+        "nsfw": False,
+        "parent_id": category_id,
+    }
 
 
 def slash(
@@ -157,7 +196,8 @@ def sam3d(image: dict[str, Any] | None = None, **options: Any) -> dict[str, Any]
     kw = {
         k: options.pop(k)
         for k in list(options)
-        if k in ("user_id", "guild", "permissions", "app_permissions", "roles", "size_limit")
+        if k
+        in ("user_id", "guild", "permissions", "app_permissions", "roles", "size_limit", "channel")
     }
     types = {"image_url": 3, "prompt": 3, "bbox": 3, "points": 3, "seed": 4, "artifacts": 5}
     opts = [{"name": name, "type": types[name], "value": value} for name, value in options.items()]
