@@ -72,6 +72,8 @@ class JobsPaused(BotError):
     code = "paused"
 
     def __init__(self, reason: str = ""):
+        if len(reason) > 200:  # kept from before reasons had a limit
+            reason = reason[:199] + "…"
         why = f" ({reason})" if reason else ""
         super().__init__(f"New jobs are paused by the admins{why}; please try again later.")
 

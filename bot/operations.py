@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -46,6 +47,17 @@ class Where:
     @property
     def noun(self) -> str:
         return server_noun(self.platform)
+
+
+REASON_MAX = 200  # characters: a reason is shown to members, inside a chat message
+JOB_ID = re.compile(r"[0-9a-f]{6,32}")
+
+
+def checked_reason(reason: str) -> str:
+    reason = " ".join(reason.split())
+    if len(reason) > REASON_MAX:
+        raise InputError("reason", f"at most {REASON_MAX} characters, please")
+    return reason
 
 
 class Operations:
@@ -140,6 +152,7 @@ class Operations:
         return f"{name}: {'none' if cap is None else format_usd(cap)}"
 
     async def block(self, actor: str, where: Where, user_id: str, reason: str = "") -> str:
+        reason = checked_reason(reason)
         if not user_id:
             raise InputError("user", "name the user to block")
         await self.ledger.block(where.platform, where.rule_guild, user_id, actor, reason)
@@ -151,6 +164,7 @@ class Operations:
         return f"{user_id} was not blocked"
 
     async def pause(self, actor: str, where: Where | None, reason: str = "") -> str:
+        reason = checked_reason(reason)
         scope = where.budget_scope if where else GLOBAL_SCOPE
         await self.ledger.pause(scope, actor, reason)
         here = f" {on_this(where.platform)}" if where and scope != GLOBAL_SCOPE else ""
@@ -199,7 +213,14 @@ class Operations:
         return f"{on_this(where.platform).capitalize()}, 3D models are made in {made_in}."
 
     async def refund(self, actor: str, where: Where | None, job_id: str, reason: str = "") -> str:
-        job = await self.ledger.get(job_id.strip())
+        reason = checked_reason(reason)
+        job_id = job_id.strip()
+        if not JOB_ID.fullmatch(job_id):
+            # Never echoed: it may be anything, of any length.
+            raise InputError(
+                "job", "that is not a job id (12 letters and digits, as Details shows)"
+            )
+        job = await self.ledger.get(job_id)
         if job is None or (
             where is not None
             and where.guild_id

@@ -13,6 +13,8 @@ import pytest
 
 from adapters.discord.app import build_client
 from bot.app import build_core
+from bot.models import JobState, Requester
+from bot.ports import NewJob
 from bot.settings import load_settings
 from tests.conftest import photo_bytes
 from tests.fakes.discord import FakeDiscord
@@ -284,6 +286,66 @@ async def test_delete_removes_a_result_that_went_through_the_token(bot, fake_dis
     await settle(bot)
     assert fake_discord.message(result.answer["id"]) is None
     assert not [c for c in fake_discord.calls if c.status >= 400]
+
+
+def as_admin(sub: str, options: list | None = None, resolved: dict | None = None) -> dict:
+    return payloads.admin(
+        sub, options, resolved, user_id=payloads.ADMIN_ID, permissions=payloads.ADMIN_CAN
+    )
+
+
+def told(fake, payload) -> list[str]:
+    """Every message an interaction's answer took (the response, then its follow-ups)."""
+    token = payload["token"]
+    calls = [c for c in fake.calls if token in c.path and c.method == "POST"]
+    assert all(c.status == 200 for c in calls), [c.answer for c in calls]
+    return [(c.json.get("data") or c.json)["content"] for c in calls]
+
+
+async def test_a_long_usage_report_comes_in_messages_discord_accepts(bot, fake_discord):
+    """Thirty members' usage: Discord refuses a message over 2000 characters (50035); the
+    table comes in parts, each a code block of its own."""
+    for i in range(30):
+        who = Requester("discord", f"70000000000000{i:04d}", payloads.GUILD_ID, f"member{i}")
+        job = await bot.core.ledger.reserve(NewJob(who, 65_000, f"key{i}", {"seed": i}))
+        await bot.core.ledger.commit(job.id, 65_000)
+        await bot.core.ledger.finish(job.id, JobState.DELIVERED)
+    report = as_admin("usage")
+    dispatch(bot, report)
+    await settle(bot)
+    parts = told(fake_discord, report)
+    assert len(parts) >= 2 and all(len(p) <= 2000 for p in parts)
+    assert all(p.count("```") % 2 == 0 for p in parts)
+    shown = "".join(parts)
+    assert all(f"70000000000000{i:04d}" in shown for i in range(20))  # the top 20
+
+
+async def test_admin_texts_are_held_to_what_discord_and_members_can_read(bot, fake_discord):
+    [sync] = fake_discord.find("PUT", "/commands")
+    admin = next(c for c in sync.json if c["name"] == "sam3d-admin")
+    options = [o for sub in admin["options"] for o in sub.get("options", [])]
+    assert all(o["description"] != "…" for o in options)  # every option says what it is
+    reasons = [o for o in options if o["name"] == "reason"]
+    assert reasons and all(o["max_length"] == 200 for o in reasons)
+
+    bogus = as_admin("refund", [{"name": "job", "type": 3, "value": "x" * 3000}])
+    dispatch(bot, bogus)
+    await settle(bot)
+    [said] = told(fake_discord, bogus)
+    assert "not a job id" in said and "xxxx" not in said
+
+    channels = [f"80000000000000{i:04d}" for i in range(90)]
+    for channel in channels:
+        options, resolved = payloads.channel_option(channel)
+        dispatch(
+            bot,
+            as_admin(
+                "channel", [*options, {"name": "allowed", "type": 5, "value": True}], resolved
+            ),
+        )
+        await settle(bot)
+    last = fake_discord.callbacks()[-1]
+    assert last.status == 200  # 90 channels listed (2,000+ characters), in parts
 
 
 async def test_admin_commands_are_checked_again_in_the_handler(bot, fake_discord):

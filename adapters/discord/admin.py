@@ -9,13 +9,18 @@ from typing import TYPE_CHECKING
 import discord
 from discord import app_commands
 
-from bot.operations import Where
+from bot.operations import REASON_MAX, Where
 
 from .answers import ephemeral
 from .translate import PLATFORM, requester_of
 
 if TYPE_CHECKING:
     from .app import Sam3dClient
+
+
+# Discord's client holds typed options to these lengths (the core checks again).
+Reason = app_commands.Range[str, 0, REASON_MAX]
+JobId = app_commands.Range[str, 1, 32]
 
 
 class AdminCommands(app_commands.Group):
@@ -53,7 +58,12 @@ class AdminCommands(app_commands.Group):
     @app_commands.command(
         name="quota", description="Jobs per window for a member or role, or the whole server"
     )
-    @app_commands.describe(jobs="a number, unlimited, or default", window_hours="its window")
+    @app_commands.describe(
+        jobs="a number, unlimited, or default",
+        member="the member it is for",
+        role="or the role it is for (neither: the whole server)",
+        window_hours="its window in hours (default: the bot's)",
+    )
     async def quota(
         self,
         interaction: discord.Interaction,
@@ -92,8 +102,9 @@ class AdminCommands(app_commands.Group):
         )
 
     @app_commands.command(name="block", description="Stop a member making models here")
+    @app_commands.describe(member="who to block", reason="why (they are not told)")
     async def block(
-        self, interaction: discord.Interaction, member: discord.User, reason: str = ""
+        self, interaction: discord.Interaction, member: discord.User, reason: Reason = ""
     ) -> None:
         await self._answer(
             interaction,
@@ -103,6 +114,7 @@ class AdminCommands(app_commands.Group):
         )
 
     @app_commands.command(name="unblock", description="Let a member make models again")
+    @app_commands.describe(member="who to let back")
     async def unblock(self, interaction: discord.Interaction, member: discord.User) -> None:
         await self._answer(
             interaction,
@@ -112,7 +124,8 @@ class AdminCommands(app_commands.Group):
         )
 
     @app_commands.command(name="pause", description="Stop new jobs on this server")
-    async def pause(self, interaction: discord.Interaction, reason: str = "") -> None:
+    @app_commands.describe(reason="shown to members who ask for a model")
+    async def pause(self, interaction: discord.Interaction, reason: Reason = "") -> None:
         await self._answer(
             interaction,
             self.client.operations.pause(
@@ -131,6 +144,10 @@ class AdminCommands(app_commands.Group):
         name="channel",
         description="Allow or stop /sam3d in a channel (none allowed: every channel)",
     )
+    @app_commands.describe(
+        channel="a channel, forum or category (its threads and channels too)",
+        allowed="True to allow it, False to stop it",
+    )
     async def channel(
         self,
         interaction: discord.Interaction,
@@ -145,7 +162,10 @@ class AdminCommands(app_commands.Group):
         )
 
     @app_commands.command(name="refund", description="Give a finished job back to its member")
-    async def refund(self, interaction: discord.Interaction, job: str, reason: str = "") -> None:
+    @app_commands.describe(job="the job id (Details shows it)", reason="why, for the audit trail")
+    async def refund(
+        self, interaction: discord.Interaction, job: JobId, reason: Reason = ""
+    ) -> None:
         await self._answer(
             interaction,
             self.client.operations.refund(

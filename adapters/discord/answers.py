@@ -11,7 +11,7 @@ from discord import app_commands
 
 from bot.errors import BotError
 
-from .translate import NO_PINGS
+from .translate import NO_PINGS, pages
 
 log = logging.getLogger(__name__)
 
@@ -19,10 +19,13 @@ SOMETHING_WRONG = "Something went wrong inside the bot; nothing was charged. Try
 
 
 async def ephemeral(interaction: discord.Interaction, text: str) -> None:
-    if interaction.response.is_done():
-        await interaction.followup.send(text, ephemeral=True, allowed_mentions=NO_PINGS)
-    else:
-        await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_PINGS)
+    """`text` to the member alone, in as many messages as Discord's 2000 characters need (a
+    usage table, a long list of channels)."""
+    for page in pages(text):
+        if interaction.response.is_done():
+            await interaction.followup.send(page, ephemeral=True, allowed_mentions=NO_PINGS)
+        else:
+            await interaction.response.send_message(page, ephemeral=True, allowed_mentions=NO_PINGS)
 
 
 async def answer_failure(interaction: discord.Interaction, error: Exception) -> None:

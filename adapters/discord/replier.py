@@ -24,6 +24,7 @@ from .translate import (
     NO_PINGS,
     ResultMessage,
     fit,
+    pages,
     result_message,
     token_alive,
 )
@@ -53,6 +54,7 @@ class DiscordReplier:
         self._progress = ProgressThrottle(self._edit, interval_s)
         self.result_message: discord.Message | None = None
         self._sent_limit = 0  # the upload limit of the way the result went
+        self._more: list[str] = []  # what of the result's text did not fit in its message
         # The interaction's webhook: after a restart it is rebuilt from the token kept with
         # the job, so a job carried on still edits its "thinking" message while it lives.
         self._followup = (
@@ -123,6 +125,8 @@ class DiscordReplier:
                 log.info("could not post in the channel (%s); answering through the token", exc)
             else:
                 self._sent_limit = self._reply_to.get("channel_upload_limit", DEFAULT_UPLOAD_LIMIT)
+                for page in self._more:
+                    await self._channel().send(page, allowed_mentions=NO_PINGS)
                 await self._say_progress(f"✅ Done: {self.result_message.jump_url}")
                 return
         if not self._token_usable():
@@ -132,13 +136,15 @@ class DiscordReplier:
             )
         self.result_message = await self._answer_through_token(result)
         self._sent_limit = self._reply_to.get("token_upload_limit", DEFAULT_UPLOAD_LIMIT)
+        for page in self._more:
+            await self._webhook.send(page, allowed_mentions=NO_PINGS)
 
     def _result(self, result: JobResult, size_limit: int) -> tuple[str, ResultMessage]:
+        """The result's first message; link lines that do not fit in it wait in
+        `self._more` for messages of their own."""
         made = result_message(result, size_limit, self._links)
-        content = f"<@{self._reply_to['user_id']}>"
-        if made.links:
-            content += "\n" + "\n".join(made.links)
-        return fit(content), made
+        first, *self._more = pages("\n".join([f"<@{self._reply_to['user_id']}>", *made.links]))
+        return first, made
 
     def _view(self, job_id: str) -> discord.ui.View:
         return self._view_for(job_id) if self._view_for else discord.utils.MISSING

@@ -19,6 +19,7 @@ PLATFORM = "discord"
 MiB = 1024 * 1024
 CONTENT_MAX = 2000  # a message's content (resources/message.mdx, "up to 2000 characters")
 REQUEST_MAX = 25 * MiB  # "The maximum request size when sending a message is 25 MiB"
+LINK_LINE_MAX = CONTENT_MAX - 100  # a link line, with room for the mention before it
 TOKEN_LIFETIME_S = 15 * 60
 TOKEN_MARGIN_S = 30  # stop using a token this long before Discord does
 MAX_FILES = 10
@@ -116,16 +117,21 @@ def fit(text: str, limit: int = CONTENT_MAX) -> str:
 
 
 def pages(text: str, limit: int = CONTENT_MAX) -> list[str]:
-    """Long text (a usage table) as messages within the limit, split between lines."""
+    """Long text (a usage table) as messages within the limit, split between lines; a code
+    block split over two messages is closed and opened again, so each shows as one."""
+    fence = "```"
+    room = limit - len(fence) - 1  # space to close a block the page ends inside
     out: list[str] = []
-    current = ""
+    current, in_block = "", False
     for line in text.splitlines():
-        line = fit(line, limit)
-        if current and len(current) + 1 + len(line) > limit:
-            out.append(current)
-            current = line
+        line = fit(line, room - len(fence) - 1)
+        if current and len(current) + 1 + len(line) > room:
+            out.append(current + ("\n" + fence if in_block else ""))
+            current = fence + "\n" + line if in_block else line
         else:
             current = f"{current}\n{line}" if current else line
+        if line.startswith(fence):
+            in_block = not in_block
     if current or not out:
         out.append(current)
     return out
@@ -198,7 +204,13 @@ def result_message(
             files.append(discord.File(file.path, filename=name))
             total += file.size
         else:
-            too_big.append(link_line(file, name, result.job_id, links))
+            line = link_line(file, name, result.job_id, links)
+            if len(line) > LINK_LINE_MAX:  # a presigned link longer than a message
+                line = (
+                    f"{name} ({file.size / 1e6:.1f} MB): too large to attach, and its link is "
+                    "too long for a Discord message (an admin can set PUBLIC_URL for short links)"
+                )
+            too_big.append(line)
     return ResultMessage(embed, files, too_big)
 
 
