@@ -164,6 +164,32 @@ async def test_a_job_in_a_dm_works_too(bot, fake_discord):
     assert {name for name, _ in post.files.values()} == {"model.glb", "splat.ply"}
 
 
+async def test_the_commands_can_be_installed_by_members_and_used_in_dms(bot, fake_discord):
+    [sync] = fake_discord.find("PUT", "/commands")
+    by_name = {c["name"]: c for c in sync.json}
+    for name in ("sam3d", "Make 3D model", "sam3d-quota"):
+        assert sorted(by_name[name]["integration_types"]) == [0, 1]  # server and member
+        assert sorted(by_name[name]["contexts"]) == [0, 1, 2]  # servers, its DM, members' DMs
+    assert by_name["sam3d-admin"]["contexts"] == [0]
+
+
+@pytest.mark.parametrize(
+    "where",
+    [{"guild": True}, {"guild": False, "context": 2}],
+    ids=["a server that did not install the bot", "a DM between members"],
+)
+async def test_a_user_installed_app_answers_through_the_token(bot, fake_discord, where):
+    """No channel post Discord would refuse: the result replaces the thinking message, and
+    stays within the 5 follow-ups Discord allows a user-installed app."""
+    payload = payloads.sam3d(photo(fake_discord), installed_by_user=True, **where)
+    dispatch(bot, payload)
+    await settle(bot)
+    assert fake_discord.channel_posts() == []
+    [result] = [c for c in fake_discord.original_edits() if c.files]
+    assert result.status == 200 and result.json["embeds"][0]["title"] == "3D model ready"
+    assert len([c for c in fake_discord.followups() if payload["token"] in c.path]) <= 5
+
+
 MiB = 1024 * 1024
 BIG_SPLAT = 165_000  # splats: an 11.2 MB PLY, over an unboosted server's 10 MiB per file
 
@@ -383,7 +409,7 @@ async def test_admin_commands_are_checked_again_in_the_handler(bot, fake_discord
     assert "$12.50" in callback_for(fake_discord, budget).json["data"]["content"]
 
 
-async def test_the_message_command_asks_for_prompt_and_seed_then_runs(
+async def test_the_message_command_asks_for_prompt_box_points_and_seed_then_runs(
     bot, fake_discord, fake_segmind
 ):
     one = payloads.make_3d([photo(fake_discord)])
@@ -393,13 +419,16 @@ async def test_the_message_command_asks_for_prompt_and_seed_then_runs(
     assert modal["type"] == 9 and modal["data"]["title"] == "Make a 3D model"
     custom_id = modal["data"]["custom_id"]
     fields = [row["components"][0]["custom_id"] for row in modal["data"]["components"]]
-    submit = payloads.modal_submit(custom_id, dict(zip(fields, ["mug", "77"], strict=True)))
+    answers = ["mug", "10,10,50,50", "30,30", "77"]
+    submit = payloads.modal_submit(custom_id, dict(zip(fields, answers, strict=True)))
     dispatch(bot, submit)
     await settle(bot)
     assert callback_for(fake_discord, submit).json["type"] == 5
     [post] = fake_discord.channel_posts()
     assert post.files and fake_segmind.counters.payloads[0]["seed"] == 77
     assert fake_segmind.counters.payloads[0]["prompt"] == "mug"
+    sent = fake_segmind.counters.payloads[0]
+    assert sent["bounding_box"] and sent["point_coords"]  # the box and points typed in the form
 
     several = payloads.make_3d([photo(fake_discord), photo(fake_discord, "other.png")])
     dispatch(bot, several)

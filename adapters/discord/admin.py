@@ -29,7 +29,8 @@ class AdminCommands(app_commands.Group):
             name="sam3d-admin",
             description="Quotas, budget and controls of sam3d",
             default_permissions=discord.Permissions(manage_guild=True),
-            guild_only=True,
+            allowed_contexts=app_commands.AppCommandContext(guild=True),
+            allowed_installs=app_commands.AppInstallationType(guild=True),
         )
         self.client = client
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import discord
 from discord import app_commands
@@ -34,6 +34,7 @@ from .translate import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MAX_PROMPT = 200
 # View Channel, Send Messages (and in threads), Embed Links, Attach Files, Read Message
@@ -204,10 +205,19 @@ async def attachment_image(attachment: discord.Attachment, max_bytes: int) -> Im
 # -- commands ----------------------------------------------------------------------------------
 
 
+def everywhere(command: T) -> T:
+    """Installed on a server or by a member (a user-installed app), usable in servers, in a DM
+    with the bot and in DMs between members; where the bot cannot post, it answers through
+    the interaction's token."""
+    command = app_commands.allowed_installs(guilds=True, users=True)(command)
+    return app_commands.allowed_contexts(guilds=True, dms=True, private_channels=True)(command)
+
+
 def add_commands(client: Sam3dClient) -> None:
     tree = client.tree
 
     @tree.command(name="sam3d", description="Make a 3D model of an object in a photo")
+    @everywhere
     @app_commands.describe(
         image="the photo (PNG, JPEG or WebP)",
         image_url="or a link to the photo",
@@ -244,6 +254,7 @@ def add_commands(client: Sam3dClient) -> None:
         )
 
     @tree.context_menu(name="Make 3D model")
+    @everywhere
     async def make_3d(interaction: discord.Interaction, message: discord.Message) -> None:
         images = images_in(message)
         if not images:
@@ -257,6 +268,7 @@ def add_commands(client: Sam3dClient) -> None:
         )
 
     @tree.command(name="sam3d-quota", description="Your jobs left and this server's budget")
+    @everywhere
     async def quota(interaction: discord.Interaction) -> None:
         status = await client.operations.my_quota(requester_of(interaction))
         await ephemeral(interaction, describe_quota(status))
@@ -267,6 +279,18 @@ def add_commands(client: Sam3dClient) -> None:
 class JobModal(AnsweringModal, title="Make a 3D model"):
     prompt: discord.ui.TextInput[JobModal] = discord.ui.TextInput(
         label="What is the object? (optional)", required=False, max_length=MAX_PROMPT
+    )
+    bbox: discord.ui.TextInput[JobModal] = discord.ui.TextInput(
+        label="Box around it: x1,y1,x2,y2 (optional)",
+        placeholder="in pixels of the photo, e.g. 40,30,600,470",
+        required=False,
+        max_length=60,
+    )
+    points: discord.ui.TextInput[JobModal] = discord.ui.TextInput(
+        label="Points on it: x,y;x,y (optional)",
+        placeholder="in pixels of the photo, e.g. 320,240;300,200",
+        required=False,
+        max_length=400,
     )
     seed: discord.ui.TextInput[JobModal] = discord.ui.TextInput(
         label="Seed, 0 to 1000000 (optional)", required=False, max_length=7
@@ -282,6 +306,8 @@ class JobModal(AnsweringModal, title="Make a 3D model"):
             interaction,
             attachment or ImageSource.from_url(self.url),
             prompt=self.prompt.value or None,
+            bbox=self.bbox.value.strip() or None,
+            points=self.points.value.strip() or None,
             seed=self.seed.value.strip() or None,
         )
 

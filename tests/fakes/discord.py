@@ -48,7 +48,12 @@ EPHEMERAL = 1 << 6
 # Permission bits (developers/topics/permissions.mdx).
 VIEW_CHANNEL, SEND_MESSAGES, EMBED_LINKS, ATTACH_FILES = 1 << 10, 1 << 11, 1 << 14, 1 << 15
 SEND_IN_THREADS = 1 << 38
-DM, GUILD_FORUM, THREAD_TYPES = 1, 15, (10, 11, 12)  # channel types (resources/channel.mdx)
+DM, GROUP_DM, GUILD_FORUM, THREAD_TYPES = (
+    1,
+    3,
+    15,
+    (10, 11, 12),
+)  # channel types (resources/channel.mdx)
 
 
 @dataclass
@@ -173,8 +178,11 @@ class FakeDiscord:
         channel_id = payload.get("channel_id")
         if channel_id and channel_id not in self.channels:
             bot_can = int(payload.get("app_permissions") or 0)
-            if channel.get("type") == DM and payload.get("context") == 1:  # the bot's own DM
-                bot_can = VIEW_CHANNEL | SEND_MESSAGES | EMBED_LINKS | ATTACH_FILES
+            if channel.get("type") in (DM, GROUP_DM):
+                # The bot posts in its own DM with a member (context BOT_DM); a DM between
+                # members (PRIVATE_CHANNEL, a user-installed app) is not the bot's to post in.
+                own = payload.get("context") == 1
+                bot_can = VIEW_CHANNEL | SEND_MESSAGES | EMBED_LINKS | ATTACH_FILES if own else 0
             self.channels[channel_id] = Channel(
                 channel_id,
                 type=channel.get("type", 0),

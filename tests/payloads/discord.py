@@ -81,6 +81,8 @@ def base(
     size_limit: int = 10 * 1024 * 1024,
     message: dict[str, Any] | None = None,
     channel: dict[str, Any] | None = None,
+    installed_by_user: bool = False,
+    context: int | None = None,
 ) -> dict[str, Any]:
     payload: dict[str, Any] = {
         "id": str(next(_ids)),
@@ -132,6 +134,14 @@ def base(
                 "authorizing_integration_owners": {"0": GUILD_ID},
             }
         )
+    if installed_by_user:
+        # A user-installed app: the member installed it, the server did not; Discord gives
+        # the bot no permissions in a channel it was never let into.
+        payload["authorizing_integration_owners"] = {"1": user_id}
+        if guild:
+            payload["app_permissions"] = "0"
+    if context is not None:
+        payload["context"] = context
     if message is not None:
         payload["message"] = message
     if channel is not None and guild:
@@ -197,7 +207,17 @@ def sam3d(image: dict[str, Any] | None = None, **options: Any) -> dict[str, Any]
         k: options.pop(k)
         for k in list(options)
         if k
-        in ("user_id", "guild", "permissions", "app_permissions", "roles", "size_limit", "channel")
+        in (
+            "user_id",
+            "guild",
+            "permissions",
+            "app_permissions",
+            "roles",
+            "size_limit",
+            "channel",
+            "installed_by_user",
+            "context",
+        )
     }
     types = {"image_url": 3, "prompt": 3, "bbox": 3, "points": 3, "seed": 4, "artifacts": 5}
     opts = [{"name": name, "type": types[name], "value": value} for name, value in options.items()]
