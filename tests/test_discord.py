@@ -156,6 +156,15 @@ async def test_the_command_is_answered_before_a_slow_photo_download(
     assert post.status == 200 and {n for n, _ in post.files.values()} == {"model.glb", "splat.ply"}
 
 
+async def test_a_rate_limited_post_is_sent_again_when_discord_says(bot, fake_discord):
+    fake_discord.limit_next("POST", f"/channels/{payloads.CHANNEL_ID}/messages", retry_after=0.3)
+    dispatch(bot, payloads.sam3d(photo(fake_discord)))
+    await settle(bot)
+    first, second = fake_discord.channel_posts()
+    assert (first.status, second.status) == (429, 200)
+    assert second.at - first.at >= 0.3 and second.files
+
+
 async def test_a_job_in_a_dm_works_too(bot, fake_discord):
     payload = payloads.sam3d(photo(fake_discord), guild=False)
     dispatch(bot, payload)

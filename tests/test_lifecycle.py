@@ -18,6 +18,7 @@ import pytest
 
 from tests.conftest import photo_bytes
 from tests.fakes.discord import FakeDiscord
+from tests.fakes.models3d import made_splat_ply
 from tests.fakes.segmind import API_KEY
 from tests.fakes.slack import BOT_TOKEN, SIGNING_SECRET, FakeSlack
 from tests.helpers import bot_env, wait_until_ready
@@ -197,6 +198,41 @@ async def test_two_instances_on_postgres_finish_the_job_of_one_that_was_killed(
         [(state, cost)] = db.execute("SELECT state, cost_micros FROM jobs").fetchall()
         commits = db.execute("SELECT count(*) FROM audit WHERE action = 'commit'").fetchone()[0]
     assert (state, cost, commits) == ("delivered", 65_000, 1)
+
+
+async def test_sam3d_bot_run_makes_a_model_through_discords_gateway(
+    tmp_path, unused_tcp_port, fake_segmind
+):
+    """The whole run path: `sam3d-bot run` logs in, opens the gateway (HELLO, IDENTIFY,
+    READY, GUILD_CREATE), gets /sam3d as INTERACTION_CREATE and answers through the strict
+    REST fake. The server is at Boost tier 2 (50 MiB a file), which the bot learns from
+    GUILD_CREATE: an 11.2 MB splat goes as an attachment, not as a link."""
+    async with FakeDiscord() as fake_discord:
+        fake_discord.token = "bot-token"
+        fake_discord.add_guild(discord_payloads.GUILD_ID, premium_tier=2)
+        fake_discord.cdn["photo.png"] = photo_bytes()
+        fake_segmind.ply = made_splat_ply(165_000)
+        bot = await start_bot(
+            tmp_path,
+            unused_tcp_port,
+            DISCORD_TOKEN="bot-token",
+            DISCORD_API_URL=fake_discord.api_url,
+            SEGMIND_BASE_URL=fake_segmind.url,
+        )
+        try:
+            image = discord_payloads.attachment(
+                "photo.png", fake_discord.cdn_url("photo.png"), len(fake_discord.cdn["photo.png"])
+            )
+            payload = discord_payloads.sam3d(image)
+            await fake_discord.send_interaction(payload)
+            await eventually(lambda: fake_discord.channel_posts())
+        finally:
+            await stop(bot)
+        [deferral] = [c for c in fake_discord.callbacks() if payload["id"] in c.path]
+        assert deferral.status == 200 and deferral.json["type"] == 5
+        [post] = fake_discord.channel_posts()
+        assert post.status == 200
+        assert {name for name, _ in post.files.values()} == {"model.glb", "splat.ply"}
 
 
 async def test_discord_bot_delivers_what_finishes_within_the_grace_and_resumes_the_rest(

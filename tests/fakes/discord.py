@@ -141,6 +141,7 @@ class FakeDiscord:
         self.interactions: dict[str, Interaction] = {}  # by token
         self.channels: dict[str, Channel] = {}
         self.guild_tiers: dict[str, int] = {}  # guild id -> premium (Boost) tier
+        self.guilds: dict[str, dict[str, Any]] = {}  # the servers the bot is in (GUILD_CREATE)
         self.rate_limits: list[RateLimit] = []
         self._ids = itertools.count(1_000_000_000_000_000_001)
         self._messages: dict[str, dict[str, Any]] = {}
@@ -190,6 +191,51 @@ class FakeDiscord:
                 parent_id=channel.get("parent_id"),
                 bot_permissions=bot_can,
             )
+
+    def add_guild(self, guild_id: str, premium_tier: int = 0) -> None:
+        """A server the bot is in, at a Boost tier (which sets its upload limit)."""
+        self.guild_tiers[guild_id] = premium_tier
+        self.guilds[guild_id] = {
+            "id": guild_id,
+            "name": "a server",
+            "icon": None,
+            "owner_id": "700000000000000009",
+            "roles": [
+                {
+                    "id": guild_id,  # @everyone has the server's id
+                    "name": "@everyone",
+                    "permissions": "0",
+                    "position": 0,
+                    "color": 0,
+                    "hoist": False,
+                    "managed": False,
+                    "mentionable": False,
+                    "flags": 0,
+                }
+            ],
+            "emojis": [],
+            "stickers": [],
+            "features": [],
+            "premium_tier": premium_tier,
+            "premium_subscription_count": {0: 0, 1: 2, 2: 7, 3: 14}[premium_tier],
+            "channels": [],
+            "threads": [],
+            "members": [],
+            "voice_states": [],
+            "presences": [],
+            "member_count": 2,
+            "large": False,
+            "unavailable": False,
+            "joined_at": "2026-01-01T00:00:00+00:00",
+            "afk_timeout": 300,
+            "verification_level": 0,
+            "default_message_notifications": 0,
+            "explicit_content_filter": 0,
+            "mfa_level": 0,
+            "system_channel_flags": 0,
+            "preferred_locale": "en-US",
+            "nsfw_level": 0,
+        }
 
     def limit_next(self, method: str, path_part: str, retry_after: float, times: int = 1) -> None:
         """Answer the next `times` matching requests 429, as a rate-limited route does."""
@@ -243,7 +289,7 @@ class FakeDiscord:
                     {
                         "v": 10,
                         "user": user_json(BOT_ID, "sam3d", bot=True),
-                        "guilds": [],
+                        "guilds": [{"id": g, "unavailable": True} for g in self.guilds],
                         "session_id": "fake-session",
                         "shard": identity.get("shard", [0, 1]),
                         "resume_gateway_url": self.url.replace("http", "ws") + "/gateway",
@@ -252,6 +298,10 @@ class FakeDiscord:
                         "relationships": [],
                     },
                 )
+                # With the GUILDS intent, each server the bot is in follows as GUILD_CREATE
+                # (events/gateway-events.mdx, "Guild Create").
+                for guild in self.guilds.values():
+                    await self._dispatch(socket, "GUILD_CREATE", guild)
         if socket in self.sessions:
             self.sessions.remove(socket)
         return socket
@@ -398,6 +448,9 @@ class FakeDiscord:
                 limit.times -= 1
                 now = self.clock()
                 headers = {
+                    # Discord's own 429s come through its Google front end (a 429 without it
+                    # is Cloudflare's, a ban; discord.py tells them apart by this header).
+                    "Via": "1.1 google",
                     "Retry-After": str(max(1, round(limit.retry_after))),
                     "X-RateLimit-Limit": "5",
                     "X-RateLimit-Remaining": "0",
