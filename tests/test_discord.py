@@ -165,6 +165,45 @@ async def test_a_rate_limited_post_is_sent_again_when_discord_says(bot, fake_dis
     assert second.at - first.at >= 0.3 and second.files
 
 
+@pytest.mark.parametrize("gone", ["deleted", "archived"])
+async def test_a_channel_that_went_away_meanwhile_gets_the_result_through_the_token(
+    bot, fake_discord, fake_segmind, gone
+):
+    """The channel deleted (10003) or the thread archived (50083) while the model was made:
+    the result still reaches the member, through the token, charged once."""
+    fake_segmind.behaviour.complete_after_s = 0.3
+    payload = payloads.sam3d(photo(fake_discord), channel=payloads.thread("800000000000000901"))
+    dispatch(bot, payload)
+    for _ in range(200):  # until Segmind has the job
+        if fake_segmind.counters.submits:
+            break
+        await asyncio.sleep(0.01)
+    setattr(fake_discord.channels["800000000000000901"], gone, True)
+    await settle(bot)
+    [refused] = fake_discord.channel_posts()
+    assert refused.answer["code"] == (10003 if gone == "deleted" else 50083)
+    [result] = [c for c in fake_discord.original_edits() if c.files]
+    assert result.status == 200 and result.json["embeds"][0]["title"] == "3D model ready"
+    [usage] = await bot.core.ledger.usage()
+    assert (usage.delivered, usage.cost_micros) == (1, 65_000)
+
+
+async def test_a_cached_result_through_the_token_keeps_its_text(bot, fake_discord, fake_segmind):
+    """The first follow-up after a deferral replaces the thinking message; a cached result
+    (no progress edit before it) must not be overwritten by a 'Done' edit after it."""
+    dispatch(bot, payloads.sam3d(photo(fake_discord)))
+    await settle(bot)
+    again = payloads.sam3d(photo(fake_discord), app_permissions=CANNOT_SEND)
+    dispatch(bot, again)
+    await settle(bot)
+    assert fake_segmind.counters.submits == 1  # the second came from the cache
+    answered = [c for c in fake_discord.calls if again["token"] in c.path and c.status == 200]
+    final = fake_discord.message(answered[-1].answer["id"]) if answered[-1].answer else None
+    assert final is not None and final["embeds"][0]["title"] == "3D model ready"
+    assert final["content"] == f"<@{payloads.ALICE_ID}>"  # not "✅ Done."
+    assert {a["filename"] for a in final["attachments"]} >= {"model.glb", "splat.ply"}
+
+
 async def test_a_job_in_a_dm_works_too(bot, fake_discord):
     payload = payloads.sam3d(photo(fake_discord), guild=False)
     dispatch(bot, payload)
