@@ -644,6 +644,11 @@ async def test_the_turntable_joins_the_result_when_it_is_ready(
         assert edit.json["embeds"][0]["image"]["url"] == "attachment://turntable.gif"
         kept = {a.get("filename") for a in edit.json["attachments"]}
         assert {"model.glb", "splat.ply", "thumbnail.png"} <= kept
+        # The still moves to the embed's corner instead of hanging loose under it.
+        assert edit.json["embeds"][0]["thumbnail"]["url"] == "attachment://thumbnail.png"
+        shown = fake_discord.message(post.answer["id"])
+        assert shown is not None
+        assert {"thumbnail.png", "turntable.gif"} <= {a["filename"] for a in shown["attachments"]}
 
 
 async def test_commands_go_to_one_development_server_when_set(

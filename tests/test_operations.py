@@ -173,3 +173,24 @@ async def test_usage_report_rolled_up_and_exported(ops, ledger):
     }
     with pytest.raises(InputError, match="2026-05"):
         await ops.usage(month="May")
+
+
+async def test_reasons_are_held_to_what_a_chat_message_can_show(ops, ledger):
+    """A reason is shown to every member who asks for a model while jobs are paused: one that
+    would not fit a chat message is refused when set, and one stored before the limit is
+    shortened where members read it."""
+    with pytest.raises(InputError, match="at most 200"):
+        await ops.pause("discord:root", HERE, "x" * 201)
+    with pytest.raises(InputError, match="at most 200"):
+        await ops.block("discord:root", HERE, "bob", "y" * 500)
+    await ledger.pause("discord:g1", "discord:root", "z" * 5000)  # from an older release
+    with pytest.raises(JobsPaused) as refused:
+        await ledger.reserve(NewJob(ALICE, 65_000, "k", {}))
+    assert len(refused.value.user_message) < 300
+
+
+async def test_refund_never_echoes_what_is_not_a_job_id(ops):
+    with pytest.raises(InputError) as refused:
+        await ops.refund("discord:root", HERE, "<@everyone> " + "x" * 3000)
+    assert "not a job id" in refused.value.user_message
+    assert "xxx" not in refused.value.user_message and "everyone" not in refused.value.user_message
