@@ -174,10 +174,7 @@ async def test_a_channel_that_went_away_meanwhile_gets_the_result_through_the_to
     fake_segmind.behaviour.complete_after_s = 0.3
     payload = payloads.sam3d(photo(fake_discord), channel=payloads.thread("800000000000000901"))
     dispatch(bot, payload)
-    for _ in range(200):  # until Segmind has the job
-        if fake_segmind.counters.submits:
-            break
-        await asyncio.sleep(0.01)
+    await until_submitted(fake_segmind)
     setattr(fake_discord.channels["800000000000000901"], gone, True)
     await settle(bot)
     [refused] = fake_discord.channel_posts()
@@ -186,6 +183,48 @@ async def test_a_channel_that_went_away_meanwhile_gets_the_result_through_the_to
     assert result.status == 200 and result.json["embeds"][0]["title"] == "3D model ready"
     [usage] = await bot.core.ledger.usage()
     assert (usage.delivered, usage.cost_micros) == (1, 65_000)
+
+
+async def until_submitted(fake_segmind) -> None:
+    for _ in range(300):
+        if fake_segmind.counters.submits:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("Segmind never got the job")
+
+
+async def test_a_job_that_outlives_its_token_is_still_posted_in_the_channel(
+    bot, fake_discord, fake_segmind
+):
+    fake_segmind.behaviour.complete_after_s = 0.3
+    dispatch(bot, payloads.sam3d(photo(fake_discord)))
+    await until_submitted(fake_segmind)
+    fake_discord.advance(16 * 60)  # Discord's clock: the token's 15 minutes are over
+    await settle(bot)
+    [post] = fake_discord.channel_posts()
+    assert post.status == 200 and post.files
+    [usage] = await bot.core.ledger.usage()
+    assert usage.delivered == 1
+
+
+async def test_with_neither_a_token_nor_a_channel_the_model_waits_to_be_asked_again(
+    bot, fake_discord, fake_segmind
+):
+    """The token expired and the bot may not post there: nobody can be told now, nothing
+    crashes, and the same request later delivers the kept model without a second charge."""
+    fake_segmind.behaviour.complete_after_s = 0.3
+    dispatch(bot, payloads.sam3d(photo(fake_discord), app_permissions=CANNOT_SEND))
+    await until_submitted(fake_segmind)
+    fake_discord.advance(16 * 60)
+    await settle(bot)
+    refused = [c.answer for c in fake_discord.calls if isinstance(c.answer, dict)]
+    assert any(answer.get("code") == 50027 for answer in refused)
+    again = payloads.sam3d(photo(fake_discord), app_permissions=CANNOT_SEND)
+    dispatch(bot, again)
+    await settle(bot)
+    assert fake_segmind.counters.submits == 1
+    [result] = [c for c in fake_discord.original_edits() if again["token"] in c.path and c.files]
+    assert result.status == 200
 
 
 async def test_a_cached_result_through_the_token_keeps_its_text(bot, fake_discord, fake_segmind):

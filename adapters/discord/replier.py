@@ -250,7 +250,13 @@ class DiscordReplier:
                 await self._webhook.delete_message("@original")  # type: ignore[arg-type]
             except discord.HTTPException:
                 pass  # already gone, or never shown
-            await self._webhook.send(text, ephemeral=True, allowed_mentions=NO_PINGS)
+            try:
+                await self._webhook.send(text, ephemeral=True, allowed_mentions=NO_PINGS)
+                return
+            except discord.HTTPException as exc:  # the token died early (50027)
+                log.info("could not answer through the token: %s", exc)
+        if not self._reply_to.get("post_in_channel", True):
+            log.warning("nobody to tell: the token is gone and the bot may not post there")
             return
         await self._channel().send(
             fit(f"<@{self._reply_to['user_id']}> {text}"), allowed_mentions=self._mentions

@@ -132,8 +132,7 @@ def snowflake_time(snowflake: str) -> float:
 
 class FakeDiscord:
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
-        self._clock = clock  # wall time, as interaction ids carry it
-        self._skew = 0.0  # how far the fake's time ran ahead of the clock (a slow CDN)
+        self.clock = clock  # wall time, as interaction ids carry it
         self.calls: list[Call] = []
         self.cdn: dict[str, bytes] = {}  # file name -> bytes served under /cdn/
         self.cdn_takes_s = 0.0  # how long each CDN download takes, as Discord's clock sees it
@@ -150,8 +149,11 @@ class FakeDiscord:
         self.sessions: list[web.WebSocketResponse] = []  # gateway connections that identified
         self._sequence = itertools.count(1)
 
-    def clock(self) -> float:
-        return self._clock() + self._skew
+    def advance(self, seconds: float) -> None:
+        """Age every interaction sent so far by `seconds`, as if that much time had passed
+        for it (a token's 15 minutes, a slow download), without the test waiting."""
+        for interaction in self.interactions.values():
+            interaction.created_at -= seconds
 
     @property
     def api_url(self) -> str:
@@ -340,8 +342,8 @@ class FakeDiscord:
     # -- the API --------------------------------------------------------------------------------
 
     async def serve_cdn(self, request: web.Request) -> web.Response:
-        # A slow download moves Discord's time on without the test waiting for it.
-        self._skew += self.cdn_takes_s
+        # A slow download ages the interactions waiting on it, without the test waiting.
+        self.advance(self.cdn_takes_s)
         data = self.cdn.get(request.match_info["name"])
         if data is None:
             return web.Response(status=404)
