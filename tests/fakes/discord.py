@@ -13,7 +13,9 @@ token for 15 minutes (50027); the first follow-up after a deferral editing the l
 sent (the interaction's attachment_size_limit through its token, the server's Boost tier in a
 channel; 413 / 40005); channel routes only where the bot may act (10003, 50001, 50013, 40058,
 50083) and messages that exist (10008); 429 with `retry_after` and the X-RateLimit headers when
-a test asks for them. Its CDN can be slow (on its own clock, so tests do not wait)."""
+a test asks for them. Slowmode (20016) is not applied: resources/channel.mdx says bots are
+unaffected by rate_limit_per_user. Its CDN can be slow (on its own clock, so tests do not
+wait)."""
 
 from __future__ import annotations
 
