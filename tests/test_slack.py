@@ -293,15 +293,35 @@ async def test_a_link_with_options_runs_without_the_form(
     assert "Seed 7" in uploaded(fake_slack)["model.glb"]["comment"]
 
 
+async def test_text_comes_as_slack_escapes_it_and_goes_to_the_model_as_written(
+    slack, fake_slack, fake_segmind, unused_tcp_port_factory
+):
+    """Slack sends &, < and > as entities, in links too, and its own markup for mentions:
+    the link is fetched with its real query, the prompt is what the member wrote, with no
+    markup in it, and it is shown escaped once."""
+    image = await serve_photo(unused_tcp_port_factory(), query={"w": "1", "h": "2"})
+    try:
+        await slack.command(f"salt &amp; pepper &lt;shaker&gt; <{image}?w=1&amp;h=2> <!here>")
+        await slack.settle(until=lambda: uploaded(fake_slack))
+    finally:
+        await image.runner.cleanup()
+    assert fake_segmind.counters.payloads[0]["prompt"] == "salt & pepper <shaker>"
+    comment = uploaded(fake_slack)["model.glb"]["comment"]
+    assert "salt &amp; pepper &lt;shaker&gt;" in comment and "&amp;amp;" not in comment
+
+
 class PhotoServer(str):
     runner: web.AppRunner
 
 
-async def serve_photo(port: int) -> PhotoServer:
+async def serve_photo(port: int, query: dict[str, str] | None = None) -> PhotoServer:
+    """A photo at a link; with `query`, only with exactly that query string (404 else)."""
     app = web.Application()
     data = photo_bytes()
 
     async def serve(request: web.Request) -> web.Response:
+        if query is not None and dict(request.query) != query:
+            return web.Response(status=404)
         return web.Response(body=data, content_type="image/png")
 
     app.router.add_get("/p.png", serve)
@@ -484,6 +504,20 @@ async def test_a_missing_files_read_scope_is_explained(slack, fake_slack, fake_s
     assert "sign-in page" in told.args["text"] and "files:read" in told.args["text"]
     assert fake_segmind.counters.submits == 0
     assert fake_slack.find("chat.delete"), "the progress message is taken away"
+
+
+async def test_a_photo_slack_redirects_to_its_cdn_is_fetched_without_the_token_there(
+    slack, fake_slack, fake_segmind
+):
+    """url_private answers 302 to a pre-signed CDN link: followed, the token sent to Slack
+    only (the pre-signed host refuses a request that brings one)."""
+    fake_slack.redirect_downloads = True
+    await slack.event(payloads.mention("red car", [photo_file(fake_slack)]))
+    await slack.settle(until=lambda: uploaded(fake_slack))
+    [asked] = [c for c in fake_slack.calls if c.method == "download"]
+    [fetched] = [c for c in fake_slack.calls if c.method == "presigned"]
+    assert asked.args["auth"] == f"Bearer {BOT_TOKEN}" and fetched.args["auth"] == ""
+    assert fake_segmind.counters.submits == 1
 
 
 async def test_a_file_object_the_bot_cannot_read_is_answered_not_left_hanging(

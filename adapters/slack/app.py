@@ -74,6 +74,7 @@ class SlackBot:
             self.settings.slack_api_url,
             self.settings.max_image_bytes,
             self.settings.image_fetch_timeout_s,
+            foreign_session=core.fetch_session,
         )
         self.bot_user_id: str | None = None
         self.connected = False

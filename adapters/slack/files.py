@@ -1,20 +1,23 @@
 """Photos shared in Slack: downloaded from `url_private` with the bot token.
 
-The token goes only to Slack's own hosts (or the host of SLACK_API_URL, for proxies and
-tests), never to a redirect elsewhere. Without the files:read scope Slack answers with its
-sign-in page instead of the file: that is recognised and explained.
+Slack may answer `url_private` with a redirect to a pre-signed link on its file CDN; the
+redirects are followed (a few hops), and the token goes only to Slack's own hosts (or the host
+of SLACK_API_URL, for proxies and tests), never to a pre-signed or any other host, which is
+reached without it through the guarded session (public addresses only). Without the
+files:read scope Slack answers with its sign-in page instead of the file: that is recognised
+and explained.
 """
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 
 from bot.errors import InputError
-from bot.images import read_capped
+from bot.images import MAX_REDIRECTS, REDIRECTS, read_capped
 
 SIGN_IN_PAGE = (
     "Slack sent me its sign-in page instead of the photo: this app lacks the "
@@ -31,8 +34,10 @@ class SlackFiles:
         api_url: str,
         max_bytes: int,
         timeout_s: float,
+        foreign_session: aiohttp.ClientSession | None = None,
     ):
         self._session = session
+        self._foreign = foreign_session or session
         self._token = token
         self._api_host = urlsplit(api_url).hostname or ""
         self._max_bytes = max_bytes
@@ -58,20 +63,8 @@ class SlackFiles:
         if not self.token_may_go_to(url):
             raise InputError(field, f"{name} is not stored on Slack")
         try:
-            async with (
-                asyncio.timeout(self._timeout_s),
-                self._session.get(
-                    url, headers={"Authorization": f"Bearer {self._token}"}, allow_redirects=False
-                ) as response,
-            ):
-                if response.status in (301, 302, 303, 307, 308):
-                    raise InputError(field, SIGN_IN_PAGE)  # Slack redirects to sign in
-                if response.status != 200:
-                    raise InputError(
-                        field, f"Slack would not give me {name} (HTTP {response.status})"
-                    )
-                data = await read_capped(response, field, self._max_bytes)
-                media_type = response.headers.get("Content-Type", "")
+            async with asyncio.timeout(self._timeout_s):
+                data, media_type = await self._fetch(url, name, field)
         except TimeoutError:
             raise InputError(
                 field, f"downloading {name} from Slack took longer than {self._timeout_s:g} s"
@@ -81,6 +74,27 @@ class SlackFiles:
         if media_type.startswith("text/html") or looks_like_html(data):
             raise InputError(field, SIGN_IN_PAGE)
         return data
+
+    async def _fetch(self, url: str, name: str, field: str) -> tuple[bytes, str]:
+        """Follow Slack's redirects by hand, the token only to Slack's hosts."""
+        for _ in range(MAX_REDIRECTS + 1):
+            own = self.token_may_go_to(url)
+            session = self._session if own else self._foreign
+            headers = {"Authorization": f"Bearer {self._token}"} if own else {}
+            async with session.get(url, headers=headers, allow_redirects=False) as response:
+                location = response.headers.get("Location")
+                if response.status in REDIRECTS and location:
+                    url = urljoin(url, location)
+                    if urlsplit(url).scheme not in ("http", "https"):
+                        break
+                    continue
+                if response.status != 200:
+                    raise InputError(
+                        field, f"Slack would not give me {name} (HTTP {response.status})"
+                    )
+                data = await read_capped(response, field, self._max_bytes)
+                return data, response.headers.get("Content-Type", "")
+        raise InputError(field, f"Slack sent me round in circles for {name}; try again")
 
 
 def looks_like_html(data: bytes) -> bool:

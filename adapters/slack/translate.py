@@ -66,25 +66,53 @@ class JobArgs:
     mask_url: str | None = None
 
 
-def unwrap_link(token: str) -> str:
-    """Slack writes links as <url> or <url|label>; people may also paste them bare."""
+def unescape(text: str) -> str:
+    """Slack sends &, < and > in text as &amp;, &lt; and &gt; (and nothing else escaped)."""
+    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+
+
+MARKUP = re.compile(r"<([^<>]*)>")
+TOKEN = re.compile(r"(?:<[^<>]*>|[^\s<])+")  # a word, with Slack's <...> kept whole
+
+
+def plain(text: str) -> str:
+    """Slack's text as its writer saw it: a link by its label (or its address), a user or
+    channel by the name Slack gave with it (or nothing), @here and the like gone, entities
+    decoded. Nothing of it can mention anyone once escaped again for display."""
+
+    def spoken(match: re.Match[str]) -> str:
+        inside = match.group(1)
+        target, _, label = inside.partition("|")
+        if target.startswith(("@", "#")):  # <@U123|name>, <#C123|general>
+            return (target[0] + label) if label and target[0] == "#" else label
+        if target.startswith("!"):  # <!here>, <!channel>, <!date^...|fallback>
+            return label if target.startswith("!date") else ""
+        return label or target  # a link
+
+    return unescape(MARKUP.sub(spoken, text))
+
+
+def link_in(token: str) -> str | None:
+    """The address of a link typed as Slack writes it (<url> or <url|label>) or bare."""
     match = LINK.fullmatch(token)
-    return match.group(1) if match else token
+    address = unescape(match.group(1) if match else token)
+    return address if address.lower().startswith(("http://", "https://")) else None
 
 
 def parse_job_text(text: str) -> JobArgs:
+    """`/sam3d` text or a mention, as Slack sends it (escaped, with its markup)."""
     words, options, url = [], {}, None
-    for token in text.split():
+    for token in TOKEN.findall(text):
         key, sep, value = token.partition("=")
         if sep and key.lower() in KEYS:
-            options[key.lower()] = unwrap_link(value)
+            options[key.lower()] = link_in(value) or plain(value)
             continue
-        plain = unwrap_link(token)
-        if url is None and plain.lower().startswith(("http://", "https://")):
-            url = plain
+        address = link_in(token)
+        if url is None and address is not None:
+            url = address
             continue
-        words.append(token)
-    prompt = " ".join(words).strip() or None
+        words.append(plain(token))
+    prompt = " ".join(" ".join(words).split()) or None
     if prompt is not None and len(prompt) > MAX_PROMPT:
         raise InputError("prompt", f"keep it to {MAX_PROMPT} characters")
     return JobArgs(

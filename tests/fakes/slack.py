@@ -12,11 +12,13 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import WSMsgType, web
 
 from . import serve_on_loopback
 
+PRESIGNED_HOST = "files-edge.slack.test"  # a host of its own, resolved to the fake in tests
 BOT_TOKEN = "xoxb-test-token"
 APP_TOKEN = "xapp-test-token"
 SIGNING_SECRET = "test-signing-secret"
@@ -60,6 +62,9 @@ class FakeSlack:
             "users:read",
         }  # the bot token's
         self.messages: dict[tuple[str, str], dict[str, Any]] = {}  # (channel, ts) -> message
+        # url_private may answer 302 to a pre-signed link on Slack's file CDN (integrators see
+        # it with a valid token); the CDN refuses a request that also carries a token.
+        self.redirect_downloads = False
         # method -> calls allowed per second per channel, as Slack limits chat.postMessage;
         # past it the answer is 429 with Retry-After, like Slack's.
         self.per_second: dict[str, int] = {}
@@ -104,6 +109,7 @@ class FakeSlack:
         app = web.Application(client_max_size=400 * 1024 * 1024)
         app.router.add_route("*", "/api/{method}", self.api)
         app.router.add_get("/files-pri/{key}/{name}", self.download)
+        app.router.add_get("/presigned/{key}", self.presigned)
         app.router.add_post("/upload/{file}", self.upload)
         app.router.add_post("/hooks/{name}", self.hook)
         app.router.add_get("/socket", self.websocket)
@@ -278,6 +284,23 @@ class FakeSlack:
         ):
             # Slack answers a request without the right token with its sign-in page.
             return web.Response(body=SIGN_IN_PAGE, content_type="text/html")
+        if file is None:
+            return web.Response(status=404)
+        if self.redirect_downloads:
+            port = urlsplit(self.url).port
+            key = request.match_info["key"]
+            raise web.HTTPFound(f"http://{PRESIGNED_HOST}:{port}/presigned/{key}?sig=fake-sig")
+        return web.Response(body=file.data, content_type=file.mimetype)
+
+    async def presigned(self, request: web.Request) -> web.Response:
+        """Slack's file CDN behind a pre-signed link: the signature is the credential, and a
+        request that brings a token as well is refused (as pre-signed object stores do)."""
+        self.calls.append(
+            Call("presigned", time.monotonic(), {"auth": request.headers.get("Authorization", "")})
+        )
+        if request.headers.get("Authorization") or request.query.get("sig") != "fake-sig":
+            return web.Response(status=400, text="Only one auth mechanism allowed")
+        file = self.files.get(request.match_info["key"].split("-", 1)[1])
         if file is None:
             return web.Response(status=404)
         return web.Response(body=file.data, content_type=file.mimetype)
