@@ -27,7 +27,7 @@ from bot.web import build_web_app, start_web
 from tests.conftest import photo_bytes
 from tests.fakes import serve_on_loopback
 from tests.fakes.segmind import API_KEY
-from tests.fakes.slack import APP_TOKEN, BOT_TOKEN, SIGNING_SECRET, FakeSlack
+from tests.fakes.slack import APP_TOKEN, BOT_TOKEN, SIGNING_SECRET, FakeSlack, stub_of
 from tests.helpers import ROOT, bot_env, wait_until_ready
 from tests.payloads import slack as payloads
 from tests.pipeline import PictureRenderer, StuckRenderer
@@ -518,6 +518,25 @@ async def test_a_photo_slack_redirects_to_its_cdn_is_fetched_without_the_token_t
     [fetched] = [c for c in fake_slack.calls if c.method == "presigned"]
     assert asked.args["auth"] == f"Bearer {BOT_TOKEN}" and fetched.args["auth"] == ""
     assert fake_segmind.counters.submits == 1
+
+
+async def test_a_photo_from_a_slack_connect_channel_is_looked_up_and_used(
+    slack, fake_slack, fake_segmind
+):
+    """In a Slack Connect channel an event carries only a stub of the file; files.info
+    gives the rest."""
+    await slack.event(payloads.mention("lamp", [stub_of(photo_file(fake_slack))]))
+    await slack.settle(until=lambda: uploaded(fake_slack))
+    assert fake_slack.find("files.info") and fake_segmind.counters.submits == 1
+
+
+async def test_a_photo_the_free_plan_hides_is_explained(slack, fake_slack, fake_segmind):
+    hidden = fake_slack.add_file("old.png", photo_bytes(), hidden_by_limit=True)
+    await slack.event(payloads.mention("lamp", [hidden]))
+    await slack.settle(until=lambda: fake_slack.find("chat.postEphemeral"))
+    [told] = fake_slack.find("chat.postEphemeral")
+    assert "hides that photo" in told.args["text"]
+    assert fake_segmind.counters.submits == 0
 
 
 async def test_a_file_object_the_bot_cannot_read_is_answered_not_left_hanging(

@@ -264,7 +264,9 @@ class SlackBot:
             known = file
             if known is None or not (known.get("url_private") or known.get("url_private_download")):
                 known = await self.file_info(file_id or (known or {})["id"])
-            if not image_files([known]):
+            if known.get("mode") == "hidden_by_limit":
+                raise InputError(field, HIDDEN_BY_LIMIT)
+            if not image_files([known]) or known.get("file_access") == "check_file_info":
                 raise InputError(
                     field, f"{known.get('name') or 'that file'} is not a PNG, JPEG or WebP photo"
                 )
@@ -273,6 +275,12 @@ class SlackBot:
             )
 
         return fetch
+
+
+HIDDEN_BY_LIMIT = (
+    "Slack hides that photo from apps: it is older than this workspace's plan lets anyone "
+    "see. Upload it again and ask me then."
+)
 
 
 def link(url: str) -> Callable[[], Awaitable[ImageSource]]:

@@ -197,12 +197,19 @@ def team_of(body: dict[str, Any]) -> str | None:
 
 
 def image_files(files: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The files of a message or a form that are photos we can use."""
+    """The files of a message or a form that are photos we can use, or may be: a Slack
+    Connect stub ("file_access": "check_file_info", looked up with files.info) and a file
+    the free plan hides ("mode": "hidden_by_limit", explained when it is tried)."""
     return [
         f
         for f in files or ()
-        if (f.get("mimetype") or "").split(";")[0] in IMAGE_TYPES
-        or (f.get("name") or "").lower().endswith(IMAGE_SUFFIXES)
+        if isinstance(f, dict)
+        and (
+            (f.get("mimetype") or "").split(";")[0] in IMAGE_TYPES
+            or (f.get("name") or "").lower().endswith(IMAGE_SUFFIXES)
+            or f.get("file_access") == "check_file_info"
+            or f.get("mode") == "hidden_by_limit"
+        )
     ]
 
 

@@ -41,6 +41,14 @@ class SlackFile:
     name: str
     data: bytes
     mimetype: str = "image/png"
+    # A free workspace's file past its history limit: Slack shows only {"id", "mode"}.
+    hidden_by_limit: bool = False
+
+
+def stub_of(file: dict[str, Any]) -> dict[str, Any]:
+    """A file as Slack puts it in events from a Slack Connect channel: its id and a note to
+    look it up with files.info (docs.slack.dev, "Working with files", Slack Connect)."""
+    return {"id": file["id"], "file_access": "check_file_info"}
 
 
 class FakeSlack:
@@ -86,13 +94,17 @@ class FakeSlack:
     def response_url(self, name: str = "cmd") -> str:
         return f"{self.url}/hooks/{name}"
 
-    def add_file(self, name: str, data: bytes, mimetype: str = "image/png") -> dict[str, Any]:
+    def add_file(
+        self, name: str, data: bytes, mimetype: str = "image/png", hidden_by_limit: bool = False
+    ) -> dict[str, Any]:
         """A file a user shared; returns the file object Slack puts in payloads."""
-        file = SlackFile(f"F{next(self._ids):08d}", name, data, mimetype)
+        file = SlackFile(f"F{next(self._ids):08d}", name, data, mimetype, hidden_by_limit)
         self.files[file.id] = file
         return self.file_object(file)
 
     def file_object(self, file: SlackFile) -> dict[str, Any]:
+        if file.hidden_by_limit:
+            return {"id": file.id, "mode": "hidden_by_limit"}
         private = f"{self.url}/files-pri/{TEAM}-{file.id}/{file.name}"
         return {
             "id": file.id,
