@@ -275,6 +275,45 @@ async def test_a_form_without_a_photo_file_is_refused_in_the_form(slack, fake_sl
     assert not fake_slack.find("chat.postMessage")
 
 
+async def test_mistakes_in_the_form_are_shown_in_it_before_it_closes(
+    slack, fake_slack, fake_segmind
+):
+    """A box outside the photo, points that are not points, a seed out of range: Slack shows
+    each under its field and keeps the form open; nothing is posted, fetched or charged."""
+    await slack.command("")
+    await slack.settle(until=lambda: fake_slack.find("views.open"))
+    photo = photo_file(fake_slack)
+    status, body, _ = await submit_form(
+        slack,
+        {
+            "image": file_value(photo),
+            "bbox": text_value(f"0,0,{photo['original_w'] + 50},10"),
+            "points": text_value("here"),
+            "seed": text_value("12345678"),
+        },
+    )
+    assert status == 200
+    answer = json.loads(body)
+    assert answer["response_action"] == "errors"
+    assert set(answer["errors"]) == {"bbox", "points", "seed"}
+    assert not fake_slack.find("chat.postMessage") and fake_segmind.counters.submits == 0
+    assert not [c for c in fake_slack.calls if c.method == "download"]
+
+
+async def test_a_photo_over_the_size_limit_is_refused_in_the_form(
+    fake_slack, fake_segmind, tmp_path, settings_env, unused_tcp_port
+):
+    async with running_slack(
+        fake_slack, fake_segmind, tmp_path, unused_tcp_port, max_image_bytes=1000
+    ) as slack:
+        await slack.command("")
+        await slack.settle(until=lambda: fake_slack.find("views.open"))
+        status, body, _ = await submit_form(slack, {"image": file_value(photo_file(fake_slack))})
+        answer = json.loads(body)
+        assert answer["response_action"] == "errors" and "larger than" in answer["errors"]["image"]
+        assert not fake_slack.find("chat.postMessage")
+
+
 async def test_a_link_with_options_runs_without_the_form(
     slack, fake_slack, fake_segmind, unused_tcp_port_factory
 ):

@@ -233,7 +233,7 @@ async def submitted(
 ) -> None:
     bot: SlackBot = context[BOT]
     answers = modal_answers(view)
-    errors = check_answers(answers)
+    errors = check_answers(answers, bot.settings.max_image_bytes)
     if errors:
         await ack(response_action="errors", errors=errors)
         return

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from bot.errors import InputError
+from bot.images import parse_bbox, parse_points, parse_seed
 from bot.models import SEED_MAX, SEED_MIN, JobResult, Requester
 from bot.replies import cost_text
 
@@ -352,15 +354,33 @@ def modal_answers(view: dict[str, Any]) -> ModalAnswers:
     )
 
 
-def check_answers(answers: ModalAnswers) -> dict[str, str]:
-    """What is wrong in the form, by block, for Slack to show under the fields."""
+def check_answers(answers: ModalAnswers, max_bytes: int) -> dict[str, str]:
+    """What is wrong in the form, by block, for Slack to show under the fields while the form
+    stays open (response_action: errors): the photo and mask, their size, the box and points
+    (against the photo's size where Slack gives it) and the seed."""
     errors = {}
+    photo = answers.files[0] if answers.files else None
     if not answers.files and not answers.file_id:
         errors["image"] = "Add a photo."
     elif answers.files and not image_files(answers.files):
         errors["image"] = "That is not a PNG, JPEG or WebP photo."
+    elif photo is not None and (photo.get("size") or 0) > max_bytes:
+        errors["image"] = f"That photo is larger than {max_bytes / 1_000_000:g} MB."
     if answers.mask is not None and not image_files([answers.mask]):
         errors["mask"] = "The mask must be a PNG, JPEG or WebP image."
+    width, height = (photo or {}).get("original_w"), (photo or {}).get("original_h")
+    if not (isinstance(width, int) and isinstance(height, int)):
+        width = height = 1 << 30  # unknown here: the job checks against the photo itself
+    checks: dict[str, Callable[[], object]] = {
+        "bbox": lambda: parse_bbox(answers.bbox, width, height),
+        "points": lambda: parse_points(answers.points, width, height),
+        "seed": lambda: parse_seed(answers.seed),
+    }
+    for block, check in checks.items():
+        try:
+            check()
+        except InputError as error:
+            errors[block] = error.user_message.removeprefix(f"{error.field}: ")[:150]
     return errors
 
 

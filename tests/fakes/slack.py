@@ -6,6 +6,7 @@ It records every call, with the time it arrived."""
 from __future__ import annotations
 
 import asyncio
+import io
 import itertools
 import json
 import time
@@ -15,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import WSMsgType, web
+from PIL import Image
 
 from . import serve_on_loopback
 
@@ -106,7 +108,16 @@ class FakeSlack:
         if file.hidden_by_limit:
             return {"id": file.id, "mode": "hidden_by_limit"}
         private = f"{self.url}/files-pri/{TEAM}-{file.id}/{file.name}"
+        # Slack gives an image's size in pixels (original_w, original_h) with its file.
+        size = {}
+        if file.mimetype.startswith("image/"):
+            try:
+                with Image.open(io.BytesIO(file.data)) as image:
+                    size = {"original_w": image.width, "original_h": image.height}
+            except OSError:
+                pass
         return {
+            **size,
             "id": file.id,
             "name": file.name,
             "title": file.name,
