@@ -264,6 +264,22 @@ async def test_a_double_click_on_submit_starts_one_job(slack, fake_slack, fake_s
     assert row.jobs == 1 and row.cost_micros == 65_000
 
 
+@pytest.mark.parametrize("error", ["expired_trigger_id", "ratelimited"])
+async def test_a_form_slack_will_not_open_is_explained(slack, fake_slack, error):
+    """Slack refuses views.open once the 3 s trigger is spent, or rate-limits it: the member
+    is told, not left with nothing."""
+    if error == "ratelimited":
+        fake_slack.per_second["views.open"] = 0
+    else:
+        fake_slack.failures["views.open"] = [error]
+    await slack.command("")
+    await slack.settle(until=lambda: fake_slack.hooks)
+    [(_, said)] = fake_slack.hooks
+    assert said["response_type"] == "ephemeral"
+    assert "form" in said["text"] and "try again" in said["text"]
+    assert len(fake_slack.find("views.open")) == 1  # not retried past the trigger's life
+
+
 async def test_a_form_without_a_photo_file_is_refused_in_the_form(slack, fake_slack):
     await slack.command("")
     await slack.settle(until=lambda: fake_slack.find("views.open"))

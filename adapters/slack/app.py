@@ -298,11 +298,25 @@ async def open_form(
     trigger_id: str,
     metadata: dict[str, Any],
     images: list[dict[str, Any]] | None = None,
-) -> None:
+) -> str | None:
+    """Open the form; what to tell the member when Slack would not (None: it opened).
+    Through the client that does not wait out rate limits: the trigger lives 3 s."""
     try:
-        await bot.client.views_open(trigger_id=trigger_id, view=job_modal(metadata, images))
+        await bot.progress_client.views_open(
+            trigger_id=trigger_id, view=job_modal(metadata, images)
+        )
     except SlackApiError as exc:
-        log.warning("views.open failed: %s", slack_error(exc))
+        error = slack_error(exc)
+        log.warning("views.open failed: %s", error)
+        return FORM_PROBLEMS.get(error, f"Slack would not open the form ({error}); try again.")
+    return None
+
+
+FORM_PROBLEMS = {
+    "expired_trigger_id": "Slack gave me too little time to open the form; try again.",
+    "exchanged_trigger_id": "That form was already opened once; try again.",
+    "ratelimited": "Slack is busy right now and would not open the form; try again shortly.",
+}
 
 
 async def again(bot: SlackBot, who: Requester, place: Place, job_id: str, key: str) -> None:

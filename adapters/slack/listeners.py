@@ -173,11 +173,13 @@ async def command(
     team, user = team_of(body), body["user_id"]
     if not text:
         await ack()
-        await open_form(
+        problem = await open_form(
             bot,
             body["trigger_id"],
             {"channel_id": body["channel_id"], "response_url": body.get("response_url")},
         )
+        if problem is not None:
+            await respond(problem, response_type="ephemeral")
     elif word == "help":
         await ack(HELP)
     elif word == "quota":
@@ -215,7 +217,7 @@ async def shortcut(
             response_type="ephemeral",
         )
         return
-    await open_form(
+    problem = await open_form(
         context[BOT],
         body["trigger_id"],
         {
@@ -226,6 +228,8 @@ async def shortcut(
         },
         images,
     )
+    if problem is not None:
+        await respond(problem, response_type="ephemeral")
 
 
 async def submitted(

@@ -75,6 +75,9 @@ class FakeSlack:
         # url_private may answer 302 to a pre-signed link on Slack's file CDN (integrators see
         # it with a valid token); the CDN refuses a request that also carries a token.
         self.redirect_downloads = False
+        # method -> errors to answer with, in turn, as Slack does (ok: false, error: ...),
+        # e.g. views.open's expired_trigger_id once its 3 s trigger has passed.
+        self.failures: dict[str, list[str]] = {}
         # method -> calls allowed per second per channel, as Slack limits chat.postMessage;
         # past it the answer is 429 with Retry-After, like Slack's.
         self.per_second: dict[str, int] = {}
@@ -179,6 +182,9 @@ class FakeSlack:
             return _ok(url=f"{self.url.replace('http', 'ws')}/socket")
         if token != BOT_TOKEN:
             return _ok(False, error="invalid_auth")
+        failing = self.failures.get(method)
+        if failing:
+            return _ok(False, error=failing.pop(0))
         if self._over_limit(method, str(args.get("channel") or args.get("channel_id") or "")):
             self.rate_limited += 1
             return web.json_response(
