@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+import jsonschema
 import pytest
 import yaml
 from aiohttp import web
@@ -487,6 +488,56 @@ async def test_without_the_history_scope_a_thread_mention_says_what_to_do(slack,
     await slack.settle(until=lambda: fake_slack.find("chat.postEphemeral"))
     text = fake_slack.find("chat.postEphemeral")[0].args["text"]
     assert "channels:history" in text and "Make 3D model" in text
+
+
+async def test_in_a_private_channel_the_scope_named_is_the_private_one(slack, fake_slack):
+    private = "G0000PRIV"
+    fake_slack.conversation_kinds[private] = "groups"
+    fake_slack.scopes.discard("groups:history")
+    await slack.event(payloads.mention("chair", channel=private, thread_ts="1700000000.000300"))
+    await slack.settle(until=lambda: fake_slack.find("chat.postEphemeral"))
+    text = fake_slack.find("chat.postEphemeral")[0].args["text"]
+    assert "groups:history" in text and "channels:history" not in text
+
+
+async def test_a_photo_sent_to_the_bot_directly_runs_a_job_there(slack, fake_slack, fake_segmind):
+    await slack.event(payloads.direct_message("", [photo_file(fake_slack)]))
+    await slack.settle(until=lambda: uploaded(fake_slack))
+    glb = uploaded(fake_slack)["model.glb"]
+    assert glb["channel"] == payloads.DM and not glb.get("thread_ts")
+    assert fake_segmind.counters.submits == 1
+
+
+async def test_a_link_sent_to_the_bot_directly_runs_with_its_words(
+    slack, fake_slack, fake_segmind, unused_tcp_port_factory
+):
+    image = await serve_photo(unused_tcp_port_factory())
+    try:
+        await slack.event(payloads.direct_message(f"<{image}> a green teapot"))
+        await slack.settle(until=lambda: uploaded(fake_slack))
+    finally:
+        await image.runner.cleanup()
+    assert fake_segmind.counters.payloads[0]["prompt"] == "a green teapot"
+
+
+async def test_what_is_not_a_persons_message_gets_no_answer(slack, fake_slack, fake_segmind):
+    """The bot's own messages, edits, and a workflow's mention without a user: no job, no
+    reply, no error."""
+    photo = photo_file(fake_slack)
+    for event in (
+        payloads.direct_message("", [photo], bot_id="B0001"),
+        payloads.direct_message("edited", subtype="message_changed"),
+    ):
+        status, _, _ = await slack.event(event)
+        assert status == 200
+    workflow = payloads.mention("chair", [photo])
+    del workflow["event"]["user"]
+    workflow["event"]["bot_id"] = "B0002"
+    status, _, _ = await slack.event(workflow)
+    assert status == 200
+    await slack.settle()
+    assert fake_segmind.counters.submits == 0
+    assert not fake_slack.find("chat.postMessage") and not fake_slack.find("chat.postEphemeral")
 
 
 async def test_a_retried_event_starts_one_job(slack, fake_slack, fake_segmind):
@@ -1021,6 +1072,9 @@ async def test_sam3d_bot_run_in_http_mode_answers_a_signed_command_within_3_s(
 
 def test_the_manifest_declares_everything_the_bot_uses():
     manifest = yaml.safe_load((ROOT / "slack-app-manifest.yml").read_text())
+    schema = ROOT.parent / "shared" / "specs" / "slack-manifest.schema.2.0.0.json"
+    if schema.exists():  # Slack's own schema of an app manifest
+        jsonschema.validate(manifest, json.loads(schema.read_text()))
     features = manifest["features"]
     assert [c["command"] for c in features["slash_commands"]] == ["/sam3d"]
     assert features["slash_commands"][0]["should_escape"] is True
@@ -1036,9 +1090,12 @@ def test_the_manifest_declares_everything_the_bot_uses():
         "app_mentions:read",
         "channels:history",
         "groups:history",
+        "im:history",
     } <= scopes
+    assert "im:write" not in scopes  # the bot never opens a conversation itself
     settings = manifest["settings"]
-    assert settings["event_subscriptions"]["bot_events"] == ["app_mention"]
+    assert settings["event_subscriptions"]["bot_events"] == ["app_mention", "message.im"]
+    assert features["app_home"]["messages_tab_enabled"] is True
     assert settings["interactivity"]["is_enabled"] is True
     assert settings["event_subscriptions"]["request_url"].endswith("/slack/events")
     assert Path(ROOT / "README.md").read_text().count("slack-app-manifest.yml") >= 1

@@ -183,12 +183,12 @@ class SlackBot:
             )
         except SlackApiError as exc:
             if slack_error(exc) == "missing_scope":
+                data = exc.response.data if isinstance(exc.response.data, dict) else {}
+                needed = str(data.get("needed") or "channels:history")[:60]
                 raise InputError(
                     "image",
-                    "I may not read this thread (the app lacks the "
-                    "channels:history scope): mention me in the "
-                    "message with the photo, or use ⋯ > Make 3D model "
-                    "on it",
+                    f"I may not read this thread (the app lacks the {needed} scope): mention "
+                    "me in the message with the photo, or use ⋯ > Make 3D model on it",
                 ) from None
             raise InputError(
                 "image", f"Slack would not show me this thread ({slack_error(exc)})"

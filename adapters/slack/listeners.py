@@ -73,6 +73,11 @@ def register(bot: SlackBot) -> None:
     app.shortcut(SHORTCUT, middleware=[once(trigger_key("shortcut"))])(shortcut)
     app.view(JOB_VIEW, middleware=[once(view_key)])(submitted)
     app.event("app_mention", middleware=[once(event_key)])(mentioned)
+    app.event("message", matchers=[a_dm], middleware=[once(event_key)])(direct_message)
+    # Every other message event message.im brings (edits, deletions, the bot's own posts) is
+    # acknowledged with nothing to do: an unanswered event is retried by Slack, and events
+    # that keep failing get the subscription turned off.
+    app.event("message")(nothing_to_do)
     app.action(NEW_SEED, middleware=[once(action_key)])(new_seed)
     app.action(DETAILS)(details)
     app.action(DELETE)(delete)
@@ -263,9 +268,63 @@ async def submitted(
 
 
 async def mentioned(body: dict[str, Any], event: dict[str, Any], context: AsyncBoltContext) -> None:
-    bot: SlackBot = context[BOT]
-    who = await bot.requester_of(team_of(body) or event.get("team"), event["user"])
-    place = Place(event["channel"], event.get("thread_ts") or event["ts"])
+    """`@sam3d red chair` with a photo, a link or in a photo's thread: a job in its thread."""
+    await photo_message(
+        body, event, context[BOT], context[DELIVERY], in_thread=True, hint=MENTION_HINT
+    )
+
+
+async def direct_message(
+    body: dict[str, Any], event: dict[str, Any], context: AsyncBoltContext
+) -> None:
+    """A photo (or a link) sent to the bot in its Messages tab, with or without words: a job
+    right there."""
+    await photo_message(body, event, context[BOT], context[DELIVERY], in_thread=False, hint=DM_HINT)
+
+
+MENTION_HINT = (
+    "Mention me in a message with a photo attached (or a link to one, or in the thread of a "
+    "photo), for example `@sam3d red chair`."
+)
+DM_HINT = (
+    "Send me a photo (or a link to one), with words for what the object is if you like, "
+    "for example `red chair`; `/sam3d help` says more."
+)
+
+
+async def nothing_to_do() -> None:
+    return None
+
+
+async def a_dm(event: dict[str, Any]) -> bool:
+    return in_dm(event)
+
+
+def in_dm(event: dict[str, Any]) -> bool:
+    """A person's own message in a DM with the bot (not its edits, deletions or bots')."""
+    return (
+        event.get("channel_type") == "im"
+        and event.get("subtype") in (None, "file_share")
+        and not event.get("bot_id")
+        and bool(event.get("user"))
+    )
+
+
+async def photo_message(
+    body: dict[str, Any],
+    event: dict[str, Any],
+    bot: SlackBot,
+    key: str,
+    *,
+    in_thread: bool,
+    hint: str,
+) -> None:
+    user = event.get("user")
+    if not user or event.get("bot_id"):
+        return  # a workflow or another bot: nobody to make a model for
+    who = await bot.requester_of(team_of(body) or event.get("team"), user)
+    thread = event.get("thread_ts") or (event["ts"] if in_thread else None)
+    place = Place(event["channel"], thread)
     replier = bot.replier(place.reply_to(who.user_id, who.guild_id))
     try:
         args = parse_job_text(strip_mentions(event.get("text") or "", bot.bot_user_id))
@@ -285,14 +344,10 @@ async def mentioned(body: dict[str, Any], event: dict[str, Any], context: AsyncB
     elif args.url:
         photo = link(args.url)
     else:
-        await replier.tell(
-            "Mention me in a message with a photo attached (or a link to "
-            "one, or in the thread of a photo), for example "
-            "`@sam3d red chair`."
-        )
+        await replier.tell(hint)
         return
     mask = link(args.mask_url) if args.mask_url else None
-    bot.background(bot.run_job(who, place, args, photo, mask, context[DELIVERY]))
+    bot.background(bot.run_job(who, place, args, photo, mask, key))
 
 
 async def new_seed(ack: AsyncAck, body: dict[str, Any], context: AsyncBoltContext) -> None:

@@ -75,6 +75,7 @@ class FakeSlack:
         # url_private may answer 302 to a pre-signed link on Slack's file CDN (integrators see
         # it with a valid token); the CDN refuses a request that also carries a token.
         self.redirect_downloads = False
+        self.conversation_kinds: dict[str, str] = {}  # channel id -> groups, im, mpim
         # method -> errors to answer with, in turn, as Slack does (ok: false, error: ...),
         # e.g. views.open's expired_trigger_id once its 3 s trigger has passed.
         self.failures: dict[str, list[str]] = {}
@@ -266,8 +267,11 @@ class FakeSlack:
         return _ok(files=done)
 
     def m_conversations_replies(self, args) -> web.Response:
-        if "channels:history" not in self.scopes:
-            return _ok(False, error="missing_scope", needed="channels:history")
+        # The history scope of the conversation's kind (conversations.replies: channels:,
+        # groups:, im: or mpim:history); Slack names the one needed.
+        kind = self.conversation_kinds.get(args["channel"], "channels")
+        if f"{kind}:history" not in self.scopes:
+            return _ok(False, error="missing_scope", needed=f"{kind}:history")
         parent = self.messages.get((args["channel"], args["ts"]))
         if parent is None:
             return _ok(False, error="thread_not_found")

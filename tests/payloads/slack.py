@@ -108,6 +108,45 @@ def view_submission(
     }
 
 
+DM = "D0000ALICE"  # the bot's DM with Alice (its Messages tab)
+
+
+def direct_message(
+    text: str,
+    files: list[dict[str, Any]] | None = None,
+    user: str | None = ALICE,
+    **more: Any,
+) -> dict[str, Any]:
+    """A message in the bot's Messages tab (message.im), as Slack sends it: channel_type im,
+    subtype file_share when it carries files."""
+    ts = f"{time.time():.6f}"
+    event: dict[str, Any] = {
+        "type": "message",
+        "channel": DM,
+        "channel_type": "im",
+        "text": text,
+        "ts": ts,
+        "event_ts": ts,
+        "team": TEAM,
+        **more,
+    }
+    if user is not None:
+        event["user"] = user
+    if files:
+        event["files"] = files
+        event["subtype"] = "file_share"
+    return {
+        "token": "legacy",
+        "team_id": TEAM,
+        "api_app_id": "A0001",
+        "event": event,
+        "type": "event_callback",
+        "event_id": _next("Ev"),
+        "event_time": int(time.time()),
+        "authorizations": [{"team_id": TEAM, "user_id": BOT_USER, "is_bot": True}],
+    }
+
+
 def mention(
     text: str,
     files: list[dict[str, Any]] | None = None,
