@@ -1099,3 +1099,17 @@ def test_the_manifest_declares_everything_the_bot_uses():
     assert settings["interactivity"]["is_enabled"] is True
     assert settings["event_subscriptions"]["request_url"].endswith("/slack/events")
     assert Path(ROOT / "README.md").read_text().count("slack-app-manifest.yml") >= 1
+
+
+def test_the_fake_refuses_blocks_and_views_slack_would():
+    """The fake's Block Kit rules are slack_sdk.models' (Slack's limits), not the bot's."""
+    from tests.fakes.slack import refusal_of
+
+    long_section = [{"type": "section", "text": {"type": "mrkdwn", "text": "x" * 3001}}]
+    answer = refusal_of("chat.postMessage", {"channel": "C1", "blocks": long_section})
+    assert answer is not None and b"invalid_blocks" in answer.body
+    empty_modal = {"type": "modal", "title": {"type": "plain_text", "text": "t"}, "blocks": []}
+    answer = refusal_of("views.open", {"trigger_id": "1", "view": empty_modal})
+    assert answer is not None and b"invalid_arguments" in answer.body
+    assert refusal_of("chat.postMessage", {"channel": "C1", "text": "x" * 40_001}) is not None
+    assert refusal_of("chat.postMessage", {"channel": "C1", "text": "fine"}) is None

@@ -17,6 +17,9 @@ from urllib.parse import urlsplit
 
 from aiohttp import WSMsgType, web
 from PIL import Image
+from slack_sdk.errors import SlackObjectFormationError
+from slack_sdk.models.blocks import Block
+from slack_sdk.models.views import View
 
 from . import serve_on_loopback
 
@@ -191,6 +194,9 @@ class FakeSlack:
             return web.json_response(
                 {"ok": False, "error": "ratelimited"}, status=429, headers={"Retry-After": "1"}
             )
+        refused = refusal_of(method, args)
+        if refused is not None:
+            return refused
         handler = getattr(self, "m_" + method.replace(".", "_"), None)
         if handler is None:
             return _ok(False, error="unknown_method")
@@ -390,6 +396,32 @@ class FakeSlack:
         )
         at, ack = await asyncio.wait_for(waiter, 10)
         return at - sent, ack
+
+
+TEXT_MAX = 40_000  # chat.postMessage: "msg_too_long" past 40,000 characters (docs.slack.dev)
+
+
+def refusal_of(method: str, args: dict[str, Any]) -> web.Response | None:
+    """What Slack refuses before it acts: blocks and views that break Block Kit's rules (as
+    slack_sdk.models, built from Slack's own limits, checks them): invalid_blocks and
+    invalid_arguments; text over 40,000 characters: msg_too_long."""
+    if method.startswith("chat.") and len(str(args.get("text") or "")) > TEXT_MAX:
+        return _ok(False, error="msg_too_long")
+    if method.startswith("chat.") and args.get("blocks"):
+        try:
+            for block in args["blocks"]:
+                parsed = Block.parse(block)
+                if parsed is None:
+                    raise SlackObjectFormationError(f"unknown block {block.get('type')}")
+                parsed.validate_json()
+        except (SlackObjectFormationError, TypeError, AttributeError) as exc:
+            return _ok(False, error="invalid_blocks", errors=[str(exc)])
+    if method.startswith("views.") and "view" in args:
+        try:
+            View(**args["view"]).validate_json()
+        except (SlackObjectFormationError, TypeError) as exc:
+            return _ok(False, error="invalid_arguments", response_metadata={"messages": [str(exc)]})
+    return None
 
 
 def _ok(ok: bool = True, **fields: Any) -> web.Response:
