@@ -23,12 +23,13 @@ from aiohttp.abc import AbstractResolver
 from adapters.slack import SlackAdapter
 from adapters.slack.translate import parse_job_text
 from bot.app import build_core
+from bot.errors import AdapterFailed
 from bot.settings import load_settings
 from bot.web import build_web_app, start_web
 from tests.conftest import photo_bytes
 from tests.fakes import serve_on_loopback
 from tests.fakes.segmind import API_KEY
-from tests.fakes.slack import APP_TOKEN, BOT_TOKEN, SIGNING_SECRET, FakeSlack, stub_of
+from tests.fakes.slack import APP_TOKEN, BOT_TOKEN, BOT_USER, SIGNING_SECRET, FakeSlack, stub_of
 from tests.helpers import ROOT, bot_env, wait_until_ready
 from tests.payloads import slack as payloads
 from tests.pipeline import PictureRenderer, StuckRenderer
@@ -1094,11 +1095,36 @@ def test_the_manifest_declares_everything_the_bot_uses():
     } <= scopes
     assert "im:write" not in scopes  # the bot never opens a conversation itself
     settings = manifest["settings"]
-    assert settings["event_subscriptions"]["bot_events"] == ["app_mention", "message.im"]
+    assert settings["event_subscriptions"]["bot_events"] == [
+        "app_mention",
+        "message.im",
+        "app_uninstalled",
+        "tokens_revoked",
+    ]
     assert features["app_home"]["messages_tab_enabled"] is True
     assert settings["interactivity"]["is_enabled"] is True
     assert settings["event_subscriptions"]["request_url"].endswith("/slack/events")
     assert Path(ROOT / "README.md").read_text().count("slack-app-manifest.yml") >= 1
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        payloads.app_event("app_uninstalled"),
+        payloads.app_event("tokens_revoked", tokens={"bot": [BOT_USER]}),
+    ],
+    ids=["uninstalled", "token revoked"],
+)
+async def test_losing_the_workspace_stops_the_bot_and_says_why(
+    fake_slack, fake_segmind, tmp_path, settings_env, unused_tcp_port, event, caplog
+):
+    with pytest.raises(AdapterFailed, match="reinstall the app"):
+        async with running_slack(fake_slack, fake_segmind, tmp_path, unused_tcp_port) as slack:
+            status, _, _ = await slack.event(event)
+            assert status == 200
+            await slack.settle(until=lambda: not slack.adapter.ready())
+            assert not slack.adapter.ready()
+    assert any("stopping" in r.message for r in caplog.records if r.levelname == "ERROR")
 
 
 def test_the_fake_refuses_blocks_and_views_slack_would():

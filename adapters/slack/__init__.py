@@ -86,11 +86,20 @@ class SlackAdapter:
             log.info("Slack: connected in Socket Mode")
         else:
             log.info("Slack: HTTP mode, Slack's requests go to %s", EVENTS_PATH)
+        revoked = asyncio.create_task(bot.revoked.wait())
+        stopping = asyncio.create_task(stop.wait())  # set once the core's jobs are done
         try:
-            await stop.wait()  # set by the core once its jobs are done with the clients
+            await asyncio.wait({revoked, stopping}, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            revoked.cancel()
+            stopping.cancel()
             if self.socket is not None:
                 await self.socket.close_async()
+        if bot.revoked.is_set():
+            raise AdapterFailed(
+                f"Slack: {bot.revoked_because}; reinstall the app and put its new Bot User "
+                "OAuth Token in SLACK_BOT_TOKEN"
+            )
 
 
 def socket_mode(settings: Settings) -> bool:

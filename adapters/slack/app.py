@@ -78,6 +78,10 @@ class SlackBot:
         )
         self.bot_user_id: str | None = None
         self.connected = False
+        # Set when Slack says the app was uninstalled or its token revoked: the adapter stops
+        # the bot with the reason, as a token refused at start does.
+        self.revoked = asyncio.Event()
+        self.revoked_because = ""
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._making: set[str] = set()  # the same request, while its job runs
         self._admins: dict[tuple[str, str], tuple[bool, float]] = {}
@@ -104,6 +108,12 @@ class SlackBot:
         self.connected = True
         log.info("Slack: signed in as %s in %s", identity.get("user"), identity.get("team"))
         self.core.service.keep_recovering(self.replier_for_record, {PLATFORM})
+
+    def lost_access(self, reason: str) -> None:
+        log.error("Slack: %s; stopping. Reinstall the app and set its new SLACK_BOT_TOKEN.", reason)
+        self.revoked_because = reason
+        self.connected = False
+        self.revoked.set()
 
     async def handle_http(self, request: web.Request) -> web.Response:
         """HTTP mode: Slack's requests arrive at /slack/events on the bot's web server."""

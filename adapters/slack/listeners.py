@@ -78,6 +78,8 @@ def register(bot: SlackBot) -> None:
     # acknowledged with nothing to do: an unanswered event is retried by Slack, and events
     # that keep failing get the subscription turned off.
     app.event("message")(nothing_to_do)
+    app.event("app_uninstalled")(uninstalled)
+    app.event("tokens_revoked")(tokens_revoked)
     app.action(NEW_SEED, middleware=[once(action_key)])(new_seed)
     app.action(DETAILS)(details)
     app.action(DELETE)(delete)
@@ -294,6 +296,17 @@ DM_HINT = (
 
 async def nothing_to_do() -> None:
     return None
+
+
+async def uninstalled(context: AsyncBoltContext) -> None:
+    context[BOT].lost_access("the app was uninstalled from the workspace")
+
+
+async def tokens_revoked(event: dict[str, Any], context: AsyncBoltContext) -> None:
+    revoked = (event.get("tokens") or {}).get("bot") or []
+    bot: SlackBot = context[BOT]
+    if not revoked or bot.bot_user_id in revoked:
+        bot.lost_access("the app's bot token was revoked")
 
 
 async def a_dm(event: dict[str, Any]) -> bool:

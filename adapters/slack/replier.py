@@ -43,6 +43,11 @@ CHANNEL_ERRORS = {
     "channel_not_found": NOT_IN_CHANNEL,
     "is_archived": "That channel is archived; nothing was charged.",
     "restricted_action": "This workspace does not let me post there; nothing was charged.",
+    **dict.fromkeys(
+        ("invalid_auth", "token_revoked", "account_inactive", "not_authed"),
+        "This app's access to the workspace was revoked (or it was uninstalled); an admin "
+        "must reinstall it. Nothing was charged.",
+    ),
 }
 REMOVED = (
     "The model is ready, but I was removed from the channel before I could post it. "

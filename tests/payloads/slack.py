@@ -147,6 +147,19 @@ def direct_message(
     }
 
 
+def app_event(kind: str, **fields: Any) -> dict[str, Any]:
+    """An event about the app itself (app_uninstalled, tokens_revoked), as Slack sends it."""
+    return {
+        "token": "legacy",
+        "team_id": TEAM,
+        "api_app_id": "A0001",
+        "event": {"type": kind, "event_ts": f"{time.time():.6f}", **fields},
+        "type": "event_callback",
+        "event_id": _next("Ev"),
+        "event_time": int(time.time()),
+    }
+
+
 def mention(
     text: str,
     files: list[dict[str, Any]] | None = None,
