@@ -5,6 +5,7 @@ a loopback fake of Slack's Web API. The tests look at what reached the fake."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import socket
 import sys
@@ -34,6 +35,7 @@ from tests.helpers import ROOT, bot_env, wait_until_ready
 from tests.payloads import slack as payloads
 from tests.pipeline import PictureRenderer, StuckRenderer
 
+COMMANDS = itertools.count(1)
 PHOTO_HOST = "photos.example"  # resolved to the fake by the test's own resolver
 
 
@@ -86,7 +88,8 @@ class Harness:
             return response.status, await response.text(), time.monotonic() - sent
 
     async def command(self, text: str = "", **fields) -> tuple[int, str, float]:
-        fields.setdefault("response_url", self.fake.response_url())
+        # Each command has a response_url of its own, as Slack gives it.
+        fields.setdefault("response_url", self.fake.response_url(f"cmd{next(COMMANDS)}"))
         return await self.post(payloads.form_body(payloads.slash(text, **fields)))
 
     async def interact(self, payload: dict) -> tuple[int, str, float]:
@@ -1125,6 +1128,25 @@ async def test_losing_the_workspace_stops_the_bot_and_says_why(
             await slack.settle(until=lambda: not slack.adapter.ready())
             assert not slack.adapter.ready()
     assert any("stopping" in r.message for r in caplog.records if r.levelname == "ERROR")
+
+
+async def test_a_response_url_is_used_no_more_than_slack_allows(slack, fake_slack, caplog):
+    """Where the bot may not post, it answers through the command's response_url, which Slack
+    takes 5 times in 30 minutes: a sixth message is not sent to be refused."""
+    fake_slack.not_member.add("C0000AWAY")
+    replier = slack.adapter.bot.replier(
+        {
+            "channel_id": "C0000AWAY",
+            "user_id": payloads.ALICE,
+            "response_url": fake_slack.response_url("r"),
+        }
+    )
+    for number in range(7):
+        await replier.tell(f"message {number}")
+    assert [body["text"] for name, body in fake_slack.hooks if name == "r"] == [
+        f"message {n}" for n in range(5)
+    ]
+    assert not [r for r in caplog.records if "could not reach the user" in r.message]
 
 
 def test_the_fake_refuses_blocks_and_views_slack_would():

@@ -10,6 +10,7 @@ with a New seed button; the turntable follows in its thread. Errors go to the us
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
@@ -219,6 +220,17 @@ class SlackReplier:
             await quietly(self._client.chat_delete(channel=self._channel, ts=self._progress_ts))
             self._reply_to["progress_ts"] = None
 
+    def _may_use_response_url(self) -> bool:
+        """Slack takes 5 posts to a response_url within 30 minutes; the count is kept with
+        the job, so a restarted bot keeps to it too."""
+        first = self._reply_to.setdefault("response_url_since", time.time())
+        uses = int(self._reply_to.get("response_url_uses", 0))
+        if uses >= RESPONSE_URL_USES or time.time() - first > RESPONSE_URL_LIFETIME_S:
+            log.info("the command's response_url is used up; nothing more can be said there")
+            return False
+        self._reply_to["response_url_uses"] = uses + 1
+        return True
+
     async def tell(self, text: str) -> None:
         """A message for the user alone: ephemeral in the channel, else through the
         command's response_url (which works where the bot is not a member)."""
@@ -230,13 +242,16 @@ class SlackReplier:
         except SlackApiError as exc:
             log.info("ephemeral message failed: %s", slack_error(exc))
         url = self._reply_to.get("response_url")
-        if url:
+        if url and self._may_use_response_url():
             webhook = AsyncWebhookClient(url, session=self._client.session)
             response = await webhook.send(text=text, response_type="ephemeral")
             if response.status_code != 200:
                 log.warning(
                     "could not reach the user through response_url (%s)", response.status_code
                 )
+
+
+RESPONSE_URL_USES, RESPONSE_URL_LIFETIME_S = 5, 30 * 60  # what Slack allows a response_url
 
 
 async def quietly(call: Awaitable[Any]) -> None:

@@ -79,6 +79,7 @@ class FakeSlack:
         # it with a valid token); the CDN refuses a request that also carries a token.
         self.redirect_downloads = False
         self.conversation_kinds: dict[str, str] = {}  # channel id -> groups, im, mpim
+        self._hook_issued: dict[str, float] = {}  # response_url name -> when it was issued
         # method -> errors to answer with, in turn, as Slack does (ok: false, error: ...),
         # e.g. views.open's expired_trigger_id once its 3 s trigger has passed.
         self.failures: dict[str, list[str]] = {}
@@ -101,6 +102,9 @@ class FakeSlack:
         return f"{self.url}/api/"
 
     def response_url(self, name: str = "cmd") -> str:
+        """A command's response_url, issued now: Slack takes up to 5 posts to it within 30
+        minutes (docs.slack.dev, "Handling user interaction", response_url)."""
+        self._hook_issued.setdefault(name, time.monotonic())
         return f"{self.url}/hooks/{name}"
 
     def add_file(
@@ -352,7 +356,18 @@ class FakeSlack:
         return web.Response(text=f"OK - {len(upload['data'])}")
 
     async def hook(self, request: web.Request) -> web.Response:
-        self.hooks.append((request.match_info["name"], await request.json()))
+        name = request.match_info["name"]
+        body = await request.json()
+        issued = self._hook_issued.setdefault(name, time.monotonic())
+        if time.monotonic() - issued > HOOK_LIFETIME_S:
+            return web.Response(status=404, text="expired_url")
+        if sum(1 for used, _ in self.hooks if used == name) >= HOOK_USES:
+            return web.Response(status=404, text="used_url")
+        if body.get("blocks"):
+            refused = refusal_of("chat.postMessage", body)
+            if refused is not None:
+                return web.Response(status=400, text="invalid_blocks")
+        self.hooks.append((name, body))
         return web.Response(text="ok")
 
     async def websocket(self, request: web.Request) -> web.WebSocketResponse:
@@ -398,6 +413,7 @@ class FakeSlack:
         return at - sent, ack
 
 
+HOOK_USES, HOOK_LIFETIME_S = 5, 30 * 60  # a response_url: 5 posts within 30 minutes
 TEXT_MAX = 40_000  # chat.postMessage: "msg_too_long" past 40,000 characters (docs.slack.dev)
 
 
