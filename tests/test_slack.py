@@ -1130,6 +1130,19 @@ async def test_losing_the_workspace_stops_the_bot_and_says_why(
     assert any("stopping" in r.message for r in caplog.records if r.levelname == "ERROR")
 
 
+async def test_a_network_failure_as_a_job_starts_is_told_not_swallowed(
+    slack, fake_slack, fake_segmind
+):
+    """The connection to Slack breaks as the progress message goes out: the member hears
+    why (through the response_url, as the ephemeral message cannot go either), nothing runs."""
+    fake_slack.unreachable |= {"chat.postMessage", "chat.postEphemeral"}
+    await slack.command("<http://photos.example/p.png> chair")
+    await slack.settle(until=lambda: fake_slack.hooks)
+    [(_, said)] = fake_slack.hooks
+    assert "could not be reached" in said["text"] and "nothing was charged" in said["text"]
+    assert fake_segmind.counters.submits == 0
+
+
 async def test_a_response_url_is_used_no_more_than_slack_allows(slack, fake_slack, caplog):
     """Where the bot may not post, it answers through the command's response_url, which Slack
     takes 5 times in 30 minutes: a sixth message is not sent to be refused."""

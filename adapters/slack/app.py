@@ -228,9 +228,13 @@ class SlackBot:
         if same_as is not None:
             self._making.add(same_as)
         try:
-            refusal = await self.operations.refusal_here(
-                Where(PLATFORM, who.guild_id), [place.channel_id]
-            )
+            try:
+                refusal = await self.operations.refusal_here(
+                    Where(PLATFORM, who.guild_id), [place.channel_id]
+                )
+            except BotError as error:  # the ledger would not answer: say so, start nothing
+                await replier.tell(error.user_message)
+                return
             if refusal is not None:
                 await replier.tell(refusal)
                 return

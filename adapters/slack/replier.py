@@ -14,6 +14,7 @@ import time
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
@@ -121,6 +122,10 @@ class SlackReplier:
             )
         except SlackApiError as exc:
             await self.tell(refusal_text(slack_error(exc), self._channel))
+            return False
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("Slack could not be reached to start a job: %r", exc)
+            await self.tell(UNREACHABLE)
             return False
         self._reply_to["progress_ts"] = posted["ts"]
         return True
@@ -241,16 +246,23 @@ class SlackReplier:
             return
         except SlackApiError as exc:
             log.info("ephemeral message failed: %s", slack_error(exc))
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("Slack could not be reached to tell the user: %r", exc)
         url = self._reply_to.get("response_url")
         if url and self._may_use_response_url():
             webhook = AsyncWebhookClient(url, session=self._client.session)
-            response = await webhook.send(text=text, response_type="ephemeral")
+            try:
+                response = await webhook.send(text=text, response_type="ephemeral")
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                log.warning("could not reach the user through response_url: %r", exc)
+                return
             if response.status_code != 200:
                 log.warning(
                     "could not reach the user through response_url (%s)", response.status_code
                 )
 
 
+UNREACHABLE = "Slack could not be reached to start your job; nothing was charged. Try again."
 RESPONSE_URL_USES, RESPONSE_URL_LIFETIME_S = 5, 30 * 60  # what Slack allows a response_url
 
 

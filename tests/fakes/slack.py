@@ -79,6 +79,7 @@ class FakeSlack:
         # it with a valid token); the CDN refuses a request that also carries a token.
         self.redirect_downloads = False
         self.conversation_kinds: dict[str, str] = {}  # channel id -> groups, im, mpim
+        self.unreachable: set[str] = set()  # methods whose requests the network drops (not Slack)
         self._hook_issued: dict[str, float] = {}  # response_url name -> when it was issued
         # method -> errors to answer with, in turn, as Slack does (ok: false, error: ...),
         # e.g. views.open's expired_trigger_id once its 3 s trigger has passed.
@@ -183,6 +184,10 @@ class FakeSlack:
             if isinstance(args.get(key), str) and args[key][:1] in "[{":
                 args[key] = json.loads(args[key])
         self.calls.append(Call(method, time.monotonic(), args))
+        if method in self.unreachable:  # the network breaks: the connection just closes
+            assert request.transport is not None
+            request.transport.close()
+            return web.Response(status=500)
         token = request.headers.get("Authorization", "").removeprefix("Bearer ")
         if method == "apps.connections.open":
             if token != APP_TOKEN:
