@@ -1130,6 +1130,11 @@ async def test_losing_the_workspace_stops_the_bot_and_says_why(
     assert any("stopping" in r.message for r in caplog.records if r.levelname == "ERROR")
 
 
+async def test_the_bot_asks_slack_who_it_is_once_however_many_requests_come(slack, fake_slack):
+    await asyncio.gather(*(slack.command("help") for _ in range(20)))
+    assert len(fake_slack.find("auth.test")) == 1
+
+
 async def test_a_network_failure_as_a_job_starts_is_told_not_swallowed(
     slack, fake_slack, fake_segmind
 ):

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.app.async_app import AsyncApp
+from slack_bolt.authorization import AuthorizeResult
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
@@ -85,8 +86,15 @@ class SlackBot:
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._making: set[str] = set()  # the same request, while its job runs
         self._admins: dict[tuple[str, str], tuple[bool, float]] = {}
+        self._identity: AuthorizeResult | None = None
+        self._identity_lock = asyncio.Lock()
+
+        async def authorize(enterprise_id: str | None, team_id: str | None) -> AuthorizeResult:
+            return await self.identity()  # one workspace, one bot: the same for every request
+
         self.app = AsyncApp(
             client=client,
+            authorize=authorize,
             signing_secret=self.settings.slack_signing_secret.get_secret_value() or None,
             request_verification_enabled=not socket_mode,
             logger=logging.getLogger("slack_bolt"),
@@ -98,16 +106,26 @@ class SlackBot:
     async def start(self) -> None:
         """Check the token, learn the bot's own id, and take over jobs a stopped bot left."""
         try:
-            identity = await self.client.auth_test()
+            identity = await self.identity()
         except SlackApiError as exc:
             raise AdapterFailed(
                 f"Slack refused SLACK_BOT_TOKEN ({slack_error(exc)}): copy the "
                 "Bot User OAuth Token from OAuth & Permissions"
             ) from None
-        self.bot_user_id = identity.get("user_id")
+        self.bot_user_id = identity.bot_user_id
         self.connected = True
-        log.info("Slack: signed in as %s in %s", identity.get("user"), identity.get("team"))
+        log.info("Slack: signed in as %s in %s", identity.bot_user_id, identity.team_id)
         self.core.service.keep_recovering(self.replier_for_record, {PLATFORM})
+
+    async def identity(self) -> AuthorizeResult:
+        """Who the bot is, for Bolt and for us: one auth.test, however many requests arrive
+        at once on a cold start (Bolt's own would ask once per request until it knows)."""
+        async with self._identity_lock:
+            if self._identity is None:
+                self._identity = AuthorizeResult.from_auth_test_response(
+                    bot_token=self.client.token, auth_test_response=await self.client.auth_test()
+                )
+        return self._identity
 
     def lost_access(self, reason: str) -> None:
         log.error("Slack: %s; stopping. Reinstall the app and set its new SLACK_BOT_TOKEN.", reason)
