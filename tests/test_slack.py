@@ -1130,6 +1130,22 @@ async def test_losing_the_workspace_stops_the_bot_and_says_why(
     assert any("stopping" in r.message for r in caplog.records if r.levelname == "ERROR")
 
 
+async def test_an_enterprise_grid_member_runs_a_job_counted_in_their_workspace(
+    slack, fake_slack, fake_segmind
+):
+    """On Enterprise Grid, users are W… ids and payloads carry the enterprise beside the
+    workspace."""
+    event = payloads.mention("vase", [photo_file(fake_slack)], user="W0000GRID")
+    event["enterprise_id"] = "E0000ORG"
+    event["event"]["user_team"] = payloads.TEAM
+    event["authorizations"][0]["enterprise_id"] = "E0000ORG"
+    event["authorizations"][0]["is_enterprise_install"] = False
+    await slack.event(event)
+    await slack.settle(until=lambda: uploaded(fake_slack))
+    [usage] = await slack.core.ledger.usage()
+    assert (usage.user_id, usage.guild_id, usage.delivered) == ("W0000GRID", payloads.TEAM, 1)
+
+
 async def test_the_bot_asks_slack_who_it_is_once_however_many_requests_come(slack, fake_slack):
     await asyncio.gather(*(slack.command("help") for _ in range(20)))
     assert len(fake_slack.find("auth.test")) == 1
