@@ -1183,6 +1183,18 @@ async def test_a_response_url_is_used_no_more_than_slack_allows(slack, fake_slac
     assert not [r for r in caplog.records if "could not reach the user" in r.message]
 
 
+async def test_a_token_revoked_while_running_stops_the_bot_and_says_why(
+    fake_slack, fake_segmind, tmp_path, settings_env, unused_tcp_port, caplog
+):
+    with pytest.raises(AdapterFailed, match="token_revoked"):
+        async with running_slack(fake_slack, fake_segmind, tmp_path, unused_tcp_port) as slack:
+            fake_slack.token_revoked = True
+            await slack.event(payloads.mention("chair", [photo_file(fake_slack)]))
+            await slack.settle(until=lambda: not slack.adapter.ready())
+            assert not slack.adapter.ready()
+    assert fake_segmind.counters.submits == 0
+
+
 def test_the_fake_refuses_blocks_and_views_slack_would():
     """The fake's Block Kit rules are slack_sdk.models' (Slack's limits), not the bot's."""
     from tests.fakes.slack import refusal_of

@@ -10,11 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
+from slack_sdk.http_retry.async_handler import AsyncRetryHandler
 from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
+from slack_sdk.http_retry.request import HttpRequest
+from slack_sdk.http_retry.response import HttpResponse
+from slack_sdk.http_retry.state import RetryState
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.errors import AdapterFailed
@@ -62,12 +67,14 @@ class SlackAdapter:
                     "Information > Signing Secret) or SLACK_APP_TOKEN (Socket "
                     "Mode)"
                 )
+            watch = LostAccessWatch()
             self.bot = SlackBot(
                 core,
-                web_client(core),
+                web_client(core, watch=watch),
                 socket_mode=socket_mode(settings),
-                progress_client=web_client(core, wait_out_rate_limits=False),
+                progress_client=web_client(core, wait_out_rate_limits=False, watch=watch),
             )
+            watch.on_lost = self.bot.lost_access
         return self.bot
 
     def routes(self, core: Core) -> list[web.RouteDef]:
@@ -106,7 +113,35 @@ def socket_mode(settings: Settings) -> bool:
     return bool(settings.slack_app_token.get_secret_value())
 
 
-def web_client(core: Core, wait_out_rate_limits: bool = True) -> AsyncWebClient:
+LOST_ACCESS = ("invalid_auth", "token_revoked", "account_inactive", "not_authed")
+
+
+class LostAccessWatch(AsyncRetryHandler):
+    """Never a retry: it sees every answer Slack gives the bot's clients, and one saying the
+    app's access is gone (the token revoked, the app removed) stops the bot, with the reason,
+    instead of each later request failing on its own."""
+
+    def __init__(self) -> None:
+        super().__init__(max_retry_count=1 << 30)
+        self.on_lost: Callable[[str], None] | None = None
+
+    async def _can_retry_async(
+        self,
+        *,
+        state: RetryState,
+        request: HttpRequest,
+        response: HttpResponse | None = None,
+        error: Exception | None = None,
+    ) -> bool:
+        body = response.body if response is not None else None
+        if isinstance(body, dict) and body.get("error") in LOST_ACCESS and self.on_lost:
+            self.on_lost(f"Slack answered {body['error']}: the app's access is gone")
+        return False
+
+
+def web_client(
+    core: Core, wait_out_rate_limits: bool = True, watch: LostAccessWatch | None = None
+) -> AsyncWebClient:
     """Slack's Web API at SLACK_API_URL, on the bot's own HTTP session. Rate-limited calls are
     retried after the wait Slack asks for (chat.postMessage allows about one message a second
     per channel, so a burst of jobs in one channel waits its turn), except by the client for
@@ -116,6 +151,8 @@ def web_client(core: Core, wait_out_rate_limits: bool = True) -> AsyncWebClient:
         base_url=core.settings.slack_api_url,
         session=core.api_session,
     )
+    if watch is not None:
+        client.retry_handlers.insert(0, watch)
     if wait_out_rate_limits:
         client.retry_handlers.append(
             AsyncRateLimitErrorRetryHandler(max_retry_count=RATE_LIMIT_RETRIES)

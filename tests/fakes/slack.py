@@ -79,6 +79,7 @@ class FakeSlack:
         # it with a valid token); the CDN refuses a request that also carries a token.
         self.redirect_downloads = False
         self.conversation_kinds: dict[str, str] = {}  # channel id -> groups, im, mpim
+        self.token_revoked = False
         self.unreachable: set[str] = set()  # methods whose requests the network drops (not Slack)
         self._hook_issued: dict[str, float] = {}  # response_url name -> when it was issued
         # method -> errors to answer with, in turn, as Slack does (ok: false, error: ...),
@@ -195,6 +196,8 @@ class FakeSlack:
             return _ok(url=f"{self.url.replace('http', 'ws')}/socket")
         if token != BOT_TOKEN:
             return _ok(False, error="invalid_auth")
+        if self.token_revoked:  # an admin revoked the token, or removed the app
+            return _ok(False, error="token_revoked")
         failing = self.failures.get(method)
         if failing:
             return _ok(False, error=failing.pop(0))
