@@ -524,6 +524,18 @@ async def test_a_link_sent_to_the_bot_directly_runs_with_its_words(
     assert fake_segmind.counters.payloads[0]["prompt"] == "a green teapot"
 
 
+async def test_sam3d_in_the_bots_dm_runs_there(
+    slack, fake_slack, fake_segmind, unused_tcp_port_factory
+):
+    image = await serve_photo(unused_tcp_port_factory())
+    try:
+        await slack.command(f"<{image}> a kettle", channel=payloads.DM)
+        await slack.settle(until=lambda: uploaded(fake_slack))
+    finally:
+        await image.runner.cleanup()
+    assert uploaded(fake_slack)["model.glb"]["channel"] == payloads.DM
+
+
 async def test_what_is_not_a_persons_message_gets_no_answer(slack, fake_slack, fake_segmind):
     """The bot's own messages, edits, and a workflow's mention without a user: no job, no
     reply, no error."""
@@ -890,10 +902,15 @@ async def test_details_and_delete_on_a_result(slack, fake_slack):
     await slack.settle(until=lambda: len(fake_slack.hooks) == 2)
     assert "Only the person who asked" in fake_slack.ephemerals()[1]
     assert not fake_slack.find("files.delete")
+    shared = [
+        key for key, message in fake_slack.messages.items() if "jug" in (message.get("text") or "")
+    ]
+    assert shared  # the upload's own message, with the result's comment
     await slack.interact(payloads.button(delete["value"], action="sam3d_delete"))
-    await slack.settle(until=lambda: fake_slack.find("chat.delete"))
+    await slack.settle(until=lambda: len(fake_slack.find("chat.delete")) >= 2)
     assert all(u.get("deleted") for u in uploaded(fake_slack).values())
     assert len(fake_slack.find("files.delete")) == 2  # the model and the splat
+    assert not [key for key in shared if key in fake_slack.messages]  # nothing left behind
 
 
 async def test_new_seed_runs_the_photo_again_as_a_new_job(slack, fake_slack, fake_segmind):

@@ -391,6 +391,9 @@ async def delete(
     if not await bot.operations.may_delete(value["job"], who):
         await respond(NOT_YOURS, response_type="ephemeral", replace_original=False)
         return
+    channel = body["channel"]["id"]
     for file_id in value["files"]:
         await quietly(bot.client.files_delete(file=file_id))
-    await quietly(bot.client.chat_delete(channel=body["channel"]["id"], ts=body["message"]["ts"]))
+    for ts in value.get("messages") or []:  # the upload's own message, with its comment
+        await quietly(bot.client.chat_delete(channel=channel, ts=ts))
+    await quietly(bot.client.chat_delete(channel=channel, ts=body["message"]["ts"]))

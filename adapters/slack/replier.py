@@ -24,7 +24,7 @@ from bot.models import FileKind, JobResult, OutputFile, Progress
 from bot.replies import SHARED_KINDS, attachment_name, failure_text
 from bot.throttle import ProgressThrottle
 
-from .translate import progress_text, result_blocks, result_text
+from .translate import progress_text, result_blocks, result_text, shared_at
 
 if TYPE_CHECKING:
     from bot.downloads import DownloadLinks
@@ -91,6 +91,7 @@ class SlackReplier:
         self._progress = ProgressThrottle(self._show, interval_s)
         self.answered = False  # delivered or told of a failure
         self._uploaded: list[str] = []  # the ids of the files posted for this job
+        self._upload_messages: list[str] = []  # and the messages their uploads made
 
     @property
     def reply_to(self) -> dict[str, Any]:
@@ -174,8 +175,22 @@ class SlackReplier:
             )
             raise DeliveryError(text, charged=True) from None
         self.answered = True
-        self._uploaded = [f["id"] for f in posted.get("files") or []]
+        files = posted.get("files") or []
+        self._uploaded = [f["id"] for f in files]
+        self._upload_messages = await self._messages_sharing(files)
         await self._show_header(result.job_id)
+
+    async def _messages_sharing(self, files: list[dict[str, Any]]) -> list[str]:
+        """Where the upload shows in the channel, for Delete to take it away. Slack may share
+        a file a moment after the upload returns; files.info says where it went."""
+        found = shared_at(files, self._channel)
+        if not found and files:
+            try:
+                info = await self._client.files_info(file=files[0]["id"])
+                found = shared_at([info.get("file") or {}], self._channel)
+            except SlackApiError as exc:
+                log.info("could not see where the upload went: %s", slack_error(exc))
+        return found
 
     async def _show_header(self, job_id: str) -> None:
         """The progress message, now the result's header with its buttons."""
@@ -186,7 +201,7 @@ class SlackReplier:
                     channel=self._channel,
                     ts=self._progress_ts,
                     text=header,
-                    blocks=result_blocks(header, job_id, self._uploaded),
+                    blocks=result_blocks(header, job_id, self._uploaded, self._upload_messages),
                 )
             )
 

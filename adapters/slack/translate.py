@@ -198,6 +198,20 @@ def team_of(body: dict[str, Any]) -> str | None:
     return str(found) if found else None
 
 
+def shared_at(files: list[dict[str, Any]], channel: str) -> list[str]:
+    """The timestamps of the messages that share these files in `channel` (a file object's
+    shares: {"public" | "private": {channel: [{"ts": ...}]}})."""
+    found = []
+    for file in files:
+        shares = file.get("shares") if isinstance(file, dict) else None
+        for kind in ("public", "private"):
+            for share in ((shares or {}).get(kind) or {}).get(channel) or []:
+                ts = share.get("ts") if isinstance(share, dict) else None
+                if isinstance(ts, str) and ts not in found:
+                    found.append(ts)
+    return found
+
+
 def image_files(files: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The files of a message or a form that are photos we can use, or may be: a Slack
     Connect stub ("file_access": "check_file_info", looked up with files.info) and a file
@@ -408,9 +422,12 @@ def result_text(result: JobResult, user_id: str, links: DownloadLinks | None = N
     return "\n".join(lines)
 
 
-def result_blocks(text: str, job_id: str, file_ids: list[str]) -> list[dict[str, Any]]:
+def result_blocks(
+    text: str, job_id: str, file_ids: list[str], messages: list[str] | None = None
+) -> list[dict[str, Any]]:
     """The result's header: its text and the New seed, Details and Delete buttons. Delete
-    carries the ids of the files it takes away with the header."""
+    carries what it takes away with the header: the files' ids, and the timestamps of the
+    messages their upload made (its comment stays when only the files go)."""
 
     def button(action: str, label: str, value: str, **extra: Any) -> dict[str, Any]:
         return {
@@ -437,7 +454,7 @@ def result_blocks(text: str, job_id: str, file_ids: list[str]) -> list[dict[str,
                 button(
                     DELETE,
                     "Delete",
-                    json.dumps({"job": job_id, "files": file_ids}),
+                    json.dumps({"job": job_id, "files": file_ids, "messages": messages or []}),
                     style="danger",
                     confirm=confirm,
                 ),

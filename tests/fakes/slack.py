@@ -251,6 +251,7 @@ class FakeSlack:
         return _ok(channel=args["channel"], ts=args["ts"], text=args.get("text"))
 
     def m_chat_delete(self, args) -> web.Response:
+        self.messages.pop((args["channel"], args["ts"]), None)
         return _ok(channel=args["channel"], ts=args["ts"])
 
     def m_chat_postEphemeral(self, args) -> web.Response:
@@ -271,6 +272,10 @@ class FakeSlack:
         if args.get("channel_id") in self.not_member:
             return _ok(False, error="not_in_channel")
         done = []
+        channel = args.get("channel_id")
+        ts = f"{int(time.time())}.{next(self._ts):06d}"
+        if channel:  # the upload's own message in the channel, with the comment
+            self.messages[(channel, ts)] = {"ts": ts, "text": args.get("initial_comment")}
         for item in args["files"]:
             upload = self.uploads.get(item["id"])
             if upload is None or upload["data"] is None:
@@ -281,7 +286,10 @@ class FakeSlack:
                 thread_ts=args.get("thread_ts"),
                 comment=args.get("initial_comment"),
             )
-            done.append({"id": item["id"], "title": item.get("title"), "name": upload["name"]})
+            shared = {"shares": {"public": {channel: [{"ts": ts}]}}} if channel else {}
+            done.append(
+                {"id": item["id"], "title": item.get("title"), "name": upload["name"], **shared}
+            )
         return _ok(files=done)
 
     def m_conversations_replies(self, args) -> web.Response:
