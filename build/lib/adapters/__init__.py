@@ -1,1 +1,0 @@
-"""Chat platform adapters: each translates its platform to the core at the edge."""
