@@ -23,10 +23,11 @@ from .downloads import DownloadLinks
 from .errors import RenderError
 from .images import ImageFetcher, ImageLimits, InputValidator, guarded_session
 from .ledger import Ledger, ledger_from_settings
+from .models import JobState
 from .offline import OfflineBackend
 from .ports import ImageTo3D, Renderer
 from .render.renderer import F3dRenderer, RenderOptions
-from .results import ResultStore
+from .results import Pruned, ResultStore
 from .runner import JobRunner
 from .segmind import SegmindClient
 from .service import Service
@@ -170,6 +171,32 @@ async def readiness(core: Core, adapters: list[Any]) -> dict[str, bool]:
     return checks
 
 
+PRUNE_EVERY_S = 3600.0
+
+
+async def prune_files(
+    ledger: Ledger, results: ResultStore, keep_days: float, dry_run: bool = False
+) -> Pruned:
+    """The retention rule, once: the files of jobs older than FILES_KEEP_DAYS go, except
+    those of jobs still running or held for an admin (their money is not settled)."""
+    kept = [*await ledger.unfinished(), *await ledger.in_states([JobState.HELD])]
+    pruned = await results.prune(keep_days, {job.id for job in kept}, dry_run)
+    if pruned.jobs and not dry_run:
+        log.info("removed the files of %d job(s), %.1f MB", pruned.jobs, pruned.bytes / 1e6)
+    return pruned
+
+
+async def keep_pruning(core: Core, every_s: float = PRUNE_EVERY_S) -> None:
+    """Hourly while the bot runs (and once at start): a full disk is never the bot's doing."""
+    while True:
+        try:
+            await prune_files(core.ledger, core.results, core.settings.files_keep_days)
+            core.service.metrics.data_bytes.set(await core.results.size())
+        except Exception:  # a disk error now is tried again next hour; the bot goes on
+            log.exception("removing old job files failed")
+        await asyncio.sleep(every_s)
+
+
 async def run_adapters(settings: Settings, adapters: list[Any]) -> None:
     """Run until SIGTERM / SIGINT, then stop in bounded time: take no new work, let jobs in
     flight finish within SHUTDOWN_GRACE_S, leave the rest to resume, and only then close the
@@ -192,6 +219,7 @@ async def run_adapters(settings: Settings, adapters: list[Any]) -> None:
             app.add_routes(refused_while_stopping(adapter.routes(core), core.runner))
         runner = await start_web(app, settings.http_host, settings.http_port)
         close_clients = asyncio.Event()
+        pruning = asyncio.create_task(keep_pruning(core), name="prune")
         running = [
             asyncio.create_task(adapter.run(core, close_clients), name=adapter.name)
             for adapter in adapters
@@ -207,6 +235,7 @@ async def run_adapters(settings: Settings, adapters: list[Any]) -> None:
             await core.service.shutdown(settings.shutdown_grace_s)
         finally:
             stopping.cancel()
+            pruning.cancel()
             close_clients.set()
             ended = await asyncio.wait(running, timeout=CLOSE_CLIENTS_S)
             for task in ended[1]:

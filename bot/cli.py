@@ -36,6 +36,7 @@ from .models import (
 )
 from .operations import GROUPINGS, Operations, Where, describe_budget, usage_csv, usage_table
 from .ports import JobRecord, Ledger
+from .results import ResultStore
 from .settings import Settings, SettingsError, load_settings, micros_to_usd
 
 PROG = "sam3d-bot"
@@ -88,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     usage.add_argument("--guild", help="only this Discord server / Slack workspace id")
     usage.add_argument("--csv", action="store_true", help="CSV instead of a table")
     add_admin_parser(sub)
+    prune = sub.add_parser(
+        "prune", help="remove the files of jobs older than FILES_KEEP_DAYS (the bot does it hourly)"
+    )
+    prune.add_argument("--dry-run", action="store_true", help="say what would go; remove nothing")
     sub.add_parser("run", help="start the chat adapters that have tokens")
     return parser
 
@@ -346,6 +351,23 @@ async def usage(settings: Settings, args: argparse.Namespace, out: TextIO) -> in
     print(usage_table(rows, args.by), file=out)
     for budget in budgets:
         print(describe_budget(budget), file=out)
+    size = await ResultStore(settings.data_dir).size()
+    print(f"data folder ({settings.data_dir}): {size / 1e6:.1f} MB", file=out)
+    return OK
+
+
+async def prune(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
+    from .app import prune_files  # the app's modules load only for the commands that use them
+
+    results = ResultStore(settings.data_dir)
+    async with opened_ledger(settings) as ledger:
+        pruned = await prune_files(ledger, results, settings.files_keep_days, args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    print(
+        f"{verb} the files of {pruned.jobs} job(s) older than {settings.files_keep_days:g} days: "
+        f"{pruned.bytes / 1e6:.1f} MB; the data folder holds {await results.size() / 1e6:.1f} MB",
+        file=out,
+    )
     return OK
 
 
@@ -459,6 +481,7 @@ def main(
             "render": lambda: render(settings, args, out),
             "credits": lambda: credits(settings, out),
             "usage": lambda: usage(settings, args, out),
+            "prune": lambda: prune(settings, args, out),
             "admin": lambda: admin(settings, args, out),
             "run": lambda: run(settings),
         }[args.command]

@@ -47,6 +47,11 @@ class Metrics:
         self.queue_length = Gauge(
             "sam3d_queue_length", "Jobs waiting for an upstream slot", registry=self.registry
         )
+        self.data_bytes = Gauge(
+            "sam3d_data_bytes",
+            "Bytes under DATA_DIR (jobs' files, the cache, the ledger), as of the last prune",
+            registry=self.registry,
+        )
         self.usd = Gauge(
             "sam3d_budget_usd",
             "This month's global budget, by state",

@@ -5,19 +5,86 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from dataclasses import replace
+import secrets
+import shutil
+import time
+from collections.abc import Collection
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from .models import FileKind, JobResult, OutputFile, PreparedImage, UpstreamResult, ValidatedInput
+
+# What is left in a job's folder once its files are removed: when, and after how many days.
+PRUNED = "PRUNED"
+DAY_S = 86_400
+
+
+@dataclass(frozen=True)
+class Pruned:
+    """What a pass of the retention rule removed (or, in a dry run, would remove)."""
+
+    jobs: int
+    bytes: int
 
 
 class ResultStore:
     """Files under DATA_DIR/jobs/<job id>/; an index DATA_DIR/cache/<cache key>.json."""
 
     def __init__(self, data_dir: Path):
-        self._jobs = Path(data_dir) / "jobs"
-        self._index = Path(data_dir) / "cache"
+        self._data = Path(data_dir)
+        self._jobs = self._data / "jobs"
+        self._index = self._data / "cache"
+
+    # -- retention -------------------------------------------------------------------------------
+
+    async def prune(
+        self, keep_days: float, keep: Collection[str] = (), dry_run: bool = False
+    ) -> Pruned:
+        """Remove the files of jobs whose folder has not changed for `keep_days` (photos,
+        masks, models, pictures) and the cache entries that point at them; a job in `keep`
+        (still running, or held for an admin) is left alone. Each pruned folder keeps a note
+        saying when and after how long, for the links that reach it later."""
+        return await asyncio.to_thread(self._prune, keep_days, set(keep), dry_run, time.time())
+
+    async def pruned_after(self, job_id: str) -> float | None:
+        """After how many days this job's files were removed, or None if they were not."""
+        return await asyncio.to_thread(pruned_after, self._jobs, job_id)
+
+    async def size(self) -> int:
+        """Bytes under the data folder (the jobs' files, the cache, the ledger)."""
+        return await asyncio.to_thread(_size_of, self._data)
+
+    def _prune(self, keep_days: float, keep: set[str], dry_run: bool, now: float) -> Pruned:
+        cutoff = now - keep_days * DAY_S
+        jobs = freed = 0
+        gone: set[str] = set()
+        for folder in sorted(self._jobs.iterdir()) if self._jobs.is_dir() else ():
+            if not folder.is_dir() or folder.name in keep or (folder / PRUNED).exists():
+                continue
+            files = [p for p in folder.rglob("*") if p.is_file()]
+            newest = max((p.stat().st_mtime for p in files), default=folder.stat().st_mtime)
+            if newest >= cutoff:
+                continue
+            jobs += 1
+            freed += sum(p.stat().st_size for p in files)
+            gone.add(folder.name)
+            if not dry_run:
+                for child in folder.iterdir():
+                    if child.is_dir():
+                        shutil.rmtree(child, ignore_errors=True)
+                    else:
+                        child.unlink(missing_ok=True)
+                _write_atomically(folder / PRUNED, json.dumps({"at": now, "days": keep_days}))
+        for entry in sorted(self._index.glob("*.json")) if self._index.is_dir() else ():
+            try:
+                job_id = json.loads(entry.read_text()).get("job_id")
+            except (OSError, ValueError, AttributeError):
+                job_id = None
+            if job_id in gone and not dry_run:
+                freed += entry.stat().st_size
+                entry.unlink(missing_ok=True)
+        return Pruned(jobs, freed)
 
     # Disk metadata calls can take milliseconds: the public methods run them off the event loop.
 
@@ -146,8 +213,29 @@ class ResultStore:
         return replace(result, cached=True)
 
 
+def pruned_after(jobs: Path, job_id: str) -> float | None:
+    """After how many days a job's files were removed (its folder's note), or None."""
+    try:
+        note = json.loads((jobs / job_id / PRUNED).read_text())
+        return float(note["days"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _size_of(folder: Path) -> int:
+    total = 0
+    for root, _, names in os.walk(folder):
+        for name in names:
+            try:
+                total += os.stat(os.path.join(root, name)).st_size
+            except OSError:
+                pass  # removed meanwhile
+    return total
+
+
 def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_suffix(".tmp")
+    # A name of its own per writer: instances sharing DATA_DIR never write the same temp file.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)  # readers never see half a file
 

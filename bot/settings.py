@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     database_url: str = ""
     database_pool_size: int = Field(4, ge=1, le=100)
     job_lease_seconds: float = Field(30.0, ge=1)
+    # Jobs' files (photos, masks, models, pictures) are removed this many days after their
+    # job last changed; the ledger's rows (the money history) stay.
+    files_keep_days: float = Field(30.0, gt=0)
     ledger_timeout_s: float = Field(30.0, gt=0, le=600)
 
     # Chat platforms

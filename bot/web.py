@@ -14,6 +14,7 @@ from pathlib import Path
 from aiohttp import web
 
 from .downloads import FILE_NAME, JOB_ID, DownloadLinks, LinkCheck
+from .results import pruned_after
 
 MEDIA_TYPES = {
     ".glb": "model/gltf-binary",
@@ -93,6 +94,18 @@ async def metrics(request: web.Request) -> web.Response:
 EMPTY_SUFFIX_RANGE = re.compile(r"bytes=\s*-0+")
 
 
+async def gone_or_missing(jobs: Path, job: str, missing: str) -> web.Response:
+    """410 with the reason for a job whose files the retention rule removed; 404 otherwise."""
+    days = await asyncio.to_thread(pruned_after, jobs, job)
+    if days is None:
+        return plain(404, missing)
+    return plain(
+        410,
+        f"This model's files were removed: this bot keeps them {days:g} days. "
+        "Ask the bot for the model again.",
+    )
+
+
 def plain(status: int, text: str) -> web.Response:
     return web.Response(status=status, text=text + "\n", content_type="text/plain")
 
@@ -111,7 +124,7 @@ async def download(request: web.Request) -> web.StreamResponse:
         return plain(410, "This link has expired; ask the bot for the model again.")
     path = await asyncio.to_thread(locate, request.app[JOBS_DIR], job, name)
     if path is None:
-        return plain(404, "No such file.")
+        return await gone_or_missing(request.app[JOBS_DIR], job, "No such file.")
     media_type = MEDIA_TYPES.get(path.suffix.lower(), "application/octet-stream")
     if EMPTY_SUFFIX_RANGE.fullmatch(request.headers.get("Range", "").strip()):
         # "the last 0 bytes" is no range at all (RFC 9110 14.1.2): unsatisfiable, not the file.
@@ -139,7 +152,7 @@ async def viewer(request: web.Request) -> web.Response:
         return plain(410, "This link has expired; ask the bot for the model again.")
     files = await asyncio.to_thread(job_files, request.app[JOBS_DIR], job)
     if not files:
-        return plain(404, "This model is no longer kept.")
+        return await gone_or_missing(request.app[JOBS_DIR], job, "This model is no longer kept.")
     view = (
         "splat"
         if request.query.get("view") == "splat" and "splat" in files
