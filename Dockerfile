@@ -1,4 +1,5 @@
-# sam3d-bot: docker run -d --env-file .env -v sam3d-data:/data -p 8080:8080 sam3d-bot
+# sam3d-bot: docker run -d --restart unless-stopped --env-file .env -v sam3d-data:/data \
+#   -p 8080:8080 sam3d-bot            (or: docker compose up -d, with compose.yaml)
 
 # The 3D viewer's JavaScript, from the npm registry at build time (served by the bot itself).
 FROM node:20-bookworm-slim AS viewer
@@ -33,6 +34,9 @@ RUN pip install .
 USER bot
 # Build f3d's lighting cache (~5 s, ~50 MB) into the image, not on a user's first job.
 RUN python -m bot.render.worker < /dev/null
+# Commands run in the volume: `docker run ... sam3d-bot generate /data/photo.jpg` writes its
+# ./out folder there, where the bot user may write and the host can read it.
+WORKDIR /data
 VOLUME ["/data"]
 EXPOSE 8080
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \

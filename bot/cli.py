@@ -37,7 +37,7 @@ from .models import (
 from .operations import GROUPINGS, Operations, Where, describe_budget, usage_csv, usage_table
 from .ports import JobRecord, Ledger
 from .results import ResultStore
-from .settings import Settings, SettingsError, load_settings, micros_to_usd
+from .settings import Settings, SettingsError, check_data_dir, load_settings, micros_to_usd
 
 PROG = "sam3d-bot"
 OK, FAILED, USAGE = 0, 1, 2
@@ -474,6 +474,8 @@ def main(
     try:
         settings = load_settings(args.env_file)
         setup_logging(settings, err)
+        if args.command != "render":  # every other command keeps something in DATA_DIR
+            check_data_dir(settings.data_dir)
         if args.command != "run":
             logging.getLogger().setLevel(logging.WARNING)  # the terminal shows progress itself
         command: Callable[[], Coroutine[Any, Any, int]] = {

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import tempfile
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
@@ -14,6 +16,21 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 class SettingsError(Exception):
     """An invalid setting; the message is one line naming the variable and what is allowed."""
+
+
+def check_data_dir(path: Path) -> None:
+    """DATA_DIR must be a folder this user can write; say which and how to fix it if not (a
+    Docker bind mount owned by root is the usual case: the image runs as uid 10001)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-check-"):
+            pass
+    except OSError as exc:
+        uid = os.getuid() if hasattr(os, "getuid") else "this user"
+        raise SettingsError(
+            f"DATA_DIR {path} is not writable by uid {uid} ({exc.strerror or exc}): "
+            f"give it to that user (chown -R {uid} {path}) or use a Docker named volume"
+        ) from None
 
 
 class Settings(BaseSettings):

@@ -62,13 +62,50 @@ def test_invalid_values_stop_with_one_line(settings_env, name, value, words):
     assert "\n" not in message
 
 
+def test_env_example_leaves_what_the_docker_image_sets_alone():
+    """Copied to .env for `docker run --env-file`, it must not undo the image's /data and
+    0.0.0.0 (the bot could not write, or nothing outside could reach it)."""
+    from tests.helpers import ROOT
+
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "DATA_DIR=/data" in dockerfile and "HTTP_HOST=0.0.0.0" in dockerfile
+    active = [ln for ln in (ROOT / ".env.example").read_text().splitlines() if "=" in ln]
+    active = [ln for ln in active if not ln.startswith("#")]
+    assert not [ln for ln in active if ln.startswith(("DATA_DIR=", "HTTP_HOST="))]
+
+
+def test_an_unwritable_data_folder_is_named_with_the_fix(tmp_path, monkeypatch):
+    """Not a folder this user can write (here a file stands where it should be, which even
+    root cannot write into): one line naming DATA_DIR and the fix, not 'the database is not
+    reachable'."""
+    import io
+
+    from bot.cli import main
+
+    blocked = tmp_path / "data"
+    blocked.write_text("a file, not a folder")
+    monkeypatch.setenv("DATA_DIR", str(blocked))
+    err = io.StringIO()
+    code = main(["usage"], io.StringIO(), err)
+    said = err.getvalue()
+    assert code != 0 and "DATA_DIR" in said and "not writable" in said and "chown -R" in said
+    assert len(said.strip().splitlines()) == 1
+
+
 def test_env_example_documents_every_setting():
     from bot.settings import Settings
     from tests.helpers import ROOT
 
     example = (ROOT / ".env.example").read_text()
     for name in Settings.model_fields:
-        line = next((ln for ln in example.splitlines() if ln.startswith(f"{name.upper()}=")), None)
+        line = next(
+            (
+                ln
+                for ln in example.splitlines()
+                if ln.removeprefix("# ").startswith(f"{name.upper()}=")
+            ),
+            None,
+        )
         assert line is not None, f"{name.upper()} is missing from .env.example"
         before = example.split(line)[0].rstrip().splitlines()[-1]
         assert before.startswith("#"), f"{name.upper()} has no comment"
