@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -92,6 +93,8 @@ async def build_core(
             max_concurrent=settings.max_concurrent_jobs,
             price_micros=settings.price_micros,
             runner=JobRunner(),
+            free_disk=lambda: shutil.disk_usage(settings.data_dir).free,
+            min_free_bytes=settings.min_free_disk_mb * 1_000_000,
         )
         stack.push_async_callback(service.close)
         links = await asyncio.to_thread(DownloadLinks.from_settings, settings)

@@ -78,6 +78,26 @@ class JobsPaused(BotError):
         super().__init__(f"New jobs are paused by the admins{why}; please try again later.")
 
 
+class DiskFull(BotError):
+    """The bot's disk is below MIN_FREE_DISK_MB: no new jobs (before anything is charged), or
+    a made model could not be kept (charged: Segmind billed it)."""
+
+    code = "disk_full"
+
+    def __init__(self, charged: bool = False):
+        if charged:
+            message = (
+                "The model was made, but the bot's disk is full, so it could not be kept; "
+                "an admin has been told."
+            )
+        else:
+            message = (
+                "The bot's disk is nearly full, so it takes no new models for now; nothing "
+                "was charged. An admin has been told."
+            )
+        super().__init__(message, charged=charged)
+
+
 class LedgerUnavailable(BotError):
     """The database could not be reached: nothing was reserved, so nothing needs a refund."""
 

@@ -8,10 +8,12 @@ until Segmind has billed a result, any failure refunds the reservation and the q
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from typing import Any
 from .errors import (
     BotError,
     DeliveryError,
+    DiskFull,
     InputError,
     JobLost,
     ServiceStopping,
@@ -134,8 +137,17 @@ class Service:
         price_micros: int = 65_000,
         metrics: Metrics | None = None,
         runner: JobRunner | None = None,
+        free_disk: Callable[[], int] | None = None,
+        min_free_bytes: int = 0,
+        clock: Callable[[], float] = time.monotonic,
     ):
         self._validator = validator
+        # Below this much free space on DATA_DIR's disk, new jobs are refused before anything
+        # is fetched or charged (a made model must have room to be kept).
+        self._free_disk = free_disk
+        self._min_free = min_free_bytes
+        self._clock = clock
+        self._disk_told_at = float("-inf")
         self._backend = backend
         self._ledger = ledger
         self._results = results
@@ -176,6 +188,7 @@ class Service:
             return None
         try:
             await self._ledger.admit(request.requester)  # blocked or paused: say so at once
+            await self._check_disk()
             validated = await self._validator.validate(request)
             await replier.prepare()  # where the result goes, before anything is charged
         except BotError as error:
@@ -246,14 +259,31 @@ class Service:
                 await job.replier.progress(Progress(Stage.SUBMITTED))
 
             workdir = await self._results.workdir(job.id)
-            upstream = await self._backend.generate(
-                validated, workdir, on_submitted, self._processing(job), on_sending
-            )
+            with _disk_full_as(charged=lambda: job.submitted and not self.offline):
+                upstream = await self._backend.generate(
+                    validated, workdir, on_submitted, self._processing(job), on_sending
+                )
         # The slot is for Segmind only: the next job may go upstream while this one renders.
         job.lap("upstream", upstream_at)
         job.timings["download"] = round(upstream.download_s, 3)
         await self._results.keep_upstream(job.id, upstream)
         return await self._settle_and_deliver(job, upstream, workdir)
+
+    async def _check_disk(self) -> None:
+        if self._free_disk is None or not self._min_free:
+            return
+        free = await asyncio.to_thread(self._free_disk)
+        if free >= self._min_free:
+            return
+        if self._clock() - self._disk_told_at > 60:  # once a minute in the log, not per job
+            self._disk_told_at = self._clock()
+            log.error(
+                "DATA_DIR's disk has %.0f MB free, below MIN_FREE_DISK_MB (%.0f): new jobs "
+                "are refused. Free space, or lower FILES_KEEP_DAYS and run sam3d-bot prune.",
+                free / 1e6,
+                self._min_free / 1e6,
+            )
+        raise DiskFull()
 
     def _sane_cost(self, job: _Job, reported: int | None) -> int:
         """What Segmind says a job cost, unless it cannot be true (below zero, or more than
@@ -566,7 +596,10 @@ class Service:
     async def _resume_upstream(self, job: _Job) -> JobResult:
         workdir = await self._results.workdir(job.id)
         await job.replier.progress(Progress(Stage.RESUMED))
-        upstream = await self._backend.resume(job.record.resume_ref, workdir, self._processing(job))
+        with _disk_full_as(charged=lambda: True):
+            upstream = await self._backend.resume(
+                job.record.resume_ref, workdir, self._processing(job)
+            )
         await self._results.keep_upstream(job.id, upstream)
         return await self._settle_and_deliver(job, upstream, workdir)
 
@@ -611,6 +644,19 @@ class Service:
         if task is not None and not task.done():
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+
+
+@contextmanager
+def _disk_full_as(charged: Callable[[], bool]) -> Iterator[None]:
+    """A write that found no room (ENOSPC) is the bot's disk, said so: charged when Segmind
+    had the job by then (it made, and billed, the model)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        log.error("DATA_DIR's disk is full: a job's files could not be written")
+        raise DiskFull(charged=charged()) from exc
 
 
 def _maybe_billed(job: _Job, error: BotError) -> bool:

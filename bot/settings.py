@@ -57,6 +57,8 @@ class Settings(BaseSettings):
     # Jobs' files (photos, masks, models, pictures) are removed this many days after their
     # job last changed; the ledger's rows (the money history) stay.
     files_keep_days: float = Field(30.0, gt=0)
+    # Below this much free space on DATA_DIR's disk new jobs are refused (0: never).
+    min_free_disk_mb: int = Field(500, ge=0)
     ledger_timeout_s: float = Field(30.0, gt=0, le=600)
 
     # Chat platforms

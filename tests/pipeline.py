@@ -115,7 +115,7 @@ async def ledger(tmp_path):
 def make_service(http, ledger, fake_segmind, tmp_path):
     default_ledger = ledger
 
-    def make(backend=None, renderer=None, capacity=4, ledger=None, validator=None):
+    def make(backend=None, renderer=None, capacity=4, ledger=None, validator=None, **more):
         backend = backend or SegmindClient(
             http,
             api_key=SecretStr(API_KEY),
@@ -131,6 +131,7 @@ def make_service(http, ledger, fake_segmind, tmp_path):
             renderer=renderer,
             max_concurrent=capacity,
             price_micros=65_000,
+            **more,
         )
 
     return make

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 
 import pytest
 
@@ -339,3 +340,43 @@ async def test_an_input_a_checker_trips_on_is_answered_not_dropped(make_service,
     error, refunded = reply.failure
     assert isinstance(error, errors.InputError) and "could not be read" in error.user_message
     assert await ledger.usage() == []
+
+
+async def test_a_nearly_full_disk_refuses_new_jobs_before_anything_is_charged(
+    make_service, ledger, fake_segmind, caplog
+):
+    service = make_service(free_disk=lambda: 100_000_000, min_free_bytes=500_000_000)
+    reply = Recorder()
+    assert await service.run(request(), reply) is None
+    error, refunded = reply.failure
+    assert isinstance(error, errors.DiskFull) and "nothing was charged" in error.user_message
+    assert fake_segmind.counters.submits == 0 and await ledger.usage() == []
+    assert any("MIN_FREE_DISK_MB" in r.message for r in caplog.records if r.levelname == "ERROR")
+
+
+class DiskFillsWhileDownloading:
+    """Segmind made (and billed) the model; writing it finds the disk full."""
+
+    offline = False
+
+    async def generate(self, job, workdir, on_submitted, on_processing, on_sending=None):
+        if on_sending is not None:
+            await on_sending()
+        await on_submitted("req-full", {"request_id": "req-full"})
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    async def resume(self, resume_ref, workdir, on_processing):
+        raise AssertionError("not resumed in this test")
+
+
+async def test_a_model_the_disk_has_no_room_for_is_settled_honestly(make_service, ledger):
+    """Billed upstream, lost to a full disk: the cost is recorded once and the job ends
+    failed (never left half, never held), and the member is told why."""
+    service = make_service(backend=DiskFillsWhileDownloading())
+    reply = Recorder()
+    assert await service.run(request(), reply) is None
+    error, refunded = reply.failure
+    assert isinstance(error, errors.DiskFull) and error.charged and not refunded
+    [usage] = await ledger.usage()
+    assert (usage.failed, usage.cost_micros) == (1, 65_000)
+    assert await ledger.unfinished() == []
