@@ -21,11 +21,12 @@ import aiohttp
 from aiohttp import web
 
 from .downloads import DownloadLinks
-from .errors import RenderError
+from .errors import LedgerUnavailable, RenderError
 from .images import ImageFetcher, ImageLimits, InputValidator, guarded_session
 from .ledger import Ledger, ledger_from_settings
 from .models import JobState
 from .offline import OfflineBackend
+from .outages import until_reachable
 from .ports import ImageTo3D, Renderer
 from .render.renderer import F3dRenderer, RenderOptions
 from .results import Pruned, ResultStore
@@ -64,15 +65,23 @@ async def build_core(
     allow_paths: bool = False,
     fetch_session: aiohttp.ClientSession | None = None,
     renderer: Renderer | None = None,
+    wait_for_database: bool = False,
 ) -> AsyncIterator[Core]:
-    """`fetch_session` and `renderer` stand in for the real ones (tests, benchmarks)."""
+    """`fetch_session` and `renderer` stand in for the real ones (tests, benchmarks).
+    `wait_for_database`: a shared database that cannot be reached yet is waited for (the bot
+    starting before PostgreSQL, or through its restart), not a reason to stop."""
     async with AsyncExitStack() as stack:
         await asyncio.to_thread(keep_private, settings.data_dir)
         api_session = await stack.enter_async_context(aiohttp.ClientSession())
         if fetch_session is None:
             fetch_session = await stack.enter_async_context(guarded_session())
         ledger = ledger_from_settings(settings)
-        await ledger.open()
+        shared = settings.database_url.startswith(("postgresql://", "postgres://"))
+        await until_reachable(
+            "the database",
+            ledger.open,
+            lambda exc: wait_for_database and shared and isinstance(exc, LedgerUnavailable),
+        )
         stack.push_async_callback(ledger.close)
         backend: ImageTo3D = (
             OfflineBackend()
@@ -208,7 +217,7 @@ async def run_adapters(settings: Settings, adapters: list[Any]) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with build_core(settings) as core:
+    async with build_core(settings, wait_for_database=True) as core:
         app = build_web_app(
             core.links,
             settings.data_dir,

@@ -7,9 +7,11 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
+import aiohttp
 import discord
 
 from bot.errors import AdapterFailed
+from bot.outages import until_reachable
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -42,8 +44,9 @@ class DiscordAdapter:
         client: Sam3dClient = build_client(core)
         self.client = client
         async with client:
+            token = core.settings.discord_token.get_secret_value()
             try:
-                await client.login(core.settings.discord_token.get_secret_value())
+                await until_reachable("Discord", lambda: client.login(token), discord_outage)
             except discord.LoginFailure:
                 raise AdapterFailed(
                     "Discord refused the token: check DISCORD_TOKEN (Developer "
@@ -61,6 +64,16 @@ class DiscordAdapter:
                 # intents refused) will not mend by itself: stop the bot with its reason.
                 raise AdapterFailed(f"Discord: {gateway.exception()}") from gateway.exception()
             gateway.cancel()
+
+
+def discord_outage(exc: BaseException) -> bool:
+    """Discord unreachable or failing on its side: worth waiting out at start. A refused
+    token (LoginFailure) is not."""
+    if isinstance(exc, discord.DiscordServerError):
+        return True
+    if isinstance(exc, discord.HTTPException):
+        return False
+    return isinstance(exc, aiohttp.ClientError | TimeoutError | OSError)
 
 
 adapter = DiscordAdapter()

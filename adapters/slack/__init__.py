@@ -23,8 +23,9 @@ from slack_sdk.http_retry.state import RetryState
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.errors import AdapterFailed
+from bot.outages import until_reachable
 
-from .app import SlackBot
+from .app import SlackBot, slack_outage
 
 if TYPE_CHECKING:
     from bot.app import Core
@@ -89,7 +90,8 @@ class SlackAdapter:
             self.socket = AsyncSocketModeHandler(
                 bot.app, core.settings.slack_app_token.get_secret_value(), web_client=bot.client
             )
-            await self.socket.connect_async()
+            socket = self.socket
+            await until_reachable("Slack's Socket Mode", socket.connect_async, slack_outage)
             log.info("Slack: connected in Socket Mode")
         else:
             log.info("Slack: HTTP mode, Slack's requests go to %s", EVENTS_PATH)

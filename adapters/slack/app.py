@@ -16,6 +16,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
 from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.app.async_app import AsyncApp
@@ -29,6 +30,7 @@ from bot.operations import (
     Operations,
     Where,
 )
+from bot.outages import until_reachable
 from bot.ports import JobRecord
 from bot.replies import RESTARTING, UNREADABLE
 
@@ -106,7 +108,7 @@ class SlackBot:
     async def start(self) -> None:
         """Check the token, learn the bot's own id, and take over jobs a stopped bot left."""
         try:
-            identity = await self.identity()
+            identity = await until_reachable("Slack", self.identity, slack_outage)
         except SlackApiError as exc:
             raise AdapterFailed(
                 f"Slack refused SLACK_BOT_TOKEN ({slack_error(exc)}): copy the "
@@ -308,6 +310,19 @@ class SlackBot:
 
         return fetch
 
+
+def slack_outage(exc: BaseException) -> bool:
+    """Slack unreachable or failing on its side (5xx, ratelimited): worth waiting out at
+    start. A refused token is not."""
+    if isinstance(exc, aiohttp.ClientError | TimeoutError):
+        return True
+    if isinstance(exc, SlackApiError):
+        status = exc.response.status_code
+        return status >= 500 or status == 429 or slack_error(exc) in SLACK_TROUBLE
+    return False
+
+
+SLACK_TROUBLE = ("ratelimited", "fatal_error", "internal_error", "service_unavailable")
 
 HIDDEN_BY_LIMIT = (
     "Slack hides that photo from apps: it is older than this workspace's plan lets anyone "

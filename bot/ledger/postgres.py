@@ -63,7 +63,11 @@ class PostgresDatabase:
                 timeout=self._timeout,
                 open=False,
             )
-            pool.open(wait=True, timeout=self._timeout)
+            try:
+                pool.open(wait=True, timeout=self._timeout)
+            except BaseException:
+                pool.close()  # not left trying in the background: the caller may try again
+                raise
             return pool
 
         self._pool = await self._on_thread(connect)

@@ -133,7 +133,8 @@ def snowflake_time(snowflake: str) -> float:
 
 
 class FakeDiscord:
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time, port: int = 0) -> None:
+        self._port = port  # 0: a free one
         self.clock = clock  # wall time, as interaction ids carry it
         self.calls: list[Call] = []
         self.cdn: dict[str, bytes] = {}  # file name -> bytes served under /cdn/
@@ -144,6 +145,7 @@ class FakeDiscord:
         self.guild_tiers: dict[str, int] = {}  # guild id -> premium (Boost) tier
         self.guilds: dict[str, dict[str, Any]] = {}  # the servers the bot is in (GUILD_CREATE)
         self.rate_limits: list[RateLimit] = []
+        self.troubles: list[list[Any]] = []  # [method, path part, status, times left]
         self._ids = itertools.count(1_000_000_000_000_000_001)
         self._messages: dict[str, dict[str, Any]] = {}
         self._runner: web.AppRunner | None = None
@@ -241,6 +243,11 @@ class FakeDiscord:
             "nsfw_level": 0,
         }
 
+    def fail_next(self, method: str, path_part: str, status: int = 502, times: int = 1) -> None:
+        """Answer the next `times` matching requests with a server error (Discord's side
+        failing, as in an outage), with Discord's Via header."""
+        self.troubles.append([method, path_part, status, times])
+
     def limit_next(self, method: str, path_part: str, retry_after: float, times: int = 1) -> None:
         """Answer the next `times` matching requests 429, as a rate-limited route does."""
         self.rate_limits.append(RateLimit(method, path_part, retry_after, times))
@@ -250,7 +257,7 @@ class FakeDiscord:
         app.router.add_route("*", API + "/{tail:.*}", self.api)
         app.router.add_get("/cdn/{name}", self.serve_cdn)
         app.router.add_get("/gateway", self.gateway)
-        self._runner, self.url = await serve_on_loopback(app)
+        self._runner, self.url = await serve_on_loopback(app, self._port)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -384,6 +391,13 @@ class FakeDiscord:
         ):
             raise DiscordError(401, 0, "401: Unauthorized")
         self._rate_limit(call)
+        for trouble in self.troubles:
+            method, part, status, left = trouble
+            if left > 0 and method == call.method and part in call.path:
+                trouble[3] -= 1
+                response = web.Response(status=status, text="upstream trouble")
+                response.headers["Via"] = "1.1 google"
+                return response
         rules = spec()
         if rules is not None:
             rules.check(call.method, path, request.content_type, call.json)

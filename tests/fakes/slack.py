@@ -80,7 +80,9 @@ class FakeSlack:
         self.redirect_downloads = False
         self.conversation_kinds: dict[str, str] = {}  # channel id -> groups, im, mpim
         self.token_revoked = False
-        self.unreachable: set[str] = set()  # methods whose requests the network drops (not Slack)
+        self.unreachable: set[str] = set()
+        # method -> how many of its requests the network drops (not a Slack rule)
+        self.unreachable_times: dict[str, int] = {}
         self._hook_issued: dict[str, float] = {}  # response_url name -> when it was issued
         # method -> errors to answer with, in turn, as Slack does (ok: false, error: ...),
         # e.g. views.open's expired_trigger_id once its 3 s trigger has passed.
@@ -185,6 +187,11 @@ class FakeSlack:
             if isinstance(args.get(key), str) and args[key][:1] in "[{":
                 args[key] = json.loads(args[key])
         self.calls.append(Call(method, time.monotonic(), args))
+        if self.unreachable_times.get(method, 0) > 0:
+            self.unreachable_times[method] -= 1
+            self.unreachable.add(method)
+        elif method in self.unreachable_times:
+            self.unreachable.discard(method)
         if method in self.unreachable:  # the network breaks: the connection just closes
             assert request.transport is not None
             request.transport.close()
