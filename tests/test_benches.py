@@ -27,6 +27,7 @@ BENCHES = {
     "web": ["--clients", "4", "--seconds", "0.5"],
     "ledger": ["--pairs", "50"],
     "render": ["--size", "64", "--frames", "2", "--turntable-size", "64"],
+    "polling": ["--jobs", "20"],
 }
 PRINTS = {
     "pipeline": "overhead per job",
@@ -35,6 +36,7 @@ PRINTS = {
     "web": "viewer page",
     "ledger": "postgres",
     "render": "made_100k_splats.ply",
+    "polling": "learnt",
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from datetime import UTC, datetime
@@ -418,3 +419,35 @@ async def test_the_rate_limit_wait_is_read_against_the_injected_clock(
     fake_segmind.behaviour.rate_limited = 1  # ...unless its clock says that moment has passed
     result, _ = await generate(session, fake_segmind, tmp_path, clock=lambda: time.time() + 60)
     assert result.files
+
+
+async def test_polls_learn_how_long_jobs_take_and_ask_less(session, fake_segmind, tmp_path):
+    """At a fixed 20 ms a 0.4 s job takes about 20 status calls; after three jobs the client
+    asks once at once, then near 0.4 s, then briefly: a handful, and the model no later."""
+    fake_segmind.behaviour.complete_after_s = 0.4
+    segmind = client(session, fake_segmind, poll_interval_s=0.02)
+    polls = []
+    for index in range(5):
+        before = fake_segmind.counters.polls
+        events = Events()
+        started = time.monotonic()
+        await segmind.generate(
+            job(seed=index), tmp_path / str(index), events.on_submitted, events.on_processing
+        )
+        polls.append((fake_segmind.counters.polls - before, time.monotonic() - started))
+    fixed_calls = polls[0][0]
+    assert fixed_calls >= 15
+    for calls, took in polls[3:]:
+        assert calls <= 8 and took < 0.4 + 0.25
+
+
+def test_the_schedule_waits_for_the_quickest_tenth_of_recent_jobs():
+    from bot.segmind.polling import PollSchedule
+
+    schedule = PollSchedule(2.0)
+    assert list(itertools.islice(schedule.offsets(), 4)) == [0, 2, 4, 6]  # nothing learnt yet
+    for seconds in (30, 28, 35, 26, 40):
+        schedule.learn(seconds)
+    offsets = list(itertools.islice(schedule.offsets(), 6))
+    # At once; every 8 s until the quickest tenth (26 s) less a step; then every 1.5 s.
+    assert offsets == [0, 8, 16, 24.5, 26, 27.5]

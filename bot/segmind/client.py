@@ -22,6 +22,7 @@ from ..images import bbox_to_api, points_to_api
 from ..models import UpstreamResult, ValidatedInput
 from ..ports import OnProcessing, OnSending, OnSubmitted
 from .outputs import Outputs, metrics_of, parsed
+from .polling import PollSchedule
 from .status import error_for_status, message_from
 from .transport import RetryPolicy, Transport
 
@@ -75,7 +76,7 @@ class SegmindClient:
         )
         self._outputs = Outputs(self._transport, max_output_bytes)
         self._version = version
-        self._poll_interval = poll_interval_s
+        self._schedule = PollSchedule(poll_interval_s)
         self._job_timeout = job_timeout_s
         self._max_bytes = max_output_bytes
         self._sleep = sleep
@@ -119,11 +120,22 @@ class SegmindClient:
             "response_url": submitted.get("response_url"),
         }
         await on_submitted(ref["request_id"], ref)
-        return await self.resume(ref, workdir, on_processing)
+        return await self._follow(ref, workdir, on_processing, fresh=True)
 
     async def resume(
         self, resume_ref: dict[str, Any], workdir: Path, on_processing: OnProcessing
     ) -> UpstreamResult:
+        return await self._follow(resume_ref, workdir, on_processing, fresh=False)
+
+    async def _follow(
+        self,
+        resume_ref: dict[str, Any],
+        workdir: Path,
+        on_processing: OnProcessing,
+        fresh: bool,
+    ) -> UpstreamResult:
+        """Poll a submitted job to its end and fetch what it made. `fresh`: polled from its
+        submit, so how long it took teaches the poll schedule."""
         request_id = resume_ref["request_id"]
         status_url = self._transport.own_url(
             resume_ref.get("status_url"), f"/v2/requests/{request_id}/status"
@@ -132,7 +144,7 @@ class SegmindClient:
             resume_ref.get("response_url"), f"/v2/requests/{request_id}"
         )
         deadline = time.monotonic() + self._job_timeout
-        metrics = await self._poll(status_url, on_processing)
+        metrics = await self._poll(status_url, on_processing, learn=fresh)
         async with self._fetching_until(deadline):
             status, body, headers = await self._transport.get_with_retries(
                 response_url, cap=self._max_bytes, charged=True
@@ -220,13 +232,15 @@ class SegmindClient:
             download_s=time.monotonic() - fetching,
         )
 
-    async def _poll(self, status_url: str, on_processing: OnProcessing) -> dict[str, Any]:
+    async def _poll(
+        self, status_url: str, on_processing: OnProcessing, learn: bool = False
+    ) -> dict[str, Any]:
         started = time.monotonic()
         deadline = started + self._job_timeout
         told_processing = False
-        polls = 0
-        while True:
-            polls += 1
+        for offset in self._schedule.offsets():
+            # Offsets from the start: slow answers do not push every later poll back.
+            await self._sleep(max(0.0, started + offset - time.monotonic()))
             status, body, headers = await self._transport.get_with_retries(status_url)
             ctype = headers.get("Content-Type", "")
             if status != 200:
@@ -236,6 +250,8 @@ class SegmindClient:
                 raise errors.BadUpstreamResult("Segmind sent an unreadable job status.")
             state = str(data.get("status", "")).upper()
             if state == TERMINAL_OK:
+                if learn:
+                    self._schedule.learn(time.monotonic() - started)
                 return metrics_of(data, headers)
             if state == TERMINAL_FAILED:
                 raise error_for_status(422, message_from(body, ctype))
@@ -248,9 +264,7 @@ class SegmindClient:
                 raise errors.JobTimedOut(
                     f"SAM 3D did not finish within {self._job_timeout / 60:g} minutes."
                 )
-            # A fixed cadence: slow answers do not push every later poll back.
-            next_poll = started + polls * self._poll_interval
-            await self._sleep(max(0.0, next_poll - time.monotonic()))
+        raise AssertionError("the schedule never ends")
 
 
 def build_payload(job: ValidatedInput) -> dict[str, Any]:
