@@ -66,6 +66,10 @@ class Settings(BaseSettings):
     discord_api_url: str = "https://discord.com/api/v10"
     discord_dev_guild_id: str = ""
     discord_sync_commands: bool = True
+    # Several instances on one Discord bot: each runs the shards listed here ("0,1"), out of
+    # DISCORD_SHARD_COUNT in all. Empty: this instance runs every shard Discord suggests.
+    discord_shard_count: int | None = Field(None, ge=1, le=10_000)
+    discord_shard_ids: str = ""
     progress_edit_interval_s: float = Field(3.0, ge=0)
     slack_bot_token: SecretStr = SecretStr("")
     slack_signing_secret: SecretStr = SecretStr("")
@@ -138,6 +142,33 @@ class Settings(BaseSettings):
         if value and not value.startswith(("sqlite:///", "postgresql://", "postgres://")):
             raise ValueError("must be empty, sqlite:///PATH or postgresql://...")
         return value
+
+    @field_validator("discord_shard_ids")
+    @classmethod
+    def _shard_ids(cls, value: str, info: ValidationInfo) -> str:
+        if not value.strip():
+            return ""
+        count = info.data.get("discord_shard_count")
+        try:
+            ids = [int(part) for part in value.split(",")]
+        except ValueError:
+            raise ValueError("must be shard numbers separated by commas, e.g. 0,1") from None
+        if count is None:
+            raise ValueError("needs DISCORD_SHARD_COUNT, the number of shards in all")
+        if len(set(ids)) != len(ids) or any(not 0 <= i < count for i in ids):
+            raise ValueError(f"must be different numbers from 0 to {count - 1}")
+        return ",".join(map(str, ids))
+
+    @property
+    def shard_ids(self) -> list[int] | None:
+        return (
+            [int(i) for i in self.discord_shard_ids.split(",")] if self.discord_shard_ids else None
+        )
+
+    @field_validator("discord_shard_count", mode="before")
+    @classmethod
+    def _no_count(cls, value: object) -> object:
+        return None if value == "" else value
 
     @field_validator("guild_budget_usd", mode="before")
     @classmethod

@@ -690,6 +690,15 @@ async def test_the_turntable_joins_the_result_when_it_is_ready(
         assert {"thumbnail.png", "turntable.gif"} <= {a["filename"] for a in shown["attachments"]}
 
 
+async def test_an_instance_runs_its_share_of_the_shards(
+    fake_discord, fake_segmind, tmp_path, settings_env
+):
+    async with running_bot(
+        fake_discord, fake_segmind, tmp_path, discord_shard_count=4, discord_shard_ids="1,3"
+    ) as client:
+        assert (client.shard_count, client.shard_ids) == (4, [1, 3])
+
+
 async def test_commands_go_to_one_development_server_when_set(
     fake_discord, fake_segmind, tmp_path, settings_env
 ):

@@ -137,3 +137,23 @@ def test_the_database_password_and_every_secret_are_redacted_from_logs(settings_
     said = redact("could not connect as bot with hun@ter2; scrape-token; link-signing-secret")
     assert "hun@ter2" not in said and "scrape-token" not in said
     assert "link-signing-secret" not in said and said.startswith("could not connect as bot")
+
+
+def test_discord_shards_are_split_only_in_a_way_that_adds_up():
+    from bot.settings import SettingsError, load_settings
+
+    ok = load_settings(None, discord_shard_count="4", discord_shard_ids="3, 1")
+    assert ok.shard_ids == [3, 1] and ok.discord_shard_count == 4
+    assert load_settings(None).shard_ids is None
+    for count, ids, says in (
+        ("", "0,1", "DISCORD_SHARD_COUNT"),
+        ("2", "0,2", "from 0 to 1"),
+        ("2", "1,1", "different"),
+        ("2", "one", "separated by commas"),
+    ):
+        try:
+            load_settings(None, discord_shard_count=count, discord_shard_ids=ids)
+        except SettingsError as error:
+            assert "DISCORD_SHARD_IDS" in str(error) and says in str(error), str(error)
+        else:
+            raise AssertionError(f"{count!r} {ids!r} was accepted")

@@ -52,6 +52,12 @@ INVITE_PERMISSIONS = discord.Permissions(
 
 class Sam3dClient(discord.AutoShardedClient):
     def __init__(self, core: Core, **options: Any):
+        settings = core.settings
+        if settings.shard_ids is not None:  # one of several instances: its share of shards
+            options.setdefault("shard_ids", settings.shard_ids)
+            options.setdefault("shard_count", settings.discord_shard_count)
+        elif settings.discord_shard_count is not None:
+            options.setdefault("shard_count", settings.discord_shard_count)
         super().__init__(intents=discord.Intents(guilds=True), allowed_mentions=NO_PINGS, **options)
         self.core = core
         self.settings = core.settings
