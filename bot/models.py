@@ -133,10 +133,13 @@ class Stage(StrEnum):
 class Progress:
     stage: Stage
     position: int | None = None  # 1 = next to start, while queued
+    offline: bool = False  # the free offline backend, not SAM 3D
 
     def describe(self) -> str:
         if self.stage is Stage.QUEUED:
             return f"Queued, position {self.position}" if self.position else "Queued"
+        if self.offline and self.stage is Stage.PROCESSING:
+            return "Making an offline preview (not SAM 3D: no SEGMIND_API_KEY is set)"
         return {
             Stage.RESUMED: "The bot restarted; your job continues",
             Stage.SUBMITTED: "Sent to SAM 3D, waiting for a GPU",

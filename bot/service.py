@@ -301,7 +301,7 @@ class Service:
 
     def _processing(self, job: _Job) -> OnProcessing:
         async def on_processing() -> None:
-            await job.replier.progress(Progress(Stage.PROCESSING))
+            await job.replier.progress(Progress(Stage.PROCESSING, offline=self.offline))
 
         return on_processing
 

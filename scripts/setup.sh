@@ -23,9 +23,10 @@ ensure_debian_packages() {
         return 0
     fi
     echo "installing ${missing[*]} (Debian packages)..." >&2
-    as_root apt-get update -qq >&2 || true
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        "${missing[@]}" >&2
+    # Waits up to two minutes for another apt (an unattended upgrade) instead of failing.
+    as_root apt-get -o DPkg::Lock::Timeout=120 update -qq >&2 || true
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=120 install \
+        -y -qq --no-install-recommends "${missing[@]}" >&2
 }
 
 ensure_venv() {
@@ -34,7 +35,12 @@ ensure_venv() {
     if ! python3 -c 'import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
         ensure_debian_packages python3-venv
     fi
-    [ -x "$root/.venv/bin/python" ] || python3 -m venv "$root/.venv"
+    # A .venv made by another Python (an upgrade, a copied checkout) is made again.
+    if ! "$root/.venv/bin/python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+        2>/dev/null; then
+        [ -e "$root/.venv" ] && echo "making .venv again (it was made by another Python)" >&2
+        python3 -m venv --clear "$root/.venv"
+    fi
     stamp="$root/.venv/.installed-$extra"
     wanted="$(sha256sum "$root/pyproject.toml" | cut -c1-16)"
     if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
@@ -48,15 +54,26 @@ ensure_venv() {
 # `ensure_viewer_js install` installs npm first if needed (the tests); running the bot only
 # uses an npm that is there: the viewer is for bots with a PUBLIC_URL, and the image has it.
 ensure_viewer_js() {
-    local root
+    local root note
     root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+    note="$root/.venv/.viewer-js-note"
     if ! command -v npm >/dev/null && [ "${1:-}" = install ]; then
         ensure_debian_packages npm
     fi
+    # Said once, then not on every call; tried again a day after a failed fetch.
+    if [ "${1:-}" != install ] && [ -n "$(find "$note" -mmin -1440 2>/dev/null)" ]; then
+        return 0
+    fi
     if ! command -v npm >/dev/null; then
-        echo "note: without npm the 3D viewer page has no JavaScript" >&2
+        echo "note: without npm the 3D viewer page has no JavaScript (said once)" >&2
+        touch "$note"
         return 0
     fi
     # The bot runs without it (the page then shows the picture and downloads only).
-    "$root/scripts/fetch-viewer-js" >&2 || echo "note: could not fetch the viewer JavaScript" >&2
+    if "$root/scripts/fetch-viewer-js" >&2; then
+        rm -f "$note"
+    else
+        echo "note: could not fetch the viewer JavaScript; trying again tomorrow" >&2
+        touch "$note"
+    fi
 }

@@ -16,7 +16,7 @@ from bot.models import Progress, Stage
 from tests.conftest import photo_bytes
 from tests.fakes.models3d import made_glb
 from tests.fakes.segmind import API_KEY
-from tests.helpers import ROOT, run_bot
+from tests.helpers import ROOT, bot_env, run_bot
 
 EXAMPLE = ROOT / "examples" / "ornament.jpg"
 
@@ -305,3 +305,29 @@ def test_an_unexpected_error_is_one_line_and_shows_its_traceback_only_with_verbo
     shown = err.getvalue()
     assert "Traceback" in shown and "RuntimeError: boom near" in shown
     assert API_KEY not in shown  # the traceback is redacted like every other message
+
+
+def test_the_start_script_works_through_a_symlink(tmp_path):
+    """`ln -s /path/to/checkout/sam3d-bot ~/bin/` is how people put it on their PATH."""
+    import subprocess
+
+    link = tmp_path / "sam3d-bot"
+    link.symlink_to(ROOT / "sam3d-bot")
+    ran = subprocess.run(
+        [str(link), "--help"],
+        cwd=tmp_path,
+        env=bot_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    assert "usage: sam3d-bot" in ran.stdout
+
+
+def test_the_offline_backend_is_not_called_sam_3d_while_it_works():
+    from bot.models import Progress, Stage
+
+    assert "SAM 3D" in Progress(Stage.PROCESSING).describe()
+    offline = Progress(Stage.PROCESSING, offline=True).describe()
+    assert "offline preview" in offline and "not SAM 3D" in offline
