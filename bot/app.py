@@ -26,7 +26,7 @@ from .images import ImageFetcher, ImageLimits, InputValidator, guarded_session
 from .ledger import Ledger, ledger_from_settings
 from .models import JobState
 from .offline import OfflineBackend
-from .outages import until_reachable
+from .outages import SharedPace, until_reachable
 from .ports import ImageTo3D, Renderer
 from .render.renderer import F3dRenderer, RenderOptions
 from .results import Pruned, ResultStore
@@ -86,7 +86,9 @@ async def build_core(
         backend: ImageTo3D = (
             OfflineBackend()
             if settings.offline
-            else SegmindClient.from_settings(api_session, settings, foreign_session=fetch_session)
+            else SegmindClient.from_settings(
+                api_session, settings, foreign_session=fetch_session, pace=pace_of(settings, ledger)
+            )
         )
         limits = ImageLimits.from_settings(settings)
         results = ResultStore(settings.data_dir)
@@ -171,6 +173,13 @@ def configured_platforms(settings: Settings) -> list[str]:
     if settings.slack_bot_token.get_secret_value():
         platforms.append("slack")
     return platforms
+
+
+def pace_of(settings: Settings, ledger: Ledger) -> SharedPace | None:
+    """SEGMIND_CALLS_PER_MINUTE, kept by every instance on the ledger together."""
+    if not settings.segmind_calls_per_minute:
+        return None
+    return SharedPace(ledger.take_upstream_slot, settings.segmind_calls_per_minute)
 
 
 async def readiness(core: Core, adapters: list[Any]) -> dict[str, bool]:

@@ -1,11 +1,13 @@
 """Starting through an outage: what the bot needs at start (its database, a chat platform)
 may be unreachable for a while; the bot keeps trying, saying so each time, until it answers.
-Only an answer that will not mend by itself (a refused token, bad settings) stops it."""
+Only an answer that will not mend by itself (a refused token, bad settings) stops it. And
+keeping within Segmind's rate limit together: calls spaced for every instance at once."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -46,3 +48,26 @@ async def until_reachable(
         await sleep(wait)
         wait = min(wait * 2, longest)
         tries += 1
+
+
+class SharedPace:
+    """Calls to Segmind spaced evenly for every instance on one ledger: each call takes the
+    next free moment from the database and waits for it, so N instances make the calls of
+    one, not N times the 429s."""
+
+    def __init__(
+        self,
+        take_slot: Callable[[float], Awaitable[float]],
+        calls_per_minute: float,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._take_slot = take_slot
+        self._spacing = 60.0 / calls_per_minute
+        self._clock = clock
+        self._sleep = sleep
+
+    async def __call__(self) -> None:
+        wait = await self._take_slot(self._spacing) - self._clock()
+        if wait > 0:
+            await self._sleep(wait)

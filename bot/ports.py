@@ -248,6 +248,11 @@ class JobLedger(JobReads, Protocol):
         """An audit entry about a job (also one this process no longer owns)."""
         ...
 
+    async def take_upstream_slot(self, spacing_s: float) -> float:
+        """When the next call to Segmind may go (wall time), calls of every instance on this
+        ledger spaced `spacing_s` apart."""
+        ...
+
     async def renew(self, job_ids: Sequence[str]) -> set[str]:
         """Extend this process's leases on the jobs it runs; returns the ones it still owns."""
         ...

@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     segmind_base_url: str = "https://api.segmind.com"
     segmind_api_version: Literal["v1", "v2"] = "v2"
     segmind_poll_interval_s: float = Field(2.0, gt=0, le=60)
+    # Calls a minute to Segmind for all instances on one database together (submits, polls,
+    # results), spaced evenly; 0: unpaced (each instance only waits out the 429s it gets).
+    segmind_calls_per_minute: float = Field(0, ge=0, le=6000)
     segmind_job_timeout_s: float = Field(900.0, gt=0)
     segmind_rate_limit_max_wait_s: float = Field(120.0, ge=0)
     max_output_bytes: int = Field(300_000_000, gt=0)

@@ -637,3 +637,36 @@ async def test_every_ledger_call_has_a_time_bound(tmp_path, clock):
         assert await ledger.ping()
     finally:
         await ledger.close()
+
+
+async def test_instances_on_one_ledger_take_segmind_slots_in_turn(make_ledger, clock):
+    """SEGMIND_CALLS_PER_MINUTE for all instances together: slots come spaced, whichever
+    instance asks, and never two at once; time that passed frees the next at once."""
+    first, second = await make_ledger(), await make_ledger()
+    slots = await asyncio.gather(
+        *(ledger.take_upstream_slot(2.0) for ledger in (first, second) * 5)
+    )
+    ordered = sorted(slots)
+    assert ordered[0] == clock.now and ordered == [clock.now + 2.0 * i for i in range(10)]
+    clock.now += 100  # a quiet spell: no backlog carried over
+    assert await first.take_upstream_slot(2.0) == clock.now
+
+
+async def test_a_shared_pace_waits_for_its_slot():
+    from bot.outages import SharedPace
+
+    now = [1000.0]
+    slots = iter([1000.0, 1003.0])
+    waited: list[float] = []
+
+    async def take(spacing: float) -> float:
+        assert spacing == 6.0  # 10 calls a minute
+        return next(slots)
+
+    async def sleep(seconds: float) -> None:
+        waited.append(seconds)
+
+    pace = SharedPace(take, 10, clock=lambda: now[0], sleep=sleep)
+    await pace()
+    await pace()
+    assert waited == [3.0]  # the first went at once, the second waited for its turn

@@ -451,3 +451,16 @@ def test_the_schedule_waits_for_the_quickest_tenth_of_recent_jobs():
     offsets = list(itertools.islice(schedule.offsets(), 6))
     # At once; every 8 s until the quickest tenth (26 s) less a step; then every 1.5 s.
     assert offsets == [0, 8, 16, 24.5, 26, 27.5]
+
+
+async def test_every_call_to_segmind_waits_for_its_turn_first(session, fake_segmind, tmp_path):
+    """With SEGMIND_CALLS_PER_MINUTE the shared pace is asked before each call: the submit,
+    every status poll and the result."""
+    asked = []
+
+    async def pace() -> None:
+        asked.append(fake_segmind.counters.submits + fake_segmind.counters.polls)
+
+    await generate(session, fake_segmind, tmp_path, pace=pace)
+    calls = 1 + fake_segmind.counters.polls + fake_segmind.counters.results
+    assert len(asked) >= calls and asked[0] == 0  # the first turn came before the submit

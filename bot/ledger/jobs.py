@@ -267,6 +267,13 @@ class JobStore(SqlBase):
         trigger). Only the job's owner, only while it is unfinished and uncharged."""
         return await self._owned("refund_job", job_id, reason=reason)
 
+    async def take_upstream_slot(self, spacing_s: float) -> float:
+        """When this process's next call to Segmind may go (wall time): the calls of every
+        instance on this database are spaced `spacing_s` apart."""
+        [row] = await self._statement("take_upstream_slot", now=self._clock(), spacing=spacing_s)
+        slot: float = row["slot"]
+        return slot
+
     async def note(self, job_id: str, action: str, detail: str) -> None:
         """An audit entry about a job that this process may no longer write to."""
         await self._run(self._audit, job_id, "system", action, 0, detail)

@@ -62,6 +62,7 @@ class SegmindClient:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: Callable[[], float] = random.random,
         clock: Callable[[], float] = time.time,
+        pace: Callable[[], Awaitable[None]] | None = None,
     ):
         self._transport = Transport(
             session,
@@ -73,6 +74,7 @@ class SegmindClient:
             sleep=sleep,
             rng=rng,
             clock=clock,
+            pace=pace,
         )
         self._outputs = Outputs(self._transport, max_output_bytes)
         self._version = version
@@ -87,6 +89,7 @@ class SegmindClient:
         session: aiohttp.ClientSession,
         settings: Settings,
         foreign_session: aiohttp.ClientSession | None = None,
+        pace: Callable[[], Awaitable[None]] | None = None,
     ) -> SegmindClient:
         return cls(
             session,
@@ -98,6 +101,7 @@ class SegmindClient:
             job_timeout_s=settings.segmind_job_timeout_s,
             rate_limit_max_wait_s=settings.segmind_rate_limit_max_wait_s,
             max_output_bytes=settings.max_output_bytes,
+            pace=pace,
         )
 
     async def generate(

@@ -56,8 +56,12 @@ class Transport:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: Callable[[], float] = random.random,
         clock: Callable[[], float] = time.time,
+        pace: Callable[[], Awaitable[None]] | None = None,
     ):
         self._session = session
+        # Awaited before each call to Segmind's API: waits for this call's turn when every
+        # instance shares the account's rate limit (SEGMIND_CALLS_PER_MINUTE).
+        self._pace = pace
         # For links in Segmind's answers to other hosts: the guarded session (the composition
         # root's), or this one where no other is given (tests of the client alone).
         self._foreign = foreign_session or session
@@ -93,6 +97,8 @@ class Transport:
         waited = 0.0
         connect_failures = 0
         while True:
+            if self._pace is not None:
+                await self._pace()
             try:
                 async with self._session.post(
                     url,
@@ -152,6 +158,8 @@ class Transport:
             own = self.own_origin(url)
             session = self._session if own else self._foreign
             headers = self.headers() if own else {}
+            if own and self._pace is not None:
+                await self._pace()
             try:
                 async with session.get(
                     url, headers=headers, timeout=limits, allow_redirects=False

@@ -144,3 +144,11 @@ UPDATE jobs SET state = 'refunded', error = :reason, updated_at = :now, actor = 
  WHERE id = :id AND owner = :owner AND committed = 0
    AND state IN ('queued', 'submitting', 'submitted', 'rendering')
 RETURNING id;
+
+-- name: take_upstream_slot(now, spacing)<!
+-- The next free moment for a call to Segmind, taken: calls from every instance are spaced
+-- by :spacing seconds, in the order they ask (one row, one writer at a time).
+UPDATE upstream_pace
+   SET next_at = CASE WHEN next_at > :now THEN next_at ELSE :now END + :spacing
+ WHERE id = 1
+RETURNING next_at - :spacing AS slot;
