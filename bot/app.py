@@ -66,10 +66,12 @@ async def build_core(
     fetch_session: aiohttp.ClientSession | None = None,
     renderer: Renderer | None = None,
     wait_for_database: bool = False,
+    waiting: dict[str, bool] | None = None,
 ) -> AsyncIterator[Core]:
     """`fetch_session` and `renderer` stand in for the real ones (tests, benchmarks).
     `wait_for_database`: a shared database that cannot be reached yet is waited for (the bot
-    starting before PostgreSQL, or through its restart), not a reason to stop."""
+    starting before PostgreSQL, or through its restart), not a reason to stop; `waiting`
+    says meanwhile what is awaited (for /readyz)."""
     async with AsyncExitStack() as stack:
         await asyncio.to_thread(keep_private, settings.data_dir)
         api_session = await stack.enter_async_context(aiohttp.ClientSession())
@@ -81,6 +83,7 @@ async def build_core(
             "the database",
             ledger.open,
             lambda exc: wait_for_database and shared and isinstance(exc, LedgerUnavailable),
+            waiting=waiting,
         )
         stack.push_async_callback(ledger.close)
         backend: ImageTo3D = (
@@ -218,6 +221,34 @@ async def keep_pruning(core: Core, every_s: float = PRUNE_EVERY_S) -> None:
         await asyncio.sleep(every_s)
 
 
+async def core_unless_stopped(
+    stack: AsyncExitStack, settings: Settings, stop: asyncio.Event
+) -> Core | None:
+    """The core, once what it needs answers (a shared database may be down for a while).
+    Meanwhile /healthz answers and /readyz says what is awaited; a stop meanwhile ends it."""
+    waiting: dict[str, bool] = {"starting": False}
+
+    async def starting() -> dict[str, bool]:
+        return dict(waiting)
+
+    web_while_starting = await start_web(
+        build_web_app(readiness=starting), settings.http_host, settings.http_port
+    )
+    try:
+        core = build_core(settings, wait_for_database=True, waiting=waiting)
+        entering = asyncio.create_task(stack.enter_async_context(core))
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({entering, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not entering.done():  # stopped while waiting: what was opened is closed again
+            entering.cancel()
+            await asyncio.gather(entering, return_exceptions=True)
+            return None
+        return entering.result()
+    finally:
+        await web_while_starting.cleanup()
+
+
 async def run_adapters(settings: Settings, adapters: list[Any]) -> None:
     """Run until SIGTERM / SIGINT, then stop in bounded time: take no new work, let jobs in
     flight finish within SHUTDOWN_GRACE_S, leave the rest to resume, and only then close the
@@ -226,7 +257,11 @@ async def run_adapters(settings: Settings, adapters: list[Any]) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with build_core(settings, wait_for_database=True) as core:
+    async with AsyncExitStack() as stack:
+        core = await core_unless_stopped(stack, settings, stop)
+        if core is None:
+            log.info("stopped before the bot had started")
+            return
         app = build_web_app(
             core.links,
             settings.data_dir,

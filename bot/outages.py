@@ -26,15 +26,22 @@ async def until_reachable(
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     first_wait_s: float | None = None,
     longest_wait_s: float | None = None,
+    waiting: dict[str, bool] | None = None,
 ) -> T:
     """`attempt()` until it succeeds; a failure `is_outage` says is passing is logged and
-    tried again after a wait that doubles up to `longest_wait_s`; any other goes up."""
+    tried again after a wait that doubles up to `longest_wait_s`; any other goes up.
+    `waiting[what]` is False while it is awaited (what /readyz shows during a start)."""
+    if waiting is not None:
+        waiting[what] = False  # awaited from the first try on, until it answers
     wait = FIRST_WAIT_S if first_wait_s is None else first_wait_s
     longest = LONGEST_WAIT_S if longest_wait_s is None else longest_wait_s
     tries = 1
     while True:
         try:
-            return await attempt()
+            answer = await attempt()
+            if waiting is not None:
+                waiting.pop(what, None)
+            return answer
         except Exception as exc:
             if not is_outage(exc):
                 raise

@@ -200,6 +200,51 @@ async def test_two_instances_on_postgres_finish_the_job_of_one_that_was_killed(
     assert (state, cost, commits) == ("delivered", 65_000, 1)
 
 
+async def test_a_database_down_at_start_is_awaited_and_a_stop_meanwhile_is_prompt(
+    tmp_path, unused_tcp_port_factory
+):
+    """PostgreSQL not up yet: /healthz answers, /readyz says the database is awaited (503),
+    and SIGTERM meanwhile ends the bot within docker stop's 10 s, cleanly."""
+    port, nowhere = unused_tcp_port_factory(), unused_tcp_port_factory()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bot",
+        "run",
+        cwd=tmp_path,
+        env=bot_env(
+            HTTP_PORT=str(port),
+            DATA_DIR=str(tmp_path / "data"),
+            DATABASE_URL=f"postgresql://bot:pw@127.0.0.1:{nowhere}/bot",
+            SLACK_BOT_TOKEN=BOT_TOKEN,
+            SLACK_SIGNING_SECRET=SIGNING_SECRET,
+            SLACK_API_URL=f"http://127.0.0.1:{nowhere}/api/",
+            RENDER_ENABLED="false",
+        ),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    base = f"http://127.0.0.1:{port}"
+    async with aiohttp.ClientSession() as session:
+        for _ in range(100):
+            try:
+                async with session.get(base + "/readyz") as response:
+                    said = await response.text()
+                    status = response.status
+                    break
+            except aiohttp.ClientError:
+                await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("nothing answered while the bot waited")
+        async with session.get(base + "/healthz") as response:
+            assert response.status == 200
+    assert status == 503 and "the database: NOT READY" in said
+    took, logged = await stop(process)
+    assert process.returncode == 0 and took < SIGTERM_LIMIT_S, logged
+    assert "the database cannot be reached" in logged or "stopped before" in logged
+
+
 async def test_sam3d_bot_run_makes_a_model_through_discords_gateway(
     tmp_path, unused_tcp_port, fake_segmind
 ):

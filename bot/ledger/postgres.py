@@ -46,7 +46,8 @@ class PostgresTx:
 class PostgresDatabase:
     dialect = "postgres"
 
-    def __init__(self, url: str, pool_size: int = 4, connect_timeout_s: float = 10.0):
+    # Each try to connect: short enough that a stop while the database is down is prompt.
+    def __init__(self, url: str, pool_size: int = 4, connect_timeout_s: float = 5.0):
         self.url = url
         self._size = pool_size
         self._timeout = connect_timeout_s
