@@ -22,7 +22,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
 
+from PIL import Image, ImageOps
+
 from .errors import BotError, DeliveryError, InputError
+from .grid import Grid, draw_grid
+from .images import oriented_size
 from .logs import RedactSecrets, secrets_of, setup_logging
 from .models import (
     FileKind,
@@ -63,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--prompt", help="what the object is, e.g. 'car'")
     gen.add_argument("--bbox", help="box around the object: x1,y1,x2,y2 in pixels")
     gen.add_argument("--points", help="points on the object: x,y;x,y in pixels")
+    gen.add_argument("--cells", help="or points as cells of `sam3d-bot grid`: B3,C4")
+    gen.add_argument("--box-cells", help="or the box as two corner cells of the grid: A1:D6")
     gen.add_argument("--mask", help="a mask image of the same size (white = object)")
     gen.add_argument("--seed", help="0..1000000 (default 123)")
     gen.add_argument("--artifacts", action="store_true", help="ask for the artifacts ZIP too")
@@ -72,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write a turntable (NAME-turntable.webp and .gif)",
     )
     gen.add_argument("--out", default="out", help="folder for the model files (default: ./out)")
+
+    grid = sub.add_parser(
+        "grid", help="the photo with the labelled grid that --cells and --box-cells name"
+    )
+    grid.add_argument("image", help="a PNG, JPEG or WebP file")
+    grid.add_argument("-o", "--output", required=True, help="the PNG to write")
 
     ren = sub.add_parser("render", help="draw a picture of a GLB or PLY model")
     ren.add_argument("model", help="a .glb, or a .ply mesh or Gaussian splat")
@@ -234,19 +246,54 @@ def image_source(text: str) -> ImageSource:
     return ImageSource.from_path(text)
 
 
+def grid_of(path: Path) -> Grid:
+    """The grid of a photo file, on the photo as it is shown (its EXIF orientation applied)."""
+    try:
+        width, height = oriented_size(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise CliFailure(f"{path}: not a photo I can read ({exc})", USAGE) from None
+    return Grid.for_size(width, height)
+
+
+async def grid(args: argparse.Namespace, out: TextIO) -> int:
+    """`sam3d-bot grid IMAGE -o grid.png`: the photo with its labelled grid."""
+    path = Path(args.image)
+
+    def write() -> Grid:
+        layout = grid_of(path)
+        with Image.open(path) as photo:
+            shown = ImageOps.exif_transpose(photo)
+            draw_grid(shown, layout).save(args.output, "PNG")
+        return layout
+
+    layout = await asyncio.to_thread(write)
+    last = layout.label(layout.columns - 1, layout.rows - 1)
+    print(f"wrote {args.output}: cells A1 to {last} ({layout.columns} x {layout.rows})", file=out)
+    return OK
+
+
 async def generate(settings: Settings, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from .app import build_core
 
     source = image_source(args.image)
     stem = Path(source.name).stem if source.kind == "path" else "model"
+    points, bbox = args.points, args.bbox
+    if args.cells or args.box_cells:
+        if source.kind != "path":
+            raise CliFailure("--cells and --box-cells need a photo file (its grid)", USAGE)
+        grid = await asyncio.to_thread(grid_of, Path(source.name))
+        if args.cells:
+            points = ";".join(f"{x},{y}" for x, y in grid.points(args.cells))
+        if args.box_cells:
+            bbox = ",".join(map(str, grid.box(args.box_cells)))
     request = JobRequest(
         requester=Requester(
             "cli", getpass.getuser(), display_name=getpass.getuser(), is_admin=True
         ),
         image=source,
         prompt=args.prompt,
-        bbox=args.bbox,
-        points=args.points,
+        bbox=bbox,
+        points=points,
         mask=ImageSource.from_path(args.mask) if args.mask else None,
         seed=args.seed,
         include_artifacts=args.artifacts,
@@ -474,13 +521,14 @@ def main(
     try:
         settings = load_settings(args.env_file)
         setup_logging(settings, err)
-        if args.command != "render":  # every other command keeps something in DATA_DIR
+        if args.command not in ("render", "grid"):  # the others keep things in DATA_DIR
             check_data_dir(settings.data_dir)
         if args.command != "run":
             logging.getLogger().setLevel(logging.WARNING)  # the terminal shows progress itself
         command: Callable[[], Coroutine[Any, Any, int]] = {
             "generate": lambda: generate(settings, args, out, err),
             "render": lambda: render(settings, args, out),
+            "grid": lambda: grid(args, out),
             "credits": lambda: credits(settings, out),
             "usage": lambda: usage(settings, args, out),
             "prune": lambda: prune(settings, args, out),
