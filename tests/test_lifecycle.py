@@ -30,7 +30,8 @@ pytestmark = pytest.mark.slow  # real processes: seconds each
 SIGTERM_LIMIT_S = 10.0  # what `docker stop` allows before it kills
 
 
-async def start_bot(tmp_path: Path, port: int, **settings: str):
+async def start_bot(tmp_path: Path, port: int, ready: bool = True, **settings: str):
+    """`sam3d-bot run` in its own process; with `ready`, once its /readyz says so."""
     tmp_path.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - a test's folder
     env = bot_env(
         HTTP_PORT=str(port),
@@ -53,8 +54,9 @@ async def start_bot(tmp_path: Path, port: int, **settings: str):
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
     )
-    async with aiohttp.ClientSession() as session:
-        await wait_until_ready(session, f"http://127.0.0.1:{port}", process)
+    if ready:
+        async with aiohttp.ClientSession() as session:
+            await wait_until_ready(session, f"http://127.0.0.1:{port}", process)
     return process
 
 
@@ -206,24 +208,15 @@ async def test_a_database_down_at_start_is_awaited_and_a_stop_meanwhile_is_promp
     """PostgreSQL not up yet: /healthz answers, /readyz says the database is awaited (503),
     and SIGTERM meanwhile ends the bot within docker stop's 10 s, cleanly."""
     port, nowhere = unused_tcp_port_factory(), unused_tcp_port_factory()
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bot",
-        "run",
-        cwd=tmp_path,
-        env=bot_env(
-            HTTP_PORT=str(port),
-            DATA_DIR=str(tmp_path / "data"),
-            DATABASE_URL=f"postgresql://bot:pw@127.0.0.1:{nowhere}/bot",
-            SLACK_BOT_TOKEN=BOT_TOKEN,
-            SLACK_SIGNING_SECRET=SIGNING_SECRET,
-            SLACK_API_URL=f"http://127.0.0.1:{nowhere}/api/",
-            RENDER_ENABLED="false",
-        ),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
+    process = await start_bot(
+        tmp_path,
+        port,
+        ready=False,
+        DATABASE_URL=f"postgresql://bot:pw@127.0.0.1:{nowhere}/bot",
+        SLACK_BOT_TOKEN=BOT_TOKEN,
+        SLACK_SIGNING_SECRET=SIGNING_SECRET,
+        SLACK_API_URL=f"http://127.0.0.1:{nowhere}/api/",
+        SEGMIND_BASE_URL=f"http://127.0.0.1:{nowhere}",
     )
     base = f"http://127.0.0.1:{port}"
     async with aiohttp.ClientSession() as session:

@@ -10,7 +10,8 @@ otherwise. Errors go to the user alone (ephemeral) while the token lives.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from bot.downloads import DownloadLinks
 
 log = logging.getLogger(__name__)
+Sent = tuple[discord.Message, list[str]]  # the result's message, and the text pages after it
 DEFAULT_UPLOAD_LIMIT = discord.utils.DEFAULT_FILE_SIZE_LIMIT_BYTES
 
 
@@ -54,7 +56,6 @@ class DiscordReplier:
         self._progress = ProgressThrottle(self._edit, interval_s)
         self.result_message: discord.Message | None = None
         self._sent_limit = 0  # the upload limit of the way the result went
-        self._more: list[str] = []  # what of the result's text did not fit in its message
         # The interaction's webhook: after a restart it is rebuilt from the token kept with
         # the job, so a job carried on still edits its "thinking" message while it lives.
         self._followup = (
@@ -117,34 +118,49 @@ class DiscordReplier:
     async def deliver(self, result: JobResult) -> None:
         await self._finish_progress()
         if self._reply_to.get("post_in_channel", True):
+            limit = self._reply_to.get("channel_upload_limit", DEFAULT_UPLOAD_LIMIT)
             try:
-                self.result_message = await self._post_in_channel(result)
+                message, more = await self._within(limit, partial(self._post, result))
             except discord.HTTPException as exc:
                 if not (self._token_usable() and posts_elsewhere(exc)):
                     raise DeliveryError(_cannot_post(exc)) from None
                 log.info("could not post in the channel (%s); answering through the token", exc)
             else:
-                self._sent_limit = self._reply_to.get("channel_upload_limit", DEFAULT_UPLOAD_LIMIT)
-                for page in self._more:
+                self.result_message, self._sent_limit = message, limit
+                for page in more:
                     await self._channel().send(page, allowed_mentions=NO_PINGS)
-                await self._say_progress(f"✅ Done: {self.result_message.jump_url}")
+                await self._say_progress(f"✅ Done: {message.jump_url}")
                 return
         if not self._token_usable():
             raise DeliveryError(
                 "The model is ready, but I may not post in that channel and the command has "
                 "expired; ask an admin to let me send messages and files there."
             )
-        self.result_message = await self._answer_through_token(result)
-        self._sent_limit = self._reply_to.get("token_upload_limit", DEFAULT_UPLOAD_LIMIT)
-        for page in self._more:
+        limit = self._reply_to.get("token_upload_limit", DEFAULT_UPLOAD_LIMIT)
+        try:
+            message, more = await self._within(limit, partial(self._through_token, result))
+        except discord.HTTPException as exc:
+            raise DeliveryError(_cannot_post(exc)) from None
+        self.result_message, self._sent_limit = message, limit
+        for page in more:
             await self._webhook.send(page, allowed_mentions=NO_PINGS)
 
-    def _result(self, result: JobResult, size_limit: int) -> tuple[str, ResultMessage]:
-        """The result's first message; link lines that do not fit in it wait in
-        `self._more` for messages of their own."""
+    async def _within(self, limit: int, send: Callable[[int], Awaitable[Sent]]) -> Sent:
+        """`send` with the files within the upload limit of the way the result goes; over it
+        after all (413), again with the files as links."""
+        for size_limit in (limit, 0):
+            try:
+                return await send(size_limit)
+            except discord.HTTPException as exc:
+                if exc.status != 413 or size_limit == 0:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _result(self, result: JobResult, size_limit: int) -> tuple[list[str], ResultMessage]:
+        """The result's text as messages (link lines that do not fit in the first get their
+        own) and its embed and files. Files are new each time: a request uses them up."""
         made = result_message(result, size_limit, self._links)
-        first, *self._more = pages("\n".join([f"<@{self._reply_to['user_id']}>", *made.links]))
-        return first, made
+        return pages("\n".join([f"<@{self._reply_to['user_id']}>", *made.links])), made
 
     def _view(self, job_id: str) -> discord.ui.View:
         return self._view_for(job_id) if self._view_for else discord.utils.MISSING
@@ -153,57 +169,42 @@ class DiscordReplier:
     def _mentions(self) -> discord.AllowedMentions:
         return discord.AllowedMentions(everyone=False, roles=False, users=[self._user])
 
-    async def _post_in_channel(self, result: JobResult) -> discord.Message:
-        """The bot's own post, its files within the server's upload limit; over it after all
-        (413), the files go as links instead."""
-        limit = self._reply_to.get("channel_upload_limit", DEFAULT_UPLOAD_LIMIT)
-        for size_limit in (limit, 0):
-            content, made = self._result(result, size_limit)
-            try:
-                return await self._channel().send(
-                    content,
-                    embed=made.embed,
-                    files=made.files,
-                    view=self._view(result.job_id),
-                    allowed_mentions=self._mentions,
-                )
-            except discord.HTTPException as exc:
-                if exc.status != 413 or size_limit == 0:
-                    raise
-        raise AssertionError("unreachable")
+    async def _post(self, result: JobResult, size_limit: int) -> Sent:
+        """The bot's own post in the channel."""
+        (first, *more), made = self._result(result, size_limit)
+        message = await self._channel().send(
+            first,
+            embed=made.embed,
+            files=made.files,
+            view=self._view(result.job_id),
+            allowed_mentions=self._mentions,
+        )
+        return message, more
 
-    async def _answer_through_token(self, result: JobResult) -> discord.Message:
+    async def _through_token(self, result: JobResult, size_limit: int) -> Sent:
         """The result in place of the "thinking" message (one message, which a follow-up
-        would only replace), or as a follow-up where that message is gone; files within the
-        interaction's upload limit, or as links."""
-        limit = self._reply_to.get("token_upload_limit", DEFAULT_UPLOAD_LIMIT)
-        for size_limit in (limit, 0):
-            content, made = self._result(result, size_limit)
-            try:
-                try:
-                    edited: discord.Message = await self._webhook.edit_message(
-                        "@original",  # type: ignore[call-overload]
-                        content=content,
-                        embed=made.embed,
-                        attachments=made.files,
-                        view=self._view(result.job_id),
-                        allowed_mentions=self._mentions,
-                    )
-                    return edited
-                except discord.NotFound:  # the thinking message was dismissed
-                    content, made = self._result(result, size_limit)
-                    return await self._webhook.send(
-                        content,
-                        embed=made.embed,
-                        files=made.files,
-                        view=self._view(result.job_id),
-                        wait=True,
-                        allowed_mentions=self._mentions,
-                    )
-            except discord.HTTPException as exc:
-                if exc.status != 413 or size_limit == 0:
-                    raise DeliveryError(_cannot_post(exc)) from None
-        raise AssertionError("unreachable")
+        would only replace), or as a follow-up where that message is gone."""
+        (first, *more), made = self._result(result, size_limit)
+        try:
+            edited: discord.Message = await self._webhook.edit_message(
+                "@original",  # type: ignore[call-overload]
+                content=first,
+                embed=made.embed,
+                attachments=made.files,
+                view=self._view(result.job_id),
+                allowed_mentions=self._mentions,
+            )
+        except discord.NotFound:  # the thinking message was dismissed
+            (first, *more), made = self._result(result, size_limit)
+            edited = await self._webhook.send(
+                first,
+                embed=made.embed,
+                files=made.files,
+                view=self._view(result.job_id),
+                wait=True,
+                allowed_mentions=self._mentions,
+            )
+        return edited, more
 
     async def _say_progress(self, text: str) -> None:
         if self._token_usable():

@@ -73,7 +73,7 @@ def register(bot: SlackBot) -> None:
     app.shortcut(SHORTCUT, middleware=[once(trigger_key("shortcut"))])(shortcut)
     app.view(JOB_VIEW, middleware=[once(view_key)])(submitted)
     app.event("app_mention", middleware=[once(event_key)])(mentioned)
-    app.event("message", matchers=[a_dm], middleware=[once(event_key)])(direct_message)
+    app.event("message", matchers=[in_dm], middleware=[once(event_key)])(direct_message)
     # Every other message event message.im brings (edits, deletions, the bot's own posts) is
     # acknowledged with nothing to do: an unanswered event is retried by Slack, and events
     # that keep failing get the subscription turned off.
@@ -309,11 +309,7 @@ async def tokens_revoked(event: dict[str, Any], context: AsyncBoltContext) -> No
         bot.lost_access("the app's bot token was revoked")
 
 
-async def a_dm(event: dict[str, Any]) -> bool:
-    return in_dm(event)
-
-
-def in_dm(event: dict[str, Any]) -> bool:
+async def in_dm(event: dict[str, Any]) -> bool:
     """A person's own message in a DM with the bot (not its edits, deletions or bots')."""
     return (
         event.get("channel_type") == "im"

@@ -102,11 +102,18 @@ class Channel:
 
 
 @dataclass
-class RateLimit:
+class Injected:
+    """A failure a test asks for on the next `times` matching requests: 429 (with
+    `retry_after`) or Discord's side failing (5xx)."""
+
     method: str
     path_part: str
-    retry_after: float
+    status: int
     times: int = 1
+    retry_after: float = 0.0
+
+    def matches(self, call: Call) -> bool:
+        return self.times > 0 and self.method == call.method and self.path_part in call.path
 
 
 def _json(value: Any, status: int = 200) -> web.Response:
@@ -144,10 +151,10 @@ class FakeDiscord:
         self.channels: dict[str, Channel] = {}
         self.guild_tiers: dict[str, int] = {}  # guild id -> premium (Boost) tier
         self.guilds: dict[str, dict[str, Any]] = {}  # the servers the bot is in (GUILD_CREATE)
-        self.rate_limits: list[RateLimit] = []
-        self.troubles: list[list[Any]] = []  # [method, path part, status, times left]
+        self.injected: list[Injected] = []
         self._ids = itertools.count(1_000_000_000_000_000_001)
         self._messages: dict[str, dict[str, Any]] = {}
+        self._via: dict[str, str] = {}  # message id -> "channel" or "token:<its token>"
         self._runner: web.AppRunner | None = None
         self.url = ""
         self.sessions: list[web.WebSocketResponse] = []  # gateway connections that identified
@@ -245,12 +252,12 @@ class FakeDiscord:
 
     def fail_next(self, method: str, path_part: str, status: int = 502, times: int = 1) -> None:
         """Answer the next `times` matching requests with a server error (Discord's side
-        failing, as in an outage), with Discord's Via header."""
-        self.troubles.append([method, path_part, status, times])
+        failing, as in an outage)."""
+        self.injected.append(Injected(method, path_part, status, times))
 
     def limit_next(self, method: str, path_part: str, retry_after: float, times: int = 1) -> None:
         """Answer the next `times` matching requests 429, as a rate-limited route does."""
-        self.rate_limits.append(RateLimit(method, path_part, retry_after, times))
+        self.injected.append(Injected(method, path_part, 429, times, retry_after))
 
     async def __aenter__(self) -> FakeDiscord:
         app = web.Application(client_max_size=200 * 1024 * 1024)
@@ -390,14 +397,10 @@ class FakeDiscord:
             and request.headers.get("Authorization") != f"Bot {self.token}"
         ):
             raise DiscordError(401, 0, "401: Unauthorized")
-        self._rate_limit(call)
-        for trouble in self.troubles:
-            method, part, status, left = trouble
-            if left > 0 and method == call.method and part in call.path:
-                trouble[3] -= 1
-                response = web.Response(status=status, text="upstream trouble")
-                response.headers["Via"] = "1.1 google"
-                return response
+        injected = next((i for i in self.injected if i.matches(call)), None)
+        if injected is not None:
+            injected.times -= 1
+            return self._injected_answer(injected)
         rules = spec()
         if rules is not None:
             rules.check(call.method, path, request.content_type, call.json)
@@ -458,31 +461,32 @@ class FakeDiscord:
             return self._channel(call)
         raise DiscordError(404, 0, "404: Not Found")
 
-    def _rate_limit(self, call: Call) -> None:
-        """429 as rate-limits.mdx describes it: `retry_after` in the body, Retry-After and the
-        X-RateLimit-* headers (bucket, reset, scope)."""
-        for limit in self.rate_limits:
-            if limit.times > 0 and limit.method == call.method and limit.path_part in call.path:
-                limit.times -= 1
-                now = self.clock()
-                headers = {
-                    # Discord's own 429s come through its Google front end (a 429 without it
-                    # is Cloudflare's, a ban; discord.py tells them apart by this header).
-                    "Via": "1.1 google",
-                    "Retry-After": str(max(1, round(limit.retry_after))),
-                    "X-RateLimit-Limit": "5",
-                    "X-RateLimit-Remaining": "0",
-                    "X-RateLimit-Reset": f"{now + limit.retry_after:.3f}",
-                    "X-RateLimit-Reset-After": f"{limit.retry_after:.3f}",
-                    "X-RateLimit-Bucket": "fake-bucket",
-                    "X-RateLimit-Scope": "user",
-                }
-                body = {
-                    "message": "You are being rate limited.",
-                    "retry_after": limit.retry_after,
-                    "global": False,
-                }
-                raise _RateLimited(_json(body, 429), headers)
+    def _injected_answer(self, injected: Injected) -> web.Response:
+        """A 429 as rate-limits.mdx describes it (`retry_after` in the body, Retry-After and
+        the X-RateLimit-* headers), or a server error. Both carry `Via: 1.1 google`, as
+        Discord's API answers do through its Google front end: not in the docs, but
+        discord.py's http.py reads a 429 without it as a Cloudflare ban (rate-limits.mdx,
+        "Invalid Request Limit aka Cloudflare bans") and stops."""
+        if injected.status != 429:
+            response = web.Response(status=injected.status, text="upstream trouble")
+            response.headers["Via"] = "1.1 google"
+            return response
+        after = injected.retry_after
+        body = {"message": "You are being rate limited.", "retry_after": after, "global": False}
+        response = _json(body, 429)
+        response.headers.update(
+            {
+                "Via": "1.1 google",
+                "Retry-After": str(max(1, round(after))),
+                "X-RateLimit-Limit": "5",
+                "X-RateLimit-Remaining": "0",
+                "X-RateLimit-Reset": f"{self.clock() + after:.3f}",
+                "X-RateLimit-Reset-After": f"{after:.3f}",
+                "X-RateLimit-Bucket": "fake-bucket",
+                "X-RateLimit-Scope": "user",
+            }
+        )
+        return response
 
     async def _read_body(self, request: web.Request, call: Call) -> None:
         if request.content_type.startswith("multipart/"):
@@ -546,9 +550,9 @@ class FakeDiscord:
         }
         for name, data in files.values():
             self.cdn[name] = data
-        message["_via"] = old.get("_via", via)
+        self._via.setdefault(message["id"], via)
         self._messages[message["id"]] = message
-        return {k: v for k, v in message.items() if not k.startswith("_")}
+        return message
 
     # -- interactions (interactions/receiving-and-responding.mdx) --------------------------------
 
@@ -637,7 +641,7 @@ class FakeDiscord:
             message_id = interaction.original or ""
         known = self._messages.get(message_id)
         ours = known is not None and (
-            known["_via"] == f"token:{interaction.token}"
+            self._via.get(message_id) == f"token:{interaction.token}"
             or message_id == interaction.component_message
         )
         if known is None or not ours:
@@ -648,7 +652,7 @@ class FakeDiscord:
                 interaction.loading = False
             return web.Response(status=204)
         if call.method == "GET":
-            return _json({k: v for k, v in known.items() if not k.startswith("_")})
+            return _json(known)
         check_message(body, files, creating=False)
         check_upload(files, interaction.attachment_size_limit)
         if message_id == interaction.original:
@@ -680,7 +684,9 @@ class FakeDiscord:
             if not allowed & send or (files and not allowed & ATTACH_FILES):
                 raise DiscordError(403, 50013, "Missing Permissions")
             if not allowed & EMBED_LINKS:
-                body.pop("embeds", None)  # without Embed Links, Discord drops the embeds
+                # permissions.mdx: EMBED_LINKS is what lets a message's links embed; without it
+                # the message is sent and its embeds are not shown (not an error).
+                body.pop("embeds", None)
             check_message(body, files, creating=True)
             check_upload(files, self.upload_limit(channel))
             return _json(self._message(channel.id, body, call.files))
@@ -696,7 +702,7 @@ class FakeDiscord:
             check_message(body, files, creating=False)
             check_upload(files, self.upload_limit(channel))
             return _json(self._message(channel.id, body, call.files, parts[4]))
-        return _json({k: v for k, v in known.items() if not k.startswith("_")})
+        return _json(known)
 
     def upload_limit(self, channel: Channel) -> int:
         """The per-file limit of a message the bot posts in a channel: its server's Boost tier
@@ -708,16 +714,6 @@ class FakeDiscord:
     def message(self, message_id: str) -> dict[str, Any] | None:
         """A message as Discord holds it now (None: deleted or never made)."""
         return self._messages.get(message_id)
-
-
-class _RateLimited(DiscordError):
-    def __init__(self, response: web.Response, headers: dict[str, str]) -> None:
-        super().__init__(429, 0, "You are being rate limited.")
-        self._response = response
-        self._response.headers.update(headers)
-
-    def response(self) -> web.Response:
-        return self._response
 
 
 def _kept(attachment: dict[str, Any], body: dict[str, Any]) -> bool:

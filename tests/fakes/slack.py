@@ -46,7 +46,8 @@ class SlackFile:
     name: str
     data: bytes
     mimetype: str = "image/png"
-    # A free workspace's file past its history limit: Slack shows only {"id", "mode"}.
+    # A free workspace's file past its history limit: Slack shows only {"id", "mode":
+    # "hidden_by_limit"} (docs.slack.dev, "File object", mode).
     hidden_by_limit: bool = False
 
 
@@ -75,10 +76,14 @@ class FakeSlack:
             "users:read",
         }  # the bot token's
         self.messages: dict[tuple[str, str], dict[str, Any]] = {}  # (channel, ts) -> message
-        # url_private may answer 302 to a pre-signed link on Slack's file CDN (integrators see
-        # it with a valid token); the CDN refuses a request that also carries a token.
+        # url_private may answer 302 to a pre-signed link on Slack's file CDN (integrators
+        # report it with a valid token: the issue's report, not Slack's docs, which only say
+        # to send the token); a pre-signed host refuses a second credential, as S3-style
+        # object stores do ("Only one auth mechanism allowed").
         self.redirect_downloads = False
         self.conversation_kinds: dict[str, str] = {}  # channel id -> groups, im, mpim
+        # An admin revoked the token or removed the app: every method answers token_revoked
+        # (docs.slack.dev, the methods' error tables).
         self.token_revoked = False
         self.unreachable: set[str] = set()
         # method -> how many of its requests the network drops (not a Slack rule)
@@ -123,7 +128,8 @@ class FakeSlack:
         if file.hidden_by_limit:
             return {"id": file.id, "mode": "hidden_by_limit"}
         private = f"{self.url}/files-pri/{TEAM}-{file.id}/{file.name}"
-        # Slack gives an image's size in pixels (original_w, original_h) with its file.
+        # Slack gives an image's size in pixels (original_w, original_h) with its file
+        # (docs.slack.dev, "File object").
         size = {}
         if file.mimetype.startswith("image/"):
             try:
@@ -293,6 +299,8 @@ class FakeSlack:
                 thread_ts=args.get("thread_ts"),
                 comment=args.get("initial_comment"),
             )
+            # Where the file shows: "shares": {"public": {channel: [{"ts": ...}]}} ("File
+            # object"; Slack may fill it a moment after the upload returns).
             shared = {"shares": {"public": {channel: [{"ts": ts}]}}} if channel else {}
             done.append(
                 {"id": item["id"], "title": item.get("title"), "name": upload["name"], **shared}
