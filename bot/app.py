@@ -192,6 +192,8 @@ async def readiness(core: Core, adapters: list[Any]) -> dict[str, bool]:
         checks["renderer"] = core.renderer.ready
     for adapter in adapters:
         checks[adapter.name] = adapter.ready()
+    if not adapters:
+        checks["chat platform (DISCORD_TOKEN or SLACK_BOT_TOKEN)"] = False
     return checks
 
 
@@ -293,9 +295,10 @@ async def run_adapters(settings: Settings, adapters: list[Any]) -> None:
             stopping.cancel()
             pruning.cancel()
             close_clients.set()
-            ended = await asyncio.wait(running, timeout=CLOSE_CLIENTS_S)
-            for task in ended[1]:
-                task.cancel()
+            if running:  # none when no chat platform is configured
+                ended = await asyncio.wait(running, timeout=CLOSE_CLIENTS_S)
+                for task in ended[1]:
+                    task.cancel()
             await runner.cleanup()
         for task in running:  # an adapter that stopped the bot says why
             failure = task.exception() if task.done() and not task.cancelled() else None

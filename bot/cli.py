@@ -496,7 +496,13 @@ async def run(settings: Settings) -> int:
 
     platforms = configured_platforms(settings)
     if not platforms:
-        raise CliFailure(HOW_TO_CONFIGURE)
+        if sys.stdin.isatty():  # someone at a terminal: the answer now
+            raise CliFailure(HOW_TO_CONFIGURE)
+        # A service (`docker run -d`, systemd): exiting would only restart it over and over.
+        # It stays up, /readyz says what is missing (docker ps: unhealthy), the log says how.
+        logging.getLogger(__name__).error("%s; waiting until restarted with one", HOW_TO_CONFIGURE)
+        await run_adapters(settings, [])
+        return OK
     adapters = [a for a in installed_adapters() if a.enabled(settings)]
     missing = set(platforms) - {a.name for a in adapters}
     if missing:

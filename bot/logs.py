@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, TextIO
 from urllib.parse import unquote, urlsplit
+
+from pythonjsonlogger.json import JsonFormatter
 
 if TYPE_CHECKING:
     from .settings import Settings
@@ -25,6 +29,8 @@ class RedactSecrets(logging.Filter):
         message = record.getMessage()
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
+        # Formatters then use the cleaned text, never the exception again (the JSON one would).
+        record.exc_info = None
         cleaned = self.redact(message)
         text = self.redact(record.exc_text) if record.exc_text else record.exc_text
         if cleaned != message or text != record.exc_text:
@@ -55,9 +61,42 @@ def secrets_of(settings: Settings) -> list[str]:
     return [*found, *([unquote(password)] if password else [])]
 
 
+_current_job: ContextVar[str | None] = ContextVar("job", default=None)
+
+
+@contextmanager
+def about_job(job_id: str) -> Iterator[None]:
+    """Whatever is logged meanwhile (in this task and those it starts) names the job."""
+    token = _current_job.set(job_id)
+    try:
+        yield
+    finally:
+        _current_job.reset(token)
+
+
+class NameJob(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.job_id = _current_job.get()
+        return True
+
+
+# LOG_FORMAT=json: one object a line for log shippers, the job's id a field of its own.
+JSON_FIELDS = ["levelname", "name", "message", "job_id"]
+JSON_NAMES = {"levelname": "level", "name": "logger"}
+
+
+def formatter_for(log_format: str) -> logging.Formatter:
+    if log_format == "json":
+        return JsonFormatter(
+            JSON_FIELDS, rename_fields=JSON_NAMES, timestamp="time", json_ensure_ascii=False
+        )
+    return logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
 def setup_logging(settings: Settings, stream: TextIO | None = None) -> None:
     handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(formatter_for(settings.log_format))
+    handler.addFilter(NameJob())
     handler.addFilter(RedactSecrets(secrets_of(settings)))
     root = logging.getLogger()
     root.handlers[:] = [handler]

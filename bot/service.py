@@ -29,6 +29,7 @@ from .errors import (
     UpstreamError,
 )
 from .images import InputValidator
+from .logs import about_job
 from .metrics import Metrics
 from .models import (
     SEED_MAX,
@@ -389,6 +390,10 @@ class Service:
 
     async def _guarded(self, job: _Job, work: Awaitable[JobResult]) -> JobResult | None:
         """Run `work`; on any failure settle the money honestly and tell the user once."""
+        with about_job(job.id):
+            return await self._guarded_here(job, work)
+
+    async def _guarded_here(self, job: _Job, work: Awaitable[JobResult]) -> JobResult | None:
         job.task = asyncio.current_task()
         self._hold_lease(job)
         try:

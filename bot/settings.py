@@ -121,6 +121,7 @@ class Settings(BaseSettings):
     render_backend: Literal["auto", "egl", "osmesa"] = "auto"
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
 
     @field_validator("segmind_base_url", "slack_api_url", "discord_api_url", "public_url")
     @classmethod
@@ -182,6 +183,11 @@ class Settings(BaseSettings):
     @classmethod
     def _upper(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
 
     @property
     def offline(self) -> bool:

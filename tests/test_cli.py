@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import getpass
 import io
+import os
+import pty
 import sqlite3
+import sys
 
 import numpy as np
 import pytest
@@ -145,10 +149,26 @@ async def test_credits(workdir, fake_segmind):
     assert offline.code == 1 and "no SEGMIND_API_KEY" in offline.err
 
 
-async def test_run_without_tokens_says_how_to_configure(workdir):
-    ran = await run_bot("run", cwd=workdir)
-    assert ran.code == 1
-    assert "DISCORD_TOKEN" in ran.err and "SLACK_BOT_TOKEN" in ran.err
+async def test_run_without_tokens_at_a_terminal_says_how_to_configure(workdir):
+    terminal, keyboard = pty.openpty()  # stdin a terminal, as for someone typing the command
+    try:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bot",
+            "run",
+            cwd=workdir,
+            env=bot_env(),
+            stdin=keyboard,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, err = await asyncio.wait_for(process.communicate(), 60)
+    finally:
+        os.close(terminal)
+        os.close(keyboard)
+    assert process.returncode == 1
+    assert "DISCORD_TOKEN" in err.decode() and "SLACK_BOT_TOKEN" in err.decode()
 
 
 async def test_invalid_setting_stops_with_one_line(workdir):

@@ -39,9 +39,8 @@ async def start_bot(tmp_path: Path, port: int, ready: bool = True, **settings: s
         RENDER_ENABLED="false",
         JOB_LEASE_SECONDS="1",
         PROGRESS_EDIT_INTERVAL_S="0.1",
-        SEGMIND_API_KEY=API_KEY,
         SEGMIND_POLL_INTERVAL_S="0.05",
-        **settings,
+        **{"SEGMIND_API_KEY": API_KEY, **settings},
     )
     process = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -218,24 +217,47 @@ async def test_a_database_down_at_start_is_awaited_and_a_stop_meanwhile_is_promp
         SLACK_API_URL=f"http://127.0.0.1:{nowhere}/api/",
         SEGMIND_BASE_URL=f"http://127.0.0.1:{nowhere}",
     )
+    status, said = await first_readiness(port)
+    assert status == 503 and "the database: NOT READY" in said
+    took, logged = await stop(process)
+    assert process.returncode == 0 and took < SIGTERM_LIMIT_S, logged
+    assert "the database cannot be reached" in logged or "stopped before" in logged
+
+
+async def test_run_as_a_service_without_tokens_stays_up_unready_and_says_why(
+    tmp_path, unused_tcp_port_factory
+):
+    """`docker run -d` with no token: no restart loop; the health check fails, naming what is
+    missing, the log says how to set it, and a stop is clean."""
+    port = unused_tcp_port_factory()
+    process = await start_bot(tmp_path, port, ready=False, SEGMIND_API_KEY="")
+    status, said = await first_readiness(port)
+    assert status == 503
+    assert "chat platform (DISCORD_TOKEN or SLACK_BOT_TOKEN): NOT READY" in said
+    await asyncio.sleep(1.0)
+    assert process.returncode is None  # still up: nothing for a restart policy to loop on
+    took, logged = await stop(process)
+    assert process.returncode == 0 and took < SIGTERM_LIMIT_S, logged
+    assert "no chat platform is configured: set DISCORD_TOKEN" in logged
+    assert logged.count("no chat platform is configured") == 1
+
+
+async def first_readiness(port: int) -> tuple[int, str]:
+    """The first answer of /readyz once the bot listens (and /healthz says it is up)."""
     base = f"http://127.0.0.1:{port}"
     async with aiohttp.ClientSession() as session:
         for _ in range(100):
             try:
                 async with session.get(base + "/readyz") as response:
-                    said = await response.text()
-                    status = response.status
+                    said, status = await response.text(), response.status
                     break
             except aiohttp.ClientError:
                 await asyncio.sleep(0.1)
         else:
-            raise AssertionError("nothing answered while the bot waited")
+            raise AssertionError("nothing answered while the bot started")
         async with session.get(base + "/healthz") as response:
             assert response.status == 200
-    assert status == 503 and "the database: NOT READY" in said
-    took, logged = await stop(process)
-    assert process.returncode == 0 and took < SIGTERM_LIMIT_S, logged
-    assert "the database cannot be reached" in logged or "stopped before" in logged
+    return status, said
 
 
 async def test_sam3d_bot_run_makes_a_model_through_discords_gateway(

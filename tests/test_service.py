@@ -12,6 +12,7 @@ from bot.ledger import QuotaPolicy, SqliteLedger
 from bot.models import FileKind, ImageSource, JobRequest, JobState, Requester, Stage
 from bot.offline import OfflineBackend
 from bot.ports import NewJob
+from tests.fakes.segmind import API_KEY
 from tests.pipeline import ALICE, BOB, PictureRenderer, Recorder, crashed_process, money, request
 
 
@@ -380,3 +381,42 @@ async def test_a_model_the_disk_has_no_room_for_is_settled_honestly(make_service
     [usage] = await ledger.usage()
     assert (usage.failed, usage.cost_micros) == (1, 65_000)
     assert await ledger.unfinished() == []
+
+
+class LeakyRecorder(Recorder):
+    """A chat client whose error repeats the key it was given, as some libraries' do."""
+
+    async def deliver(self, result):
+        raise ConnectionResetError(f"closed by peer (token={API_KEY})")
+
+
+async def test_json_logs_are_one_object_a_line_naming_the_job_and_no_secret(
+    make_service, ledger, settings_env
+):
+    import io
+    import json
+    import logging
+
+    from bot.logs import setup_logging
+    from bot.settings import load_settings
+
+    settings_env.setenv("LOG_FORMAT", "JSON")
+    settings_env.setenv("SEGMIND_API_KEY", API_KEY)
+    root = logging.getLogger()
+    kept = root.handlers[:], root.level
+    stream = io.StringIO()
+    setup_logging(load_settings(env_file=None), stream)
+    try:
+        await make_service().run(request(), LeakyRecorder())
+        logging.getLogger("bot.test").info("after the job")
+    finally:
+        root.handlers[:], root.level = kept
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    [job] = await ledger.usage()
+    [failed] = [line for line in lines if line["message"].endswith("delivery failed")]
+    [job_id] = {line["job_id"] for line in lines if line["job_id"]}
+    assert failed["job_id"] == job_id and failed["level"] == "ERROR" and failed["time"]
+    assert "ConnectionResetError" in failed["exc_info"]
+    assert API_KEY not in stream.getvalue() and "[redacted]" in failed["exc_info"]
+    assert lines[-1]["message"] == "after the job" and lines[-1]["job_id"] is None
+    assert job.failed == 1
