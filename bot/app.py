@@ -27,6 +27,7 @@ from .ledger import Ledger, ledger_from_settings
 from .models import JobState
 from .offline import OfflineBackend
 from .outages import SharedPace, until_reachable
+from .picker import Picker, PickStore
 from .ports import ImageTo3D, Renderer
 from .render.renderer import F3dRenderer, RenderOptions
 from .results import Pruned, ResultStore
@@ -51,6 +52,7 @@ class Core:
     fetch_session: aiohttp.ClientSession  # for users' image URLs: private addresses refused
     renderer: Renderer | None = None
     links: DownloadLinks | None = None  # signed links to files, when PUBLIC_URL is set
+    picker: Picker | None = None  # "Pick the object" before a job
 
     @property
     def runner(self) -> JobRunner:
@@ -97,8 +99,9 @@ async def build_core(
         results = ResultStore(settings.data_dir)
         if renderer is None:
             renderer = await stack.enter_async_context(warm_renderer(settings))
+        validator = InputValidator(ImageFetcher(fetch_session, limits), limits, allow_paths)
         service = Service(
-            validator=InputValidator(ImageFetcher(fetch_session, limits), limits, allow_paths),
+            validator=validator,
             backend=backend,
             ledger=ledger,
             results=results,
@@ -112,8 +115,18 @@ async def build_core(
         )
         stack.push_async_callback(service.close)
         links = await asyncio.to_thread(DownloadLinks.from_settings, settings)
+        picker = Picker(service, validator, PickStore(settings.data_dir))
         yield Core(
-            settings, service, ledger, backend, results, api_session, fetch_session, renderer, links
+            settings,
+            service,
+            ledger,
+            backend,
+            results,
+            api_session,
+            fetch_session,
+            renderer,
+            links,
+            picker,
         )
 
 
@@ -217,6 +230,8 @@ async def keep_pruning(core: Core, every_s: float = PRUNE_EVERY_S) -> None:
     while True:
         try:
             await prune_files(core.ledger, core.results, core.settings.files_keep_days)
+            if core.picker is not None:
+                await core.picker.prune()
             core.service.metrics.data_bytes.set(await core.results.size())
         except Exception:  # a disk error now is tried again next hour; the bot goes on
             log.exception("removing old job files failed")
@@ -272,6 +287,7 @@ async def run_adapters(settings: Settings, adapters: list[Any]) -> None:
                 core.ledger, lambda: core.service.queue_length
             ),
             metrics_token=settings.metrics_token.get_secret_value(),
+            picker=core.picker,
         )
         for adapter in adapters:
             app.add_routes(refused_while_stopping(adapter.routes(core), core.runner))

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from PIL import Image, ImageOps
 
@@ -42,6 +42,10 @@ from .operations import GROUPINGS, Operations, Where, describe_budget, usage_csv
 from .ports import JobRecord, Ledger
 from .results import ResultStore
 from .settings import Settings, SettingsError, check_data_dir, load_settings, micros_to_usd
+
+if TYPE_CHECKING:
+    from .app import Core
+    from .picker import Pick
 
 PROG = "sam3d-bot"
 OK, FAILED, USAGE = 0, 1, 2
@@ -69,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--points", help="points on the object: x,y;x,y in pixels")
     gen.add_argument("--cells", help="or points as cells of `sam3d-bot grid`: B3,C4")
     gen.add_argument("--box-cells", help="or the box as two corner cells of the grid: A1:D6")
+    gen.add_argument(
+        "--pick",
+        action="store_true",
+        help="pick the object in a browser first: serves the web picker on HTTP_HOST:HTTP_PORT",
+    )
     gen.add_argument("--mask", help="a mask image of the same size (white = object)")
     gen.add_argument("--seed", help="0..1000000 (default 123)")
     gen.add_argument("--artifacts", action="store_true", help="ask for the artifacts ZIP too")
@@ -278,6 +287,8 @@ async def generate(settings: Settings, args: argparse.Namespace, out: TextIO, er
     source = image_source(args.image)
     stem = Path(source.name).stem if source.kind == "path" else "model"
     points, bbox = args.points, args.bbox
+    if args.pick and (points or bbox or args.cells or args.box_cells or args.mask):
+        raise CliFailure("--pick chooses the points and box itself; leave out the others", USAGE)
     if args.cells or args.box_cells:
         if source.kind != "path":
             raise CliFailure("--cells and --box-cells need a photo file (its grid)", USAGE)
@@ -321,6 +332,8 @@ async def generate(settings: Settings, args: argparse.Namespace, out: TextIO, er
         if earlier:
             print(f"finishing {earlier} earlier job(s) first...", file=err)
             await core.service.wait_resumed()
+        if args.pick:
+            request = await pick_in_browser(core, request, out, err)
         result = await core.service.run(request, replier)
     if result is None:
         error = replier.error or BotError("the job did not finish")
@@ -330,6 +343,44 @@ async def generate(settings: Settings, args: argparse.Namespace, out: TextIO, er
         )
         raise CliFailure(f"{error.user_message}{note}", code)
     return OK
+
+
+async def pick_in_browser(core: Core, request: JobRequest, out: TextIO, err: TextIO) -> JobRequest:
+    """`generate --pick`: the web picker on HTTP_HOST:HTTP_PORT, its link on a line of its
+    own, and the request as picked once "Make it" is pressed. Nothing is charged before."""
+    from .web import build_web_app, start_web
+
+    settings, picker = core.settings, core.picker
+    assert picker is not None and core.links is not None
+    pick = await picker.begin(request)
+    chosen: asyncio.Future[JobRequest] = asyncio.get_running_loop().create_future()
+
+    async def made(_: Pick, picked: JobRequest) -> None:
+        if not chosen.done():
+            chosen.set_result(picked)
+
+    picker.starts_jobs_for(request.requester.platform, made)
+    app = build_web_app(core.links, settings.data_dir, picker=picker)
+    server = await start_web(app, settings.http_host, settings.http_port)
+    try:
+        base = settings.public_url or f"http://{browsable(settings.http_host)}:{settings.http_port}"
+        print(core.links.pick_link(pick.id, pick.expires_at, base), file=out, flush=True)
+        print("Open that link to pick the object; Ctrl-C cancels (nothing is charged).", file=err)
+        return await asyncio.wait_for(chosen, max(0.0, pick.expires_at - time.time()))
+    except TimeoutError:
+        raise CliFailure("the pick expired (15 minutes); nothing was charged") from None
+    except asyncio.CancelledError:
+        print("cancelled while picking: nothing was charged", file=err)
+        raise
+    finally:
+        await server.cleanup()  # waits for the page's answer to be sent
+
+
+def browsable(host: str) -> str:
+    """An address a browser on this machine can open for the host the server listens on."""
+    if host in ("", "0.0.0.0", "::"):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
 
 
 # --- the other commands ---------------------------------------------------------------------

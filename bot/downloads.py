@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 JOB_ID = re.compile(r"[0-9a-f]{6,32}")
 FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+PICK_ID = re.compile(r"[A-Za-z0-9_-]{16}")
 
 
 class LinkCheck(Enum):
@@ -63,11 +64,24 @@ class DownloadLinks:
 
     def check_viewer(self, token: str) -> tuple[LinkCheck, str]:
         """(the check, the job id) of a viewer link's last part."""
+        return self._check_token("/m/", token, JOB_ID)
+
+    def pick_link(self, pick_id: str, expires_at: float, base_url: str | None = None) -> str:
+        """BASE/p/PICK.EXPIRES.SIGNATURE: the web picker of one member's pick, until it
+        expires (the pick's own 15 minutes)."""
+        expires = int(expires_at)
+        base = (base_url or self.public_url).rstrip("/")
+        return f"{base}/p/{pick_id}.{expires}.{self._sign(f'/p/{pick_id}', expires)}"
+
+    def check_pick(self, token: str) -> tuple[LinkCheck, str]:
+        return self._check_token("/p/", token, PICK_ID)
+
+    def _check_token(self, prefix: str, token: str, ids: re.Pattern[str]) -> tuple[LinkCheck, str]:
         parts = token.split(".")
-        if len(parts) != 3 or not JOB_ID.fullmatch(parts[0]):
+        if len(parts) != 3 or not ids.fullmatch(parts[0]):
             return LinkCheck.FORBIDDEN, ""
-        job, expires, signature = parts
-        return self.check(f"/m/{job}", expires, signature), job
+        found, expires, signature = parts
+        return self.check(f"{prefix}{found}", expires, signature), found
 
     def expires_at(self) -> float:
         return self._clock() + self.lifetime_s

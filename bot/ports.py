@@ -214,6 +214,10 @@ class JobLedger(JobReads, Protocol):
         """Raise UserBlocked / JobsPaused before any work is done for this requester."""
         ...
 
+    async def check_reserve(self, requester: Requester, price_micros: int) -> None:
+        """Raise what reserve() would refuse for this requester now, reserving nothing."""
+        ...
+
     async def reserve(self, job: NewJob) -> JobRecord:
         """Check quota and budget and hold the price; raises QuotaExceeded / BudgetExhausted."""
         ...

@@ -177,6 +177,17 @@ class Service:
     async def quota(self, requester: Requester) -> QuotaStatus:
         return await self._ledger.quota_status(requester)
 
+    @property
+    def price_micros(self) -> int:
+        """What a job reserves (nothing on the free offline backend)."""
+        return self._price
+
+    async def check_admission(self, requester: Requester) -> None:
+        """Raise what would refuse this requester's job now, before any work is done for it
+        (a picker asks first, so nobody picks for nothing); charges nothing."""
+        await self._check_disk()
+        await self._ledger.check_reserve(requester, self._price)
+
     # -- running a job -----------------------------------------------------------------------
 
     async def run(

@@ -1,6 +1,7 @@
 """The bot's web server (aiohttp): health and readiness, Prometheus metrics, a job's files
 under signed, expiring links, and /m/<signed id>, a page that shows the model in 3D
-(model-viewer for the GLB, Spark for the splat; the JavaScript is served from here)."""
+(model-viewer for the GLB, Spark for the splat; the JavaScript is served from here), and
+the web picker (bot.pick_page)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from pathlib import Path
 from aiohttp import web
 
 from .downloads import FILE_NAME, JOB_ID, DownloadLinks, LinkCheck
+from .pick_page import add_pick_routes
+from .picker import Picker
 from .results import pruned_after
 
 MEDIA_TYPES = {
@@ -43,6 +46,7 @@ def build_web_app(
     readiness: Callable[[], Awaitable[dict[str, bool]]] | None = None,
     scrape: Callable[[], Awaitable[bytes]] | None = None,
     metrics_token: str = "",
+    picker: Picker | None = None,
 ) -> web.Application:
     app = web.Application(client_max_size=1024 * 1024)
     app.router.add_get("/healthz", healthz)
@@ -59,6 +63,8 @@ def build_web_app(
         app.router.add_get("/files/{job}/{name}", download)
         app.router.add_get("/m/{token}", viewer)
         app.router.add_static("/static/", STATIC, follow_symlinks=False, append_version=False)
+        if picker is not None:
+            add_pick_routes(app, picker, links)
     return app
 
 

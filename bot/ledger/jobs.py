@@ -38,6 +38,18 @@ class JobStore(SqlBase):
     async def reserve(self, job: NewJob) -> JobRecord:
         return await self._run(self._reserve, job)
 
+    async def check_reserve(self, requester: Requester, price_micros: int) -> None:
+        """Raise what reserve would refuse now (blocked, paused, quota, cooldown, jobs on the
+        way, budgets), reserving nothing: the very same rules, in a transaction undone."""
+        try:
+            await self._run(self._reserve_and_undo, NewJob(requester, price_micros, "", {}))
+        except _Undone:
+            return
+
+    def _reserve_and_undo(self, tx: Tx, job: NewJob) -> None:
+        self._reserve(tx, job)
+        raise _Undone  # the transaction rolls back: nothing stays reserved
+
     def _reserve(self, tx: Tx, job: NewJob) -> JobRecord:
         who = job.requester
         tx.lock(f"user:{who.key}")
@@ -314,3 +326,7 @@ class JobStore(SqlBase):
             blocked=bool(context["blocked"]),
             paused=context["paused"] is not None,
         )
+
+
+class _Undone(Exception):
+    """Ends a transaction whose only purpose was to see whether it would succeed."""
