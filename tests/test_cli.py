@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import getpass
 import io
+import json
 import os
 import pty
+import signal
 import sqlite3
 import sys
 
@@ -351,3 +353,66 @@ def test_the_offline_backend_is_not_called_sam_3d_while_it_works():
     assert "SAM 3D" in Progress(Stage.PROCESSING).describe()
     offline = Progress(Stage.PROCESSING, offline=True).describe()
     assert "offline preview" in offline and "not SAM 3D" in offline
+
+
+async def start_picking(workdir, port: int, **settings: str):
+    """`generate --pick` in its own process; returns it and the link it printed."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bot",
+        "generate",
+        "photo.png",
+        "--pick",
+        "--prompt",
+        "ball",
+        cwd=workdir,
+        env=bot_env(HTTP_PORT=str(port), RENDER_ENABLED="false", **settings),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    line = (await asyncio.wait_for(process.stdout.readline(), 60)).decode().strip()
+    return process, line
+
+
+@pytest.mark.slow  # a real process and its web server
+async def test_generate_pick_serves_the_web_picker_then_runs_with_the_choice(
+    workdir, fake_segmind, unused_tcp_port
+):
+    import aiohttp
+
+    process, link = await start_picking(
+        workdir, unused_tcp_port, SEGMIND_API_KEY=API_KEY, SEGMIND_BASE_URL=fake_segmind.url
+    )
+    assert link.startswith(f"http://127.0.0.1:{unused_tcp_port}/p/"), link  # a line of its own
+    async with aiohttp.ClientSession() as session:
+        async with session.get(link) as response:
+            assert response.status == 200 and 'id="photo"' in await response.text()
+        assert fake_segmind.counters.submits == 0  # nothing before Make it
+        async with session.post(link, json={"points": [[320, 240]], "box": [100, 50, 500, 400]}):
+            pass
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, err.decode()
+    assert "wrote out/photo.glb" in out.decode()
+    payload = fake_segmind.counters.payloads[-1]
+    assert payload["point_coords"] == "[[320, 240]]" and payload["prompt"] == "ball"
+    assert json.loads(payload["bounding_box"]) == [100, 50, 500, 400]
+
+
+@pytest.mark.slow
+async def test_ctrl_c_while_picking_charges_nothing(workdir, fake_segmind, unused_tcp_port):
+    process, link = await start_picking(
+        workdir, unused_tcp_port, SEGMIND_API_KEY=API_KEY, SEGMIND_BASE_URL=fake_segmind.url
+    )
+    assert "/p/" in link
+    process.send_signal(signal.SIGINT)
+    _, err = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 1 and "nothing was charged" in err.decode()
+    assert fake_segmind.counters.submits == 0
+    db = sqlite3.connect(workdir / "data" / "sam3d.sqlite3")
+    try:
+        assert db.execute("SELECT COUNT(*) FROM jobs").fetchone() == (0,)
+    finally:
+        db.close()

@@ -133,6 +133,20 @@ async def test_budget_cap_refuses_with_a_clear_message(make_ledger):
         await ledger.reserve(new_job(CAROL_ELSEWHERE))
 
 
+async def test_a_check_before_picking_refuses_as_reserve_would_and_holds_nothing(make_ledger):
+    ledger = await make_ledger(global_budget_micros=2 * PRICE, jobs_per_window=1)
+    await ledger.check_reserve(ALICE, PRICE)  # may: nothing is reserved by asking
+    assert (await ledger.budget()).reserved_micros == 0 and await ledger.usage() == []
+    await ledger.reserve(new_job())
+    with pytest.raises(QuotaExceeded):
+        await ledger.check_reserve(ALICE, PRICE)
+    await ledger.reserve(new_job(BOB))
+    with pytest.raises(BudgetExhausted):
+        await ledger.check_reserve(CAROL_ELSEWHERE, PRICE)
+    assert (await ledger.budget()).reserved_micros == 2 * PRICE
+    assert [e.action for e in await ledger.audit_trail()].count("reserve") == 2
+
+
 async def test_budget_is_per_calendar_month(make_ledger, clock):
     ledger = await make_ledger(global_budget_micros=PRICE, jobs_per_window=10)
     await ledger.reserve(new_job())
