@@ -505,9 +505,13 @@ async def test_the_message_command_asks_for_prompt_box_points_and_seed_then_runs
     modal = callback_for(fake_discord, one).json
     assert modal["type"] == 9 and modal["data"]["title"] == "Make a 3D model"
     custom_id = modal["data"]["custom_id"]
-    fields = [row["components"][0]["custom_id"] for row in modal["data"]["components"]]
+    rows = modal["data"]["components"]
+    fields = [row["components"][0]["custom_id"] for row in rows if row["type"] == 1]
+    [pick] = [row["component"]["custom_id"] for row in rows if row["type"] == 18]
     answers = ["mug", "10,10,50,50", "30,30", "77"]
-    submit = payloads.modal_submit(custom_id, dict(zip(fields, answers, strict=True)))
+    submit = payloads.modal_submit(
+        custom_id, dict(zip(fields, answers, strict=True)), checkboxes={pick: False}
+    )
     dispatch(bot, submit)
     await settle(bot)
     assert callback_for(fake_discord, submit).json["type"] == 5
@@ -751,3 +755,194 @@ async def test_run_stops_with_one_clear_line_when_discord_refuses_the_token(
         "your application > Bot > Reset Token)"
     )
     assert "a-wrong-token" not in ran.err + ran.out
+
+
+# -- Pick the object (issue 18) ----------------------------------------------------------------
+
+
+def press(fake, message_id: str, custom_id: str, values=None, **kw):
+    """A member's press on a control of a message the bot sent, as Discord sends it."""
+    data = {"custom_id": custom_id, "component_type": 2 if values is None else 3}
+    if values is not None:
+        data["values"] = values
+    return payloads.base(3, data, message=fake.message(message_id), **kw)
+
+
+def controls(message) -> dict[str, dict]:
+    """The picker's controls by what they do (their ids say it: sam3d-pick:ACTION:PICK)."""
+    found = {}
+    for row in message["components"]:
+        for item in row["components"]:
+            key = item["custom_id"].split(":")[1] if "custom_id" in item else "web"
+            found[key] = item
+    return found
+
+
+async def open_picker(bot, fake, **options):
+    command = payloads.sam3d(photo(fake), pick=True, **options)
+    dispatch(bot, command)
+    await settle(bot)
+    deferral = callback_for(fake, command).json
+    assert deferral["type"] == 5 and deferral["data"]["flags"] & EPHEMERAL  # the member alone
+    [shown] = [c for c in fake.followups() if c.files]
+    return command, shown.answer["id"]
+
+
+async def use(bot, fake, message_id, action, value=None, **kw):
+    """Press a control of the picker message; returns Discord's record of the answer."""
+    custom_id = controls(fake.message(message_id))[action]["custom_id"]
+    pressed = press(fake, message_id, custom_id, [value] if value else None, **kw)
+    dispatch(bot, pressed)
+    await settle(bot)
+    return callback_for(fake, pressed)
+
+
+async def test_picking_on_discord_marks_points_and_a_box_then_make_it_sends_their_pixels(
+    bot, fake_discord, fake_segmind
+):
+    from bot.grid import Grid
+
+    _, picker = await open_picker(bot, fake_discord, prompt="ball")
+    message = fake_discord.message(picker)
+    assert (
+        message["attachments"][0]["filename"] == "pick.jpg"
+        and "Pick the object" in (message["content"])
+    )
+    found = controls(message)
+    assert [o["label"] for o in found["column"]["options"]][:3] == ["A", "B", "C"]
+    assert len(found["row"]["options"]) == 9  # a 640 x 480 photo: 12 x 9 cells
+    assert found["make"]["label"] == "Make it ($0.065, 5 left today)"
+    previews = []
+    for action, value in [("column", "C"), ("row", "4"), ("point", None)]:
+        answer = await use(bot, fake_discord, picker, action, value)
+        assert answer.json["type"] == 7  # the same message, redrawn
+        previews.append(answer.files)
+    assert "points C4" in fake_discord.message(picker)["content"]
+    for action, value in [("column", "B"), ("row", "2"), ("corner", None)]:
+        await use(bot, fake_discord, picker, action, value)
+    for action, value in [("column", "H"), ("row", "7"), ("corner", None)]:
+        await use(bot, fake_discord, picker, action, value)
+    assert "points C4; box B2:H7" in fake_discord.message(picker)["content"]
+    [[*_, first], [*_, second]] = [list(p.values()) for p in previews[1:3]]
+    assert first[1] != second[1]  # each change redrew the preview: here the point appeared
+    assert fake_segmind.counters.submits == 0  # nothing charged while picking
+    made = await use(bot, fake_discord, picker, "make")
+    assert made.json["type"] == 5 and not (made.json.get("data") or {}).get("flags")
+    await settle(bot)
+    grid = Grid.for_size(640, 480)
+    sent = fake_segmind.counters.payloads[0]
+    assert sent["point_coords"] == str([list(grid.centre("C4"))])
+    assert sent["bounding_box"] == str(list(grid.box("B2:H7")))
+    assert sent["prompt"] == "ball"
+    [post] = fake_discord.channel_posts()
+    assert post.files  # the result, in the channel as any other
+    closed = fake_discord.message(picker)
+    assert closed["components"] == [] and "Making it with points C4" in closed["content"]
+    again = await use_stale(bot, fake_discord, picker, message)
+    assert "already made" in again
+
+
+async def use_stale(bot, fake, message_id, old_message) -> str:
+    """A press on a control of the picker as it was before (a client not yet refreshed)."""
+    custom_id = controls(old_message)["make"]["custom_id"]
+    data = {"custom_id": custom_id, "component_type": 2}
+    pressed = payloads.base(3, data, message={**fake.message(message_id), **old_message})
+    dispatch(bot, pressed)
+    await settle(bot)
+    return callback_for(fake, pressed).json["data"]["content"]
+
+
+async def test_cancel_ends_the_pick_and_charges_nothing(bot, fake_discord, fake_segmind):
+    _, picker = await open_picker(bot, fake_discord)
+    await use(bot, fake_discord, picker, "column", "A")
+    answer = await use(bot, fake_discord, picker, "cancel")
+    assert answer.json["type"] == 7
+    assert fake_discord.message(picker)["content"] == "Cancelled: nothing was charged."
+    assert fake_discord.message(picker)["components"] == []
+    assert fake_segmind.counters.submits == 0 and await bot.core.ledger.usage() == []
+
+
+async def test_a_member_out_of_quota_is_told_before_picking(
+    fake_discord, fake_segmind, tmp_path, settings_env
+):
+    async with running_bot(fake_discord, fake_segmind, tmp_path, quota_jobs=1) as bot:
+        alice = Requester("discord", payloads.ALICE_ID, payloads.GUILD_ID)
+        await bot.core.ledger.reserve(NewJob(alice, 65_000, "k", {}, {}))
+        command = payloads.sam3d(photo(fake_discord), pick=True)
+        dispatch(bot, command)
+        await settle(bot)
+        [told] = fake_discord.followups()
+        assert "You have used all 1 jobs" in told.json["content"]
+        assert not told.files and not told.json.get("components")  # no picker to pick on
+        assert not any((tmp_path / "data" / "picks").glob("*"))
+
+
+async def test_only_the_member_who_opened_a_picker_may_use_it(bot, fake_discord, fake_segmind):
+    _, picker = await open_picker(bot, fake_discord)
+    answer = await use(bot, fake_discord, picker, "column", "A", user_id=payloads.BOB_ID)
+    assert answer.json["data"]["flags"] & EPHEMERAL
+    assert "someone else's" in answer.json["data"]["content"]
+    assert fake_discord.message(picker)["content"].count("nothing yet") == 1  # unchanged
+
+
+async def test_picking_with_typed_points_is_refused_as_one_or_the_other(bot, fake_discord):
+    command = payloads.sam3d(photo(fake_discord), pick=True, points="10,10")
+    dispatch(bot, command)
+    await settle(bot)
+    answer = callback_for(fake_discord, command).json
+    assert answer["data"]["flags"] & EPHEMERAL and "one of the two" in answer["data"]["content"]
+
+
+async def test_with_a_public_url_the_picker_offers_the_web_page_and_it_reports_here(
+    fake_discord, fake_segmind, tmp_path, settings_env, unused_tcp_port
+):
+    import aiohttp
+
+    from bot.web import build_web_app, start_web
+
+    base = f"http://127.0.0.1:{unused_tcp_port}"
+    async with running_bot(fake_discord, fake_segmind, tmp_path, public_url=base) as bot:
+        core = bot.core
+        web = await start_web(
+            build_web_app(core.links, core.settings.data_dir, picker=core.picker),
+            "127.0.0.1",
+            unused_tcp_port,
+        )
+        try:
+            _, picker = await open_picker(bot, fake_discord)
+            link = controls(fake_discord.message(picker))["web"]
+            assert link["style"] == 5 and link["url"].startswith(base + "/p/")
+            async with (
+                aiohttp.ClientSession() as session,
+                session.post(link["url"], json={"points": [[320, 240]], "box": None}) as answer,
+            ):
+                assert answer.status == 200
+            await settle(bot, until=lambda: bool(fake_discord.channel_posts()))
+        finally:
+            await web.cleanup()
+    assert fake_segmind.counters.payloads[0]["point_coords"] == "[[320, 240]]"
+    [post] = fake_discord.channel_posts()
+    assert post.files and f"<@{payloads.ALICE_ID}>" in post.json["content"]
+    # The picker message lost its controls and now points at the result.
+    picker_now = fake_discord.message(picker)
+    assert picker_now["components"] == [] and picker_now["content"].startswith("✅ Done")
+
+
+async def test_the_message_command_form_can_pick_the_object_instead(
+    bot, fake_discord, fake_segmind
+):
+    one = payloads.make_3d([photo(fake_discord)])
+    dispatch(bot, one)
+    await settle(bot)
+    modal = callback_for(fake_discord, one).json["data"]
+    rows = modal["components"]
+    fields = [row["components"][0]["custom_id"] for row in rows if row["type"] == 1]
+    [pick] = [row["component"]["custom_id"] for row in rows if row["type"] == 18]
+    submit = payloads.modal_submit(
+        modal["custom_id"], dict.fromkeys(fields, ""), checkboxes={pick: True}
+    )
+    dispatch(bot, submit)
+    await settle(bot)
+    assert callback_for(fake_discord, submit).json["data"]["flags"] & EPHEMERAL
+    [shown] = [c for c in fake_discord.followups() if c.files]
+    assert "Pick the object" in shown.json["content"] and fake_segmind.counters.submits == 0

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 from .admin import AdminCommands
 from .answers import AnsweringModal, AnsweringView, Sam3dTree, ephemeral
 from .buttons import ResultButton, result_view
+from .picking import PickControl, picker_message, start_picked_on_web
 from .replier import DiscordReplier
 from .translate import (
     NO_PINGS,
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MAX_PROMPT = 200
+PICK_OR_TYPE = "Pick the object, or type a box, points or a mask: one of the two, not both."
 # View Channel, Send Messages (and in threads), Embed Links, Attach Files, Read Message
 # History, Use Application Commands.
 INVITE_PERMISSIONS = discord.Permissions(
@@ -66,7 +68,11 @@ class Sam3dClient(discord.AutoShardedClient):
         add_commands(self)
 
     async def setup_hook(self) -> None:
-        self.add_dynamic_items(ResultButton)
+        self.add_dynamic_items(ResultButton, PickControl)
+        if self.core.picker is not None:  # Make it on the web page starts the job here
+            self.core.picker.starts_jobs_for(
+                PLATFORM, lambda pick, request: start_picked_on_web(self, pick, request)
+            )
         if self.settings.discord_sync_commands:
             await self.sync_commands()
         log.info("invite the bot with: %s", invite_url(self.application_id))
@@ -95,9 +101,12 @@ class Sam3dClient(discord.AutoShardedClient):
         """After a restart: the channel, the user, and the token while it still lives."""
         if "channel_id" not in record.reply_to:
             return None
+        return self.replier_for_record_data(record.reply_to)
+
+    def replier_for_record_data(self, reply_to: dict[str, Any]) -> DiscordReplier:
         return DiscordReplier(
             self,
-            record.reply_to,
+            reply_to,
             None,
             interval_s=self.settings.progress_edit_interval_s,
             view_for=result_view,
@@ -153,6 +162,48 @@ class Sam3dClient(discord.AutoShardedClient):
             await self.core.service.run(request, replier, idempotency_key=key)
 
         self.background(job())
+
+    async def start_picking(
+        self,
+        interaction: discord.Interaction,
+        image: Photo,
+        *,
+        prompt: str | None = None,
+        seed: int | str | None = None,
+    ) -> None:
+        """ "Pick the object": the picker to the member alone, once the checks (where jobs
+        may start, quota, budget, the photo) say a job could start; nothing is charged."""
+        if not await self.may_post_here(interaction):
+            return
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        places = places_of(interaction)
+        where = Where(PLATFORM, str(interaction.guild_id) if interaction.guild_id else None)
+        picker = self.core.picker
+        assert picker is not None
+
+        async def begin() -> None:
+            try:
+                refusal = await self.operations.refusal_here(where, places)
+                if refusal is not None:
+                    raise BotError(refusal)
+                photo = await photo_source(image, self.settings.max_image_bytes)
+                pick = await picker.begin(
+                    JobRequest(
+                        requester=requester_of(interaction),
+                        image=photo,
+                        prompt=prompt,
+                        seed=seed,
+                        reply_to=reply_to_of(interaction),
+                    )
+                )
+            except BotError as error:
+                await interaction.followup.send(
+                    error.user_message, ephemeral=True, allowed_mentions=NO_PINGS
+                )
+                return
+            await interaction.followup.send(**await picker_message(self, pick), ephemeral=True)
+
+        self.background(begin())
 
     def background(self, work: Awaitable[Any]) -> asyncio.Task[Any]:
         return self.core.runner.start(work, "discord job")
@@ -233,6 +284,7 @@ def add_commands(client: Sam3dClient) -> None:
         mask="a mask image (white = the object)",
         seed="0 to 1000000; the same seed gives the same model",
         artifacts="also send the artifacts archive",
+        pick="pick the object on the photo's grid first; nothing is charged until Make it",
     )
     async def sam3d(
         interaction: discord.Interaction,
@@ -244,9 +296,21 @@ def add_commands(client: Sam3dClient) -> None:
         mask: discord.Attachment | None = None,
         seed: app_commands.Range[int, SEED_MIN, SEED_MAX] | None = None,
         artifacts: bool = False,
+        pick: bool = False,
     ) -> None:
         if (image is None) == (image_url is None):
             await ephemeral(interaction, "Give the photo as an attachment or as a link (one).")
+            return
+        if pick:
+            if bbox or points or mask:
+                await ephemeral(interaction, PICK_OR_TYPE)
+                return
+            await client.start_picking(
+                interaction,
+                image or ImageSource.from_url(image_url or ""),
+                prompt=prompt,
+                seed=seed,
+            )
             return
         await client.start_job(
             interaction,
@@ -301,6 +365,11 @@ class JobModal(AnsweringModal, title="Make a 3D model"):
     seed: discord.ui.TextInput[JobModal] = discord.ui.TextInput(
         label="Seed, 0 to 1000000 (optional)", required=False, max_length=7
     )
+    pick: discord.ui.Label[JobModal] = discord.ui.Label(
+        text="Pick the object on a grid first",
+        description="Point at it on the photo; nothing is charged until Make it",
+        component=discord.ui.Checkbox(custom_id="pick"),
+    )
 
     def __init__(self, client: Sam3dClient, message: discord.Message, url: str):
         super().__init__()
@@ -308,9 +377,22 @@ class JobModal(AnsweringModal, title="Make a 3D model"):
 
     async def on_submit(self, interaction: discord.Interaction) -> None:
         attachment = next((a for a in self.message.attachments if a.url == self.url), None)
+        photo = attachment or ImageSource.from_url(self.url)
+        checkbox = self.pick.component
+        if isinstance(checkbox, discord.ui.Checkbox) and checkbox.value:
+            if self.bbox.value.strip() or self.points.value.strip():
+                await ephemeral(interaction, PICK_OR_TYPE)
+                return
+            await self.client.start_picking(
+                interaction,
+                photo,
+                prompt=self.prompt.value or None,
+                seed=self.seed.value.strip() or None,
+            )
+            return
         await self.client.start_job(
             interaction,
-            attachment or ImageSource.from_url(self.url),
+            photo,
             prompt=self.prompt.value or None,
             bbox=self.bbox.value.strip() or None,
             points=self.points.value.strip() or None,

@@ -588,7 +588,13 @@ class FakeDiscord:
         if kind in (6, 7):
             # A component's interaction: its original response is the message the component
             # is on (DEFERRED_UPDATE_MESSAGE, UPDATE_MESSAGE).
+            if interaction.component_message is None:
+                raise DiscordError(400, 50035, "Invalid Form Body")  # no message to update
             interaction.original = interaction.component_message
+        if kind == 7 and interaction.component_message in self._messages:
+            # UPDATE_MESSAGE "edit the message the component was attached to".
+            check_message(data, files, creating=False)
+            message = self._message(None, data, call.files, interaction.component_message)
         if kind in (4, 5):
             shown = {"content": "", **data} if kind == 5 else data
             message = self._message(interaction.channel_id, shown, call.files, via=f"token:{token}")

@@ -219,7 +219,15 @@ def sam3d(image: dict[str, Any] | None = None, **options: Any) -> dict[str, Any]
             "context",
         )
     }
-    types = {"image_url": 3, "prompt": 3, "bbox": 3, "points": 3, "seed": 4, "artifacts": 5}
+    types = {
+        "image_url": 3,
+        "prompt": 3,
+        "bbox": 3,
+        "points": 3,
+        "seed": 4,
+        "artifacts": 5,
+        "pick": 5,
+    }
     opts = [{"name": name, "type": types[name], "value": value} for name, value in options.items()]
     if image is not None:
         opts.insert(0, {"name": "image", "type": 11, "value": image["id"]})
@@ -292,11 +300,23 @@ def make_3d(attachments: list[dict[str, Any]], **kw) -> dict[str, Any]:
     return base(2, data, **kw)
 
 
-def modal_submit(custom_id: str, values: dict[str, str], **kw) -> dict[str, Any]:
-    rows = [
+def modal_submit(
+    custom_id: str, values: dict[str, str], checkboxes: dict[str, bool] | None = None, **kw
+) -> dict[str, Any]:
+    """A form sent: text inputs in their action rows; checkboxes inside their labels, each
+    with its `value` (components/reference.mdx, "Checkbox Interaction Response Structure")."""
+    rows: list[dict[str, Any]] = [
         {"type": 1, "components": [{"type": 4, "custom_id": key, "value": value}]}
         for key, value in values.items()
     ]
+    for number, (key, checked) in enumerate((checkboxes or {}).items(), start=len(rows) + 1):
+        rows.append(
+            {
+                "type": 18,
+                "id": number * 2,
+                "component": {"type": 23, "id": number * 2 + 1, "custom_id": key, "value": checked},
+            }
+        )
     return base(5, {"custom_id": custom_id, "components": rows}, **kw)
 
 
