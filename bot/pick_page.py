@@ -35,6 +35,7 @@ def add_pick_routes(app: web.Application, picker: Picker, links: DownloadLinks) 
     app[PICK_LINKS] = links
     app.router.add_get("/p/{token}", pick_page)
     app.router.add_get("/p/{token}/photo", pick_photo)
+    app.router.add_get("/p/{token}/preview.jpg", pick_preview)
     app.router.add_post("/p/{token}", make_pick)
 
 
@@ -80,6 +81,20 @@ async def pick_photo(request: web.Request) -> web.Response:
     except BotError as error:
         return refused(410, error.user_message)
     return web.Response(body=photo, content_type="image/jpeg", headers=PAGE_HEADERS)
+
+
+async def pick_preview(request: web.Request) -> web.Response:
+    """The photo with its grid and what is chosen: what a chat shows while picking (Slack's
+    servers fetch it for the picker's image, by this signed address)."""
+    pick_id = pick_of(request)
+    if isinstance(pick_id, web.Response):
+        return pick_id
+    picker = request.app[PICKER]
+    try:
+        preview = await picker.preview(await picker.load(pick_id))
+    except BotError as error:
+        return refused(410, error.user_message)
+    return web.Response(body=preview, content_type="image/jpeg", headers=PAGE_HEADERS)
 
 
 async def make_pick(request: web.Request) -> web.Response:

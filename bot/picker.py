@@ -74,6 +74,7 @@ class Pick:
     column: str | None = None  # the cell being pointed at in a chat (column letter, row number)
     row: str | None = None
     history: list[str] = field(default_factory=list)  # "point" / "box", for Undo
+    version: int = 0  # one more with each change: a picture's address names it (caches)
 
     @property
     def grid(self) -> Grid:
@@ -226,6 +227,7 @@ class PickStore:
         folder = self._folder(pick.id)
         if not (folder / "state.json").exists():
             raise USED
+        pick.version += 1
         _write_whole(folder / "state.json", pick.to_json().encode())
 
     def take(self, pick_id: str) -> tuple[Pick, bytes]:
@@ -409,15 +411,20 @@ class Picker:
 
         return await asyncio.to_thread(draw)
 
-    async def price_label(self, requester: Requester) -> str:
-        """ "Make it ($0.065, 4 left)": what pressing it costs and leaves."""
+    async def price(self, requester: Requester) -> tuple[str, str | None]:
+        """What a job costs ("$0.065", or "free" offline) and what the quota leaves."""
         price = self._service.price_micros
         cost = "free" if price == 0 else f"${price / 1_000_000:.3f}"
         status = await self._service.quota(requester)
         if status.left is None:
-            return f"Make it ({cost})"
+            return cost, None
         when = "today" if status.window_hours == 24 else f"in {status.window_hours:g} h"
-        return f"Make it ({cost}, {status.left} left {when})"
+        return cost, f"{status.left} left {when}"
+
+    async def price_label(self, requester: Requester) -> str:
+        """ "Make it ($0.065, 4 left today)": what pressing it costs and leaves."""
+        cost, left = await self.price(requester)
+        return f"Make it ({cost}, {left})" if left else f"Make it ({cost})"
 
     async def take(
         self,

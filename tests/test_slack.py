@@ -148,7 +148,7 @@ async def running_slack(
         aiohttp.ClientSession() as client,
     ):
         adapter = SlackAdapter()
-        app = build_web_app()
+        app = build_web_app(core.links, config.data_dir, picker=core.picker)  # as `run` does
         app.add_routes(adapter.routes(core))
         runner = await start_web(app, "127.0.0.1", port)
         stop = asyncio.Event()
@@ -211,7 +211,8 @@ async def test_sam3d_alone_is_acknowledged_at_once_and_opens_the_form(slack, fak
     assert view["callback_id"] == "sam3d_job"
     assert blocks["image"]["element"]["type"] == "file_input"
     assert not blocks["image"]["optional"] and blocks["mask"]["optional"]
-    assert set(blocks) == {"image", "mask", "prompt", "bbox", "points", "seed"}
+    assert set(blocks) == {"image", "mask", "prompt", "bbox", "points", "seed", "pick"}
+    assert blocks["pick"]["optional"] and blocks["pick"]["element"]["type"] == "checkboxes"
     seed = blocks["seed"]["element"]
     assert (seed["min_value"], seed["max_value"]) == ("0", "1000000")
     assert json.loads(view["private_metadata"])["channel_id"] == payloads.CHANNEL
@@ -1224,3 +1225,192 @@ def test_the_fake_refuses_blocks_and_views_slack_would():
     assert answer is not None and b"invalid_arguments" in answer.body
     assert refusal_of("chat.postMessage", {"channel": "C1", "text": "x" * 40_001}) is not None
     assert refusal_of("chat.postMessage", {"channel": "C1", "text": "fine"}) is None
+
+
+# -- Pick the object (issue 18) ----------------------------------------------------------------
+
+PICKED = {"type": "checkboxes", "selected_options": [{"value": "pick"}]}
+
+
+def cells(*labels: str) -> dict:
+    return {
+        "type": "multi_static_select",
+        "selected_options": [
+            {"text": {"type": "plain_text", "text": c}, "value": c} for c in labels
+        ],
+    }
+
+
+def cell(label: str) -> dict:
+    return {
+        "type": "static_select",
+        "selected_option": {"text": {"type": "plain_text", "text": label}, "value": label},
+    }
+
+
+def views_shown(fake: FakeSlack) -> list[dict]:
+    return [c.args["view"] for c in fake.find("views.update")]
+
+
+async def form_to_picker(slack: Harness, fake: FakeSlack, **typed) -> dict:
+    """/sam3d, the form with a photo and "Point at it on a grid first" ticked, until the
+    picker shows in the same modal; the picker as Slack holds it."""
+    await slack.command("")
+    await slack.settle(until=lambda: fake.find("views.open"))
+    [form_id] = fake.views
+    values = {"image": file_value(photo_file(fake)), "pick": PICKED, **typed}
+    status, body, seconds = await slack.interact(
+        payloads.view_submission(fake.views[form_id], values, view_id=form_id)
+    )
+    assert status == 200 and seconds < 3.0
+    answer = json.loads(body)
+    assert answer["response_action"] == "update" and "Getting your photo" in json.dumps(answer)
+    await slack.settle(until=lambda: fake.find("views.update"))
+    return fake.views[form_id]
+
+
+def blocks_of(view: dict) -> dict[str, dict]:
+    return {b.get("block_id", b["type"]): b for b in view["blocks"]}
+
+
+async def test_the_form_becomes_the_picker_and_make_it_sends_the_cells_pixels(
+    slack, fake_slack, fake_segmind
+):
+    from adapters.slack.picking import BOX_FROM, BOX_TO, POINTS
+    from bot.grid import Grid
+
+    picker = await form_to_picker(slack, fake_slack, prompt=text_value("ball"))
+    assert picker["callback_id"] == "sam3d_pick" and picker["submit"]["text"] == "Make it"
+    blocks = blocks_of(picker)
+    # No PUBLIC_URL: the grid is shared where the result will go, and shown from there.
+    grid_file = blocks["preview"]["slack_file"]["id"]
+    assert fake_slack.uploads[grid_file]["channel"] == payloads.CHANNEL
+    groups = blocks[POINTS]["elements"][0]["option_groups"]
+    assert len(groups) == 9 and [o["value"] for o in groups[3]["options"]][:2] == ["A4", "B4"]
+    assert "$0.065 (5 left today)" in json.dumps(blocks)
+    chosen = {POINTS: cells("C4", "F6")}
+    await slack.interact(payloads.view_action(picker, POINTS, chosen))
+    await slack.settle(until=lambda: len(views_shown(fake_slack)) >= 2)
+    picker = fake_slack.views[picker["id"]]
+    assert "points C4, F6" in blocks_of(picker)["chosen"]["text"]["text"]
+    for action, value in ((BOX_FROM, cell("B2")), (BOX_TO, cell("H7"))):
+        chosen[action] = value
+        shown = len(views_shown(fake_slack))
+        await slack.interact(payloads.view_action(picker, action, chosen))
+        await slack.settle(until=lambda n=shown: len(views_shown(fake_slack)) > n)
+        picker = fake_slack.views[picker["id"]]
+    assert "points C4, F6; box B2:H7" in blocks_of(picker)["chosen"]["text"]["text"]
+    assert fake_segmind.counters.submits == 0  # nothing charged while picking
+    status, body, _ = await slack.interact(
+        payloads.view_submission(picker, chosen, view_id=picker["id"])
+    )
+    assert status == 200 and body == ""  # the modal closes
+    await slack.settle(until=lambda: uploaded(fake_slack).get("model.glb"))
+    grid = Grid.for_size(640, 480)
+    sent = fake_segmind.counters.payloads[0]
+    assert json.loads(sent["point_coords"]) == [list(grid.centre(c)) for c in ("C4", "F6")]
+    assert json.loads(sent["bounding_box"]) == list(grid.box("B2:H7"))
+    assert sent["prompt"] == "ball"
+    assert fake_slack.uploads[grid_file].get("deleted")  # the grid served its purpose
+
+
+async def test_cancel_ends_the_pick_and_charges_nothing(slack, fake_slack, fake_segmind):
+    picker = await form_to_picker(slack, fake_slack)
+    grid_file = blocks_of(picker)["preview"]["slack_file"]["id"]
+    status, _, _ = await slack.interact(payloads.view_closed(picker))
+    assert status == 200
+    await slack.settle(until=lambda: fake_slack.uploads[grid_file].get("deleted"))
+    status, body, _ = await slack.interact(
+        payloads.view_submission(picker, {}, view_id=picker["id"])
+    )
+    assert "already made or cancelled" in body  # a late Make it starts nothing
+    await slack.settle()
+    assert fake_segmind.counters.submits == 0 and await slack.jobs() == []
+
+
+async def test_a_member_out_of_quota_is_told_in_the_modal_before_picking(
+    fake_slack, fake_segmind, tmp_path, settings_env, unused_tcp_port
+):
+    from bot.models import Requester
+    from bot.ports import NewJob
+
+    async with running_slack(
+        fake_slack, fake_segmind, tmp_path, unused_tcp_port, quota_jobs=1
+    ) as slack:
+        alice = Requester("slack", payloads.ALICE, payloads.TEAM)
+        await slack.core.ledger.reserve(NewJob(alice, 65_000, "k", {}, {}))
+        said = await form_to_picker(slack, fake_slack)
+    text = json.dumps(said)
+    assert "You have used all 1 jobs" in text and "Nothing was charged" in text
+    assert "submit" not in said  # nothing to pick on
+    assert not [u for u in fake_slack.uploads.values() if u["name"] == "grid.jpg"]
+
+
+async def test_with_a_public_url_each_change_redraws_the_preview_the_bot_serves(
+    fake_slack, fake_segmind, tmp_path, settings_env, unused_tcp_port
+):
+    from adapters.slack.picking import POINTS
+
+    base = f"http://127.0.0.1:{unused_tcp_port}"
+    async with running_slack(
+        fake_slack, fake_segmind, tmp_path, unused_tcp_port, public_url=base
+    ) as slack:
+        picker = await form_to_picker(slack, fake_slack)
+        first = blocks_of(picker)["preview"]["image_url"]
+        assert first.startswith(base + "/p/") and "slack_file" not in blocks_of(picker)["preview"]
+        web = blocks_of(picker)["web"]["elements"][0]
+        assert web["url"].startswith(base + "/p/") and web["text"]["text"] == "Pick on the web"
+        async with slack.session.get(first) as before:
+            assert before.status == 200 and before.content_type == "image/jpeg"
+            unmarked = await before.read()
+        await slack.interact(payloads.view_action(picker, POINTS, {POINTS: cells("F5")}))
+        await slack.settle(until=lambda: len(views_shown(fake_slack)) >= 2)
+        second = blocks_of(fake_slack.views[picker["id"]])["preview"]["image_url"]
+        assert second != first  # a new address: Slack fetches the new picture
+        async with slack.session.get(second) as after:
+            assert after.content_type == "image/jpeg" and await after.read() != unmarked
+        # Make it on the web page instead: the job reports in the channel as any other.
+        async with slack.session.post(web["url"], json={"points": [[10, 20]]}) as made:
+            assert made.status == 200
+        await slack.settle(until=lambda: uploaded(fake_slack).get("model.glb"))
+    assert fake_segmind.counters.payloads[0]["point_coords"] == "[[10, 20]]"
+    assert uploaded(fake_slack)["model.glb"]["channel"] == payloads.CHANNEL
+    assert not [u for u in fake_slack.uploads.values() if u["name"] == "grid.jpg"]
+
+
+async def test_sam3d_pick_with_a_link_opens_the_picker(
+    slack, fake_slack, fake_segmind, unused_tcp_port_factory
+):
+    image = await serve_photo(unused_tcp_port_factory())
+    try:
+        status, body, _ = await slack.command(f"pick <{image}> red ball")
+        assert status == 200 and body == ""
+        await slack.settle(until=lambda: fake_slack.find("views.update"))
+    finally:
+        await image.runner.cleanup()
+    [opened] = fake_slack.find("views.open")
+    assert "Getting your photo" in json.dumps(opened.args["view"])
+    [shown] = views_shown(fake_slack)
+    assert shown["callback_id"] == "sam3d_pick" and shown["submit"]["text"] == "Make it"
+    assert fake_segmind.counters.submits == 0
+
+
+async def test_a_mention_with_pick_offers_a_button_that_opens_the_picker(
+    slack, fake_slack, fake_segmind
+):
+    from adapters.slack.picking import OPEN_PICKER
+
+    await slack.event(payloads.mention("pick red ball", files=[photo_file(fake_slack)]))
+    await slack.settle(until=lambda: fake_slack.find("chat.postEphemeral"))
+    [offer] = fake_slack.find("chat.postEphemeral")
+    button = offer.args["blocks"][0]["accessory"]
+    assert button["action_id"] == OPEN_PICKER
+    await slack.interact(payloads.button(button["value"], action=OPEN_PICKER))
+    await slack.settle(until=lambda: fake_slack.find("views.open"))
+    [opened] = fake_slack.find("views.open")
+    assert opened.args["view"]["callback_id"] == "sam3d_pick"
+    stolen = payloads.button(button["value"], action=OPEN_PICKER, user="U0000BOB")
+    await slack.interact(stolen)
+    await slack.settle()
+    assert len(fake_slack.find("views.open")) == 1  # someone else's pick stays closed
+    assert fake_segmind.counters.submits == 0

@@ -36,8 +36,10 @@ from bot.replies import RESTARTING, UNREADABLE
 
 if TYPE_CHECKING:
     from bot.app import Core
+    from bot.picker import Pick
 
 from .files import SlackFiles
+from .picking import run_picked
 from .replier import SlackReplier, slack_error
 from .translate import (
     ADMIN_HELP,
@@ -118,6 +120,12 @@ class SlackBot:
         self.connected = True
         log.info("Slack: signed in as %s in %s", identity.bot_user_id, identity.team_id)
         self.core.service.keep_recovering(self.replier_for_record, {PLATFORM})
+        if self.core.picker is not None:  # Make it on the web page starts the job here
+
+            async def start_picked(pick: Pick, request: JobRequest) -> None:
+                self.background(run_picked(self, pick, request))
+
+            self.core.picker.starts_jobs_for(PLATFORM, start_picked)
 
     async def identity(self) -> AuthorizeResult:
         """Who the bot is, for Bolt and for us: one auth.test, however many requests arrive

@@ -20,14 +20,16 @@ from slack_bolt.context.ack.async_ack import AsyncAck
 from slack_bolt.context.async_context import AsyncBoltContext
 from slack_bolt.context.respond.async_respond import AsyncRespond
 from slack_bolt.response import BoltResponse
+from slack_sdk.errors import SlackApiError
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from bot.errors import BotError, InputError
 from bot.operations import NOT_YOURS, describe_quota
 from bot.replies import server_noun
 
+from . import picking
 from .app import SlackBot, admin, again, link, open_form
-from .replier import quietly
+from .replier import quietly, slack_error
 from .translate import (
     COMMAND,
     DELETE,
@@ -46,6 +48,7 @@ from .translate import (
     parse_job_text,
     strip_mentions,
     team_of,
+    wants_pick,
 )
 
 log = logging.getLogger(__name__)
@@ -83,6 +86,12 @@ def register(bot: SlackBot) -> None:
     app.action(NEW_SEED, middleware=[once(action_key)])(new_seed)
     app.action(DETAILS)(details)
     app.action(DELETE)(delete)
+    for change in picking.CHANGES:
+        app.action(change)(pick_changed)
+    app.action(picking.OPEN_PICKER)(open_picker)
+    app.action("sam3d_pick_web")(nothing_to_do_but_ack)  # a link button: the browser opens it
+    app.view(picking.PICK_VIEW)(pick_submitted)
+    app.view_closed(picking.PICK_VIEW)(pick_closed)
 
 
 # -- middleware ----------------------------------------------------------------------------
@@ -178,7 +187,7 @@ async def command(
     text = (body.get("text") or "").strip()
     word = text.split(maxsplit=1)[0].lower() if text else ""
     team, user = team_of(body), body["user_id"]
-    if not text:
+    if not text or text.lower() == "pick":  # the form ("Point at it on a grid" in it)
         await ack()
         problem = await open_form(
             bot,
@@ -195,9 +204,22 @@ async def command(
         await respond(describe_quota(status, noun=server_noun(PLATFORM)))
     else:
         try:
-            args = parse_job_text(text)
+            pick, args = wants_pick(parse_job_text(text))
         except InputError as error:
             await ack(error.user_message)
+            return
+        if pick and (args.bbox or args.points or args.mask_url):
+            await ack("Pick the object, or give a box, points or a mask: one, not both.")
+            return
+        if pick and args.url is not None:
+            await ack()
+            who = await bot.requester_of(team, user, body.get("user_name", ""))
+            place = Place(body["channel_id"], None, body.get("response_url"))
+            view_id = await open_loading(bot, body["trigger_id"], respond)
+            if view_id is not None:
+                bot.background(
+                    picking.begin_in_view(bot, who, place, args, link(args.url), view_id)
+                )
             return
         if args.url is None:
             await ack(
@@ -248,7 +270,6 @@ async def submitted(
     if errors:
         await ack(response_action="errors", errors=errors)
         return
-    await ack()
     meta = answers.metadata
     user = body["user"]
     who = await bot.requester_of(team_of(body), user["id"], user.get("name", ""))
@@ -257,6 +278,11 @@ async def submitted(
         prompt=answers.prompt, seed=answers.seed, bbox=answers.bbox, points=answers.points
     )
     photo = bot.slack_file(answers.files[0] if answers.files else None, answers.file_id)
+    if answers.pick:  # the form becomes the picker, once the photo and the quota allow
+        await ack(response_action="update", view=picking.LOADING)
+        bot.background(picking.begin_in_view(bot, who, place, args, photo, view["id"]))
+        return
+    await ack()
     mask = bot.slack_file(answers.mask, field="mask") if answers.mask else None
     # A message's photo asked for twice (the shortcut used again) is one request.
     same = (
@@ -336,7 +362,9 @@ async def photo_message(
     place = Place(event["channel"], thread)
     replier = bot.replier(place.reply_to(who.user_id, who.guild_id))
     try:
-        args = parse_job_text(strip_mentions(event.get("text") or "", bot.bot_user_id))
+        pick, args = wants_pick(
+            parse_job_text(strip_mentions(event.get("text") or "", bot.bot_user_id))
+        )
     except InputError as error:
         await replier.tell(error.user_message)
         return
@@ -355,8 +383,71 @@ async def photo_message(
     else:
         await replier.tell(hint)
         return
+    if pick:
+        bot.background(picking.begin_from_message(bot, who, place, args, photo))
+        return
     mask = link(args.mask_url) if args.mask_url else None
     bot.background(bot.run_job(who, place, args, photo, mask, key))
+
+
+async def open_loading(bot: SlackBot, trigger_id: str, respond: AsyncRespond) -> str | None:
+    """The picker's modal, "getting your photo" until the checks are done (the trigger
+    lives 3 s, the photo may take longer); its view id, or None if Slack would not."""
+    try:
+        opened = await bot.progress_client.views_open(trigger_id=trigger_id, view=picking.LOADING)
+    except SlackApiError as exc:
+        await respond(
+            f"Slack would not open the picker ({slack_error(exc)}); try again.",
+            response_type="ephemeral",
+        )
+        return None
+    return str((opened.get("view") or {}).get("id") or "") or None
+
+
+async def pick_changed(ack: AsyncAck, body: dict[str, Any], context: AsyncBoltContext) -> None:
+    await ack()
+    bot: SlackBot = context[BOT]
+    who = await bot.requester_of(team_of(body), body["user"]["id"])
+    await picking.changed(bot, who, body["view"])
+
+
+async def open_picker(
+    ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond, context: AsyncBoltContext
+) -> None:
+    await ack()
+    bot: SlackBot = context[BOT]
+    who = await bot.requester_of(team_of(body), body["user"]["id"])
+    problem = await picking.open_picker(bot, who, body["actions"][0]["value"], body["trigger_id"])
+    if problem is not None:
+        await respond(problem, response_type="ephemeral", replace_original=False)
+
+
+async def nothing_to_do_but_ack(ack: AsyncAck) -> None:
+    await ack()
+
+
+async def pick_submitted(
+    ack: AsyncAck, body: dict[str, Any], view: dict[str, Any], context: AsyncBoltContext
+) -> None:
+    """Make it: the modal closes and the job runs where the pick began."""
+    bot: SlackBot = context[BOT]
+    user = body["user"]
+    who = await bot.requester_of(team_of(body), user["id"], user.get("name", ""))
+    try:
+        pick, photo = await picking.take(bot, who, view)
+    except BotError as error:
+        await ack(response_action="update", view=picking.said_view(error.user_message))
+        return
+    await ack()
+    bot.background(picking.run_picked(bot, pick, pick.request(photo)))
+
+
+async def pick_closed(ack: AsyncAck, body: dict[str, Any], context: AsyncBoltContext) -> None:
+    """Cancel: the pick ends; nothing was charged."""
+    await ack()
+    bot: SlackBot = context[BOT]
+    who = await bot.requester_of(team_of(body), body["user"]["id"])
+    await picking.cancelled(bot, who, body["view"])
 
 
 async def new_seed(ack: AsyncAck, body: dict[str, Any], context: AsyncBoltContext) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from bot.errors import InputError
@@ -125,6 +125,14 @@ def parse_job_text(text: str) -> JobArgs:
         options.get("points"),
         options.get("mask"),
     )
+
+
+def wants_pick(args: JobArgs) -> tuple[bool, JobArgs]:
+    """`pick red chair`: pick the object first; the other words are still the prompt."""
+    first, _, rest = (args.prompt or "").partition(" ")
+    if first.lower() != "pick":
+        return False, args
+    return True, replace(args, prompt=rest.strip() or None)
 
 
 def strip_mentions(text: str, bot_user_id: str | None) -> str:
@@ -314,6 +322,26 @@ def job_modal(
             },
         },
         _file_input("mask", "Mask (white = the object)", optional=True),
+        {
+            "type": "input",
+            "block_id": "pick",
+            "optional": True,
+            "label": {"type": "plain_text", "text": "Pick the object"},
+            "element": {
+                "type": "checkboxes",
+                "action_id": "pick",
+                "options": [
+                    {
+                        "text": {"type": "plain_text", "text": "Point at it on a grid first"},
+                        "description": {
+                            "type": "plain_text",
+                            "text": "Nothing is charged until you press Make it",
+                        },
+                        "value": "pick",
+                    }
+                ],
+            },
+        },
     ]
     return {
         "type": "modal",
@@ -343,6 +371,7 @@ class ModalAnswers:
     points: str | None
     seed: str | None
     metadata: dict[str, Any] = field(default_factory=dict)
+    pick: bool = False  # "Point at it on a grid first"
 
 
 def modal_answers(view: dict[str, Any]) -> ModalAnswers:
@@ -365,6 +394,7 @@ def modal_answers(view: dict[str, Any]) -> ModalAnswers:
         points=(value("points").get("value") or "").strip() or None,
         seed=(value("seed").get("value") or "").strip() or None,
         metadata=metadata,
+        pick=any(o.get("value") == "pick" for o in value("pick").get("selected_options") or []),
     )
 
 
@@ -382,6 +412,8 @@ def check_answers(answers: ModalAnswers, max_bytes: int) -> dict[str, str]:
         errors["image"] = f"That photo is larger than {max_bytes / 1_000_000:g} MB."
     if answers.mask is not None and not image_files([answers.mask]):
         errors["mask"] = "The mask must be a PNG, JPEG or WebP image."
+    if answers.pick and (answers.bbox or answers.points or answers.mask):
+        errors["pick"] = "Pick the object, or type a box, points or a mask: one, not both."
     width, height = (photo or {}).get("original_w"), (photo or {}).get("original_h")
     if not (isinstance(width, int) and isinstance(height, int)):
         width = height = 1 << 30  # unknown here: the job checks against the photo itself

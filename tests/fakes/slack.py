@@ -76,6 +76,7 @@ class FakeSlack:
             "users:read",
         }  # the bot token's
         self.messages: dict[tuple[str, str], dict[str, Any]] = {}  # (channel, ts) -> message
+        self.views: dict[str, dict[str, Any]] = {}  # view id -> the view as Slack holds it
         # url_private may answer 302 to a pre-signed link on Slack's file CDN (integrators
         # report it with a valid token: the issue's report, not Slack's docs, which only say
         # to send the token); a pre-signed host refuses a second credential, as S3-style
@@ -219,7 +220,7 @@ class FakeSlack:
             return web.json_response(
                 {"ok": False, "error": "ratelimited"}, status=429, headers={"Retry-After": "1"}
             )
-        refused = refusal_of(method, args)
+        refused = refusal_of(method, args) or self.unseen_file(args)
         if refused is not None:
             return refused
         handler = getattr(self, "m_" + method.replace(".", "_"), None)
@@ -252,7 +253,40 @@ class FakeSlack:
     def m_views_open(self, args) -> web.Response:
         if not args.get("trigger_id"):
             return _ok(False, error="invalid_trigger_id")
-        return _ok(view={"id": f"V{next(self._ids):08d}", **args["view"]})
+        return _ok(view=self._keep_view(f"V{next(self._ids):08d}", args["view"]))
+
+    def m_views_update(self, args) -> web.Response:
+        """views.update: a view Slack has (by view_id), its hash checked when given (the
+        method's errors: not_found, hash_conflict)."""
+        known = self.views.get(str(args.get("view_id") or ""))
+        if known is None:
+            return _ok(False, error="not_found")
+        if args.get("hash") and args["hash"] != known["hash"]:
+            return _ok(False, error="hash_conflict")
+        return _ok(view=self._keep_view(known["id"], args["view"]))
+
+    def _keep_view(self, view_id: str, view: dict[str, Any]) -> dict[str, Any]:
+        kept = {**view, "id": view_id, "hash": f"{time.time():.6f}.{next(self._ids)}"}
+        self.views[view_id] = kept
+        return kept
+
+    def unseen_file(self, args: dict[str, Any]) -> web.Response | None:
+        """An image block's slack_file must be a file the people shown it may see: one
+        shared somewhere, not one the app uploaded without a channel ("the user posting
+        these blocks must have access to this file"; Slack answers "invalid slack file")."""
+        blocks = list(args.get("blocks") or []) + list((args.get("view") or {}).get("blocks") or [])
+        for block in blocks:
+            file_id = ((block or {}).get("slack_file") or {}).get("id")
+            if file_id is None:
+                continue
+            upload = self.uploads.get(file_id)
+            shared = file_id in self.files or (
+                upload is not None and upload.get("channel") and not upload.get("deleted")
+            )
+            if not shared:
+                error = "invalid_arguments" if "view" in args else "invalid_blocks"
+                return _ok(False, error=error, errors=["invalid slack file"])
+        return None
 
     def m_chat_postMessage(self, args) -> web.Response:
         if args["channel"] in self.not_member:

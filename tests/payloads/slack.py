@@ -111,6 +111,49 @@ def view_submission(
 DM = "D0000ALICE"  # the bot's DM with Alice (its Messages tab)
 
 
+def view_action(
+    view: dict[str, Any],
+    action: str,
+    values: dict[str, dict[str, Any]],
+    user: str = ALICE,
+) -> dict[str, Any]:
+    """A change in an open modal (`view` as Slack holds it, with its id and hash): Slack sends
+    block_actions with the view's whole state; `values` is block id -> element value (one
+    element a block, its action id the block's)."""
+    state = {block: {block: value} for block, value in values.items()}
+    return {
+        "type": "block_actions",
+        "team": {"id": TEAM, "domain": "test"},
+        "user": _user(user),
+        "api_app_id": "A0001",
+        "token": "legacy",
+        "trigger_id": _next("trigger."),
+        "container": {"type": "view", "view_id": view["id"]},
+        "view": {**view, "team_id": TEAM, "state": {"values": state}},
+        "actions": [
+            {
+                "type": values.get(action, {}).get("type", "static_select"),
+                "action_id": action,
+                "block_id": action,
+                "action_ts": f"{time.time():.6f}",
+                **{k: v for k, v in values.get(action, {}).items() if k != "type"},
+            }
+        ],
+    }
+
+
+def view_closed(view: dict[str, Any], user: str = ALICE) -> dict[str, Any]:
+    return {
+        "type": "view_closed",
+        "team": {"id": TEAM, "domain": "test"},
+        "user": _user(user),
+        "api_app_id": "A0001",
+        "token": "legacy",
+        "view": {**view, "team_id": TEAM},
+        "is_cleared": False,
+    }
+
+
 def direct_message(
     text: str,
     files: list[dict[str, Any]] | None = None,
