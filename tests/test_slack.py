@@ -1293,6 +1293,10 @@ async def test_the_form_becomes_the_picker_and_make_it_sends_the_cells_pixels(
     await slack.settle(until=lambda: len(views_shown(fake_slack)) >= 2)
     picker = fake_slack.views[picker["id"]]
     assert "points C4, F6" in blocks_of(picker)["chosen"]["text"]["text"]
+    # The preview was redrawn with the points: shared anew, the one before removed.
+    redrawn = blocks_of(picker)["preview"]["slack_file"]["id"]
+    assert redrawn != grid_file and fake_slack.uploads[grid_file].get("deleted")
+    assert fake_slack.uploads[redrawn]["data"] != fake_slack.uploads[grid_file]["data"]
     for action, value in ((BOX_FROM, cell("B2")), (BOX_TO, cell("H7"))):
         chosen[action] = value
         shown = len(views_shown(fake_slack))
@@ -1311,7 +1315,9 @@ async def test_the_form_becomes_the_picker_and_make_it_sends_the_cells_pixels(
     assert json.loads(sent["point_coords"]) == [list(grid.centre(c)) for c in ("C4", "F6")]
     assert json.loads(sent["bounding_box"]) == list(grid.box("B2:H7"))
     assert sent["prompt"] == "ball"
-    assert fake_slack.uploads[grid_file].get("deleted")  # the grid served its purpose
+    previews = [u for u in fake_slack.uploads.values() if u["name"] == "grid.jpg"]
+    assert len(previews) == 4 and all(u.get("deleted") for u in previews)  # none left over
+    assert not [m for m in fake_slack.messages.values() if "is picking" in (m["text"] or "")]
 
 
 async def test_cancel_ends_the_pick_and_charges_nothing(slack, fake_slack, fake_segmind):

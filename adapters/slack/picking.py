@@ -1,11 +1,11 @@
 """Pick the object on Slack: a modal with the photo and its grid, a multi-select of cells for
 points and two selects for the box's corners, and "Make it" (the modal's submit) or Cancel.
 
-The picture: with PUBLIC_URL, Slack fetches the preview from the bot's signed address, so
-each change redraws it (points and box marked). Without one, the bot has no address Slack can
+The preview (the grid, the points and box marked) is redrawn on each change. With PUBLIC_URL,
+Slack fetches it from the bot's signed address. Without one, the bot has no address Slack can
 reach, and a file the app uploads without sharing it is invisible to members (Slack answers
-invalid_blocks for it): the grid is shared once where the result will go, and the modal's
-text names what is chosen. Nothing is charged before Make it."""
+"invalid slack file"): each preview is shared where the result will go, replacing the last,
+and removed once the pick is made or cancelled. Nothing is charged before Make it."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from bot.operations import Where
 from bot.picker import Pick
 
 from .replier import quietly, slack_error
-from .translate import PLATFORM, JobArgs, Place
+from .translate import PLATFORM, JobArgs, Place, shared_at
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -250,32 +250,52 @@ async def begin(
             },
         )
     )
-    if bot.core.links is None or not bot.core.links.enabled:
-        grid_file = await share_grid(bot, pick, place)
-        if grid_file:
-            pick = await picker.change(
-                pick.id, who, lambda p: p.reply_to.update(grid_file=grid_file)
-            )
-    return pick
+    return await with_shared_preview(bot, pick)
 
 
-async def share_grid(bot: SlackBot, pick: Pick, place: Place) -> str | None:
+def _shares_previews(bot: SlackBot) -> bool:
+    return bot.core.links is None or not bot.core.links.enabled
+
+
+async def with_shared_preview(bot: SlackBot, pick: Pick) -> Pick:
+    """Without PUBLIC_URL: the preview as it is now, shared where the result will go; the
+    one it replaces (file and message) removed after. The pick remembers the new one."""
+    if not _shares_previews(bot):
+        return pick
     picker = bot.core.picker
     assert picker is not None
+    where = pick.reply_to
+    channel = where["channel_id"]
+    before = (where.get("grid_file"), where.get("grid_ts"))
     try:
         posted = await bot.client.files_upload_v2(
-            channel=place.channel_id,
-            thread_ts=place.thread_ts,
+            channel=channel,
+            thread_ts=where.get("thread_ts"),
             content=await picker.preview(pick),
             filename="grid.jpg",
             title="The photo's grid",
             initial_comment=f"<@{pick.requester.user_id}> is picking the object on this grid.",
         )
     except SlackApiError as exc:  # not in the channel: the modal names the cells in words
-        log.info("could not share the grid: %s", slack_error(exc))
-        return None
+        log.info("could not share the preview: %s", slack_error(exc))
+        return pick
     files = posted.get("files") or [posted.get("file") or {}]
-    return str(files[0].get("id") or "") or None
+    shared = {
+        "grid_file": str(files[0].get("id") or "") or None,
+        "grid_ts": next(iter(shared_at(files, channel)), None),
+    }
+    pick = await picker.change(pick.id, pick.requester, lambda p: p.reply_to.update(shared))
+    await remove_preview(bot, channel, *before)
+    return pick
+
+
+async def remove_preview(
+    bot: SlackBot, channel: str, file_id: str | None, message_ts: str | None
+) -> None:
+    if file_id:
+        await quietly(bot.client.files_delete(file=file_id))
+    if message_ts:  # the upload's own message, with its comment
+        await quietly(bot.client.chat_delete(channel=channel, ts=message_ts))
 
 
 async def begin_in_view(
@@ -371,6 +391,7 @@ async def changed(bot: SlackBot, who: Requester, view: dict[str, Any]) -> None:
     except BotError as error:
         await show(bot, view["id"], said_view(error.user_message))
         return
+    pick = await with_shared_preview(bot, pick)
     await show(bot, view["id"], await price_and_picture(bot, pick), view.get("hash"))
 
 
@@ -414,6 +435,6 @@ async def cancelled(bot: SlackBot, who: Requester, view: dict[str, Any]) -> None
 
 
 async def forget_grid(bot: SlackBot, pick: Pick) -> None:
-    """The shared grid picture served its purpose once the pick is made or cancelled."""
-    if pick.reply_to.get("grid_file"):
-        await quietly(bot.client.files_delete(file=pick.reply_to["grid_file"]))
+    """The shared preview served its purpose once the pick is made or cancelled."""
+    where = pick.reply_to
+    await remove_preview(bot, where["channel_id"], where.get("grid_file"), where.get("grid_ts"))
