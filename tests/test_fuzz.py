@@ -201,3 +201,52 @@ def check_model(data: bytes, suffix: str) -> None:
             inspect_model(path)
         except RenderError as error:
             assert error.user_message.startswith("model") and len(error.user_message) < 300
+
+
+# -- the web picker's choice: JSON from a browser, or from anyone with the link ------------
+
+CHOICE_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=6),
+    lambda inner: st.lists(inner, max_size=12) | st.dictionaries(st.text(max_size=6), inner),
+    max_leaves=30,
+)
+
+
+@FAST
+@given(
+    st.one_of(
+        CHOICE_VALUES,
+        st.fixed_dictionaries({"points": CHOICE_VALUES, "box": CHOICE_VALUES}),
+        st.fixed_dictionaries(
+            {
+                "points": st.lists(st.lists(CHOICE_VALUES, max_size=3), max_size=12),
+                "box": st.lists(st.floats() | st.integers(-5000, 5000), max_size=5),
+            }
+        ),
+    )
+)
+def test_any_choice_sent_to_the_picker_is_points_on_the_photo_or_a_clear_refusal(body):
+    """Whatever JSON arrives, the outcome is points and a box inside the photo (as the job
+    gets them) or ValueError / InputError, which the page answers 400: never a crash."""
+    from bot.errors import InputError
+    from bot.models import Requester
+    from bot.pick_page import chosen
+    from bot.picker import Pick
+
+    pick = Pick("p" * 16, Requester("discord", "u"), 640, 480, 0.0)
+    try:
+        points, box = chosen(body)
+        pick.choose_pixels(points, box)
+    except (ValueError, InputError):
+        return
+    assert len(pick.points) <= 10
+    assert all(0 <= x < 640 and 0 <= y < 480 for x, y in pick.points)
+    if pick.box is not None:
+        x1, y1, x2, y2 = pick.box
+        assert 0 <= x1 < x2 <= 640 and 0 <= y1 < y2 <= 480
+    request = pick.request(b"photo")
+    assert request.points is None or request.points.count(";") == len(pick.points) - 1
