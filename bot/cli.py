@@ -94,6 +94,17 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("image", help="a PNG, JPEG or WebP file")
     grid.add_argument("-o", "--output", required=True, help="the PNG to write")
 
+    exp = sub.add_parser(
+        "export", help="the model as STL, 3MF, OBJ, USDZ or a lighter GLB, at a real size"
+    )
+    exp.add_argument("model", help="a .glb, or a .ply mesh")
+    exp.add_argument("--format", required=True, choices=["stl", "3mf", "obj", "usdz", "glb"])
+    exp.add_argument(
+        "--height-mm", type=float, help="scale it to stand this tall, on the ground plane"
+    )
+    exp.add_argument("--faces", type=int, help="decimate to about this many triangles")
+    exp.add_argument("-o", "--output", required=True, help="the file to write")
+
     ren = sub.add_parser("render", help="draw a picture of a GLB or PLY model")
     ren.add_argument("model", help="a .glb, or a .ply mesh or Gaussian splat")
     ren.add_argument("-o", "--output", required=True, help="the PNG to write")
@@ -386,6 +397,26 @@ def browsable(host: str) -> str:
 # --- the other commands ---------------------------------------------------------------------
 
 
+async def export(args: argparse.Namespace, out: TextIO) -> int:
+    """`sam3d-bot export MODEL --format F [--height-mm N] [--faces N] -o OUT`."""
+    from .formats import ModelFormat, convert
+
+    model, output = Path(args.model), Path(args.output)
+    if not await asyncio.to_thread(model.is_file):
+        raise CliFailure(f"no such file: {model}", USAGE)
+    if args.height_mm is not None and not 0.1 <= args.height_mm <= 100_000:
+        raise CliFailure("--height-mm: give between 0.1 and 100000", USAGE)
+    if args.faces is not None and not 4 <= args.faces <= 5_000_000:
+        raise CliFailure("--faces: give between 4 and 5000000", USAGE)
+    source, target = await asyncio.to_thread(lambda: (model.resolve(), output.resolve()))
+    try:
+        done = await convert(source, ModelFormat(args.format), target, args.height_mm, args.faces)
+    except InputError as error:
+        raise CliFailure(f"{model}: {error.user_message.removeprefix('model: ')}", USAGE) from None
+    print(f"wrote {output}: {done.describe()}", file=out)
+    return OK
+
+
 async def render(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
     from .render.renderer import F3dRenderer, RenderOptions
 
@@ -578,7 +609,7 @@ def main(
     try:
         settings = load_settings(args.env_file)
         setup_logging(settings, err)
-        if args.command not in ("render", "grid"):  # the others keep things in DATA_DIR
+        if args.command not in ("render", "grid", "export"):  # the others use DATA_DIR
             check_data_dir(settings.data_dir)
         if args.command != "run":
             logging.getLogger().setLevel(logging.WARNING)  # the terminal shows progress itself
@@ -586,6 +617,7 @@ def main(
             "generate": lambda: generate(settings, args, out, err),
             "render": lambda: render(settings, args, out),
             "grid": lambda: grid(args, out),
+            "export": lambda: export(args, out),
             "credits": lambda: credits(settings, out),
             "usage": lambda: usage(settings, args, out),
             "prune": lambda: prune(settings, args, out),
