@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import aiohttp
 from aiohttp import web
 
+from .conversions import Conversions
 from .downloads import DownloadLinks
 from .errors import LedgerUnavailable, RenderError
 from .images import ImageFetcher, ImageLimits, InputValidator, guarded_session
@@ -53,6 +54,7 @@ class Core:
     renderer: Renderer | None = None
     links: DownloadLinks | None = None  # signed links to files, when PUBLIC_URL is set
     picker: Picker | None = None  # "Pick the object" before a job
+    conversions: Conversions | None = None  # a result's Formats menu
 
     @property
     def runner(self) -> JobRunner:
@@ -127,6 +129,7 @@ async def build_core(
             renderer,
             links,
             picker,
+            Conversions(results),
         )
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from .conversions import FORMAT_PREFIX
 from .downloads import FILE_NAME, JOB_ID, DownloadLinks, LinkCheck
 from .pick_page import add_pick_routes
 from .picker import Picker
@@ -193,7 +194,8 @@ def job_files(jobs: Path, job: str) -> dict[str, tuple[Path, int]]:
         kind = {".glb": "mesh", ".ply": "splat"}.get(path.suffix)
         if path.name == "thumbnail.png":
             kind = "picture"
-        if kind and kind not in found and not path.name.startswith("render-"):
+        # Not a picture's working file, nor a conversion the Formats menu made.
+        if kind and kind not in found and not path.name.startswith(("render-", FORMAT_PREFIX)):
             found[kind] = (path, path.stat().st_size)
     return found
 

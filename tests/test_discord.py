@@ -946,3 +946,59 @@ async def test_the_message_command_form_can_pick_the_object_instead(
     assert callback_for(fake_discord, submit).json["data"]["flags"] & EPHEMERAL
     [shown] = [c for c in fake_discord.followups() if c.files]
     assert "Pick the object" in shown.json["content"] and fake_segmind.counters.submits == 0
+
+
+# -- Formats (issue 19) --------------------------------------------------------------------------
+
+
+async def test_formats_on_a_result_send_the_member_an_stl_and_a_second_ask_is_the_same_file(
+    bot, fake_discord, fake_segmind, tmp_path
+):
+    import io
+    import zipfile
+
+    import numpy as np
+    import trimesh
+
+    job = payloads.sam3d(photo(fake_discord))
+    dispatch(bot, job)
+    await settle(bot)
+    [post] = fake_discord.channel_posts()
+    [menu] = [
+        item for row in post.json["components"] for item in row["components"] if item["type"] == 3
+    ]
+    assert [o["value"] for o in menu["options"]] == [
+        "stl",
+        "3mf",
+        "obj",
+        "usdz",
+        "light",
+        "print10",
+        "print15",
+        "print20",
+    ]
+    message_id = post.answer["id"]
+    asked = press(fake_discord, message_id, menu["custom_id"], ["print10"])
+    dispatch(bot, asked)
+    await settle(bot, until=lambda: any(c.files for c in fake_discord.followups()))
+    await settle(bot)
+    assert callback_for(fake_discord, asked).json["data"]["flags"] & EPHEMERAL  # theirs alone
+    [sent] = [c for c in fake_discord.followups() if c.files]
+    [(name, data)] = sent.files.values()
+    # SAM 3D's real model makes an 11 MB STL: zipped, it fits the 10 MiB upload limit.
+    assert name == "model-print10.stl.zip" and len(data) <= 10 * 1024 * 1024
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        archive.extract("model-print10.stl", tmp_path)
+    mesh = trimesh.load(str(tmp_path / "model-print10.stl"), force="mesh")
+    assert abs(float(np.ptp(mesh.vertices[:, 2])) - 100) < 0.5  # 10 cm tall, on Z
+    assert fake_segmind.counters.submits == 1  # free: no job, no charge
+    [kept] = (tmp_path / "data" / "jobs").glob("*/format-print10.stl.zip")
+    made_at = kept.stat().st_mtime_ns
+    again = press(fake_discord, message_id, menu["custom_id"], ["print10"], user_id=payloads.BOB_ID)
+    dispatch(bot, again)
+    await settle(bot, until=lambda: len([c for c in fake_discord.followups() if c.files]) == 2)
+    await settle(bot)
+    second = [c for c in fake_discord.followups() if c.files][1]
+    assert list(second.files.values())[0][1] == data and kept.stat().st_mtime_ns == made_at
+    usage = await bot.core.ledger.usage()
+    assert [row.jobs for row in usage] == [1]

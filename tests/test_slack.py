@@ -879,7 +879,7 @@ async def test_details_and_delete_on_a_result(slack, fake_slack):
     await slack.settle(until=lambda: uploaded(fake_slack))
     header = fake_slack.find("chat.update")[-1].args
     buttons = {b["action_id"]: b for b in header["blocks"][1]["elements"]}
-    assert set(buttons) == {"sam3d_new_seed", "sam3d_details", "sam3d_delete"}
+    assert set(buttons) == {"sam3d_new_seed", "sam3d_details", "sam3d_delete", "sam3d_formats"}
     await slack.interact(
         payloads.button(
             buttons["sam3d_details"]["value"],
@@ -1420,3 +1420,51 @@ async def test_a_mention_with_pick_offers_a_button_that_opens_the_picker(
     await slack.settle()
     assert len(fake_slack.find("views.open")) == 1  # someone else's pick stays closed
     assert fake_segmind.counters.submits == 0
+
+
+# -- Formats (issue 19) --------------------------------------------------------------------------
+
+
+async def test_formats_on_a_result_upload_the_chosen_file_in_its_thread_and_reuse_it(
+    slack, fake_slack, fake_segmind, tmp_path
+):
+    import zipfile
+
+    await slack.command("")
+    await slack.settle(until=lambda: fake_slack.find("views.open"))
+    await submit_form(slack, {"image": file_value(photo_file(fake_slack))})
+    await slack.settle(until=lambda: uploaded(fake_slack))
+    done = fake_slack.find("chat.update")[-1].args
+    [menu] = [e for e in done["blocks"][1]["elements"] if e["type"] == "static_select"]
+    assert menu["action_id"] == "sam3d_formats" and len(menu["options"]) == 8
+    [obj] = [o for o in menu["options"] if o["value"].endswith(":obj")]
+
+    def chose(option):
+        payload = payloads.button(option["value"], action="sam3d_formats")
+        payload["message"]["ts"] = done["ts"]
+        payload["actions"][0] = {
+            "type": "static_select",
+            "action_id": "sam3d_formats",
+            "block_id": "b",
+            "selected_option": option,
+            "action_ts": payload["actions"][0]["action_ts"],
+        }
+        return payload
+
+    await slack.interact(chose(obj))
+    await slack.settle(until=lambda: "model-obj.zip" in uploaded(fake_slack))
+    sent = uploaded(fake_slack)["model-obj.zip"]
+    assert sent["thread_ts"] == done["ts"] and f"<@{payloads.ALICE}>" in sent["comment"]
+    (tmp_path / "m.zip").write_bytes(sent["data"])
+    with zipfile.ZipFile(tmp_path / "m.zip") as archive:
+        assert {"model.obj", "model.mtl"} <= set(archive.namelist())
+    [kept] = (tmp_path / "data" / "jobs").glob("*/format-obj.zip")
+    made_at = kept.stat().st_mtime_ns
+    await slack.interact(chose(obj))
+    await slack.settle(
+        until=lambda: (
+            len([u for u in fake_slack.uploads.values() if u["name"] == "model-obj.zip"]) == 2
+        )
+    )
+    assert kept.stat().st_mtime_ns == made_at  # the second is the same file, not made again
+    assert fake_segmind.counters.submits == 1 and len(await slack.jobs()) == 1  # free

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 from .admin import AdminCommands
 from .answers import AnsweringModal, AnsweringView, Sam3dTree, ephemeral
-from .buttons import ResultButton, result_view
+from .buttons import ResultButton, ResultFormats, result_view
 from .picking import PickControl, picker_message, start_picked_on_web
 from .replier import DiscordReplier
 from .translate import (
@@ -68,7 +68,7 @@ class Sam3dClient(discord.AutoShardedClient):
         add_commands(self)
 
     async def setup_hook(self) -> None:
-        self.add_dynamic_items(ResultButton, PickControl)
+        self.add_dynamic_items(ResultButton, ResultFormats, PickControl)
         if self.core.picker is not None:  # Make it on the web page starts the job here
             self.core.picker.starts_jobs_for(
                 PLATFORM, lambda pick, request: start_picked_on_web(self, pick, request)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import discord
 
+from bot.conversions import CHOICES, choice_of
 from bot.operations import NOT_YOURS
 
 from .answers import answer_failure, ephemeral
@@ -23,6 +24,7 @@ def result_view(job_id: str) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
     for action in BUTTONS:
         view.add_item(ResultButton(action, job_id))
+    view.add_item(ResultFormats(job_id))
     return view
 
 
@@ -103,3 +105,83 @@ class ResultButton(
             await BUTTONS[self.action][3](client, interaction, self.job_id)
         except Exception as error:  # a dynamic item has no view of ours to catch it
             await answer_failure(interaction, error)
+
+
+class ResultFormats(
+    discord.ui.DynamicItem[discord.ui.Select[discord.ui.View]],
+    template=rf"sam3d:formats:{JOB_ID}",
+):
+    """ "Formats…" on a result: the model as STL, 3MF, OBJ, USDZ, a lighter GLB or a printable
+    size, converted on demand (free) and sent to the member alone."""
+
+    def __init__(self, job_id: str):
+        super().__init__(
+            discord.ui.Select(
+                custom_id=f"sam3d:formats:{job_id}",
+                placeholder="Formats: STL, 3MF, OBJ, USDZ, a lighter GLB…",
+                options=[discord.SelectOption(label=c.label, value=c.key) for c in CHOICES],
+                row=1,
+            )
+        )
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(
+        cls,
+        interaction: discord.Interaction,
+        item: discord.ui.Item[Any],
+        match: re.Match[str],
+    ) -> ResultFormats:
+        return cls(match["job"])
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        from .app import Sam3dClient
+
+        client = interaction.client
+        assert isinstance(client, Sam3dClient)
+        try:
+            await send_format(client, interaction, self.job_id, chosen_value(interaction))
+        except Exception as error:  # a dynamic item has no view of ours to catch it
+            await answer_failure(interaction, error)
+
+
+def chosen_value(interaction: discord.Interaction) -> str:
+    data: dict[str, Any] = dict(interaction.data or {})
+    values = data.get("values")
+    return str(values[0]) if isinstance(values, list) and values else ""
+
+
+async def send_format(
+    client: Sam3dClient, interaction: discord.Interaction, job_id: str, key: str
+) -> None:
+    """Converted (or from the cache) and sent to the member alone: attached when within the
+    interaction's upload limit, else as the bot's signed link, else said why not."""
+    conversions = client.core.conversions
+    assert conversions is not None
+    choice = choice_of(key)
+    await interaction.response.defer(ephemeral=True, thinking=True)
+    file, _ = await conversions.file_for(job_id, key)
+    text = f"Your model as {choice.label[0].lower()}{choice.label[1:]}."
+    if file.size <= interaction.filesize_limit:
+        await interaction.followup.send(
+            text, file=discord.File(file.path, choice.file_name), ephemeral=True
+        )
+        return
+    packed = await conversions.zipped(file, choice.file_name)
+    if packed.size <= interaction.filesize_limit:
+        await interaction.followup.send(
+            f"{text} (In a ZIP: it fits Discord's upload limit that way.)",
+            file=discord.File(packed.path, f"{choice.file_name}.zip"),
+            ephemeral=True,
+        )
+        return
+    links = client.core.links
+    if links is not None and links.enabled:
+        link = links.link(job_id, choice.kept_as)
+        await interaction.followup.send(f"{text} It is too large to attach: {link}", ephemeral=True)
+        return
+    await interaction.followup.send(
+        f"That file is {file.size / 1e6:.0f} MB, over what Discord lets me attach here, and this "
+        "bot has no web address for downloads (PUBLIC_URL). Try the lighter GLB.",
+        ephemeral=True,
+    )

@@ -24,6 +24,7 @@ from slack_bolt.authorization import AuthorizeResult
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot.conversions import choice_of
 from bot.errors import AdapterFailed, BotError, InputError, ServiceStopping
 from bot.models import ImageSource, JobRequest, Requester
 from bot.operations import (
@@ -295,6 +296,27 @@ class SlackBot:
             await replier.withdraw_unless_answered()
         finally:
             self._making.discard(same_as)
+
+    async def send_format(self, user_id: str, place: Place, job_id: str, key: str) -> None:
+        conversions = self.core.conversions
+        assert conversions is not None
+        replier = self.replier(place.reply_to(user_id, None))
+        try:
+            choice = choice_of(key)
+            file, _ = await conversions.file_for(job_id, key)
+            await self.client.files_upload_v2(
+                channel=place.channel_id,
+                thread_ts=place.thread_ts,
+                file=str(file.path),
+                filename=choice.file_name,
+                title=choice.label,
+                initial_comment=f"<@{user_id}> your model as {choice.label[0].lower()}"
+                f"{choice.label[1:]}.",
+            )
+        except BotError as error:
+            await replier.tell(error.user_message)
+        except SlackApiError as exc:
+            await replier.tell(f"Slack would not take the file ({slack_error(exc)}).")
 
     def slack_file(
         self, file: dict[str, Any] | None, file_id: str | None = None, field: str = "image"

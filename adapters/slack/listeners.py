@@ -34,6 +34,7 @@ from .translate import (
     COMMAND,
     DELETE,
     DETAILS,
+    FORMATS,
     HELP,
     JOB_VIEW,
     NEW_SEED,
@@ -86,6 +87,7 @@ def register(bot: SlackBot) -> None:
     app.action(NEW_SEED, middleware=[once(action_key)])(new_seed)
     app.action(DETAILS)(details)
     app.action(DELETE)(delete)
+    app.action(FORMATS)(formats)
     for change in picking.CHANGES:
         app.action(change)(pick_changed)
     app.action(picking.OPEN_PICKER)(open_picker)
@@ -466,6 +468,21 @@ async def details(
     await ack()
     text = await context[BOT].operations.job_details(body["actions"][0]["value"], escape)
     await respond(text, response_type="ephemeral", replace_original=False)
+
+
+async def formats(ack: AsyncAck, body: dict[str, Any], context: AsyncBoltContext) -> None:
+    """A format from a result's menu: converted (free) and uploaded in the result's thread
+    for the member who asked."""
+    await ack()
+    bot: SlackBot = context[BOT]
+    job_id, _, key = str(body["actions"][0]["selected_option"]["value"]).partition(":")
+    message = body.get("message") or {}
+    place = Place(
+        body["channel"]["id"],
+        message.get("thread_ts") or message.get("ts"),
+        body.get("response_url"),
+    )
+    bot.background(bot.send_format(body["user"]["id"], place, job_id, key))
 
 
 async def delete(

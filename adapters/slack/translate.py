@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from bot.conversions import CHOICES
 from bot.errors import InputError
 from bot.images import parse_bbox, parse_points, parse_seed
 from bot.models import SEED_MAX, SEED_MIN, JobResult, Requester
@@ -24,6 +25,7 @@ SHORTCUT = "sam3d_make"  # the message shortcut's callback_id
 NEW_SEED = "sam3d_new_seed"  # the buttons on a finished job
 DETAILS = "sam3d_details"
 DELETE = "sam3d_delete"
+FORMATS = "sam3d_formats"  # the model in another format, on demand
 MAX_PROMPT = 200
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp")
@@ -490,6 +492,18 @@ def result_blocks(
                     style="danger",
                     confirm=confirm,
                 ),
+                {
+                    "type": "static_select",
+                    "action_id": FORMATS,
+                    "placeholder": {"type": "plain_text", "text": "Formats…"},
+                    "options": [
+                        {
+                            "text": {"type": "plain_text", "text": choice.label},
+                            "value": f"{job_id}:{choice.key}",
+                        }
+                        for choice in CHOICES
+                    ],
+                },
             ],
         },
     ]

@@ -1,0 +1,112 @@
+"""The Formats menu on a result: what it offers, and each conversion of a job's model done
+once, on demand, kept beside the job's files (so a second request is instant, and the
+retention rule removes it with them). Free: no quota, no credit; bounded in time by the
+worker and in number by a semaphore, so a crowd asking at once cannot starve the bot's CPU."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import InputError
+from .formats import ModelFormat, convert
+from .models import FileKind, OutputFile
+from .results import ResultStore
+
+MEDIA_TYPES = {
+    ModelFormat.STL: "model/stl",
+    ModelFormat.THREE_MF: "model/3mf",
+    ModelFormat.OBJ: "application/zip",
+    ModelFormat.USDZ: "model/vnd.usdz+zip",
+    ModelFormat.GLB: "model/gltf-binary",
+}
+FORMAT_PREFIX = "format-"
+LIGHT_FACES = 50_000  # a real GLB has ~230k triangles; this opens quickly on any phone
+
+
+@dataclass(frozen=True)
+class Choice:
+    key: str
+    label: str
+    format: ModelFormat
+    height_mm: float | None = None
+    faces: int | None = None
+
+    @property
+    def file_name(self) -> str:
+        """What the member's file is called."""
+        return f"model-{self.key}{self.format.suffix}"
+
+    @property
+    def kept_as(self) -> str:
+        """Its name beside the job's files (never taken for the job's own model)."""
+        return f"{FORMAT_PREFIX}{self.key}{self.format.suffix}"
+
+
+CHOICES = (
+    Choice("stl", "STL, for printing", ModelFormat.STL),
+    Choice("3mf", "3MF, for printing in colour", ModelFormat.THREE_MF),
+    Choice("obj", "OBJ (ZIP), for editing", ModelFormat.OBJ),
+    Choice("usdz", "USDZ, for AR on iPhone and iPad", ModelFormat.USDZ),
+    Choice("light", f"Lighter GLB ({LIGHT_FACES:,} triangles)", ModelFormat.GLB, faces=LIGHT_FACES),
+    Choice("print10", "Printable STL, 10 cm tall", ModelFormat.STL, height_mm=100),
+    Choice("print15", "Printable STL, 15 cm tall", ModelFormat.STL, height_mm=150),
+    Choice("print20", "Printable STL, 20 cm tall", ModelFormat.STL, height_mm=200),
+)
+BY_KEY = {choice.key: choice for choice in CHOICES}
+GONE = "This model's files are no longer kept, so it cannot be converted; make it again."
+
+
+def choice_of(key: str) -> Choice:
+    found = BY_KEY.get(key)
+    if found is None:
+        raise InputError("format", "that is not one of the formats offered")
+    return found
+
+
+class Conversions:
+    def __init__(self, results: ResultStore, at_once: int = 1):
+        self._results = results
+        self._slots = asyncio.Semaphore(at_once)
+        self._making: dict[Path, asyncio.Lock] = {}
+
+    async def file_for(self, job_id: str, key: str) -> tuple[OutputFile, bool]:
+        """The job's model in the chosen form, and whether it was made just now (False: from
+        what an earlier request made)."""
+        choice = choice_of(key)
+        upstream = await self._results.upstream_of(job_id)
+        if upstream is None:
+            raise InputError("model", GONE)
+        mesh = next((f for f in upstream.files if f.kind is FileKind.MESH), None)
+        if mesh is None:
+            raise InputError("model", "this job made no mesh to convert, only a splat")
+        target = mesh.path.parent / choice.kept_as
+        lock = self._making.setdefault(target, asyncio.Lock())
+        async with lock:  # the same conversion asked twice at once is made once
+            made = False
+            if not await asyncio.to_thread(target.is_file):
+                async with self._slots:
+                    await convert(mesh.path, choice.format, target, choice.height_mm, choice.faces)
+                made = True
+        size = (await asyncio.to_thread(target.stat)).st_size
+        return OutputFile(FileKind.OTHER, target, size, MEDIA_TYPES[choice.format]), made
+
+    async def zipped(self, file: OutputFile, name: str) -> OutputFile:
+        """The file in a ZIP (kept beside it): a binary STL shrinks to about half, which is
+        what lets a real model's STL through a chat's 10 MiB upload limit."""
+        target = file.path.with_name(file.path.name + ".zip")
+
+        def pack() -> None:
+            if target.is_file():
+                return
+            partial = target.with_name(f".{target.name}.part")
+            with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as archive:
+                archive.write(file.path, name)
+            os.replace(partial, target)
+
+        await asyncio.to_thread(pack)
+        size = (await asyncio.to_thread(target.stat)).st_size
+        return OutputFile(FileKind.OTHER, target, size, "application/zip")
