@@ -291,6 +291,7 @@ async def run_adapters(settings: Settings, adapters: list[Any]) -> None:
             ),
             metrics_token=settings.metrics_token.get_secret_value(),
             picker=core.picker,
+            conversions=core.conversions,
         )
         for adapter in adapters:
             app.add_routes(refused_while_stopping(adapter.routes(core), core.runner))

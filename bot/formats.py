@@ -198,7 +198,7 @@ def write_glb(mesh: Any, out: Path) -> None:
     out.write_bytes(mesh.export(file_type="glb"))
 
 
-CLAY = (199, 184, 168, 255)  # a colourless model's surface, as its thumbnails draw it
+CLAY = (204, 179, 148, 255)  # a colourless model's surface, as its thumbnails draw it
 
 
 def write_obj(mesh: Any, out: Path) -> None:

@@ -14,10 +14,12 @@ from pathlib import Path
 
 from aiohttp import web
 
-from .conversions import FORMAT_PREFIX
+from .conversions import CHOICES, FORMAT_PREFIX, Conversions, choice_of
 from .downloads import FILE_NAME, JOB_ID, DownloadLinks, LinkCheck
+from .errors import BotError, InputError
 from .pick_page import add_pick_routes
 from .picker import Picker
+from .render.inspect import inspect_model
 from .results import pruned_after
 
 MEDIA_TYPES = {
@@ -35,6 +37,7 @@ Scrape = Callable[[], Awaitable[bytes]]
 READINESS: web.AppKey[Readiness] = web.AppKey("readiness")
 SCRAPE: web.AppKey[Scrape] = web.AppKey("scrape")
 METRICS_TOKEN = web.AppKey("metrics_token", str)
+CONVERSIONS = web.AppKey("conversions", Conversions)
 LOOPBACK = ("127.0.0.1", "::1")
 STATIC = Path(__file__).parent / "static"
 PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -48,6 +51,7 @@ def build_web_app(
     scrape: Callable[[], Awaitable[bytes]] | None = None,
     metrics_token: str = "",
     picker: Picker | None = None,
+    conversions: Conversions | None = None,
 ) -> web.Application:
     app = web.Application(client_max_size=1024 * 1024)
     app.router.add_get("/healthz", healthz)
@@ -63,6 +67,9 @@ def build_web_app(
         app[JOBS_DIR] = (Path(data_dir) / "jobs").resolve()
         app.router.add_get("/files/{job}/{name}", download)
         app.router.add_get("/m/{token}", viewer)
+        if conversions is not None:
+            app[CONVERSIONS] = conversions
+            app.router.add_get("/m/{token}/format/{key}", viewer_format)
         app.router.add_static("/static/", STATIC, follow_symlinks=False, append_version=False)
         if picker is not None:
             add_pick_routes(app, picker, links)
@@ -150,7 +157,8 @@ async def download(request: web.Request) -> web.StreamResponse:
 
 async def viewer(request: web.Request) -> web.Response:
     """The model in 3D: turnable and zoomable, with the picture as a poster while it loads,
-    download buttons, and Open Graph tags so the link unfurls with the picture."""
+    View in AR, its size, download buttons for every format, and Open Graph tags so the
+    link unfurls with the picture."""
     links = request.app[LINKS]
     check, job = links.check_viewer(request.match_info["token"])
     if check is LinkCheck.FORBIDDEN:
@@ -167,7 +175,14 @@ async def viewer(request: web.Request) -> web.Response:
     )
     signed = {kind: links.link(job, path.name) for kind, (path, _) in files.items()}
     # The page's own address as PUBLIC_URL names it, never as the request's Host header does.
-    page = viewer_page(signed, view, links.viewer_link(job), files)
+    page_url = links.viewer_link(job)
+    formats = (
+        {c.key: f"{page_url}/format/{c.key}" for c in CHOICES}
+        if CONVERSIONS in request.app and "mesh" in files
+        else {}
+    )
+    clay = "mesh" in files and not await asyncio.to_thread(has_colour, files["mesh"][0])
+    page = viewer_page(signed, view, page_url, files, formats, clay, viewer_installed())
     return web.Response(
         text=page,
         content_type="text/html",
@@ -178,6 +193,48 @@ async def viewer(request: web.Request) -> web.Response:
             "connect-src 'self' data: blob:; worker-src 'self' blob:",
             "X-Content-Type-Options": "nosniff",
             "Referrer-Policy": "no-referrer",
+        },
+    )
+
+
+def has_colour(model: Path) -> bool:
+    """Whether the GLB has colours or a material of its own (SAM 3D's has neither: it is
+    drawn in clay, as the thumbnails are, not white on the light backdrop)."""
+    try:
+        return inspect_model(model).has_colour
+    except BotError:
+        return True  # leave a model we cannot read as it is
+
+
+def viewer_installed() -> bool:
+    return (STATIC / "vendor" / "model-viewer" / "model-viewer.min.js").is_file()
+
+
+async def viewer_format(request: web.Request) -> web.StreamResponse:
+    """A format from the viewer's downloads (and the USDZ that AR Quick Look opens): made on
+    demand, like the Formats menu in the chats, and kept."""
+    links = request.app[LINKS]
+    check, job = links.check_viewer(request.match_info["token"])
+    if check is LinkCheck.FORBIDDEN:
+        return plain(403, "This link is not valid.")
+    if check is LinkCheck.EXPIRED:
+        return plain(410, "This link has expired; ask the bot for the model again.")
+    try:
+        choice = choice_of(request.match_info["key"])
+        file, _ = await request.app[CONVERSIONS].file_for(job, choice.key)
+    except InputError as error:  # not one of the formats, or the job made no mesh
+        return plain(404, error.user_message.removeprefix(f"{error.field}: "))
+    except BotError as error:  # the conversion failed or took too long: try again later
+        return plain(503, error.user_message)
+    # Quick Look opens a USDZ where it is served; the others are downloads.
+    disposition = "inline" if choice.format.value == "usdz" else "attachment"
+    return web.FileResponse(
+        file.path,
+        headers={
+            "Content-Type": file.media_type,
+            "Content-Disposition": f'{disposition}; filename="{choice.file_name}"',
+            "Cache-Control": "private, max-age=3600",
+            "X-Content-Type-Options": "nosniff",
         },
     )
 
@@ -201,26 +258,44 @@ def job_files(jobs: Path, job: str) -> dict[str, tuple[Path, int]]:
 
 
 def viewer_page(
-    signed: dict[str, str], view: str, page_url: str, files: dict[str, tuple[Path, int]]
+    signed: dict[str, str],
+    view: str,
+    page_url: str,
+    files: dict[str, tuple[Path, int]],
+    formats: dict[str, str] | None = None,
+    clay: bool = False,
+    installed: bool = True,
 ) -> str:
     esc = html.escape
+    formats = formats or {}
     picture = signed.get("picture", "")
     other = "splat" if view == "mesh" else "mesh"
     switch = (
         f'<a class="switch" href="?view={other}">See the '
         f"{'Gaussian splat' if other == 'splat' else 'mesh'}</a>"
-        if other in signed
+        if other in signed and installed
         else ""
     )
-    if view == "mesh":
+    if not installed:
+        # No viewer JavaScript (installed without npm): the picture, not an empty box.
+        stage = (
+            f'<img id="picture" src="{esc(picture)}" alt="A picture of the 3D model">'
+            '<p class="note">The 3D view is not installed on this bot (its JavaScript comes '
+            "from npm); here is the picture, and the files are below.</p>"
+            if picture
+            else '<p class="note">The 3D view is not installed on this bot; the files are '
+            "below.</p>"
+        )
+    elif view == "mesh":
+        usdz = formats.get("usdz")
+        ar = f' ar ar-modes="webxr scene-viewer quick-look" ios-src="{esc(usdz)}"' if usdz else ""
         stage = (
             f'<model-viewer id="model" src="{esc(signed["mesh"])}" '
             f'poster="{esc(picture)}" camera-controls auto-rotate touch-action="pan-y" '
-            f'shadow-intensity="0.6" exposure="1.1" alt="The 3D model"></model-viewer>'
+            f'shadow-intensity="1" exposure="1.1"{ar} data-clay="{str(clay).lower()}" '
+            'alt="The 3D model"></model-viewer>'
             '<script type="module" src="/static/vendor/model-viewer/model-viewer.min.js">'
-            '</script><script type="module">const m = document.getElementById("model");'
-            'm.addEventListener("load", () => document.body.dataset.loaded = "true");'
-            "</script>"
+            f'</script><script type="module">{MESH_PAGE_SCRIPT}</script>'
         )
     else:
         poster = f' style="background-image:url({esc(picture)})"' if picture else ""
@@ -239,6 +314,17 @@ def viewer_page(
         for kind, label in names.items()
         if kind in signed
     )
+    buttons += "".join(
+        f'<a class="button other" href="{esc(formats[c.key])}" download>{esc(c.label)}</a>'
+        for c in CHOICES
+        if c.key in formats
+    )
+    ar_button = (
+        '<button type="button" id="ar" class="button">View in AR</button>'
+        if view == "mesh" and installed and "usdz" in formats
+        else ""
+    )
+    size = '<span id="size"></span>' if view == "mesh" and installed else ""
     og_image = f'<meta property="og:image" content="{esc(picture)}">' if picture else ""
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
@@ -260,9 +346,42 @@ nav {{ display: flex; flex-wrap: wrap; gap: 8px; margin-top: 12px; align-items: 
 .button {{ background: #5865f2; color: white; padding: 8px 14px; border-radius: 8px;
   text-decoration: none; }}
 .switch {{ margin-left: auto; }}
+.other {{ background: #3c4464; }}
+.facts {{ display: flex; flex-wrap: wrap; gap: 8px; align-items: center; margin: 10px 0 0; }}
+button.button {{ border: 0; font: inherit; cursor: pointer; }}
+#picture {{ width: 100%; border-radius: 12px; display: block; }}
+.note {{ color: #555; }}
 </style></head>
-<body><main>{stage}<nav>{buttons}{switch}</nav></main></body></html>
+<body><main>{stage}<p class="facts">{size}{ar_button}<span id="ar-note" hidden>AR needs a
+phone or tablet: open this page there to place the model in your room.</span></p>
+<nav>{buttons}{switch}</nav></main></body></html>
 """
+
+
+# Once loaded: marks the page loaded (the tests wait for it), gives a colourless model the
+# thumbnails' clay (glTF's default material is white, lost on the light backdrop), says its
+# size, and lets "View in AR" start AR where the device has it, or say where it works.
+MESH_PAGE_SCRIPT = """const m = document.getElementById("model");
+m.addEventListener("load", () => {
+  if (m.dataset.clay === "true") {
+    for (const material of m.model.materials) {
+      const pbr = material.pbrMetallicRoughness;
+      pbr.setBaseColorFactor([0.604, 0.448, 0.296, 1]);  // the thumbnails' clay, linear
+      pbr.setMetallicFactor(0);
+      pbr.setRoughnessFactor(0.85);
+    }
+  }
+  const d = m.getDimensions();
+  const cm = (v) => (v * 100).toFixed(v < 0.1 ? 1 : 0);
+  document.getElementById("size").textContent =
+    `Size as made: ${cm(d.x)} × ${cm(d.y)} × ${cm(d.z)} cm (width × height × depth). `;
+  document.body.dataset.loaded = "true";
+});
+const ar = document.getElementById("ar");
+if (ar) ar.addEventListener("click", () => {
+  if (m.canActivateAR) m.activateAR();
+  else document.getElementById("ar-note").hidden = false;
+});"""
 
 
 def locate(jobs: Path, job: str, name: str) -> Path | None:

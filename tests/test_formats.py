@@ -68,7 +68,7 @@ def test_obj_is_a_zip_with_its_material_y_up_in_metres(exported, tmp_path):
         names = set(archive.namelist())
         archive.extractall(tmp_path)
     assert {"model.obj", "model.mtl"} <= names
-    assert "Kd 0.78" in (tmp_path / "model.mtl").read_text()  # clay, not a white void
+    assert "Kd 0.80" in (tmp_path / "model.mtl").read_text()  # clay, not a white void
     mesh = reopened(tmp_path / "model.obj")
     assert len(mesh.faces) == 227_278
     tall, ground = height_and_ground(np.asarray(mesh.vertices), axis=1)
