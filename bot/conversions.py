@@ -8,12 +8,13 @@ from __future__ import annotations
 import asyncio
 import os
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .errors import InputError
+from .errors import BotError, InputError
 from .formats import ModelFormat, convert
-from .models import FileKind, OutputFile
+from .models import FileKind, JobResult, OutputFile
+from .render.inspect import write_render_splat
 from .results import ResultStore
 
 MEDIA_TYPES = {
@@ -25,6 +26,8 @@ MEDIA_TYPES = {
 }
 FORMAT_PREFIX = "format-"
 LIGHT_FACES = 50_000  # a real GLB has ~230k triangles; this opens quickly on any phone
+SPLAT_BYTES_EACH = 56  # a thinned splat keeps the 14 float32 properties viewers read
+FEWEST_SPLATS = 5_000  # fewer would not be the object any more
 
 
 @dataclass(frozen=True)
@@ -110,3 +113,31 @@ class Conversions:
         await asyncio.to_thread(pack)
         size = (await asyncio.to_thread(target.stat)).st_size
         return OutputFile(FileKind.OTHER, target, size, "application/zip")
+
+    async def with_light_splat(self, result: JobResult, max_bytes: int) -> JobResult:
+        """The result with its splat thinned to fit `max_bytes` beside it (the most opaque
+        and largest gaussians kept, as for the pictures), where the splat itself does not
+        fit: a chat attaches the light one and links the full one. Kept, so made once."""
+        splat = result.file(FileKind.SPLAT)
+        count = (max_bytes - 4096) // SPLAT_BYTES_EACH
+        if splat is None or splat.size <= max_bytes or count < FEWEST_SPLATS:
+            return result
+        if result.file(FileKind.LIGHT_SPLAT) is not None:
+            return result
+        target = splat.path.with_name(f"{FORMAT_PREFIX}splat-{count}.ply")
+
+        def thin() -> None:
+            if target.is_file():
+                return
+            partial = target.with_name(f".{target.name}.part")
+            write_render_splat(splat.path, partial, count)
+            os.replace(partial, target)
+
+        try:
+            async with self._slots:
+                await asyncio.to_thread(thin)
+        except (BotError, OSError, ValueError):  # an odd splat: the full one's link will do
+            return result
+        size = (await asyncio.to_thread(target.stat)).st_size
+        light = OutputFile(FileKind.LIGHT_SPLAT, target, size, "application/octet-stream")
+        return replace(result, files=(*result.files, light))

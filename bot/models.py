@@ -151,6 +151,7 @@ class Progress:
 class FileKind(StrEnum):
     MESH = "mesh"  # GLB
     SPLAT = "splat"  # Gaussian-splat PLY
+    LIGHT_SPLAT = "light_splat"  # the splat thinned to fit a chat's upload limit
     ARCHIVE = "archive"  # ZIP of artifacts
     THUMBNAIL = "thumbnail"
     TURNTABLE = "turntable"

@@ -19,7 +19,8 @@ RESTARTING = "The bot is restarting; please send it again in a minute. Nothing w
 UNREADABLE = "the photo or its settings could not be read; nothing was charged"
 # Segmind keeps a result's files about an hour; shown beside its links.
 UPSTREAM_LINK_NOTE = "Segmind's link, valid for about an hour"
-SHARED_KINDS = (FileKind.MESH, FileKind.SPLAT, FileKind.ARCHIVE)  # the files users download
+# The files users download.
+SHARED_KINDS = (FileKind.MESH, FileKind.LIGHT_SPLAT, FileKind.SPLAT, FileKind.ARCHIVE)
 
 
 def server_noun(platform: str | None) -> str:
@@ -46,9 +47,13 @@ def cost_text(result: JobResult) -> str:
 
 def attachment_name(file: OutputFile) -> str:
     suffix = file.path.suffix or {FileKind.MESH: ".glb", FileKind.SPLAT: ".ply"}.get(file.kind, "")
-    return {FileKind.MESH: "model", FileKind.SPLAT: "splat", FileKind.ARCHIVE: "artifacts"}.get(
-        file.kind, file.path.stem
-    ) + suffix
+    names = {
+        FileKind.MESH: "model",
+        FileKind.SPLAT: "splat",
+        FileKind.LIGHT_SPLAT: "splat-light",
+        FileKind.ARCHIVE: "artifacts",
+    }
+    return names.get(file.kind, file.path.stem) + suffix
 
 
 def link_line(file: OutputFile, name: str, job_id: str, links: DownloadLinks | None = None) -> str:

@@ -285,14 +285,21 @@ async def test_the_bots_own_post_is_held_to_the_servers_upload_limit_not_the_mem
     bot, fake_discord, fake_segmind
 ):
     """The interaction's attachment_size_limit counts the member's Nitro; the bot's post in
-    the channel has the server's limit (10 MiB unboosted): a larger file goes as a link."""
+    the channel has the server's limit (10 MiB unboosted): a larger file goes as a link, and
+    a splat over it comes thinned to fit as well (the viewer and Spark read it)."""
     fake_segmind.ply = made_splat_ply(BIG_SPLAT)
     dispatch(bot, payloads.sam3d(photo(fake_discord), size_limit=500 * MiB))
     await settle(bot)
     [post] = fake_discord.channel_posts()
     assert post.status == 200
-    assert {name for name, _ in post.files.values()} == {"model.glb"}
-    assert "splat.ply (11.2 MB)" in post.json["content"]
+    assert {name for name, _ in post.files.values()} == {"model.glb", "splat-light.ply"}
+    light = next(data for name, data in post.files.values() if name == "splat-light.ply")
+    assert len(light) <= 10 * MiB
+    header = light[: light.index(b"end_header")].decode()
+    kept = int(header.split("element vertex ")[1].split()[0])
+    # Without the normals SAM 3D adds (always zero) they fit here; bigger ones are thinned.
+    assert 150_000 <= kept <= BIG_SPLAT and "property float f_dc_0" in header
+    assert "splat.ply (11.2 MB)" in post.json["content"]  # the full one behind its link
     assert fake_segmind.url in post.json["content"]
     assert "valid for about an hour" in post.json["content"]
 

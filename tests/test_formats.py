@@ -203,3 +203,30 @@ async def test_the_export_command_says_in_one_line_what_it_wrote(tmp_path):
     ]
     ran = await run_bot("export", str(SPLAT), "--format", "stl", "-o", "s.stl", cwd=tmp_path)
     assert ran.code == 2 and "Gaussian splat" in ran.err
+
+
+async def test_a_splat_over_a_chats_limit_is_thinned_to_fit_beside_the_full_one(tmp_path):
+    """Spark and the viewer read the thinned PLY; the most opaque gaussians are kept."""
+    import shutil
+
+    from bot.conversions import Conversions
+    from bot.models import FileKind, JobResult, OutputFile
+    from bot.render.inspect import load_splat
+    from bot.results import ResultStore
+
+    job = tmp_path / "data" / "jobs" / "abc123"
+    job.mkdir(parents=True)
+    shutil.copy(SPLAT, job / "splat.ply")
+    full = OutputFile(FileKind.SPLAT, job / "splat.ply", SPLAT.stat().st_size, "x")
+    result = JobResult("abc123", {}, (full,), 65_000)
+    conversions = Conversions(ResultStore(tmp_path / "data"))
+    fitted = await conversions.with_light_splat(result, 1_000_000)
+    light = fitted.file(FileKind.LIGHT_SPLAT)
+    assert light is not None and light.size <= 1_000_000 and fitted.file(FileKind.SPLAT) == full
+    kept, original = load_splat(light.path), load_splat(SPLAT)
+    assert 15_000 < len(kept) < len(original)
+    opacity = lambda table: (1 / (1 + np.exp(-table["opacity"]))).mean()  # noqa: E731
+    assert opacity(kept) > opacity(original)  # the ones that show were kept more often
+    again = await conversions.with_light_splat(result, 1_000_000)
+    assert again.file(FileKind.LIGHT_SPLAT).path == light.path  # made once, kept
+    assert await conversions.with_light_splat(result, 10_000_000) is result  # it fits as is

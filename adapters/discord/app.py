@@ -95,6 +95,7 @@ class Sam3dClient(discord.AutoShardedClient):
             interval_s=self.settings.progress_edit_interval_s,
             view_for=result_view,
             links=self.core.links,
+            conversions=self.core.conversions,
         )
 
     def replier_for_record(self, record: JobRecord) -> DiscordReplier | None:
@@ -111,6 +112,7 @@ class Sam3dClient(discord.AutoShardedClient):
             interval_s=self.settings.progress_edit_interval_s,
             view_for=result_view,
             links=self.core.links,
+            conversions=self.core.conversions,
         )
 
     async def start_job(

@@ -31,6 +31,7 @@ from .translate import (
 )
 
 if TYPE_CHECKING:
+    from bot.conversions import Conversions
     from bot.downloads import DownloadLinks
 
 log = logging.getLogger(__name__)
@@ -48,11 +49,13 @@ class DiscordReplier:
         interval_s: float = 3.0,
         view_for: Callable[[str], discord.ui.View] | None = None,
         links: DownloadLinks | None = None,
+        conversions: Conversions | None = None,
     ):
         self._client = client
         self._reply_to = reply_to
         self._view_for = view_for  # job id -> the result's buttons
         self._links = links  # the bot's signed download links, for files too big to attach
+        self._conversions = conversions  # for a thinned splat where the splat is too big
         self._progress = ProgressThrottle(self._edit, interval_s)
         self.result_message: discord.Message | None = None
         self._sent_limit = 0  # the upload limit of the way the result went
@@ -156,9 +159,11 @@ class DiscordReplier:
                     raise
         raise AssertionError("unreachable")
 
-    def _result(self, result: JobResult, size_limit: int) -> tuple[list[str], ResultMessage]:
+    async def _result(self, result: JobResult, size_limit: int) -> tuple[list[str], ResultMessage]:
         """The result's text as messages (link lines that do not fit in the first get their
         own) and its embed and files. Files are new each time: a request uses them up."""
+        if self._conversions is not None:  # a splat over the limit: a thinned one that fits
+            result = await self._conversions.with_light_splat(result, size_limit)
         made = result_message(result, size_limit, self._links)
         return pages("\n".join([f"<@{self._reply_to['user_id']}>", *made.links])), made
 
@@ -171,7 +176,7 @@ class DiscordReplier:
 
     async def _post(self, result: JobResult, size_limit: int) -> Sent:
         """The bot's own post in the channel."""
-        (first, *more), made = self._result(result, size_limit)
+        (first, *more), made = await self._result(result, size_limit)
         message = await self._channel().send(
             first,
             embed=made.embed,
@@ -184,7 +189,7 @@ class DiscordReplier:
     async def _through_token(self, result: JobResult, size_limit: int) -> Sent:
         """The result in place of the "thinking" message (one message, which a follow-up
         would only replace), or as a follow-up where that message is gone."""
-        (first, *more), made = self._result(result, size_limit)
+        (first, *more), made = await self._result(result, size_limit)
         try:
             edited: discord.Message = await self._webhook.edit_message(
                 "@original",  # type: ignore[call-overload]
@@ -195,7 +200,7 @@ class DiscordReplier:
                 allowed_mentions=self._mentions,
             )
         except discord.NotFound:  # the thinking message was dismissed
-            (first, *more), made = self._result(result, size_limit)
+            (first, *more), made = await self._result(result, size_limit)
             edited = await self._webhook.send(
                 first,
                 embed=made.embed,
