@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import io
 import json
+import locale
 import os
 import resource
 import sys
@@ -230,6 +231,16 @@ def write_obj(mesh: Any, out: Path) -> None:
 def write_3mf(mesh: Any, out: Path) -> None:
     """3MF in millimetres, with one colour per vertex as the 3MF colour group's triangle
     properties (what slicers with colour read)."""
+    # lib3mf sets the whole process's locale to "C" (for its decimal points) and leaves it:
+    # text files opened after would be read as ASCII. Put it back.
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        _write_3mf(mesh, out)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
+def _write_3mf(mesh: Any, out: Path) -> None:
     import lib3mf
 
     wrapper = lib3mf.get_wrapper()

@@ -160,11 +160,9 @@ async def viewer(request: web.Request) -> web.Response:
     View in AR, its size, download buttons for every format, and Open Graph tags so the
     link unfurls with the picture."""
     links = request.app[LINKS]
-    check, job = links.check_viewer(request.match_info["token"])
-    if check is LinkCheck.FORBIDDEN:
-        return plain(403, "This link is not valid.")
-    if check is LinkCheck.EXPIRED:
-        return plain(410, "This link has expired; ask the bot for the model again.")
+    job = viewer_job(request)
+    if isinstance(job, web.Response):
+        return job
     files = await asyncio.to_thread(job_files, request.app[JOBS_DIR], job)
     if not files:
         return await gone_or_missing(request.app[JOBS_DIR], job, "This model is no longer kept.")
@@ -197,6 +195,16 @@ async def viewer(request: web.Request) -> web.Response:
     )
 
 
+def viewer_job(request: web.Request) -> str | web.Response:
+    """The job of a viewer link that is ours and current, or the refusal to answer."""
+    check, job = request.app[LINKS].check_viewer(request.match_info["token"])
+    if check is LinkCheck.FORBIDDEN:
+        return plain(403, "This link is not valid.")
+    if check is LinkCheck.EXPIRED:
+        return plain(410, "This link has expired; ask the bot for the model again.")
+    return job
+
+
 def has_colour(model: Path) -> bool:
     """Whether the GLB has colours or a material of its own (SAM 3D's has neither: it is
     drawn in clay, as the thumbnails are, not white on the light backdrop)."""
@@ -213,12 +221,9 @@ def viewer_installed() -> bool:
 async def viewer_format(request: web.Request) -> web.StreamResponse:
     """A format from the viewer's downloads (and the USDZ that AR Quick Look opens): made on
     demand, like the Formats menu in the chats, and kept."""
-    links = request.app[LINKS]
-    check, job = links.check_viewer(request.match_info["token"])
-    if check is LinkCheck.FORBIDDEN:
-        return plain(403, "This link is not valid.")
-    if check is LinkCheck.EXPIRED:
-        return plain(410, "This link has expired; ask the bot for the model again.")
+    job = viewer_job(request)
+    if isinstance(job, web.Response):
+        return job
     try:
         choice = choice_of(request.match_info["key"])
         file, _ = await request.app[CONVERSIONS].file_for(job, choice.key)

@@ -36,7 +36,7 @@ def test_the_image_runs_commands_in_its_volume_as_a_non_root_user():
 
 
 def test_the_readme_docker_command_restarts_and_keeps_data_in_a_volume():
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
     section = readme.split("### Docker", 1)[1].split("\n## ", 1)[0]
     assert "--restart unless-stopped" in section and "-v sam3d-data:/data" in section
     assert "docker compose up -d" in section and "docker logs" in section

@@ -230,3 +230,13 @@ async def test_a_splat_over_a_chats_limit_is_thinned_to_fit_beside_the_full_one(
     again = await conversions.with_light_splat(result, 1_000_000)
     assert again.file(FileKind.LIGHT_SPLAT).path == light.path  # made once, kept
     assert await conversions.with_light_splat(result, 10_000_000) is result  # it fits as is
+
+
+def test_writing_a_3mf_leaves_the_process_locale_as_it_was(tmp_path):
+    """lib3mf sets the locale to "C" for its numbers; left so, every text file the process
+    opened afterwards would be read as ASCII (a test reading the README tripped on it)."""
+    import locale
+
+    before = locale.setlocale(locale.LC_ALL)
+    export_model(COLOURED_PLY, ModelFormat.THREE_MF, tmp_path / "l.3mf", height_mm=50)
+    assert locale.setlocale(locale.LC_ALL) == before

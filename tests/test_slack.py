@@ -1093,10 +1093,10 @@ async def test_sam3d_bot_run_in_http_mode_answers_a_signed_command_within_3_s(
 
 
 def test_the_manifest_declares_everything_the_bot_uses():
-    manifest = yaml.safe_load((ROOT / "slack-app-manifest.yml").read_text())
+    manifest = yaml.safe_load((ROOT / "slack-app-manifest.yml").read_text(encoding="utf-8"))
     schema = ROOT.parent / "shared" / "specs" / "slack-manifest.schema.2.0.0.json"
     if schema.exists():  # Slack's own schema of an app manifest
-        jsonschema.validate(manifest, json.loads(schema.read_text()))
+        jsonschema.validate(manifest, json.loads(schema.read_text(encoding="utf-8")))
     features = manifest["features"]
     assert [c["command"] for c in features["slash_commands"]] == ["/sam3d"]
     assert features["slash_commands"][0]["should_escape"] is True
@@ -1125,7 +1125,7 @@ def test_the_manifest_declares_everything_the_bot_uses():
     assert features["app_home"]["messages_tab_enabled"] is True
     assert settings["interactivity"]["is_enabled"] is True
     assert settings["event_subscriptions"]["request_url"].endswith("/slack/events")
-    assert Path(ROOT / "README.md").read_text().count("slack-app-manifest.yml") >= 1
+    assert Path(ROOT / "README.md").read_text(encoding="utf-8").count("slack-app-manifest.yml") >= 1
 
 
 @pytest.mark.parametrize(

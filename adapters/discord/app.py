@@ -303,20 +303,16 @@ def add_commands(client: Sam3dClient) -> None:
         if (image is None) == (image_url is None):
             await ephemeral(interaction, "Give the photo as an attachment or as a link (one).")
             return
+        photo = image or ImageSource.from_url(image_url or "")
         if pick:
             if bbox or points or mask:
                 await ephemeral(interaction, PICK_OR_TYPE)
                 return
-            await client.start_picking(
-                interaction,
-                image or ImageSource.from_url(image_url or ""),
-                prompt=prompt,
-                seed=seed,
-            )
+            await client.start_picking(interaction, photo, prompt=prompt, seed=seed)
             return
         await client.start_job(
             interaction,
-            image or ImageSource.from_url(image_url or ""),
+            photo,
             prompt=prompt,
             bbox=bbox,
             points=points,
