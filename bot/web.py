@@ -378,8 +378,14 @@ m.addEventListener("load", () => {
   }
   const d = m.getDimensions();
   const cm = (v) => (v * 100).toFixed(v < 0.1 ? 1 : 0);
+  // As made, and as each printable STL would stand (its height chosen, the rest to scale).
+  const printed = [10, 15, 20].map((tall) => {
+    const k = tall / (d.y * 100);
+    return `${cm(d.x * k)} × ${tall} × ${cm(d.z * k)} cm`;
+  });
   document.getElementById("size").textContent =
-    `Size as made: ${cm(d.x)} × ${cm(d.y)} × ${cm(d.z)} cm (width × height × depth). `;
+    `Size as made: ${cm(d.x)} × ${cm(d.y)} × ${cm(d.z)} cm (width × height × depth); ` +
+    `printed 10, 15 or 20 cm tall: ${printed.join(", ")}. `;
   document.body.dataset.loaded = "true";
 });
 const ar = document.getElementById("ar");

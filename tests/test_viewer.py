@@ -257,6 +257,11 @@ async def test_sam3ds_colourless_model_is_drawn_in_clay_with_its_size_and_ar(sit
             )
             await page.wait_for_timeout(1500)
             size = await page.locator("#size").text_content()
+            downloads = [
+                await link.text_content()
+                for link in await page.locator("nav a.other").all()
+                if await link.is_visible()
+            ]
             await page.locator("#ar").click()
             note_shown = await page.locator("#ar-note").is_visible()
             box = await page.locator("#model").bounding_box()
@@ -264,7 +269,9 @@ async def test_sam3ds_colourless_model_is_drawn_in_clay_with_its_size_and_ar(sit
         finally:
             await browser.close()
     assert errors == []
-    assert size and "cm" in size and "×" in size
+    assert size and "Size as made:" in size and "printed 10, 15 or 20 cm tall:" in size
+    assert " × 15 × " in size
+    assert len(downloads) == 8 and "USDZ, for AR on iPhone and iPad" in downloads
     assert note_shown
     pixels = np.asarray(Image.open(io.BytesIO(shot)).convert("RGB")).astype(int)
     background = np.array([233, 233, 236])
