@@ -23,6 +23,7 @@ from aiohttp import web
 from .conversions import Conversions
 from .downloads import DownloadLinks
 from .errors import LedgerUnavailable, RenderError
+from .history import History
 from .images import ImageFetcher, ImageLimits, InputValidator, guarded_session
 from .ledger import Ledger, ledger_from_settings
 from .models import JobState
@@ -55,6 +56,7 @@ class Core:
     links: DownloadLinks | None = None  # signed links to files, when PUBLIC_URL is set
     picker: Picker | None = None  # "Pick the object" before a job
     conversions: Conversions | None = None  # a result's Formats menu
+    history: History | None = None  # a member's own models
 
     @property
     def runner(self) -> JobRunner:
@@ -130,6 +132,7 @@ async def build_core(
             links,
             picker,
             Conversions(results),
+            History(ledger, settings.data_dir, links),
         )
 
 

@@ -15,7 +15,7 @@ from .errors import BotError, InputError
 from .formats import ModelFormat, convert
 from .models import FileKind, JobResult, OutputFile
 from .render.inspect import write_render_splat
-from .results import ResultStore
+from .results import FORMAT_PREFIX, ResultStore
 
 MEDIA_TYPES = {
     ModelFormat.STL: "model/stl",
@@ -24,7 +24,6 @@ MEDIA_TYPES = {
     ModelFormat.USDZ: "model/vnd.usdz+zip",
     ModelFormat.GLB: "model/gltf-binary",
 }
-FORMAT_PREFIX = "format-"
 LIGHT_FACES = 50_000  # a real GLB has ~230k triangles; this opens quickly on any phone
 SPLAT_BYTES_EACH = 56  # a thinned splat keeps the 14 float32 properties viewers read
 FEWEST_SPLATS = 5_000  # fewer would not be the object any more

@@ -279,6 +279,17 @@ class Reports(JobReads, Protocol):
         """Jobs in these states, oldest first (e.g. "held", for an admin to settle)."""
         ...
 
+    async def jobs_of(
+        self,
+        platform: str,
+        user_id: str,
+        guild_id: str | None = None,
+        limit: int = 10,
+        offset: int = 0,
+    ) -> tuple[list[JobRecord], int]:
+        """A page of a member's jobs, newest first, and how many they have in all."""
+        ...
+
     async def usage(
         self, month: str | None = None, platform: str | None = None, guild_id: str | None = None
     ) -> list[UsageRow]: ...

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from .downloads import FILE_NAME
 from .models import FileKind, JobResult, OutputFile, PreparedImage, UpstreamResult, ValidatedInput
 
 # What is left in a job's folder once its files are removed: when, and after how many days.
@@ -26,6 +27,9 @@ class Pruned:
 
     jobs: int
     bytes: int
+
+
+FORMAT_PREFIX = "format-"  # a conversion the Formats menu made, kept beside the job's files
 
 
 class ResultStore:
@@ -270,3 +274,21 @@ def _image_entry(image: PreparedImage) -> dict[str, Any]:
 
 def _prepared(path: Path, entry: dict[str, Any]) -> PreparedImage:
     return PreparedImage(path.read_bytes(), entry["media_type"], entry["width"], entry["height"])
+
+
+def job_files(jobs: Path, job: str) -> dict[str, tuple[Path, int]]:
+    """The job's model, splat and picture, by what they are, with their sizes."""
+    folder = jobs / job
+    if not folder.is_dir():
+        return {}
+    found: dict[str, tuple[Path, int]] = {}
+    for path in sorted(folder.iterdir()):
+        if not FILE_NAME.fullmatch(path.name) or not path.is_file():
+            continue
+        kind = {".glb": "mesh", ".ply": "splat"}.get(path.suffix)
+        if path.name == "thumbnail.png":
+            kind = "picture"
+        # Not a picture's working file, nor a conversion the Formats menu made.
+        if kind and kind not in found and not path.name.startswith(("render-", FORMAT_PREFIX)):
+            found[kind] = (path, path.stat().st_size)
+    return found

@@ -14,13 +14,13 @@ from pathlib import Path
 
 from aiohttp import web
 
-from .conversions import CHOICES, FORMAT_PREFIX, Conversions, choice_of
+from .conversions import CHOICES, Conversions, choice_of
 from .downloads import FILE_NAME, JOB_ID, DownloadLinks, LinkCheck
 from .errors import BotError, InputError
 from .pick_page import add_pick_routes
 from .picker import Picker
 from .render.inspect import inspect_model
-from .results import pruned_after
+from .results import job_files, pruned_after
 
 MEDIA_TYPES = {
     ".glb": "model/gltf-binary",
@@ -242,24 +242,6 @@ async def viewer_format(request: web.Request) -> web.StreamResponse:
             "X-Content-Type-Options": "nosniff",
         },
     )
-
-
-def job_files(jobs: Path, job: str) -> dict[str, tuple[Path, int]]:
-    """The job's model, splat and picture, by what they are, with their sizes."""
-    folder = jobs / job
-    if not folder.is_dir():
-        return {}
-    found: dict[str, tuple[Path, int]] = {}
-    for path in sorted(folder.iterdir()):
-        if not FILE_NAME.fullmatch(path.name) or not path.is_file():
-            continue
-        kind = {".glb": "mesh", ".ply": "splat"}.get(path.suffix)
-        if path.name == "thumbnail.png":
-            kind = "picture"
-        # Not a picture's working file, nor a conversion the Formats menu made.
-        if kind and kind not in found and not path.name.startswith(("render-", FORMAT_PREFIX)):
-            found[kind] = (path, path.stat().st_size)
-    return found
 
 
 def viewer_page(

@@ -5,6 +5,7 @@ look at what reached the fake."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from contextlib import asynccontextmanager
 
@@ -1009,3 +1010,95 @@ async def test_formats_on_a_result_send_the_member_an_stl_and_a_second_ask_is_th
     assert list(second.files.values())[0][1] == data and kept.stat().st_mtime_ns == made_at
     usage = await bot.core.ledger.usage()
     assert [row.jobs for row in usage] == [1]
+
+
+# -- History (issue 20) --------------------------------------------------------------------------
+
+
+def history_command(page: int | None = None, member: str | None = None, **kw):
+    options = []
+    if page is not None:
+        options.append({"name": "page", "type": 4, "value": page})
+    if member is not None:
+        options.append({"name": "member", "type": 6, "value": member})
+    payload = payloads.slash("sam3d-history", options, **kw)
+    if member is not None:
+        payload["data"]["resolved"] = {"users": {member: payloads._user(member)}}
+    return payload
+
+
+async def test_history_pages_through_a_members_own_models_newest_first(
+    fake_discord, fake_segmind, tmp_path, settings_env
+):
+    async with running_bot(
+        fake_discord, fake_segmind, tmp_path, quota_jobs=50, public_url="https://bot.example.org"
+    ) as bot:
+        dispatch(bot, payloads.sam3d(photo(fake_discord), prompt="first ball"))
+        await settle(bot)
+        [made] = await bot.core.ledger.in_states([JobState.DELIVERED])
+        picture = photo_bytes(32, 32)
+        (tmp_path / "data" / "jobs" / made.id / "thumbnail.png").write_bytes(picture)
+        alice = Requester("discord", payloads.ALICE_ID, payloads.GUILD_ID)
+        for n in range(12):  # later jobs, refunded (nothing kept)
+            job = await bot.core.ledger.reserve(NewJob(alice, 65_000, f"k{n}", {"prompt": f"p{n}"}))
+            await bot.core.ledger.refund(job.id, "upstream failed")
+        bob = Requester("discord", payloads.BOB_ID, payloads.GUILD_ID)
+        await bot.core.ledger.reserve(NewJob(bob, 65_000, "b", {"prompt": "bob's vase"}))
+
+        asked = history_command()
+        dispatch(bot, asked)
+        await settle(bot)
+        answer = callback_for(fake_discord, asked)
+        data = answer.json["data"]
+        assert answer.json["type"] == 4 and data["flags"] & EPHEMERAL
+        assert data["content"] == "Your models, newest first (page 1 of 2, 13 in all):"
+        assert len(data["embeds"]) == 10 and "bob's vase" not in json.dumps(data)
+        assert "*p11*" in data["embeds"][0]["description"]
+        assert "refunded" in data["embeds"][0]["description"]
+        [older] = [c for row in data["components"] for c in row["components"]]
+        assert older["label"] == "Older"
+
+        message_id = answer.answer["resource"]["message"]["id"]
+        pressed = press(fake_discord, message_id, older["custom_id"])
+        dispatch(bot, pressed)
+        await settle(bot)
+        page_two = callback_for(fake_discord, pressed)
+        assert page_two.json["type"] == 7
+        shown = page_two.json["data"]
+        assert shown["content"].startswith("Your models, newest first (page 2 of 2")
+        assert len(shown["embeds"]) == 3
+        oldest = shown["embeds"][-1]
+        assert "*first ball*" in oldest["description"] and "delivered" in oldest["description"]
+        assert oldest["url"].startswith("https://bot.example.org/m/")  # a fresh link
+        assert oldest["thumbnail"]["url"] == f"attachment://{made.id}.png"
+        assert [data for name, data in page_two.files.values()] == [picture]
+        [newer] = [c for row in shown["components"] for c in row["components"]]
+        assert newer["label"] == "Newer"
+
+
+async def test_only_admins_look_at_another_members_models_and_only_in_their_server(
+    bot, fake_discord
+):
+    bob = Requester("discord", payloads.BOB_ID, payloads.GUILD_ID)
+    await bot.core.ledger.reserve(NewJob(bob, 65_000, "b", {"prompt": "vase"}))
+    elsewhere = Requester("discord", payloads.BOB_ID, "800000000000000999")
+    await bot.core.ledger.reserve(NewJob(elsewhere, 65_000, "c", {"prompt": "other server"}))
+    nosy = history_command(member=payloads.BOB_ID)
+    dispatch(bot, nosy)
+    await settle(bot)
+    assert (
+        "Only members with Manage Server"
+        in callback_for(fake_discord, nosy).json["data"]["content"]
+    )
+    admin = history_command(
+        member=payloads.BOB_ID, user_id=payloads.ADMIN_ID, permissions=payloads.ADMIN_CAN
+    )
+    dispatch(bot, admin)
+    await settle(bot)
+    data = callback_for(fake_discord, admin).json["data"]
+    assert (
+        data["content"].startswith(f"<@{payloads.BOB_ID}>'s models")
+        and "1 in all" in (data["content"])
+    )
+    assert "*vase*" in data["embeds"][0]["description"] and "other server" not in json.dumps(data)
+    assert data["allowed_mentions"]["parse"] == []  # naming Bob pings nobody

@@ -684,3 +684,19 @@ async def test_a_shared_pace_waits_for_its_slot():
     await pace()
     await pace()
     assert waited == [3.0]  # the first went at once, the second waited for its turn
+
+
+async def test_a_members_jobs_come_newest_first_a_page_at_a_time(make_ledger, clock):
+    ledger = await make_ledger(jobs_per_window=100)
+    made = []
+    for _ in range(13):
+        made.append((await ledger.reserve(new_job())).id)
+        clock.now += 60
+    await ledger.reserve(new_job(BOB))
+    await ledger.reserve(new_job(CAROL_ELSEWHERE))
+    first, total = await ledger.jobs_of("discord", ALICE.user_id)
+    assert total == 13 and [j.id for j in first] == made[::-1][:10]
+    rest, _ = await ledger.jobs_of("discord", ALICE.user_id, offset=10)
+    assert [j.id for j in rest] == made[::-1][10:]
+    here, count = await ledger.jobs_of("discord", ALICE.user_id, guild_id="elsewhere")
+    assert here == [] and count == 0  # an admin of another server sees none of them

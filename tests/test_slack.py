@@ -1468,3 +1468,44 @@ async def test_formats_on_a_result_upload_the_chosen_file_in_its_thread_and_reus
     )
     assert kept.stat().st_mtime_ns == made_at  # the second is the same file, not made again
     assert fake_segmind.counters.submits == 1 and len(await slack.jobs()) == 1  # free
+
+
+# -- History (issue 20) --------------------------------------------------------------------------
+
+
+async def test_sam3d_history_pages_through_a_members_own_models(slack, fake_slack, fake_segmind):
+    from bot.models import Requester
+    from bot.ports import NewJob
+
+    await slack.event(payloads.mention("first ball", [photo_file(fake_slack)]))
+    await slack.settle(until=lambda: uploaded(fake_slack))
+    alice = Requester("slack", payloads.ALICE, payloads.TEAM)
+    for n in range(11):
+        job = await slack.core.ledger.reserve(NewJob(alice, 65_000, f"k{n}", {"prompt": f"p{n}"}))
+        await slack.core.ledger.refund(job.id, "upstream failed")
+    bob = Requester("slack", "U0000BOB", payloads.TEAM)
+    await slack.core.ledger.reserve(NewJob(bob, 65_000, "b", {"prompt": "bob's vase"}))
+    url = fake_slack.response_url("history")
+    status, _, _ = await slack.command("history", response_url=url)
+    assert status == 200
+    await slack.settle(until=lambda: fake_slack.hooks)
+    [(_, said)] = fake_slack.hooks
+    assert said["response_type"] == "ephemeral"
+    assert said["text"] == "Your models, newest first (page 1 of 2, 12 in all):"
+    sections = [b for b in said["blocks"] if b["type"] == "section"][1:]
+    assert len(sections) == 10 and "*p10*" in sections[0]["text"]["text"]
+    assert "bob's vase" not in json.dumps(said)
+    [older] = said["blocks"][-1]["elements"]
+    assert older["text"]["text"] == "Older"
+    pressed = payloads.button(older["value"], action=older["action_id"], response_url=url)
+    await slack.interact(pressed)
+    await slack.settle(until=lambda: len(fake_slack.hooks) == 2)
+    _, page_two = fake_slack.hooks[1]
+    assert page_two["replace_original"] is True and "page 2 of 2" in page_two["text"]
+    [first] = [b for b in page_two["blocks"] if "first ball" in b.get("text", {}).get("text", "")]
+    assert "delivered" in first["text"]["text"]
+    status, body, _ = await slack.command(
+        "history <@U0000BOB>", response_url=fake_slack.response_url("nosy")
+    )
+    await slack.settle(until=lambda: len(fake_slack.hooks) == 3)
+    assert "Only workspace admins" in fake_slack.hooks[2][1]["text"]

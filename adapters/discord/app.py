@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 from .admin import AdminCommands
 from .answers import AnsweringModal, AnsweringView, Sam3dTree, ephemeral
 from .buttons import ResultButton, ResultFormats, result_view
+from .history import HistoryButton, history_message
 from .picking import PickControl, picker_message, start_picked_on_web
 from .replier import DiscordReplier
 from .translate import (
@@ -68,7 +69,7 @@ class Sam3dClient(discord.AutoShardedClient):
         add_commands(self)
 
     async def setup_hook(self) -> None:
-        self.add_dynamic_items(ResultButton, ResultFormats, PickControl)
+        self.add_dynamic_items(ResultButton, ResultFormats, PickControl, HistoryButton)
         if self.core.picker is not None:  # Make it on the web page starts the job here
             self.core.picker.starts_jobs_for(
                 PLATFORM, lambda pick, request: start_picked_on_web(self, pick, request)
@@ -334,6 +335,22 @@ def add_commands(client: Sam3dClient) -> None:
         await interaction.response.send_message(
             "Which image?", view=PickImage(client, message, images), ephemeral=True
         )
+
+    @tree.command(name="sam3d-history", description="Your models, newest first")
+    @everywhere
+    @app_commands.describe(
+        page="which page (10 a page)", member="an admin: that member's models in this server"
+    )
+    async def history(
+        interaction: discord.Interaction,
+        page: app_commands.Range[int, 1, 100_000] = 1,
+        member: discord.User | None = None,
+    ) -> None:
+        parts = await history_message(
+            client, interaction, page - 1, member.id if member is not None else None
+        )
+        if parts is not None:
+            await interaction.response.send_message(**parts, ephemeral=True)
 
     @tree.command(name="sam3d-quota", description="Your jobs left and this server's budget")
     @everywhere

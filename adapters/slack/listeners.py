@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -29,6 +30,7 @@ from bot.replies import server_noun
 
 from . import picking
 from .app import SlackBot, admin, again, link, open_form
+from .history import HISTORY, history_blocks, history_words
 from .replier import quietly, slack_error
 from .translate import (
     COMMAND,
@@ -88,6 +90,7 @@ def register(bot: SlackBot) -> None:
     app.action(DETAILS)(details)
     app.action(DELETE)(delete)
     app.action(FORMATS)(formats)
+    app.action(re.compile(f"^{HISTORY}_(older|newer)$"))(history_page)
     for change in picking.CHANGES:
         app.action(change)(pick_changed)
     app.action(picking.OPEN_PICKER)(open_picker)
@@ -200,6 +203,11 @@ async def command(
             await respond(problem, response_type="ephemeral")
     elif word == "help":
         await ack(HELP)
+    elif word == "history":
+        await ack()
+        member, page = history_words(text.split()[1:])
+        said, blocks = await history_blocks(bot, team, user, member, page)
+        await respond(text=said, blocks=blocks or None, response_type="ephemeral")
     elif word == "quota":
         await ack()
         status = await bot.operations.my_quota(await bot.requester_of(team, user))
@@ -468,6 +476,22 @@ async def details(
     await ack()
     text = await context[BOT].operations.job_details(body["actions"][0]["value"], escape)
     await respond(text, response_type="ephemeral", replace_original=False)
+
+
+async def history_page(
+    ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond, context: AsyncBoltContext
+) -> None:
+    """Older / Newer: the history message, replaced by the page asked for."""
+    await ack()
+    try:
+        asked = json.loads(body["actions"][0]["value"])
+        member, page = asked.get("member"), int(asked["page"])
+    except (ValueError, KeyError, TypeError):
+        return
+    said, blocks = await history_blocks(
+        context[BOT], team_of(body), body["user"]["id"], member, page
+    )
+    await respond(text=said, blocks=blocks or None, replace_original=True)
 
 
 async def formats(ack: AsyncAck, body: dict[str, Any], context: AsyncBoltContext) -> None:

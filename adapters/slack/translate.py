@@ -38,6 +38,8 @@ points and a seed.
 runs at once.
 • On a message with a photo: ⋯ More actions > *Make 3D model*.
 • Mention me in a message with a photo, or in reply to one: `@sam3d red chair`.
+• `{COMMAND} pick <photo link>`, or `pick` first when you mention me: point at the object on a grid before paying.
+• `{COMMAND} history [page]`: your models, newest first.
 • `{COMMAND} quota`: how many jobs you have left.
 • `{COMMAND} admin ...`: usage, quotas, budget, blocks and pauses (workspace admins)."""
 

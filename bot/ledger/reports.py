@@ -27,6 +27,17 @@ class ReportStore(SqlBase):
         rows = await self._run(_in_states, [str(s) for s in states])
         return sorted((_record(r) for r in rows), key=lambda job: (job.created_at, job.id))
 
+    async def jobs_of(
+        self,
+        platform: str,
+        user_id: str,
+        guild_id: str | None = None,
+        limit: int = 10,
+        offset: int = 0,
+    ) -> tuple[list[JobRecord], int]:
+        """A page of a member's jobs, newest first, and how many they have in all."""
+        return await self._run(_jobs_of, platform, user_id, guild_id, limit, offset)
+
     async def usage(
         self, month: str | None = None, platform: str | None = None, guild_id: str | None = None
     ) -> list[UsageRow]:
@@ -84,3 +95,12 @@ class ReportStore(SqlBase):
 
 def _in_states(tx: Tx, states: list[str]) -> list[Any]:
     return [row for state in states for row in tx.query("jobs_in_state", state=state).fetchall()]
+
+
+def _jobs_of(
+    tx: Tx, platform: str, user_id: str, guild_id: str | None, limit: int, offset: int
+) -> tuple[list[JobRecord], int]:
+    where = {"platform": platform, "user_id": user_id, "guild_id": guild_id}
+    rows = tx.query("jobs_of_user", limit=limit, offset=offset, **where).fetchall()
+    total = tx.query("count_jobs_of_user", **where).fetchone()["jobs"]
+    return [_record(r) for r in rows], int(total)

@@ -32,3 +32,16 @@ SELECT CAST(COALESCE(sum(CASE WHEN committed = 0 AND state <> 'refunded'
  WHERE period = :period
    AND (CAST(:platform AS TEXT) IS NULL OR platform = :platform)
    AND (CAST(:guild_id AS TEXT) IS NULL OR guild_id = :guild_id);
+
+-- name: jobs_of_user(platform, user_id, guild_id, limit, offset)
+-- A member's jobs, newest first (a page of them); guild_id NULL: wherever they were made.
+SELECT * FROM jobs
+ WHERE platform = :platform AND user_id = :user_id
+   AND (CAST(:guild_id AS TEXT) IS NULL OR guild_id = :guild_id)
+ ORDER BY created_at DESC, id DESC
+ LIMIT :limit OFFSET :offset;
+
+-- name: count_jobs_of_user(platform, user_id, guild_id)^
+SELECT count(*) AS jobs FROM jobs
+ WHERE platform = :platform AND user_id = :user_id
+   AND (CAST(:guild_id AS TEXT) IS NULL OR guild_id = :guild_id);
