@@ -267,6 +267,21 @@ class PickStore:
                 removed += 1
         return removed
 
+    def forget(self, requester_key: str) -> int:
+        """ "Forget me": this member's picks (their photos) removed, made or not."""
+        removed = 0
+        for folder in self.root.iterdir() if self.root.is_dir() else ():
+            for name in ("state.json", "taken.json"):
+                try:
+                    pick = Pick.from_json((folder / name).read_text())
+                except (OSError, ValueError, TypeError, KeyError):
+                    continue
+                if pick.requester.key == requester_key:
+                    shutil.rmtree(folder, ignore_errors=True)
+                    removed += 1
+                break
+        return removed
+
     def _folder(self, pick_id: str) -> Path:
         if not PICK_ID.fullmatch(pick_id):
             raise EXPIRED

@@ -304,6 +304,14 @@ class Reports(JobReads, Protocol):
 class AdminControls(Protocol):
     """What admins change; every change is written to the audit trail with its actor."""
 
+    async def forget_member(
+        self, platform: str, user_id: str, actor: str, guild_id: str | None = None
+    ) -> list[str]:
+        """The member's jobs (in `guild_id` only, if given) kept for the money under an
+        alias, what they asked cleared, their name out of the audit trail; the jobs' ids.
+        Refused while one is on its way."""
+        ...
+
     async def set_quota_rule(self, rule: QuotaRule, actor: str) -> None: ...
 
     async def clear_quota_rule(

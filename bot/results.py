@@ -80,15 +80,36 @@ class ResultStore:
                     else:
                         child.unlink(missing_ok=True)
                 _write_atomically(folder / PRUNED, json.dumps({"at": now, "days": keep_days}))
+        if not dry_run:
+            freed += self._drop_cache_entries(gone)
+        return Pruned(jobs, freed)
+
+    def _drop_cache_entries(self, jobs: set[str]) -> int:
+        """Remove the cache index entries that point at these jobs; the bytes freed."""
+        freed = 0
         for entry in sorted(self._index.glob("*.json")) if self._index.is_dir() else ():
             try:
                 job_id = json.loads(entry.read_text()).get("job_id")
             except (OSError, ValueError, AttributeError):
                 job_id = None
-            if job_id in gone and not dry_run:
+            if job_id in jobs:
                 freed += entry.stat().st_size
                 entry.unlink(missing_ok=True)
-        return Pruned(jobs, freed)
+        return freed
+
+    async def forget(self, job_ids: Collection[str]) -> int:
+        """ "Forget me": every file of these jobs (photos, masks, models, pictures,
+        conversions) and their cache entries, gone without a trace; the bytes freed."""
+        return await asyncio.to_thread(self._forget, set(job_ids))
+
+    def _forget(self, job_ids: set[str]) -> int:
+        freed = 0
+        for job_id in job_ids:
+            folder = self._jobs / job_id
+            if folder.is_dir() and folder.parent == self._jobs:
+                freed += _size_of(folder)
+                shutil.rmtree(folder, ignore_errors=True)
+        return freed + self._drop_cache_entries(job_ids)
 
     # Disk metadata calls can take milliseconds: the public methods run them off the event loop.
 

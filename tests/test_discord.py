@@ -1102,3 +1102,85 @@ async def test_only_admins_look_at_another_members_models_and_only_in_their_serv
     )
     assert "*vase*" in data["embeds"][0]["description"] and "other server" not in json.dumps(data)
     assert data["allowed_mentions"]["parse"] == []  # naming Bob pings nobody
+
+
+# -- Forget me (issue 20) ------------------------------------------------------------------------
+
+
+async def test_forget_me_after_confirming_leaves_no_file_of_the_member_and_the_bill_whole(
+    bot, fake_discord, fake_segmind, tmp_path
+):
+    dispatch(bot, payloads.sam3d(photo(fake_discord), prompt="mine"))
+    await settle(bot)
+    dispatch(bot, payloads.sam3d(photo(fake_discord, "other.png"), user_id=payloads.BOB_ID))
+    await settle(bot)
+    _, picker = await open_picker(bot, fake_discord)  # a pick in progress: Alice's photo
+    jobs = tmp_path / "data" / "jobs"
+    [alice_job] = (await bot.core.ledger.jobs_of("discord", payloads.ALICE_ID))[0]
+    [bob_job] = (await bot.core.ledger.jobs_of("discord", payloads.BOB_ID))[0]
+    assert (jobs / alice_job.id).is_dir() and any((tmp_path / "data" / "picks").iterdir())
+    budget_before = (await bot.core.ledger.budget()).committed_micros
+
+    asked = payloads.slash("sam3d-forget-me")
+    dispatch(bot, asked)
+    await settle(bot)
+    question = callback_for(fake_discord, asked).json["data"]
+    assert question["flags"] & EPHEMERAL and "cannot be undone" in question["content"]
+    buttons = {b["label"]: b for row in question["components"] for b in row["components"]}
+    message_id = callback_for(fake_discord, asked).answer["resource"]["message"]["id"]
+    stranger = press(
+        fake_discord, message_id, buttons["Forget"]["custom_id"], user_id=payloads.BOB_ID
+    )
+    dispatch(bot, stranger)
+    await settle(bot)
+    assert "not yours" in callback_for(fake_discord, stranger).json["data"]["content"]
+    assert (jobs / alice_job.id).is_dir()
+
+    confirmed = press(fake_discord, message_id, buttons["Forget"]["custom_id"])
+    dispatch(bot, confirmed)
+    await settle(bot)
+    said = callback_for(fake_discord, confirmed).json
+    assert said["type"] == 7 and said["data"]["content"].startswith("Done: 1 job(s) of yours")
+    assert not (jobs / alice_job.id).exists()
+    assert not any((tmp_path / "data" / "picks").iterdir())  # the pick's photo too
+    assert (jobs / bob_job.id).is_dir()  # nobody else's
+    assert await bot.core.ledger.jobs_of("discord", payloads.ALICE_ID) == ([], 0)
+    assert (await bot.core.ledger.budget()).committed_micros == budget_before
+    assert sum(r.jobs for r in await bot.core.ledger.usage()) == 2
+    for path in (tmp_path / "data").rglob("*.json"):
+        assert payloads.ALICE_ID not in path.read_text(encoding="utf-8"), path
+    assert fake_discord.message(picker) is not None  # posted messages are theirs to delete
+
+
+async def test_an_admin_forgets_a_member_in_their_server_after_confirming(
+    bot, fake_discord, tmp_path
+):
+    dispatch(bot, payloads.sam3d(photo(fake_discord), user_id=payloads.BOB_ID))
+    await settle(bot)
+    [bob_job] = (await bot.core.ledger.jobs_of("discord", payloads.BOB_ID))[0]
+    kept = tmp_path / "data" / "jobs" / bob_job.id
+    as_admin = {"user_id": payloads.ADMIN_ID, "permissions": payloads.ADMIN_CAN}
+
+    async def confirm(label: str) -> dict:
+        asked = payloads.admin(
+            "forget",
+            [{"name": "member", "type": 6, "value": payloads.BOB_ID}],
+            resolved={"users": {payloads.BOB_ID: payloads._user(payloads.BOB_ID)}},
+            **as_admin,
+        )
+        dispatch(bot, asked)
+        await settle(bot)
+        answer = callback_for(fake_discord, asked)
+        assert "Forget this member?" in answer.json["data"]["content"]
+        rows = answer.json["data"]["components"]
+        [button] = [b for row in rows for b in row["components"] if b["label"] == label]
+        message_id = answer.answer["resource"]["message"]["id"]
+        pressed = press(fake_discord, message_id, button["custom_id"], **as_admin)
+        dispatch(bot, pressed)
+        await settle(bot)
+        return callback_for(fake_discord, pressed).json["data"]
+
+    assert (await confirm("Keep"))["content"] == "Kept: nothing changed."
+    assert kept.is_dir()
+    assert "in this server forgotten" in (await confirm("Forget"))["content"]
+    assert not kept.exists()

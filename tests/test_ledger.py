@@ -444,6 +444,9 @@ async def test_every_change_is_in_the_append_only_audit_trail(make_ledger, store
             db.execute("UPDATE audit SET amount_micros = 0")
         with pytest.raises(sqlite3.DatabaseError, match="append-only"):
             db.execute("DELETE FROM audit")
+        for edit in SNEAKY_EDITS:  # only forget me's alias may change an entry
+            with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+                db.execute(edit)
         db.close()
     else:
         with psycopg.connect(where, autocommit=True) as db:
@@ -451,6 +454,16 @@ async def test_every_change_is_in_the_append_only_audit_trail(make_ledger, store
                 db.execute("UPDATE audit SET amount_micros = 0")
             with pytest.raises(psycopg.DatabaseError, match="append-only"):
                 db.execute("DELETE FROM audit")
+            for edit in SNEAKY_EDITS:
+                with pytest.raises(psycopg.DatabaseError, match="append-only"):
+                    db.execute(edit)
+
+
+SNEAKY_EDITS = [
+    "UPDATE audit SET actor = 'someone else'",
+    "UPDATE audit SET actor = 'discord:forgotten-1', amount_micros = 1",
+    "UPDATE audit SET detail = 'rewritten'",
+]
 
 
 # -- the store itself ------------------------------------------------------------------------
@@ -700,3 +713,44 @@ async def test_a_members_jobs_come_newest_first_a_page_at_a_time(make_ledger, cl
     assert [j.id for j in rest] == made[::-1][10:]
     here, count = await ledger.jobs_of("discord", ALICE.user_id, guild_id="elsewhere")
     assert here == [] and count == 0  # an admin of another server sees none of them
+
+
+async def test_forget_me_keeps_the_money_under_an_alias_and_drops_the_member(make_ledger):
+    ledger = await make_ledger()
+    done = await finished(ledger)
+    refunded = await ledger.reserve(new_job())
+    await ledger.refund(refunded.id, "upstream failed")
+    await finished(ledger, BOB)
+    waiting = await ledger.reserve(new_job())
+    await ledger.block("discord", "guild1", ALICE.user_id, "admin", "spam")
+    with pytest.raises(InputError, match="still on its way"):
+        await ledger.forget_member("discord", ALICE.user_id, "discord:alice")
+    await ledger.refund(waiting.id, "cancelled")
+    before = money(await ledger.budget())
+    forgotten = await ledger.forget_member("discord", ALICE.user_id, "discord:alice")
+    assert set(forgotten) == {done.id, refunded.id, waiting.id}
+    assert money(await ledger.budget()) == before  # the money history stands
+    usage = await ledger.usage()
+    assert sum(r.jobs for r in usage) == 4 and sum(r.cost_micros for r in usage) == 2 * PRICE
+    assert all(r.user_id != ALICE.user_id for r in usage)
+    assert await ledger.jobs_of("discord", ALICE.user_id) == ([], 0)
+    record = await ledger.get(done.id)
+    assert record.params == {} and record.reply_to == {} and record.cost_micros == PRICE
+    trail = await ledger.audit_trail()
+    assert not [e for e in trail if "alice" in e.actor or "alice" in e.detail]
+    assert "forget" in [e.action for e in trail]
+    assert (await ledger.jobs_of("discord", BOB.user_id))[1] == 1  # others untouched
+
+
+async def test_an_admins_forget_reaches_only_their_servers_jobs(make_ledger):
+    ledger = await make_ledger()
+    here = await finished(ledger)
+    carol_here = Requester("discord", "carol", "guild1")
+    theirs = await finished(ledger, carol_here)
+    there = await finished(ledger, CAROL_ELSEWHERE)
+    forgotten = await ledger.forget_member("discord", "carol", "discord:admin", "guild1")
+    assert forgotten == [theirs.id]
+    assert (await ledger.get(there.id)).user_id == "carol"
+    assert (await ledger.get(here.id)).user_id == ALICE.user_id
+    reserved = [e for e in await ledger.audit_trail(there.id) if e.action == "reserve"]
+    assert reserved[0].actor == "discord:carol"  # the other server's entries are theirs still

@@ -1509,3 +1509,37 @@ async def test_sam3d_history_pages_through_a_members_own_models(slack, fake_slac
     )
     await slack.settle(until=lambda: len(fake_slack.hooks) == 3)
     assert "Only workspace admins" in fake_slack.hooks[2][1]["text"]
+
+
+# -- Forget me (issue 20) ------------------------------------------------------------------------
+
+
+async def test_forget_me_after_confirming_removes_the_members_files_and_keeps_the_bill(
+    slack, fake_slack, fake_segmind, tmp_path
+):
+    await slack.event(payloads.mention("mine", [photo_file(fake_slack)]))
+    await slack.settle(until=lambda: uploaded(fake_slack))
+    [job], _ = await slack.core.ledger.jobs_of("slack", payloads.ALICE)
+    folder = tmp_path / "data" / "jobs" / job.id
+    assert folder.is_dir()
+    committed = (await slack.core.ledger.budget()).committed_micros
+    url = fake_slack.response_url("forget")
+    await slack.command("forget-me", response_url=url)
+    await slack.settle(until=lambda: fake_slack.hooks)
+    [(_, question)] = fake_slack.hooks
+    assert question["response_type"] == "ephemeral" and "cannot be undone" in question["text"]
+    forget = next(e for e in question["blocks"][1]["elements"] if e["text"]["text"] == "Forget")
+    stranger = payloads.button(
+        forget["value"], action=forget["action_id"], user="U0000BOB", response_url=url
+    )
+    await slack.interact(stranger)
+    await slack.settle(until=lambda: len(fake_slack.hooks) == 2)
+    assert "not yours" in fake_slack.hooks[1][1]["text"] and folder.is_dir()
+    mine = payloads.button(forget["value"], action=forget["action_id"], response_url=url)
+    await slack.interact(mine)
+    await slack.settle(until=lambda: len(fake_slack.hooks) == 3)
+    done = fake_slack.hooks[2][1]
+    assert done["replace_original"] is True and done["text"].startswith("Done: 1 job(s) of yours")
+    assert not folder.exists()
+    assert await slack.core.ledger.jobs_of("slack", payloads.ALICE) == ([], 0)
+    assert (await slack.core.ledger.budget()).committed_micros == committed

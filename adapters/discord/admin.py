@@ -12,6 +12,7 @@ from discord import app_commands
 from bot.operations import REASON_MAX, Where
 
 from .answers import ephemeral
+from .privacy import confirmation
 from .translate import PLATFORM, requester_of
 
 if TYPE_CHECKING:
@@ -48,6 +49,15 @@ class AdminCommands(app_commands.Group):
     async def _answer(self, interaction: discord.Interaction, work: Awaitable[str]) -> None:
         # A refusal (BotError) is worded by the command tree's error hook.
         await ephemeral(interaction, await work)
+
+    @app_commands.command(
+        name="forget", description="Remove a member's photos and models made in this server"
+    )
+    @app_commands.describe(member="the member to forget")
+    async def forget(self, interaction: discord.Interaction, member: discord.User) -> None:
+        await interaction.response.send_message(
+            **confirmation(member.id, interaction.guild_id), ephemeral=True
+        )
 
     @app_commands.command(name="usage", description="This server's jobs and spend")
     @app_commands.describe(month="YYYY-MM (default: this month)")

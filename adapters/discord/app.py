@@ -25,6 +25,7 @@ from .answers import AnsweringModal, AnsweringView, Sam3dTree, ephemeral
 from .buttons import ResultButton, ResultFormats, result_view
 from .history import HistoryButton, history_message
 from .picking import PickControl, picker_message, start_picked_on_web
+from .privacy import ForgetButton, confirmation
 from .replier import DiscordReplier
 from .translate import (
     NO_PINGS,
@@ -69,7 +70,9 @@ class Sam3dClient(discord.AutoShardedClient):
         add_commands(self)
 
     async def setup_hook(self) -> None:
-        self.add_dynamic_items(ResultButton, ResultFormats, PickControl, HistoryButton)
+        self.add_dynamic_items(
+            ResultButton, ResultFormats, PickControl, HistoryButton, ForgetButton
+        )
         if self.core.picker is not None:  # Make it on the web page starts the job here
             self.core.picker.starts_jobs_for(
                 PLATFORM, lambda pick, request: start_picked_on_web(self, pick, request)
@@ -351,6 +354,13 @@ def add_commands(client: Sam3dClient) -> None:
         )
         if parts is not None:
             await interaction.response.send_message(**parts, ephemeral=True)
+
+    @tree.command(name="sam3d-forget-me", description="Remove your photos and models")
+    @everywhere
+    async def forget_me(interaction: discord.Interaction) -> None:
+        await interaction.response.send_message(
+            **confirmation(interaction.user.id, None), ephemeral=True
+        )
 
     @tree.command(name="sam3d-quota", description="Your jobs left and this server's budget")
     @everywhere

@@ -28,7 +28,7 @@ from bot.errors import BotError, InputError
 from bot.operations import NOT_YOURS, describe_quota
 from bot.replies import server_noun
 
-from . import picking
+from . import picking, privacy
 from .app import SlackBot, admin, again, link, open_form
 from .history import HISTORY, history_blocks, history_words
 from .replier import quietly, slack_error
@@ -51,6 +51,7 @@ from .translate import (
     parse_job_text,
     strip_mentions,
     team_of,
+    user_id_in,
     wants_pick,
 )
 
@@ -91,6 +92,7 @@ def register(bot: SlackBot) -> None:
     app.action(DELETE)(delete)
     app.action(FORMATS)(formats)
     app.action(re.compile(f"^{HISTORY}_(older|newer)$"))(history_page)
+    app.action(re.compile(f"^{privacy.FORGET}_(yes|no)$"))(forget_pressed)
     for change in picking.CHANGES:
         app.action(change)(pick_changed)
     app.action(picking.OPEN_PICKER)(open_picker)
@@ -182,7 +184,16 @@ async def admin_command(
     await ack()
     text = (body.get("text") or "").strip()
     bot: SlackBot = context[BOT]
-    await respond(await admin(bot, team_of(body), body["user_id"], text.split()[1:]))
+    words = text.split()[1:]
+    if words and words[0].lower() == "forget":  # a confirmation first, as for forget-me
+        member = user_id_in(words[1]) if len(words) > 1 else None
+        if member is None:
+            await respond("Name the member: `forget @someone`.")
+            return
+        said, blocks = privacy.confirmation(member, team_of(body))
+        await respond(text=said, blocks=blocks, response_type="ephemeral")
+        return
+    await respond(await admin(bot, team_of(body), body["user_id"], words))
 
 
 async def command(
@@ -203,6 +214,10 @@ async def command(
             await respond(problem, response_type="ephemeral")
     elif word == "help":
         await ack(HELP)
+    elif word == "forget-me":
+        await ack()
+        said, blocks = privacy.confirmation(user, None)
+        await respond(text=said, blocks=blocks, response_type="ephemeral")
     elif word == "history":
         await ack()
         member, page = history_words(text.split()[1:])
@@ -476,6 +491,17 @@ async def details(
     await ack()
     text = await context[BOT].operations.job_details(body["actions"][0]["value"], escape)
     await respond(text, response_type="ephemeral", replace_original=False)
+
+
+async def forget_pressed(
+    ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond, context: AsyncBoltContext
+) -> None:
+    await ack()
+    action = body["actions"][0]
+    said = await privacy.confirmed(
+        context[BOT], body["user"]["id"], team_of(body), action["action_id"], action["value"]
+    )
+    await respond(text=said, replace_original=True)
 
 
 async def history_page(

@@ -38,8 +38,10 @@ points and a seed.
 runs at once.
 • On a message with a photo: ⋯ More actions > *Make 3D model*.
 • Mention me in a message with a photo, or in reply to one: `@sam3d red chair`.
-• `{COMMAND} pick <photo link>`, or `pick` first when you mention me: point at the object on a grid before paying.
+• `{COMMAND} pick <photo link>`, or `pick` first when you mention me: point at the object \
+on a grid before paying.
 • `{COMMAND} history [page]`: your models, newest first.
+• `{COMMAND} forget-me`: remove your photos and models from the bot (it asks first).
 • `{COMMAND} quota`: how many jobs you have left.
 • `{COMMAND} admin ...`: usage, quotas, budget, blocks and pauses (workspace admins)."""
 
@@ -50,7 +52,8 @@ ADMIN_HELP = f"""*Admin commands* (`{COMMAND} admin ...`)
 • `block @user [reason]`, `unblock @user`
 • `pause [reason]`, `resume`: stop or open new jobs here
 • `refund <job id> [reason]`: give a job back to its user
-• `channel #channel on|off`: keep jobs to some channels (none listed: every channel)"""
+• `channel #channel on|off`: keep jobs to some channels (none listed: every channel)
+• `forget @user`: remove a member's photos and models made here (it asks first)"""
 
 
 # -- text people type ------------------------------------------------------------------------

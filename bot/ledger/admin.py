@@ -3,6 +3,8 @@ written to the audit trail with its actor."""
 
 from __future__ import annotations
 
+import secrets
+
 from ..errors import InputError
 from ..ports import (
     RULE_KINDS,
@@ -119,6 +121,35 @@ class AdminStore(SqlBase):
         self._audit(
             tx, None, actor, "set_budget", cap or 0, f"{scope}: {'no cap' if cap is None else cap}"
         )
+
+    async def forget_member(
+        self, platform: str, user_id: str, actor: str, guild_id: str | None = None
+    ) -> list[str]:
+        """ "Forget me": the member's jobs stay, for the money, under an alias, with what they
+        asked for cleared; their name leaves the audit trail. `guild_id`: only the jobs made
+        in that server (an admin's forget). Returns the jobs' ids (their files are the
+        caller's to remove). Refused while a job of theirs is on its way."""
+        return await self._run(self._forget_member, platform, user_id, actor, guild_id)
+
+    def _forget_member(
+        self, tx: Tx, platform: str, user_id: str, actor: str, guild_id: str | None
+    ) -> list[str]:
+        tx.lock(f"user:{platform}:{user_id}")
+        rows = tx.query(
+            "states_of_user", platform=platform, user_id=user_id, guild_id=guild_id
+        ).fetchall()
+        if any(row["state"] in UNFINISHED for row in rows):
+            raise InputError("jobs", "a model of theirs is still on its way; try when it is done")
+        alias = f"forgotten-{secrets.token_hex(4)}"
+        named, as_alias = f"{platform}:{user_id}", f"{platform}:{alias}"
+        for row in rows:
+            tx.query("forget_job", id=row["id"], platform=platform, alias=alias)
+            tx.query("forget_audit_of_job", job_id=row["id"], actor=named, alias=as_alias)
+        # Entries of no job (blocks, rules): theirs to forget only when it is everywhere.
+        tx.query("forget_audit", actor=named, alias=as_alias, everywhere=int(guild_id is None))
+        done_by = as_alias if actor == named else actor
+        self._audit(tx, None, done_by, "forget", 0, f"{len(rows)} job(s) of {as_alias}")
+        return [row["id"] for row in rows]
 
     async def block(
         self, platform: str, guild_id: str, user_id: str, actor: str, reason: str = ""

@@ -65,3 +65,29 @@ ON CONFLICT (scope) DO UPDATE SET reason = excluded.reason;
 
 -- name: resume(scope)!
 DELETE FROM pauses WHERE scope = :scope;
+
+-- name: states_of_user(platform, user_id, guild_id)
+-- guild_id NULL: wherever they were made (the member's own forget me); else one server's.
+SELECT id, state FROM jobs
+ WHERE platform = :platform AND user_id = :user_id
+   AND (CAST(:guild_id AS TEXT) IS NULL OR guild_id = :guild_id);
+
+-- name: forget_job(id, platform, alias)!
+-- "Forget me": the job keeps its money (state, price, cost, month, server) under an alias;
+-- what was asked for, where it went, and how to resume it are cleared.
+UPDATE jobs SET user_id = :alias, actor = :platform || ':' || :alias, params = '{}',
+       reply_to = '{}', resume_ref = '{}', error = NULL
+ WHERE id = :id;
+
+-- name: forget_audit(actor, alias, everywhere)!
+-- The member's name in the audit trail, as actor and in details (a block names whom); one
+-- server's forget leaves their entries about other servers' jobs alone.
+UPDATE audit SET actor = CASE WHEN actor = :actor THEN :alias ELSE actor END,
+                 detail = REPLACE(detail, :actor, :alias)
+ WHERE (actor = :actor OR REPLACE(detail, :actor, '') <> detail)
+   AND (:everywhere = 1 OR job_id IS NULL);
+
+-- name: forget_audit_of_job(job_id, actor, alias)!
+UPDATE audit SET actor = CASE WHEN actor = :actor THEN :alias ELSE actor END,
+                 detail = REPLACE(detail, :actor, :alias)
+ WHERE job_id = :job_id AND (actor = :actor OR REPLACE(detail, :actor, '') <> detail);
