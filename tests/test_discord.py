@@ -106,7 +106,14 @@ def callback_for(fake, payload):
 async def test_commands_are_synced_at_start(bot, fake_discord):
     [sync] = fake_discord.find("PUT", "/commands")
     names = {c["name"] for c in sync.json}
-    assert names == {"sam3d", "Make 3D model", "sam3d-quota", "sam3d-admin"}
+    assert names == {
+        "sam3d",
+        "Make 3D model",
+        "sam3d-quota",
+        "sam3d-history",
+        "sam3d-forget-me",
+        "sam3d-admin",
+    }
     sam3d = next(c for c in sync.json if c["name"] == "sam3d")
     seed = next(o for o in sam3d["options"] if o["name"] == "seed")
     prompt = next(o for o in sam3d["options"] if o["name"] == "prompt")
