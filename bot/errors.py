@@ -78,6 +78,15 @@ class JobsPaused(BotError):
         super().__init__(f"New jobs are paused by the admins{why}; please try again later.")
 
 
+class JobCancelled(BotError):
+    """The member (or an admin) cancelled a job while it waited its turn."""
+
+    code = "cancelled"
+
+    def __init__(self) -> None:
+        super().__init__("Cancelled.")
+
+
 class DiskFull(BotError):
     """The bot's disk is below MIN_FREE_DISK_MB: no new jobs (before anything is charged), or
     a made model could not be kept (charged: Segmind billed it)."""

@@ -134,6 +134,20 @@ class Progress:
     stage: Stage
     position: int | None = None  # 1 = next to start, while queued
     offline: bool = False  # the free offline backend, not SAM 3D
+    job_id: str | None = None  # for the progress message's Cancel
+
+    @property
+    def cancel_label(self) -> str | None:
+        """The progress message's Cancel while it can be pressed: queued, nothing is charged;
+        at Segmind, which cannot stop a job, it is charged and still delivered (said up
+        front)."""
+        if self.job_id is None:
+            return None
+        if self.stage is Stage.QUEUED:
+            return "Cancel"
+        if self.stage in (Stage.SUBMITTED, Stage.PROCESSING):
+            return "Cancel (still charged)"
+        return None
 
     def describe(self) -> str:
         if self.stage is Stage.QUEUED:

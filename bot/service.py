@@ -23,6 +23,7 @@ from .errors import (
     DeliveryError,
     DiskFull,
     InputError,
+    JobCancelled,
     JobLost,
     ServiceStopping,
     SubmitUncertain,
@@ -109,6 +110,8 @@ class _Job:
     committed: bool = False  # Segmind billed it: from here on nothing is refunded
     finished: bool = False  # delivered: what follows (the turntable) is extra
     lost: bool = False  # another process owns it now: write nothing more
+    waiting: bool = False  # in the queue for Segmind: a Cancel ends it, nothing charged
+    cancelled: bool = False  # the member's Cancel stopped it
     # Until when (monotonic) its lease surely holds: nobody can take a job before its lease
     # lapses, so no round trip is needed to know it is still ours.
     owned_until: float = 0.0
@@ -122,6 +125,12 @@ class _Job:
         now = time.monotonic()
         self.timings[name] = round(now - since, 3)
         return now
+
+
+AT_SEGMIND = (
+    "It is already at Segmind, which cannot stop a job it has: it is charged, and its files "
+    "will still be posted here when they come."
+)
 
 
 class Service:
@@ -249,11 +258,13 @@ class Service:
         queued_at = time.monotonic()
 
         async def on_position(position: int) -> None:
-            await job.replier.progress(Progress(Stage.QUEUED, position))
+            await job.replier.progress(Progress(Stage.QUEUED, position, job_id=job.id))
 
+        job.waiting = True
         async with self._scheduler.slot(
             job.record.platform + ":" + job.record.user_id, on_position
         ):
+            job.waiting = False
             upstream_at = job.lap("queue", queued_at)
 
             async def on_sending() -> None:
@@ -268,7 +279,7 @@ class Service:
                     job.lost = True
                     raise JobLost(job.id)
                 job.submitted = True
-                await job.replier.progress(Progress(Stage.SUBMITTED))
+                await job.replier.progress(Progress(Stage.SUBMITTED, job_id=job.id))
 
             workdir = await self._results.workdir(job.id)
             with _disk_full_as(charged=lambda: job.submitted and not self.offline):
@@ -313,7 +324,9 @@ class Service:
 
     def _processing(self, job: _Job) -> OnProcessing:
         async def on_processing() -> None:
-            await job.replier.progress(Progress(Stage.PROCESSING, offline=self.offline))
+            await job.replier.progress(
+                Progress(Stage.PROCESSING, offline=self.offline, job_id=job.id)
+            )
 
         return on_processing
 
@@ -417,6 +430,11 @@ class Service:
                     job.task.uncancel()
                 log.warning("job %s: taken over by another process; stopped here", job.id)
                 return None
+            if job.cancelled:  # the member's Cancel, while it waited: refunded at once
+                if job.task is not None:
+                    job.task.uncancel()
+                await self._settle_failure(job, JobCancelled())
+                return None
             await asyncio.shield(self._on_cancel(job))
             raise
         except JobLost:
@@ -494,6 +512,26 @@ class Service:
             await self._ledger.release([job.id])
         except Exception:  # its lease then lapses by itself
             log.warning("job %s: could not release its lease", job.id, exc_info=True)
+
+    async def cancel(self, job_id: str, who: Requester) -> str:
+        """The progress message's Cancel, by the member who asked or an admin: a job still
+        waiting its turn ends now, refunded and its quota slot back; one Segmind has is
+        charged (Segmind cannot stop it) and still delivered."""
+        record = await self._ledger.get(job_id)
+        if record is None:
+            return "There is no such job."
+        if who.key != f"{record.platform}:{record.user_id}" and not who.is_admin:
+            return "Only the member who asked for it, or an admin, can cancel it."
+        job = self._running.get(job_id)
+        if job is not None and job.waiting and job.task is not None and not job.cancelled:
+            job.cancelled = True
+            job.task.cancel()
+            return "Cancelled: nothing was charged, and the job is back in the quota."
+        if record.state in (JobState.SUBMITTING, JobState.SUBMITTED, JobState.RENDERING) or (
+            job is not None and not job.finished
+        ):
+            return AT_SEGMIND
+        return "That job has already ended."
 
     async def again(
         self,

@@ -1191,3 +1191,58 @@ async def test_an_admin_forgets_a_member_in_their_server_after_confirming(
     assert kept.is_dir()
     assert "in this server forgotten" in (await confirm("Forget"))["content"]
     assert not kept.exists()
+
+
+# -- Cancel (issue 20) ---------------------------------------------------------------------------
+
+
+async def until(condition, limit_s: float = 20.0) -> None:
+    """Until `condition` holds, without waiting for the jobs (one is held at Segmind)."""
+    deadline = time.monotonic() + limit_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+
+
+async def test_cancel_on_a_queued_jobs_progress_refunds_it_at_once(
+    fake_discord, fake_segmind, tmp_path, settings_env
+):
+    fake_segmind.behaviour.held_seeds = {1}
+    async with running_bot(fake_discord, fake_segmind, tmp_path, max_concurrent_jobs=1) as bot:
+        dispatch(bot, payloads.sam3d(photo(fake_discord), seed=1))
+        await until(lambda: fake_segmind.counters.submits == 1)
+        queued = payloads.sam3d(photo(fake_discord), seed=2, user_id=payloads.BOB_ID)
+        dispatch(bot, queued)
+
+        def cancel_buttons():
+            return [
+                item
+                for edit in fake_discord.original_edits()
+                if queued["token"] in edit.path
+                for row in (edit.json or {}).get("components") or []
+                for item in row["components"]
+                if item.get("custom_id", "").startswith("sam3d:cancel:")
+            ]
+
+        await until(lambda: bool(cancel_buttons()))
+        [button, *_] = cancel_buttons()
+        assert button["label"] == "Cancel"
+        message_id = callback_for(fake_discord, queued).answer["resource"]["message"]["id"]
+        pressed = press(fake_discord, message_id, button["custom_id"], user_id=payloads.BOB_ID)
+        dispatch(bot, pressed)
+        await until(
+            lambda: any(
+                "Nothing was charged" in (c.json or {}).get("content", "")
+                for c in [*fake_discord.followups(), *fake_discord.original_edits()]
+                if queued["token"] in c.path
+            )
+        )
+        said = callback_for(fake_discord, pressed).json["data"]
+        assert said["flags"] & EPHEMERAL and said["content"].startswith("Cancelled")
+        bob = Requester("discord", payloads.BOB_ID, payloads.GUILD_ID)
+        assert (await bot.core.ledger.quota_status(bob)).used == 0
+        fake_segmind.behaviour.held_seeds = set()
+        await settle(bot)
+        assert fake_segmind.counters.submits == 1  # the cancelled job never went upstream
+        [row] = [r for r in await bot.core.ledger.usage() if r.user_id == payloads.BOB_ID]
+        assert row.refunded == 1

@@ -420,3 +420,55 @@ async def test_json_logs_are_one_object_a_line_naming_the_job_and_no_secret(
     assert API_KEY not in stream.getvalue() and "[redacted]" in failed["exc_info"]
     assert lines[-1]["message"] == "after the job" and lines[-1]["job_id"] is None
     assert job.failed == 1
+
+
+class ProgressRecorder(Recorder):
+    """A Recorder that keeps the whole Progress (its job id and Cancel label) too."""
+
+    def __init__(self):
+        super().__init__()
+        self.updates = []
+
+    async def progress(self, update):
+        self.updates.append(update)
+        await super().progress(update)
+
+
+async def test_cancel_while_queued_refunds_at_once_and_at_segmind_keeps_the_charge(
+    make_service, ledger, fake_segmind
+):
+    """Cancel on a job that waits its turn: refunded and its slot back, at once; on one
+    Segmind has: it is charged and still delivered, as its Cancel said up front."""
+    fake_segmind.behaviour.held_seeds = {1}
+    service = make_service(capacity=1)
+    first, second = ProgressRecorder(), ProgressRecorder()
+    running = asyncio.create_task(service.run(request(seed=1), first))
+    for _ in range(200):
+        if any(u.stage is Stage.SUBMITTED for u in first.updates):
+            break
+        await asyncio.sleep(0.01)
+    waiting = asyncio.create_task(service.run(request(BOB, seed=2), second))
+    for _ in range(200):
+        if second.updates:
+            break
+        await asyncio.sleep(0.01)
+    [queued] = [u for u in second.updates if u.stage is Stage.QUEUED]
+    assert queued.cancel_label == "Cancel" and queued.job_id
+    at_segmind = next(u for u in first.updates if u.stage is Stage.SUBMITTED)
+    assert at_segmind.cancel_label == "Cancel (still charged)"
+
+    assert "Only the member" in await service.cancel(queued.job_id, ALICE)
+    said = await service.cancel(queued.job_id, BOB)
+    assert said.startswith("Cancelled: nothing was charged")
+    await asyncio.wait_for(waiting, 5)
+    error, refunded = second.failure
+    assert isinstance(error, errors.JobCancelled) and refunded
+    assert (await ledger.quota_status(BOB)).used == 0
+    assert fake_segmind.counters.submits == 1  # it never went upstream
+    assert await service.cancel(queued.job_id, BOB) == "That job has already ended."
+
+    assert "cannot stop a job it has" in await service.cancel(at_segmind.job_id, ALICE)
+    fake_segmind.behaviour.held_seeds = set()
+    await asyncio.wait_for(running, 10)
+    assert first.result is not None  # charged and delivered
+    assert (await ledger.budget()).committed_micros == 65_000

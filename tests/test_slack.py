@@ -1543,3 +1543,58 @@ async def test_forget_me_after_confirming_removes_the_members_files_and_keeps_th
     assert not folder.exists()
     assert await slack.core.ledger.jobs_of("slack", payloads.ALICE) == ([], 0)
     assert (await slack.core.ledger.budget()).committed_micros == committed
+
+
+# -- Cancel (issue 20) ---------------------------------------------------------------------------
+
+
+async def until(condition, limit_s: float = 20.0) -> None:
+    """Until `condition` holds, without waiting for the jobs (one is held at Segmind)."""
+    deadline = time.monotonic() + limit_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+
+
+async def test_cancel_on_a_queued_jobs_progress_refunds_it(
+    fake_slack, fake_segmind, tmp_path, settings_env, unused_tcp_port
+):
+    from bot.models import Requester
+
+    fake_segmind.behaviour.held_seeds = {1}
+    async with running_slack(
+        fake_slack, fake_segmind, tmp_path, unused_tcp_port, max_concurrent_jobs=1
+    ) as slack:
+        await slack.event(payloads.mention("ball seed=1", [photo_file(fake_slack)]))
+        await until(lambda: fake_segmind.counters.submits == 1)
+        await slack.event(
+            payloads.mention("vase seed=2", [photo_file(fake_slack, "b.png")], user="U0000BOB")
+        )
+
+        def cancel_buttons():
+            return [
+                element
+                for update in fake_slack.find("chat.update")
+                for block in update.args.get("blocks") or []
+                if block["type"] == "actions"
+                for element in block["elements"]
+                if element["action_id"] == "sam3d_cancel" and "U0000BOB" in update.args["text"]
+            ]
+
+        await until(lambda: bool(cancel_buttons()))
+        [button, *_] = cancel_buttons()
+        assert button["text"]["text"] == "Cancel"
+        url = fake_slack.response_url("cancel")
+        await slack.interact(
+            payloads.button(
+                button["value"], action="sam3d_cancel", user="U0000BOB", response_url=url
+            )
+        )
+        await until(lambda: any(name == "cancel" for name, _ in fake_slack.hooks))
+        [said] = [body for name, body in fake_slack.hooks if name == "cancel"]
+        assert said["text"].startswith("Cancelled") and said["response_type"] == "ephemeral"
+        bob = Requester("slack", "U0000BOB", payloads.TEAM)
+        assert (await slack.core.ledger.quota_status(bob)).used == 0
+        fake_segmind.behaviour.held_seeds = set()
+        await slack.settle()
+        assert fake_segmind.counters.submits == 1

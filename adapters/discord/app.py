@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 from .admin import AdminCommands
 from .answers import AnsweringModal, AnsweringView, Sam3dTree, ephemeral
-from .buttons import ResultButton, ResultFormats, result_view
+from .buttons import CancelButton, ResultButton, ResultFormats, cancel_view, result_view
 from .history import HistoryButton, history_message
 from .picking import PickControl, picker_message, start_picked_on_web
 from .privacy import ForgetButton, confirmation
@@ -71,7 +71,7 @@ class Sam3dClient(discord.AutoShardedClient):
 
     async def setup_hook(self) -> None:
         self.add_dynamic_items(
-            ResultButton, ResultFormats, PickControl, HistoryButton, ForgetButton
+            ResultButton, ResultFormats, PickControl, HistoryButton, ForgetButton, CancelButton
         )
         if self.core.picker is not None:  # Make it on the web page starts the job here
             self.core.picker.starts_jobs_for(
@@ -100,6 +100,7 @@ class Sam3dClient(discord.AutoShardedClient):
             view_for=result_view,
             links=self.core.links,
             conversions=self.core.conversions,
+            cancel_view=cancel_view,
         )
 
     def replier_for_record(self, record: JobRecord) -> DiscordReplier | None:
@@ -117,6 +118,7 @@ class Sam3dClient(discord.AutoShardedClient):
             view_for=result_view,
             links=self.core.links,
             conversions=self.core.conversions,
+            cancel_view=cancel_view,
         )
 
     async def start_job(

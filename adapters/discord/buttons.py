@@ -185,3 +185,44 @@ async def send_format(
         "bot has no web address for downloads (PUBLIC_URL). Try the lighter GLB.",
         ephemeral=True,
     )
+
+
+def cancel_view(job_id: str, label: str) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    view.add_item(CancelButton(job_id, label))
+    return view
+
+
+class CancelButton(
+    discord.ui.DynamicItem[discord.ui.Button[discord.ui.View]],
+    template=rf"sam3d:cancel:{JOB_ID}",
+):
+    """Cancel on a job's progress: the core says what it can do at this stage."""
+
+    def __init__(self, job_id: str, label: str = "Cancel"):
+        super().__init__(
+            discord.ui.Button(
+                label=label, style=discord.ButtonStyle.secondary, custom_id=f"sam3d:cancel:{job_id}"
+            )
+        )
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(
+        cls,
+        interaction: discord.Interaction,
+        item: discord.ui.Item[Any],
+        match: re.Match[str],
+    ) -> CancelButton:
+        return cls(match["job"])
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        from .app import Sam3dClient
+
+        client = interaction.client
+        assert isinstance(client, Sam3dClient)
+        try:
+            said = await client.core.service.cancel(self.job_id, requester_of(interaction))
+            await ephemeral(interaction, said)
+        except Exception as error:  # a dynamic item has no view of ours to catch it
+            await answer_failure(interaction, error)

@@ -50,12 +50,14 @@ class DiscordReplier:
         view_for: Callable[[str], discord.ui.View] | None = None,
         links: DownloadLinks | None = None,
         conversions: Conversions | None = None,
+        cancel_view: Callable[[str, str], discord.ui.View] | None = None,
     ):
         self._client = client
         self._reply_to = reply_to
         self._view_for = view_for  # job id -> the result's buttons
         self._links = links  # the bot's signed download links, for files too big to attach
         self._conversions = conversions  # for a thinned splat where the splat is too big
+        self._cancel_view = cancel_view  # (job id, label) -> the progress's Cancel
         self._progress = ProgressThrottle(self._edit, interval_s)
         self.result_message: discord.Message | None = None
         self._sent_limit = 0  # the upload limit of the way the result went
@@ -88,12 +90,13 @@ class DiscordReplier:
         assert self._followup is not None, "only while the token is usable"
         return self._followup
 
-    async def _edit_original(self, content: str) -> None:
+    async def _edit_original(self, content: str, view: discord.ui.View | None = None) -> None:
         # "@original" is Discord's route for the interaction's first response; discord.py
-        # types message ids as int only.
+        # types message ids as int only. No view: the progress's Cancel goes.
         await self._webhook.edit_message(
             "@original",  # type: ignore[call-overload]
             content=content,
+            view=view,
             allowed_mentions=NO_PINGS,
         )
 
@@ -109,7 +112,10 @@ class DiscordReplier:
 
     async def _edit(self, update: Progress) -> None:
         try:
-            await self._edit_original(f"⏳ {update.describe()}…")
+            view = None
+            if update.cancel_label and update.job_id and self._cancel_view is not None:
+                view = self._cancel_view(update.job_id, update.cancel_label)
+            await self._edit_original(f"⏳ {update.describe()}…", view)
         except discord.HTTPException as exc:  # progress is best effort; the result is not
             log.info("progress edit failed: %s", exc)
 

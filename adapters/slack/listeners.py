@@ -33,6 +33,7 @@ from .app import SlackBot, admin, again, link, open_form
 from .history import HISTORY, history_blocks, history_words
 from .replier import quietly, slack_error
 from .translate import (
+    CANCEL,
     COMMAND,
     DELETE,
     DETAILS,
@@ -91,6 +92,7 @@ def register(bot: SlackBot) -> None:
     app.action(DETAILS)(details)
     app.action(DELETE)(delete)
     app.action(FORMATS)(formats)
+    app.action(CANCEL)(cancel)
     app.action(re.compile(f"^{HISTORY}_(older|newer)$"))(history_page)
     app.action(re.compile(f"^{privacy.FORGET}_(yes|no)$"))(forget_pressed)
     for change in picking.CHANGES:
@@ -518,6 +520,17 @@ async def history_page(
         context[BOT], team_of(body), body["user"]["id"], member, page
     )
     await respond(text=said, blocks=blocks or None, replace_original=True)
+
+
+async def cancel(
+    ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond, context: AsyncBoltContext
+) -> None:
+    """Cancel on a job's progress: what the core could do, to the presser alone."""
+    await ack()
+    bot: SlackBot = context[BOT]
+    who = await bot.requester_of(team_of(body), body["user"]["id"])
+    said = await bot.core.service.cancel(str(body["actions"][0]["value"]), who)
+    await respond(said, response_type="ephemeral", replace_original=False)
 
 
 async def formats(ack: AsyncAck, body: dict[str, Any], context: AsyncBoltContext) -> None:

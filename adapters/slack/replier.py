@@ -24,7 +24,7 @@ from bot.models import FileKind, JobResult, OutputFile, Progress
 from bot.replies import SHARED_KINDS, attachment_name, failure_text
 from bot.throttle import ProgressThrottle
 
-from .translate import progress_text, result_blocks, result_text, shared_at
+from .translate import progress_blocks, progress_text, result_blocks, result_text, shared_at
 
 if TYPE_CHECKING:
     from bot.downloads import DownloadLinks
@@ -145,11 +145,10 @@ class SlackReplier:
         ts = self._progress_ts
         if ts is None:  # withdrawn meanwhile
             return
+        text = progress_text(self._user, update.describe())
         try:
             await self._progress_client.chat_update(
-                channel=self._channel,
-                ts=ts,
-                text=progress_text(self._user, update.describe()),
+                channel=self._channel, ts=ts, text=text, blocks=progress_blocks(text, update)
             )
         except SlackApiError as exc:  # progress is best effort; the result is not
             log.info("progress update failed: %s", slack_error(exc))

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from bot.conversions import CHOICES
 from bot.errors import InputError
 from bot.images import parse_bbox, parse_points, parse_seed
-from bot.models import SEED_MAX, SEED_MIN, JobResult, Requester
+from bot.models import SEED_MAX, SEED_MIN, JobResult, Progress, Requester
 from bot.replies import cost_text
 
 if TYPE_CHECKING:
@@ -26,6 +26,7 @@ NEW_SEED = "sam3d_new_seed"  # the buttons on a finished job
 DETAILS = "sam3d_details"
 DELETE = "sam3d_delete"
 FORMATS = "sam3d_formats"  # the model in another format, on demand
+CANCEL = "sam3d_cancel"  # on a job's progress
 MAX_PROMPT = 200
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp")
@@ -442,6 +443,20 @@ def check_answers(answers: ModalAnswers, max_bytes: int) -> dict[str, str]:
 
 def progress_text(user_id: str, stage: str) -> str:
     return f"⏳ <@{user_id}>'s 3D model: {stage}…"
+
+
+def progress_blocks(text: str, update: Progress) -> list[dict[str, Any]]:
+    """The progress message, with Cancel while it can be pressed (the core says what)."""
+    blocks: list[dict[str, Any]] = [{"type": "section", "text": {"type": "mrkdwn", "text": text}}]
+    if update.cancel_label and update.job_id:
+        button = {
+            "type": "button",
+            "action_id": CANCEL,
+            "value": update.job_id,
+            "text": {"type": "plain_text", "text": update.cancel_label},
+        }
+        blocks.append({"type": "actions", "elements": [button]})
+    return blocks
 
 
 def result_text(result: JobResult, user_id: str, links: DownloadLinks | None = None) -> str:
