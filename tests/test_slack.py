@@ -1457,7 +1457,12 @@ async def test_formats_on_a_result_upload_the_chosen_file_in_its_thread_and_reus
     assert sent["thread_ts"] == done["ts"] and f"<@{payloads.ALICE}>" in sent["comment"]
     (tmp_path / "m.zip").write_bytes(sent["data"])
     with zipfile.ZipFile(tmp_path / "m.zip") as archive:
-        assert {"model.obj", "model.mtl"} <= set(archive.namelist())
+        archive.extractall(tmp_path / "m")
+    import trimesh
+
+    reopened = trimesh.load(str(tmp_path / "m" / "model.obj"), force="mesh")
+    source = trimesh.load(str(next((tmp_path / "data" / "jobs").glob("*/*.glb"))), force="mesh")
+    assert len(reopened.faces) == len(source.faces)  # the job's own model, as OBJ
     [kept] = (tmp_path / "data" / "jobs").glob("*/format-obj.zip")
     made_at = kept.stat().st_mtime_ns
     await slack.interact(chose(obj))
