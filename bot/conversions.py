@@ -38,6 +38,11 @@ class Choice:
     faces: int | None = None
 
     @property
+    def phrase(self) -> str:
+        """The label inside a sentence: "your model as stl, for printing"."""
+        return self.label[0].lower() + self.label[1:]
+
+    @property
     def file_name(self) -> str:
         """What the member's file is called."""
         return f"model-{self.key}{self.format.suffix}"
@@ -87,12 +92,18 @@ class Conversions:
             raise InputError("model", "this job made no mesh to convert, only a splat")
         target = mesh.path.parent / choice.kept_as
         lock = self._making.setdefault(target, asyncio.Lock())
-        async with lock:  # the same conversion asked twice at once is made once
-            made = False
-            if not await asyncio.to_thread(target.is_file):
-                async with self._slots:
-                    await convert(mesh.path, choice.format, target, choice.height_mm, choice.faces)
-                made = True
+        try:
+            async with lock:  # the same conversion asked twice at once is made once
+                made = False
+                if not await asyncio.to_thread(target.is_file):
+                    async with self._slots:
+                        await convert(
+                            mesh.path, choice.format, target, choice.height_mm, choice.faces
+                        )
+                    made = True
+        finally:
+            if not lock.locked():  # a later ask finds the file made
+                self._making.pop(target, None)
         size = (await asyncio.to_thread(target.stat)).st_size
         return OutputFile(FileKind.OTHER, target, size, MEDIA_TYPES[choice.format]), made
 

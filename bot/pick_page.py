@@ -5,6 +5,7 @@ makes at most once. Like the viewer page: everything from the bot itself, a stri
 
 from __future__ import annotations
 
+import asyncio
 import html
 import json
 from typing import Any
@@ -77,7 +78,7 @@ async def pick_photo(request: web.Request) -> web.Response:
     picker = request.app[PICKER]
     try:
         await picker.load(pick_id)
-        photo = picker.store.photo(pick_id, "shown.jpg")
+        photo = await asyncio.to_thread(picker.store.photo, pick_id, "shown.jpg")
     except BotError as error:
         return refused(410, error.user_message)
     return web.Response(body=photo, content_type="image/jpeg", headers=PAGE_HEADERS)

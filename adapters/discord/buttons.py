@@ -12,7 +12,7 @@ from bot.conversions import CHOICES, choice_of
 from bot.operations import NOT_YOURS
 
 from .answers import answer_failure, ephemeral
-from .translate import requester_of
+from .translate import chosen_value, requester_of
 
 if TYPE_CHECKING:
     from .app import Sam3dClient
@@ -140,15 +140,9 @@ class ResultFormats(
         client = interaction.client
         assert isinstance(client, Sam3dClient)
         try:
-            await send_format(client, interaction, self.job_id, chosen_value(interaction))
+            await send_format(client, interaction, self.job_id, chosen_value(interaction) or "")
         except Exception as error:  # a dynamic item has no view of ours to catch it
             await answer_failure(interaction, error)
-
-
-def chosen_value(interaction: discord.Interaction) -> str:
-    data: dict[str, Any] = dict(interaction.data or {})
-    values = data.get("values")
-    return str(values[0]) if isinstance(values, list) and values else ""
 
 
 async def send_format(
@@ -161,7 +155,7 @@ async def send_format(
     choice = choice_of(key)
     await interaction.response.defer(ephemeral=True, thinking=True)
     file, _ = await conversions.file_for(job_id, key)
-    text = f"Your model as {choice.label[0].lower()}{choice.label[1:]}."
+    text = f"Your model as {choice.phrase}."
     if file.size <= interaction.filesize_limit:
         await interaction.followup.send(
             text, file=discord.File(file.path, choice.file_name), ephemeral=True

@@ -20,7 +20,7 @@ from bot.picker import Pick
 
 from .answers import answer_failure
 from .replier import resumed_followup
-from .translate import NO_PINGS, requester_of
+from .translate import NO_PINGS, chosen_value, requester_of
 
 if TYPE_CHECKING:
     from .app import Sam3dClient
@@ -139,13 +139,6 @@ class PickControl(
             await answer_failure(interaction, error)
         except Exception as error:  # a dynamic item has no view of ours to catch it
             await answer_failure(interaction, error)
-
-
-def chosen_value(interaction: discord.Interaction) -> str | None:
-    """The option a select's press chose (a button's press has none)."""
-    data: dict[str, Any] = dict(interaction.data or {})
-    values = data.get("values")
-    return str(values[0]) if isinstance(values, list) and values else None
 
 
 async def change(

@@ -226,3 +226,10 @@ def unique_name(name: str, taken: set[str]) -> str:
         candidate = f"{stem}-{number}{dot}{suffix}"
     taken.add(candidate)
     return candidate
+
+
+def chosen_value(interaction: discord.Interaction) -> str | None:
+    """The option a select's press chose (a button's press has none)."""
+    data: dict[str, Any] = dict(interaction.data or {})
+    values = data.get("values")
+    return str(values[0]) if isinstance(values, list) and values else None

@@ -310,8 +310,7 @@ class SlackBot:
                 file=str(file.path),
                 filename=choice.file_name,
                 title=choice.label,
-                initial_comment=f"<@{user_id}> your model as {choice.label[0].lower()}"
-                f"{choice.label[1:]}.",
+                initial_comment=f"<@{user_id}> your model as {choice.phrase}.",
             )
         except BotError as error:
             await replier.tell(error.user_message)

@@ -588,11 +588,14 @@ class FakeDiscord:
         if kind in (6, 7):
             # A component's interaction: its original response is the message the component
             # is on (DEFERRED_UPDATE_MESSAGE, UPDATE_MESSAGE).
+            # receiving-and-responding.mdx: types 6 and 7 are "only valid for component-based
+            # interactions" (the code Discord gives is not documented; 50035 is its form error).
             if interaction.component_message is None:
-                raise DiscordError(400, 50035, "Invalid Form Body")  # no message to update
+                raise DiscordError(400, 50035, "Invalid Form Body")
             interaction.original = interaction.component_message
         if kind == 7 and interaction.component_message in self._messages:
-            # UPDATE_MESSAGE "edit the message the component was attached to".
+            # receiving-and-responding.mdx, UPDATE_MESSAGE: "for components, edit the message
+            # the component was attached to".
             check_message(data, files, creating=False)
             message = self._message(None, data, call.files, interaction.component_message)
         if kind in (4, 5):

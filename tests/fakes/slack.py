@@ -256,8 +256,9 @@ class FakeSlack:
         return _ok(view=self._keep_view(f"V{next(self._ids):08d}", args["view"]))
 
     def m_views_update(self, args) -> web.Response:
-        """views.update: a view Slack has (by view_id), its hash checked when given (the
-        method's errors: not_found, hash_conflict)."""
+        """views.update (docs.slack.dev/reference/methods/views.update): a view Slack has, by
+        view_id, and its hash "to protect against possible race conditions"; the errors
+        from the method's table: not_found, hash_conflict."""
         known = self.views.get(str(args.get("view_id") or ""))
         if known is None:
             return _ok(False, error="not_found")
@@ -272,8 +273,10 @@ class FakeSlack:
 
     def unseen_file(self, args: dict[str, Any]) -> web.Response | None:
         """An image block's slack_file must be a file the people shown it may see: one
-        shared somewhere, not one the app uploaded without a channel ("the user posting
-        these blocks must have access to this file"; Slack answers "invalid slack file")."""
+        shared somewhere, not one the app uploaded without a channel. Source: the Slack file
+        object's docs ("the user posting these blocks must have access to this file") and
+        the answer Slack gives, quoted in slackapi/python-slack-sdk#1658: invalid_blocks,
+        "invalid slack file"."""
         blocks = list(args.get("blocks") or []) + list((args.get("view") or {}).get("blocks") or [])
         for block in blocks:
             file_id = ((block or {}).get("slack_file") or {}).get("id")
