@@ -68,6 +68,32 @@ class JobRequest:
     include_artifacts: bool = False
     # Opaque routing data (channel, thread, ...) an adapter needs to reply after a restart.
     reply_to: dict[str, Any] = field(default_factory=dict)
+    # The job this one was made from (Edit, New seed), and where its result was posted: the
+    # new result links back to it.
+    from_job: str | None = None
+    from_link: str | None = None
+
+
+@dataclass(frozen=True)
+class JobEdits:
+    """A finished job's settings as a member edits them (Edit and run again): text as typed,
+    checked again like a new request; None leaves a setting out."""
+
+    prompt: str | None = None
+    bbox: str | None = None
+    points: str | None = None
+    seed: int | str | None = None
+
+    @classmethod
+    def of(cls, params: dict[str, Any]) -> JobEdits:
+        """The settings a job ran with, written the way a member types them."""
+        bbox, points = params.get("bbox"), params.get("points")
+        return cls(
+            prompt=params.get("prompt") or None,
+            bbox=",".join(map(str, bbox)) if bbox else None,
+            points=";".join(f"{x},{y}" for x, y in points) if points else None,
+            seed=params.get("seed"),
+        )
 
 
 @dataclass(frozen=True)

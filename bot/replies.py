@@ -77,7 +77,7 @@ def details_text(
     """A job's settings and cost, one per line; `escape` makes user text inert on the
     platform."""
     lines = [f"Job `{job_id}`"]
-    for key in ("prompt", "seed", "bbox", "points", "mask", "width", "height"):
+    for key in ("prompt", "seed", "bbox", "points", "mask", "width", "height", "from_job"):
         value = params.get(key)
         if value not in (None, False, ""):
             lines.append(f"{key}: {escape(str(value))}")

@@ -126,6 +126,10 @@ class ResultStore:
     async def inputs_of(self, job_id: str) -> tuple[bytes, bytes | None] | None:
         return await asyncio.to_thread(self._inputs_of, job_id)
 
+    async def has_inputs(self, job_id: str) -> bool:
+        """The job's photo is still kept (it can run again)."""
+        return await asyncio.to_thread((self._jobs / job_id / "input.img").is_file)
+
     async def validated_of(self, job_id: str) -> ValidatedInput | None:
         """The job's checked input exactly as it was queued, if it is still kept."""
         return await asyncio.to_thread(self._validated_of, job_id)

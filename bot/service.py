@@ -36,6 +36,7 @@ from .models import (
     SEED_MAX,
     SEED_MIN,
     ImageSource,
+    JobEdits,
     JobRequest,
     JobResult,
     JobState,
@@ -75,6 +76,7 @@ HELD_AFTER_STOP = (
 )
 FILES_LOST = "The model was made, but its files were lost when the bot restarted."
 MAX_SANE_COST_MICROS = 1_000_000  # $1: far above any SAM 3D call, far below an overflow
+PHOTO_NOT_KEPT = "that job's photo is no longer kept; send the photo again"
 KEPT = "It is kept: ask again with the same photo and settings and it is sent free."
 
 
@@ -228,13 +230,16 @@ class Service:
             self.metrics.delivered(request.requester.platform, cached)
             return cached
         reserving = time.monotonic()
+        params = validated.describe()
+        if request.from_job:  # Edit and New seed: the result links back to where it came from
+            params.update(from_job=request.from_job, from_link=request.from_link)
         try:
             record = await self._ledger.reserve(
                 NewJob(
                     request.requester,
                     self._price,
                     validated.cache_key,
-                    validated.describe(),
+                    params,
                     request.reply_to,
                     idempotency_key,
                 )
@@ -541,33 +546,41 @@ class Service:
         seed: int | None = None,
         reply_to: dict[str, Any] | None = None,
         idempotency_key: str | None = None,
+        edits: JobEdits | None = None,
+        from_link: str | None = None,
     ) -> JobResult | None:
-        """Run a finished job's photo and settings again with another seed ("New seed"):
-        a new job, under the requester's own quota."""
+        """Run a finished job's photo again as a new job, under the requester's own quota:
+        with its settings and another seed ("New seed"), or with `edits` ("Edit")."""
         record = await self._ledger.get(job_id)
         inputs = await self._results.inputs_of(job_id)
         if record is None or inputs is None:
-            await _tell_failure(
-                replier,
-                InputError("job", "that job's photo is no longer kept; send the photo again"),
-                False,
-            )
+            await _tell_failure(replier, InputError("job", PHOTO_NOT_KEPT), False)
             return None
         image, mask = inputs
-        params = record.params
+        edits = edits or replace(JobEdits.of(record.params), seed=seed)
+        if edits.seed in (None, ""):  # New seed, or an Edit that cleared it: any other seed
+            edits = replace(edits, seed=random.randint(SEED_MIN, SEED_MAX))
         request = JobRequest(
             requester=requester,
             image=ImageSource.from_bytes(image, "photo"),
-            prompt=params.get("prompt"),
-            bbox=",".join(map(str, params["bbox"])) if params.get("bbox") else None,
-            points=";".join(f"{x},{y}" for x, y in params["points"])
-            if params.get("points")
-            else None,
+            prompt=edits.prompt,
+            bbox=edits.bbox,
+            points=edits.points,
             mask=ImageSource.from_bytes(mask, "mask") if mask else None,
-            seed=random.randint(SEED_MIN, SEED_MAX) if seed is None else seed,
+            seed=edits.seed,
             reply_to=reply_to or record.reply_to,
+            from_job=job_id,
+            from_link=from_link,
         )
         return await self.run(request, replier, idempotency_key)
+
+    async def editable(self, job_id: str) -> JobEdits:
+        """What the Edit form opens with: the job's settings, its photo still kept; else
+        InputError saying why it cannot be edited."""
+        record = await self._ledger.get(job_id)
+        if record is None or not await self._results.has_inputs(job_id):
+            raise InputError("job", PHOTO_NOT_KEPT)
+        return JobEdits.of(record.params)
 
     # -- taking over jobs a stopped process left --------------------------------------------
 

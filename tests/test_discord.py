@@ -144,7 +144,7 @@ async def test_a_job_from_a_server_defers_shows_progress_and_posts_the_model(
     mentions = post.json["allowed_mentions"]
     assert mentions["parse"] == [] and [str(u) for u in mentions["users"]] == [payloads.ALICE_ID]
     ids = [b["custom_id"] for b in post.json["components"][0]["components"]]
-    assert [i.split(":")[1] for i in ids] == ["seed", "details", "delete"]
+    assert [i.split(":")[1] for i in ids] == ["seed", "edit", "details", "delete"]
     assert "✅ Done" in fake_discord.original_edits()[-1].json["content"]
     assert fake_segmind.counters.payloads[0]["seed"] == 42
 
@@ -1266,3 +1266,56 @@ async def test_cancel_on_a_queued_jobs_progress_refunds_it_at_once(
         assert fake_segmind.counters.submits == 1  # the cancelled job never went upstream
         [row] = [r for r in await bot.core.ledger.usage() if r.user_id == payloads.BOB_ID]
         assert row.refunded == 1
+
+
+def modal_fields(modal: dict) -> dict[str, dict]:
+    """A form's text inputs by custom id (in their action rows)."""
+    return {
+        row["components"][0]["custom_id"]: row["components"][0]
+        for row in modal["data"]["components"]
+        if row["type"] == 1
+    }
+
+
+async def test_edit_opens_the_form_filled_in_and_runs_the_same_photo_with_the_change(
+    bot, fake_discord, fake_segmind
+):
+    dispatch(bot, payloads.sam3d(photo(fake_discord), prompt="mug", bbox="10,10,50,50", seed=7))
+    await settle(bot)
+    [first] = fake_discord.channel_posts()
+    job_id = first.json["components"][0]["components"][1]["custom_id"].split(":")[2]
+    posted = first.answer["id"]
+    pressed = press(fake_discord, posted, f"sam3d:edit:{job_id}", user_id=payloads.BOB_ID)
+    dispatch(bot, pressed)
+    await settle(bot)
+    modal = callback_for(fake_discord, pressed).json
+    assert modal["type"] == 9 and modal["data"]["title"] == "Edit and run again"
+    fields = modal_fields(modal)
+    shown = [f.get("value") for f in fields.values()]
+    assert shown == ["mug", "10,10,50,50", None, "7"]  # the job's settings, ready to change
+    typed = dict(zip(fields, ["red mug", "10,10,50,50", "30,30", "7"], strict=True))
+    dispatch(bot, payloads.modal_submit(modal["data"]["custom_id"], typed, user_id=payloads.BOB_ID))
+    await settle(bot)
+    first_sent, again = fake_segmind.counters.payloads
+    assert again["prompt"] == "red mug" and again["point_coords"] and again["seed"] == 7
+    assert again["image"] == first_sent["image"]  # the same photo, not uploaded again
+    second = fake_discord.channel_posts()[-1]
+    assert second.json["content"] == f"<@{payloads.BOB_ID}>"  # a new job, the presser's
+    made_from = {f["name"]: f["value"] for f in second.json["embeds"][0]["fields"]}["Made from"]
+    assert job_id in made_from and posted in made_from  # links back to the result it came from
+    bob = Requester("discord", payloads.BOB_ID, payloads.GUILD_ID)
+    assert (await bot.core.ledger.quota_status(bob)).used == 1  # under the presser's quota
+
+
+async def test_edit_of_a_job_whose_photo_is_gone_says_so_without_a_form(bot, fake_discord):
+    dispatch(bot, payloads.sam3d(photo(fake_discord)))
+    await settle(bot)
+    [post] = fake_discord.channel_posts()
+    job_id = post.json["components"][0]["components"][1]["custom_id"].split(":")[2]
+    await bot.core.results.forget([job_id])
+    pressed = press(fake_discord, post.answer["id"], f"sam3d:edit:{job_id}")
+    dispatch(bot, pressed)
+    await settle(bot)
+    answer = callback_for(fake_discord, pressed).json
+    assert answer["type"] == 4 and answer["data"]["flags"] & EPHEMERAL
+    assert "no longer kept" in answer["data"]["content"]

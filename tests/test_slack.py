@@ -879,7 +879,13 @@ async def test_details_and_delete_on_a_result(slack, fake_slack):
     await slack.settle(until=lambda: uploaded(fake_slack))
     header = fake_slack.find("chat.update")[-1].args
     buttons = {b["action_id"]: b for b in header["blocks"][1]["elements"]}
-    assert set(buttons) == {"sam3d_new_seed", "sam3d_details", "sam3d_delete", "sam3d_formats"}
+    assert set(buttons) == {
+        "sam3d_new_seed",
+        "sam3d_edit",
+        "sam3d_details",
+        "sam3d_delete",
+        "sam3d_formats",
+    }
     await slack.interact(
         payloads.button(
             buttons["sam3d_details"]["value"],
@@ -930,6 +936,61 @@ async def test_new_seed_runs_the_photo_again_as_a_new_job(slack, fake_slack, fak
     assert first["prompt"] == second["prompt"] == "lamp" and second["seed"] != 3
     [row] = await slack.jobs()
     assert row.jobs == 2
+
+
+async def test_edit_opens_the_form_filled_in_and_runs_the_same_photo_in_the_results_thread(
+    slack, fake_slack, fake_segmind
+):
+    await slack.event(payloads.mention("lamp seed=3 points=20,20", [photo_file(fake_slack)]))
+    await slack.settle(until=lambda: uploaded(fake_slack))
+    job_id = fake_slack.find("chat.update")[-1].args["blocks"][1]["elements"][1]["value"]
+    pressed = payloads.button(job_id, user=payloads.BOB, action="sam3d_edit")
+    status, _, seconds = await slack.interact(pressed)
+    assert status == 200 and seconds < 3.0
+    await slack.settle(until=lambda: fake_slack.find("views.open"))
+    view = opened_view(fake_slack)
+    blocks = {b["block_id"]: b for b in view["blocks"]}
+    assert set(blocks) == {"image", "prompt", "bbox", "points", "seed"}  # no new upload
+    assert job_id in blocks["image"]["text"]["text"]
+    assert blocks["prompt"]["element"]["initial_value"] == "lamp"
+    assert blocks["points"]["element"]["initial_value"] == "20,20"
+    assert blocks["seed"]["element"]["initial_value"] == "3"
+    assert "initial_value" not in blocks["bbox"]["element"]
+    await slack.interact(
+        payloads.view_submission(
+            view,
+            {
+                "prompt": text_value("desk lamp"),
+                "bbox": text_value("5,5,60,60"),
+                "points": text_value(""),
+                "seed": {"type": "number_input", "value": "3"},
+            },
+            user=payloads.BOB,
+        )
+    )
+    await slack.settle(until=lambda: fake_segmind.counters.submits == 2)
+    first, second = fake_segmind.counters.payloads
+    assert second["prompt"] == "desk lamp" and second["bounding_box"] and second["seed"] == 3
+    assert "point_coords" not in second or not second["point_coords"]
+    assert first["image"] == second["image"]
+    result_ts = pressed["message"]["ts"]
+    progress = fake_slack.find("chat.postMessage")[-1].args
+    assert progress["thread_ts"] == result_ts  # in the thread of the result it came from
+    comments = [u["comment"] for u in uploaded(fake_slack).values() if u.get("comment")]
+    assert any(f"Made from job `{job_id}`" in c and f"<@{payloads.BOB}>" in c for c in comments)
+
+
+async def test_edit_of_a_job_whose_photo_is_gone_is_explained(slack, fake_slack):
+    await slack.event(payloads.mention("lamp", [photo_file(fake_slack)]))
+    await slack.settle(until=lambda: uploaded(fake_slack))
+    job_id = fake_slack.find("chat.update")[-1].args["blocks"][1]["elements"][1]["value"]
+    await slack.core.results.forget([job_id])
+    await slack.interact(
+        payloads.button(job_id, action="sam3d_edit", response_url=fake_slack.response_url("e"))
+    )
+    await slack.settle(until=lambda: fake_slack.hooks)
+    assert not fake_slack.find("views.open")
+    assert "no longer kept" in fake_slack.ephemerals()[0]
 
 
 async def test_results_carry_the_picture_the_turntable_and_a_view_in_3d_link(

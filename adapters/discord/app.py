@@ -13,7 +13,7 @@ import discord
 from discord import app_commands
 
 from bot.errors import BotError, InputError
-from bot.models import SEED_MAX, SEED_MIN, ImageSource, JobRequest
+from bot.models import SEED_MAX, SEED_MIN, ImageSource, JobEdits, JobRequest
 from bot.operations import Operations, Where, describe_quota
 from bot.ports import JobRecord
 
@@ -213,6 +213,31 @@ class Sam3dClient(discord.AutoShardedClient):
 
         self.background(begin())
 
+    async def run_again(
+        self,
+        interaction: discord.Interaction,
+        job_id: str,
+        edits: JobEdits | None = None,
+        from_link: str | None = None,
+    ) -> None:
+        """New seed (no `edits`) or Edit: the job's kept photo again, as a new job under the
+        presser's quota, posted here."""
+        if not await self.may_post_here(interaction):
+            return
+        await interaction.response.defer(thinking=True)
+        replier = self.replier_for(interaction)
+        self.background(
+            self.core.service.again(
+                job_id,
+                requester_of(interaction),
+                replier,
+                reply_to=replier.reply_to,
+                idempotency_key=f"discord:{interaction.id}",
+                edits=edits,
+                from_link=from_link,
+            )
+        )
+
     def background(self, work: Awaitable[Any]) -> asyncio.Task[Any]:
         return self.core.runner.start(work, "discord job")
 
@@ -373,57 +398,93 @@ def add_commands(client: Sam3dClient) -> None:
     tree.add_command(AdminCommands(client))
 
 
-class JobModal(AnsweringModal, title="Make a 3D model"):
-    prompt: discord.ui.TextInput[JobModal] = discord.ui.TextInput(
-        label="What is the object? (optional)", required=False, max_length=MAX_PROMPT
-    )
-    bbox: discord.ui.TextInput[JobModal] = discord.ui.TextInput(
-        label="Box around it: x1,y1,x2,y2 (optional)",
-        placeholder="in pixels of the photo, e.g. 40,30,600,470",
-        required=False,
-        max_length=60,
-    )
-    points: discord.ui.TextInput[JobModal] = discord.ui.TextInput(
-        label="Points on it: x,y;x,y (optional)",
-        placeholder="in pixels of the photo, e.g. 320,240;300,200",
-        required=False,
-        max_length=400,
-    )
-    seed: discord.ui.TextInput[JobModal] = discord.ui.TextInput(
-        label="Seed, 0 to 1000000 (optional)", required=False, max_length=7
-    )
-    pick: discord.ui.Label[JobModal] = discord.ui.Label(
-        text="Pick the object on a grid first",
-        description="Point at it on the photo; nothing is charged until Make it",
-        component=discord.ui.Checkbox(custom_id="pick"),
-    )
+class SettingsModal(AnsweringModal):
+    """A form with a job's settings: what the object is, a box, points and a seed (filled in
+    with `defaults`, for Edit)."""
 
+    def __init__(self, defaults: JobEdits | None = None, **options: Any):
+        super().__init__(**options)
+        defaults = defaults or JobEdits()
+        self.prompt: discord.ui.TextInput[SettingsModal] = discord.ui.TextInput(
+            label="What is the object? (optional)",
+            required=False,
+            max_length=MAX_PROMPT,
+            default=(defaults.prompt or "")[:MAX_PROMPT] or None,
+        )
+        self.bbox: discord.ui.TextInput[SettingsModal] = discord.ui.TextInput(
+            label="Box around it: x1,y1,x2,y2 (optional)",
+            placeholder="in pixels of the photo, e.g. 40,30,600,470",
+            required=False,
+            max_length=60,
+            default=defaults.bbox,
+        )
+        self.points: discord.ui.TextInput[SettingsModal] = discord.ui.TextInput(
+            label="Points on it: x,y;x,y (optional)",
+            placeholder="in pixels of the photo, e.g. 320,240;300,200",
+            required=False,
+            max_length=400,
+            default=(defaults.points or "")[:400] or None,
+        )
+        self.seed: discord.ui.TextInput[SettingsModal] = discord.ui.TextInput(
+            label="Seed, 0 to 1000000 (optional)",
+            required=False,
+            max_length=7,
+            default=None if defaults.seed is None else str(defaults.seed),
+        )
+        for item in (self.prompt, self.bbox, self.points, self.seed):
+            self.add_item(item)
+
+    def typed(self) -> JobEdits:
+        return JobEdits(
+            prompt=self.prompt.value.strip() or None,
+            bbox=self.bbox.value.strip() or None,
+            points=self.points.value.strip() or None,
+            seed=self.seed.value.strip() or None,
+        )
+
+
+class EditModal(SettingsModal, title="Edit and run again"):
+    """Edit on a result: its settings to change, its photo used again; a new job."""
+
+    def __init__(self, client: Sam3dClient, job_id: str, edits: JobEdits, link: str | None):
+        super().__init__(edits)
+        self.client, self.job_id, self.link = client, job_id, link
+
+    async def on_submit(self, interaction: discord.Interaction) -> None:
+        await self.client.run_again(interaction, self.job_id, self.typed(), self.link)
+
+
+class JobModal(SettingsModal, title="Make a 3D model"):
     def __init__(self, client: Sam3dClient, message: discord.Message, url: str):
         super().__init__()
         self.client, self.message, self.url = client, message, url
+        self.pick: discord.ui.Label[JobModal] = discord.ui.Label(
+            text="Pick the object on a grid first",
+            description="Point at it on the photo; nothing is charged until Make it",
+            component=discord.ui.Checkbox(custom_id="pick"),
+        )
+        self.add_item(self.pick)
 
     async def on_submit(self, interaction: discord.Interaction) -> None:
         attachment = next((a for a in self.message.attachments if a.url == self.url), None)
         photo = attachment or ImageSource.from_url(self.url)
+        typed = self.typed()
         checkbox = self.pick.component
         if isinstance(checkbox, discord.ui.Checkbox) and checkbox.value:
-            if self.bbox.value.strip() or self.points.value.strip():
+            if typed.bbox or typed.points:
                 await ephemeral(interaction, PICK_OR_TYPE)
                 return
             await self.client.start_picking(
-                interaction,
-                photo,
-                prompt=self.prompt.value or None,
-                seed=self.seed.value.strip() or None,
+                interaction, photo, prompt=typed.prompt, seed=typed.seed
             )
             return
         await self.client.start_job(
             interaction,
             photo,
-            prompt=self.prompt.value or None,
-            bbox=self.bbox.value.strip() or None,
-            points=self.points.value.strip() or None,
-            seed=self.seed.value.strip() or None,
+            prompt=typed.prompt,
+            bbox=typed.bbox,
+            points=typed.points,
+            seed=typed.seed,
         )
 
 

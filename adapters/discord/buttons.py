@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import discord
 
 from bot.conversions import CHOICES, choice_of
+from bot.errors import BotError
 from bot.operations import NOT_YOURS
 
 from .answers import answer_failure, ephemeral
@@ -30,19 +31,22 @@ def result_view(job_id: str) -> discord.ui.View:
 
 async def new_seed(client: Sam3dClient, interaction: discord.Interaction, job_id: str) -> None:
     """Run the job's photo again with another seed, as a new job under the quota."""
-    if not await client.may_post_here(interaction):
+    link = interaction.message.jump_url if interaction.message is not None else None
+    await client.run_again(interaction, job_id, from_link=link)
+
+
+async def edit(client: Sam3dClient, interaction: discord.Interaction, job_id: str) -> None:
+    """Edit and run again: the form filled in with the job's settings; its photo is used
+    again (nothing to upload)."""
+    from .app import EditModal
+
+    try:
+        edits = await client.core.service.editable(job_id)
+    except BotError as error:
+        await ephemeral(interaction, error.user_message)
         return
-    await interaction.response.defer(thinking=True)
-    replier = client.replier_for(interaction)
-    client.background(
-        client.core.service.again(
-            job_id,
-            requester_of(interaction),
-            replier,
-            reply_to=replier.reply_to,
-            idempotency_key=f"discord:{interaction.id}",
-        )
-    )
+    link = interaction.message.jump_url if interaction.message is not None else None
+    await interaction.response.send_modal(EditModal(client, job_id, edits, link))
 
 
 async def details(client: Sam3dClient, interaction: discord.Interaction, job_id: str) -> None:
@@ -67,6 +71,7 @@ async def delete(client: Sam3dClient, interaction: discord.Interaction, job_id: 
 # action -> (label, emoji, style, what it does)
 BUTTONS = {
     "seed": ("New seed", "🎲", discord.ButtonStyle.primary, new_seed),
+    "edit": ("Edit", "✏️", discord.ButtonStyle.secondary, edit),
     "details": ("Details", None, discord.ButtonStyle.secondary, details),
     "delete": ("Delete", None, discord.ButtonStyle.danger, delete),
 }
@@ -74,7 +79,7 @@ BUTTONS = {
 
 class ResultButton(
     discord.ui.DynamicItem[discord.ui.Button[discord.ui.View]],
-    template=rf"sam3d:(?P<action>seed|details|delete):{JOB_ID}",
+    template=rf"sam3d:(?P<action>seed|edit|details|delete):{JOB_ID}",
 ):
     """One button on a result; its id says what it does to which job."""
 

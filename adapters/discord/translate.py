@@ -25,6 +25,7 @@ TOKEN_MARGIN_S = 30  # stop using a token this long before Discord does
 MAX_FILES = 10
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp")
 NO_PINGS = discord.AllowedMentions.none()
+DISCORD_MESSAGE_LINK = "https://discord.com/channels/"  # what Message.jump_url makes
 
 
 def requester_of(interaction: discord.Interaction) -> Requester:
@@ -179,6 +180,12 @@ def result_message(
     embed.add_field(name="Seed", value=str(params.get("seed", "?")))
     embed.add_field(name="Cost", value=cost_text(result))
     embed.add_field(name="Time", value=f"{result.seconds:.0f} s")
+    if params.get("from_job"):  # Edit / New seed: back to the result it came from
+        origin = f"job `{params['from_job']}`"
+        link = params.get("from_link")
+        if isinstance(link, str) and link.startswith(DISCORD_MESSAGE_LINK):
+            origin = f"[{origin}]({link})"
+        embed.add_field(name="Made from", value=origin, inline=False)
     if links is not None and links.enabled:
         embed.url = links.viewer_link(result.job_id)
         embed.add_field(

@@ -26,7 +26,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.conversions import choice_of
 from bot.errors import AdapterFailed, BotError, InputError, ServiceStopping
-from bot.models import ImageSource, JobRequest, Requester
+from bot.models import ImageSource, JobEdits, JobRequest, Requester
 from bot.operations import (
     Operations,
     Where,
@@ -374,12 +374,13 @@ async def open_form(
     trigger_id: str,
     metadata: dict[str, Any],
     images: list[dict[str, Any]] | None = None,
+    edits: JobEdits | None = None,
 ) -> str | None:
     """Open the form; what to tell the member when Slack would not (None: it opened).
     Through the client that does not wait out rate limits: the trigger lives 3 s."""
     try:
         await bot.progress_client.views_open(
-            trigger_id=trigger_id, view=job_modal(metadata, images)
+            trigger_id=trigger_id, view=job_modal(metadata, images, edits)
         )
     except SlackApiError as exc:
         error = slack_error(exc)
@@ -395,15 +396,40 @@ FORM_PROBLEMS = {
 }
 
 
-async def again(bot: SlackBot, who: Requester, place: Place, job_id: str, key: str) -> None:
-    """New seed: the job's kept photo and settings again, as a new job under the quota."""
+async def again(
+    bot: SlackBot,
+    who: Requester,
+    place: Place,
+    job_id: str,
+    key: str,
+    edits: JobEdits | None = None,
+) -> None:
+    """New seed (no `edits`) or Edit: the job's kept photo again, as a new job under the
+    quota."""
     replier = bot.replier(place.reply_to(who.user_id, who.guild_id))
-    if not await replier.start("starting again with a new seed"):
+    stage = "starting again with a new seed" if edits is None else "starting again as edited"
+    if not await replier.start(stage):
         return
     await bot.core.service.again(
-        job_id, who, replier, reply_to=replier.reply_to, idempotency_key=f"slack:{key}"
+        job_id, who, replier, reply_to=replier.reply_to, idempotency_key=f"slack:{key}", edits=edits
     )
     await replier.withdraw_unless_answered()
+
+
+async def open_edit_form(bot: SlackBot, trigger_id: str, job_id: str, place: Place) -> str | None:
+    """Edit on a result: the form with its settings filled in; what to tell the member when
+    it cannot open (None: it opened)."""
+    try:
+        edits = await bot.core.service.editable(job_id)
+    except BotError as error:
+        return error.user_message
+    metadata = {
+        "channel_id": place.channel_id,
+        "thread_ts": place.thread_ts,
+        "response_url": place.response_url,
+        "from_job": job_id,
+    }
+    return await open_form(bot, trigger_id, metadata, edits=edits)
 
 
 # -- /sam3d admin ----------------------------------------------------------------------------

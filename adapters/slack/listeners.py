@@ -25,11 +25,12 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from bot.errors import BotError, InputError
+from bot.models import JobEdits
 from bot.operations import NOT_YOURS, describe_quota
 from bot.replies import server_noun
 
 from . import picking, privacy
-from .app import SlackBot, admin, again, link, open_form
+from .app import SlackBot, admin, again, link, open_edit_form, open_form
 from .history import HISTORY, history_blocks, history_words
 from .replier import quietly, slack_error
 from .translate import (
@@ -37,6 +38,7 @@ from .translate import (
     COMMAND,
     DELETE,
     DETAILS,
+    EDIT,
     FORMATS,
     HELP,
     JOB_VIEW,
@@ -89,6 +91,7 @@ def register(bot: SlackBot) -> None:
     app.event("app_uninstalled")(uninstalled)
     app.event("tokens_revoked")(tokens_revoked)
     app.action(NEW_SEED, middleware=[once(action_key)])(new_seed)
+    app.action(EDIT)(edit)
     app.action(DETAILS)(details)
     app.action(DELETE)(delete)
     app.action(FORMATS)(formats)
@@ -301,6 +304,11 @@ async def submitted(
     user = body["user"]
     who = await bot.requester_of(team_of(body), user["id"], user.get("name", ""))
     place = Place(meta["channel_id"], meta.get("thread_ts"), meta.get("response_url"))
+    if meta.get("from_job"):  # Edit: that job's photo with the settings as typed
+        await ack()
+        edits = JobEdits(answers.prompt, answers.bbox, answers.points, answers.seed)
+        bot.background(again(bot, who, place, str(meta["from_job"]), context[DELIVERY], edits))
+        return
     args = JobArgs(
         prompt=answers.prompt, seed=answers.seed, bbox=answers.bbox, points=answers.points
     )
@@ -485,6 +493,24 @@ async def new_seed(ack: AsyncAck, body: dict[str, Any], context: AsyncBoltContex
     message = body.get("message") or {}
     place = Place(body["channel"]["id"], message.get("thread_ts"), body.get("response_url"))
     bot.background(again(bot, who, place, body["actions"][0]["value"], context[DELIVERY]))
+
+
+async def edit(
+    ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond, context: AsyncBoltContext
+) -> None:
+    """Edit on a result: the form filled in; the new job comes in the result's thread."""
+    await ack()
+    message = body.get("message") or {}
+    place = Place(
+        body["channel"]["id"],
+        message.get("thread_ts") or message.get("ts"),
+        body.get("response_url"),
+    )
+    problem = await open_edit_form(
+        context[BOT], body["trigger_id"], str(body["actions"][0]["value"]), place
+    )
+    if problem is not None:
+        await respond(problem, response_type="ephemeral", replace_original=False)
 
 
 async def details(

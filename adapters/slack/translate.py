@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from bot.conversions import CHOICES
 from bot.errors import InputError
 from bot.images import parse_bbox, parse_points, parse_seed
-from bot.models import SEED_MAX, SEED_MIN, JobResult, Progress, Requester
+from bot.models import SEED_MAX, SEED_MIN, JobEdits, JobResult, Progress, Requester
 from bot.replies import cost_text
 
 if TYPE_CHECKING:
@@ -23,6 +23,7 @@ COMMAND = "/sam3d"
 JOB_VIEW = "sam3d_job"  # the modal's callback_id
 SHORTCUT = "sam3d_make"  # the message shortcut's callback_id
 NEW_SEED = "sam3d_new_seed"  # the buttons on a finished job
+EDIT = "sam3d_edit"
 DETAILS = "sam3d_details"
 DELETE = "sam3d_delete"
 FORMATS = "sam3d_formats"  # the model in another format, on demand
@@ -249,7 +250,11 @@ def image_files(files: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _text_input(
-    block_id: str, label: str, placeholder: str, max_length: int | None = None
+    block_id: str,
+    label: str,
+    placeholder: str,
+    max_length: int | None = None,
+    initial: str | None = None,
 ) -> dict[str, Any]:
     element: dict[str, Any] = {
         "type": "plain_text_input",
@@ -258,6 +263,8 @@ def _text_input(
     }
     if max_length:
         element["max_length"] = max_length
+    if initial:
+        element["initial_value"] = initial[:max_length] if max_length else initial
     return {
         "type": "input",
         "block_id": block_id,
@@ -283,21 +290,21 @@ def _file_input(block_id: str, label: str, optional: bool) -> dict[str, Any]:
 
 
 def job_modal(
-    metadata: dict[str, Any], images: list[dict[str, Any]] | None = None
+    metadata: dict[str, Any],
+    images: list[dict[str, Any]] | None = None,
+    edits: JobEdits | None = None,
 ) -> dict[str, Any]:
     """The form: a photo to upload (or, from a message, which of its photos), then the
-    optional settings. `metadata` rides along in private_metadata to the submission."""
+    optional settings. `metadata` rides along in private_metadata to the submission. With
+    `edits` (Edit on a result, `from_job` in `metadata`): the settings filled in, the photo
+    that job's."""
     blocks: list[dict[str, Any]] = []
-    if images is None:
+    if edits is not None:
+        blocks.append(_section("image", f"Photo: the one of job `{metadata['from_job']}`"))
+    elif images is None:
         blocks.append(_file_input("image", "Photo (PNG, JPEG or WebP)", optional=False))
     elif len(images) == 1:
-        blocks.append(
-            {
-                "type": "section",
-                "block_id": "image",
-                "text": {"type": "mrkdwn", "text": f"Photo: *{escape(images[0]['name'])}*"},
-            }
-        )
+        blocks.append(_section("image", f"Photo: *{escape(images[0]['name'])}*"))
     else:
         blocks.append(
             {
@@ -312,54 +319,68 @@ def job_modal(
                 },
             }
         )
+    typed = edits or JobEdits()
+    seed: dict[str, Any] = {
+        "type": "number_input",
+        "action_id": "seed",
+        "is_decimal_allowed": False,
+        "min_value": str(SEED_MIN),
+        "max_value": str(SEED_MAX),
+    }
+    if typed.seed is not None:
+        seed["initial_value"] = str(typed.seed)
     blocks += [
-        _text_input("prompt", "What is the object?", "e.g. red chair", MAX_PROMPT),
-        _text_input("bbox", "Box around it", "x1,y1,x2,y2 in pixels"),
-        _text_input("points", "Points on it", "x,y;x,y in pixels"),
+        _text_input("prompt", "What is the object?", "e.g. red chair", MAX_PROMPT, typed.prompt),
+        _text_input("bbox", "Box around it", "x1,y1,x2,y2 in pixels", initial=typed.bbox),
+        _text_input("points", "Points on it", "x,y;x,y in pixels", initial=typed.points),
         {
             "type": "input",
             "block_id": "seed",
             "optional": True,
             "label": {"type": "plain_text", "text": "Seed (the same seed gives the same model)"},
-            "element": {
-                "type": "number_input",
-                "action_id": "seed",
-                "is_decimal_allowed": False,
-                "min_value": str(SEED_MIN),
-                "max_value": str(SEED_MAX),
-            },
-        },
-        _file_input("mask", "Mask (white = the object)", optional=True),
-        {
-            "type": "input",
-            "block_id": "pick",
-            "optional": True,
-            "label": {"type": "plain_text", "text": "Pick the object"},
-            "element": {
-                "type": "checkboxes",
-                "action_id": "pick",
-                "options": [
-                    {
-                        "text": {"type": "plain_text", "text": "Point at it on a grid first"},
-                        "description": {
-                            "type": "plain_text",
-                            "text": "Nothing is charged until you press Make it",
-                        },
-                        "value": "pick",
-                    }
-                ],
-            },
+            "element": seed,
         },
     ]
+    if edits is None:  # an Edit keeps the job's photo and mask
+        blocks += [_file_input("mask", "Mask (white = the object)", optional=True), PICK_BLOCK]
     return {
         "type": "modal",
         "callback_id": JOB_VIEW,
-        "title": {"type": "plain_text", "text": "Make a 3D model"},
+        "title": {
+            "type": "plain_text",
+            "text": "Make a 3D model" if edits is None else "Edit and run again",
+        },
         "submit": {"type": "plain_text", "text": "Make it"},
         "close": {"type": "plain_text", "text": "Cancel"},
         "private_metadata": json.dumps(metadata),
         "blocks": blocks,
     }
+
+
+def _section(block_id: str, text: str) -> dict[str, Any]:
+    return {"type": "section", "block_id": block_id, "text": {"type": "mrkdwn", "text": text}}
+
+
+PICK_BLOCK = {
+    "type": "input",
+    "block_id": "pick",
+    "optional": True,
+    "label": {"type": "plain_text", "text": "Pick the object"},
+    "element": {
+        "type": "checkboxes",
+        "action_id": "pick",
+        "options": [
+            {
+                "text": {"type": "plain_text", "text": "Point at it on a grid first"},
+                "description": {
+                    "type": "plain_text",
+                    "text": "Nothing is charged until you press Make it",
+                },
+                "value": "pick",
+            }
+        ],
+    },
+}
 
 
 def _option(file: dict[str, Any]) -> dict[str, Any]:
@@ -412,7 +433,7 @@ def check_answers(answers: ModalAnswers, max_bytes: int) -> dict[str, str]:
     (against the photo's size where Slack gives it) and the seed."""
     errors = {}
     photo = answers.files[0] if answers.files else None
-    if not answers.files and not answers.file_id:
+    if not answers.files and not answers.file_id and not answers.metadata.get("from_job"):
         errors["image"] = "Add a photo."
     elif answers.files and not image_files(answers.files):
         errors["image"] = "That is not a PNG, JPEG or WebP photo."
@@ -471,6 +492,8 @@ def result_text(result: JobResult, user_id: str, links: DownloadLinks | None = N
     )
     if links is not None and links.enabled:
         lines.append(f"<{links.viewer_link(result.job_id)}|View in 3D>")
+    if params.get("from_job"):  # Edit / New seed: in the thread of the result it came from
+        lines.append(f"Made from job `{escape(str(params['from_job']))}`")
     if result.note:
         lines.append(f"_{result.note}_")
     return "\n".join(lines)
@@ -504,6 +527,7 @@ def result_blocks(
             "type": "actions",
             "elements": [
                 button(NEW_SEED, "🎲 New seed", job_id),
+                button(EDIT, "✏️ Edit", job_id),
                 button(DETAILS, "Details", job_id),
                 button(
                     DELETE,
