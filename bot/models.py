@@ -161,6 +161,7 @@ class Progress:
     position: int | None = None  # 1 = next to start, while queued
     offline: bool = False  # the free offline backend, not SAM 3D
     job_id: str | None = None  # for the progress message's Cancel
+    lines: tuple[str, ...] = ()  # several jobs' stages in one message (variations)
 
     @property
     def cancel_label(self) -> str | None:
@@ -176,6 +177,8 @@ class Progress:
         return None
 
     def describe(self) -> str:
+        if self.lines:
+            return "\n".join(self.lines)
         if self.stage is Stage.QUEUED:
             return f"Queued, position {self.position}" if self.position else "Queued"
         if self.offline and self.stage is Stage.PROCESSING:

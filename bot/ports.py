@@ -214,12 +214,18 @@ class JobLedger(JobReads, Protocol):
         """Raise UserBlocked / JobsPaused before any work is done for this requester."""
         ...
 
-    async def check_reserve(self, requester: Requester, price_micros: int) -> None:
-        """Raise what reserve() would refuse for this requester now, reserving nothing."""
+    async def check_reserve(self, requester: Requester, price_micros: int, count: int = 1) -> None:
+        """Raise what reserving `count` jobs would refuse for this requester now, reserving
+        nothing."""
         ...
 
     async def reserve(self, job: NewJob) -> JobRecord:
         """Check quota and budget and hold the price; raises QuotaExceeded / BudgetExhausted."""
+        ...
+
+    async def reserve_group(self, jobs: Sequence[NewJob]) -> list[JobRecord]:
+        """The jobs of one request (variations), all reserved or none; one request for the
+        cooldown and the jobs-on-the-way rule."""
         ...
 
     async def mark_submitting(self, job_id: str) -> bool:

@@ -12,7 +12,7 @@ import errno
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -61,6 +61,7 @@ from .replies import RESTARTING, UNREADABLE
 from .results import ResultStore
 from .runner import JobRunner
 from .scheduler import FairScheduler
+from .variations import Plan, variation_seeds
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,6 @@ class _Job:
     committed: bool = False  # Segmind billed it: from here on nothing is refunded
     finished: bool = False  # delivered: what follows (the turntable) is extra
     lost: bool = False  # another process owns it now: write nothing more
-    waiting: bool = False  # in the queue for Segmind: a Cancel ends it, nothing charged
     cancelled: bool = False  # the member's Cancel stopped it
     # Until when (monotonic) its lease surely holds: nobody can take a job before its lease
     # lapses, so no round trip is needed to know it is still ours.
@@ -193,11 +193,20 @@ class Service:
         """What a job reserves (nothing on the free offline backend)."""
         return self._price
 
-    async def check_admission(self, requester: Requester) -> None:
-        """Raise what would refuse this requester's job now, before any work is done for it
-        (a picker asks first, so nobody picks for nothing); charges nothing."""
+    async def check_admission(self, requester: Requester, count: int = 1) -> None:
+        """Raise what would refuse this requester's `count` jobs now, before any work is done
+        for them (a picker asks first, so nobody picks for nothing); charges nothing."""
         await self._check_disk()
-        await self._ledger.check_reserve(requester, self._price)
+        await self._ledger.check_reserve(requester, self._price, count)
+
+    async def plan_variations(
+        self, requester: Requester, count: int, seed: int | str | None
+    ) -> Plan:
+        """The seeds of `count` variations and what they cost and leave of the quota, once
+        the ledger's own rules say all of them could start now; charges nothing."""
+        seeds = variation_seeds(count, seed)
+        await self.check_admission(requester, count)
+        return Plan(seeds, self._price, await self.quota(requester))
 
     # -- running a job -----------------------------------------------------------------------
 
@@ -206,6 +215,130 @@ class Service:
     ) -> JobResult | None:
         """Run one job to the end, telling `replier` everything; returns the result if any."""
         started = time.monotonic()
+        validated = await self._checked(request, [replier])
+        if validated is None:
+            return None
+        cached = await self._results.lookup(validated.cache_key, offline=self.offline)
+        if cached is not None:
+            await replier.deliver(cached)
+            self.metrics.delivered(request.requester.platform, cached)
+            return cached
+        reserving = time.monotonic()
+        try:
+            record = await self._ledger.reserve(self._new_job(request, validated, idempotency_key))
+        except BotError as error:
+            await _tell_failure(replier, error, refunded=False)
+            return None
+        if record.duplicate:
+            log.info("job %s: duplicate delivery ignored", record.id)
+            return None
+        job = _Job(record, replier, started, owned_until=reserving + self._ledger.lease_s)
+        job.lap("validate", started)
+        return await self._guarded(job, self._keep_then_run(job, validated))
+
+    async def run_variations(
+        self,
+        request: JobRequest,
+        seeds: Sequence[int],
+        repliers: Sequence[Replier],
+        idempotency_key: str | None = None,
+        ended: Callable[[int], Awaitable[None]] | None = None,
+    ) -> list[JobResult | None]:
+        """One photo as several jobs, one per seed, each told to its own replier; reserved
+        together or not at all (each its own job in the quota and the budgets). `ended(i)`
+        follows the last word to replier i, whatever it was."""
+        started = time.monotonic()
+        results: list[JobResult | None] = [None] * len(seeds)
+
+        async def done(index: int) -> None:
+            if ended is not None:
+                await ended(index)
+
+        try:
+            validated = await self._checked(request, repliers)
+            if validated is None:
+                return results
+            variants = [replace(validated, seed=seed) for seed in seeds]
+            cached_of: dict[int, JobResult] = {}
+            for index, variant in enumerate(variants):
+                cached = await self._results.lookup(variant.cache_key, offline=self.offline)
+                if cached is not None:
+                    cached_of[index] = cached
+            to_make = [index for index in range(len(seeds)) if index not in cached_of]
+
+            async def give(index: int, cached: JobResult) -> None:
+                try:
+                    await repliers[index].deliver(cached)
+                    self.metrics.delivered(request.requester.platform, cached)
+                    results[index] = cached
+                except Exception:  # made before and kept: asking again sends it
+                    log.exception("a kept variation could not be posted")
+                finally:
+                    await done(index)
+
+            async def make(index: int, job: _Job) -> None:
+                try:
+                    results[index] = await self._guarded(
+                        job, self._keep_then_run(job, variants[index])
+                    )
+                finally:
+                    await done(index)
+
+            work = [give(index, cached) for index, cached in cached_of.items()]
+            reserving = time.monotonic()
+            try:
+                records = await self._ledger.reserve_group(
+                    [
+                        self._new_job(
+                            request,
+                            variants[index],
+                            f"{idempotency_key}:{index}" if idempotency_key else None,
+                        )
+                        for index in to_make
+                    ]
+                    if to_make
+                    else []
+                )
+            except BotError as error:
+                records = []
+                for index in to_make:
+                    await _tell_failure(repliers[index], error, refunded=False)
+            for index, record in zip(to_make, records, strict=False):
+                if record.duplicate:
+                    log.info("job %s: duplicate delivery ignored", record.id)
+                    continue
+                job = _Job(
+                    record, repliers[index], started, owned_until=reserving + self._ledger.lease_s
+                )
+                job.lap("validate", started)
+                work.append(make(index, job))
+            await asyncio.gather(*work)
+        finally:
+            for index in range(len(seeds)):  # told nothing more: the group must not wait
+                await done(index)
+        return results
+
+    def _new_job(
+        self, request: JobRequest, validated: ValidatedInput, idempotency_key: str | None
+    ) -> NewJob:
+        params = validated.describe()
+        if request.from_job:  # Edit and New seed: the result links back to where it came from
+            params.update(from_job=request.from_job, from_link=request.from_link)
+        return NewJob(
+            request.requester,
+            self._price,
+            validated.cache_key,
+            params,
+            request.reply_to,
+            idempotency_key,
+        )
+
+    async def _checked(
+        self, request: JobRequest, repliers: Sequence[Replier]
+    ) -> ValidatedInput | None:
+        """The request admitted and its input checked, before anything is charged; None once
+        the (first) replier was told why not."""
+        replier = repliers[0]
         if not self.runner.accepting:
             await _tell_failure(replier, ServiceStopping(RESTARTING), refunded=False)
             return None
@@ -213,7 +346,8 @@ class Service:
             await self._ledger.admit(request.requester)  # blocked or paused: say so at once
             await self._check_disk()
             validated = await self._validator.validate(request)
-            await replier.prepare()  # where the result goes, before anything is charged
+            for each in repliers:
+                await each.prepare()  # where the result goes, before anything is charged
         except BotError as error:
             await _tell_failure(replier, error, refunded=False)
             return None
@@ -224,35 +358,7 @@ class Service:
         except asyncio.CancelledError:  # stopping before there is a job to carry on
             await asyncio.shield(_tell_failure(replier, ServiceStopping(RESTARTING), False))
             raise
-        cached = await self._results.lookup(validated.cache_key, offline=self.offline)
-        if cached is not None:
-            await replier.deliver(cached)
-            self.metrics.delivered(request.requester.platform, cached)
-            return cached
-        reserving = time.monotonic()
-        params = validated.describe()
-        if request.from_job:  # Edit and New seed: the result links back to where it came from
-            params.update(from_job=request.from_job, from_link=request.from_link)
-        try:
-            record = await self._ledger.reserve(
-                NewJob(
-                    request.requester,
-                    self._price,
-                    validated.cache_key,
-                    params,
-                    request.reply_to,
-                    idempotency_key,
-                )
-            )
-        except BotError as error:
-            await _tell_failure(replier, error, refunded=False)
-            return None
-        if record.duplicate:
-            log.info("job %s: duplicate delivery ignored", record.id)
-            return None
-        job = _Job(record, replier, started, owned_until=reserving + self._ledger.lease_s)
-        job.lap("validate", started)
-        return await self._guarded(job, self._keep_then_run(job, validated))
+        return validated
 
     async def _keep_then_run(self, job: _Job, validated: ValidatedInput) -> JobResult:
         # Kept before it queues: a job the bot stops while it waits runs after the restart.
@@ -265,11 +371,9 @@ class Service:
         async def on_position(position: int) -> None:
             await job.replier.progress(Progress(Stage.QUEUED, position, job_id=job.id))
 
-        job.waiting = True
         async with self._scheduler.slot(
             job.record.platform + ":" + job.record.user_id, on_position
         ):
-            job.waiting = False
             upstream_at = job.lap("queue", queued_at)
 
             async def on_sending() -> None:
@@ -528,8 +632,10 @@ class Service:
         if who.key != f"{record.platform}:{record.user_id}" and not who.is_admin:
             return "Only the member who asked for it, or an admin, can cancel it."
         job = self._running.get(job_id)
-        if job is not None and job.waiting and job.task is not None and not job.cancelled:
-            job.cancelled = True
+        if job is not None and not job.sending and not job.submitted and not job.finished:
+            if job.task is None or job.cancelled:
+                return "Cancelling it: nothing is charged."
+            job.cancelled = True  # before Segmind has it: ended and refunded at once
             job.task.cancel()
             return "Cancelled: nothing was charged, and the job is back in the quota."
         if record.state in (JobState.SUBMITTING, JobState.SUBMITTED, JobState.RENDERING) or (

@@ -1319,3 +1319,80 @@ async def test_edit_of_a_job_whose_photo_is_gone_says_so_without_a_form(bot, fak
     answer = callback_for(fake_discord, pressed).json
     assert answer["type"] == 4 and answer["data"]["flags"] & EPHEMERAL
     assert "no longer kept" in answer["data"]["content"]
+
+
+async def test_variations_say_their_price_first_charge_exactly_n_and_come_in_one_message(
+    bot, fake_discord, fake_segmind
+):
+    command = payloads.sam3d(photo(fake_discord), prompt="vase", seed=10, variations=3)
+    dispatch(bot, command)
+    await settle(bot)
+    said = [(c.json or {}).get("content") or "" for c in fake_discord.original_edits()]
+    plan = next(text for text in said if "3 variations" in text)
+    assert "seeds 10, 11, 12" in plan and "$0.195 in all" in plan
+    assert "leave you 2 of 5 jobs" in plan
+    first_plan = said.index(plan)
+    assert not any("SAM 3D" in text for text in said[:first_plan])  # said before it started
+    assert sorted(p["seed"] for p in fake_segmind.counters.payloads) == [10, 11, 12]
+    [post] = fake_discord.channel_posts()  # one message for all three
+    titles = [embed["title"] for embed in post.json["embeds"]]
+    assert titles == ["Variation 1", "Variation 2", "Variation 3"]
+    seeds = [{f["name"]: f["value"] for f in e["fields"]}["Seed"] for e in post.json["embeds"]]
+    assert seeds == ["10", "11", "12"]
+    names = sorted(name for name, _ in post.files.values())
+    assert len(names) <= 10 and {"v1-model.glb", "v2-model.glb", "v3-model.glb"} <= set(names)
+    rows = post.json["components"]
+    assert len(rows) == 4  # a row a variation, and Delete
+    labels = [b["label"] for b in rows[1]["components"]]
+    assert labels == ["New seed 2", "Edit 2", "Details 2", "Formats 2…"]
+    [row] = await bot.core.ledger.usage()
+    assert (row.jobs, row.delivered, row.cost_micros) == (3, 3, 3 * 65_000)
+    alice = Requester("discord", payloads.ALICE_ID, payloads.GUILD_ID)
+    assert (await bot.core.ledger.quota_status(alice)).used == 3
+
+    formats = press(fake_discord, post.answer["id"], rows[2]["components"][3]["custom_id"])
+    dispatch(bot, formats)
+    await settle(bot)
+    menu = callback_for(fake_discord, formats).json["data"]
+    assert menu["flags"] & EPHEMERAL
+    [select] = menu["components"][0]["components"]
+    assert select["custom_id"].endswith(rows[2]["components"][0]["custom_id"].split(":")[2])
+
+
+async def test_variations_beyond_the_quota_are_refused_before_any_starts(
+    bot, fake_discord, fake_segmind
+):
+    dispatch(bot, payloads.sam3d(photo(fake_discord), seed=1, variations=3))
+    await settle(bot)
+    dispatch(bot, payloads.sam3d(photo(fake_discord), seed=20, variations=3))
+    await settle(bot)
+    assert fake_segmind.counters.submits == 3  # the second ask started nothing
+    refused = [c.json["content"] for c in fake_discord.followups() if c.json.get("flags")]
+    assert any("5 jobs" in text for text in refused)
+    [row] = await bot.core.ledger.usage()
+    assert row.jobs == 3
+
+
+async def test_a_variation_that_ends_without_a_model_is_named_beside_the_others(
+    fake_discord, fake_segmind, tmp_path, settings_env
+):
+    fake_segmind.behaviour.held_seeds = {5, 6}
+    async with running_bot(fake_discord, fake_segmind, tmp_path, max_concurrent_jobs=1) as bot:
+        dispatch(bot, payloads.sam3d(photo(fake_discord), seed=5, variations=2))
+        await until(lambda: fake_segmind.counters.submits == 1)
+        [sent] = [p["seed"] for p in fake_segmind.counters.payloads]  # the other one waits
+        alice = Requester("discord", payloads.ALICE_ID, payloads.GUILD_ID)
+        jobs, _ = await bot.core.ledger.jobs_of("discord", payloads.ALICE_ID)
+        waiting = next(j for j in jobs if j.params["seed"] != sent)
+        said = await bot.core.service.cancel(waiting.id, alice)
+        assert said.startswith("Cancelled")
+        fake_segmind.behaviour.held_seeds = set()
+        await until(lambda: bool(fake_discord.channel_posts()))
+        await settle(bot)
+        [row] = await bot.core.ledger.usage()
+        assert (row.jobs, row.delivered, row.refunded, row.cost_micros) == (2, 1, 1, 65_000)
+    [post] = fake_discord.channel_posts()
+    made, cancelled = (1, 2) if sent == 5 else (2, 1)
+    assert [e["title"] for e in post.json["embeds"]] == [f"Variation {made}"]
+    assert f"Variation {cancelled}: Cancelled" in post.json["content"]
+    assert "Nothing was charged" in post.json["content"]

@@ -147,6 +147,30 @@ async def test_a_check_before_picking_refuses_as_reserve_would_and_holds_nothing
     assert [e.action for e in await ledger.audit_trail()].count("reserve") == 2
 
 
+async def test_variations_are_reserved_together_or_not_at_all(make_ledger, clock):
+    ledger = await make_ledger(
+        global_budget_micros=5 * PRICE, jobs_per_window=4, max_in_flight=2, cooldown_s=60
+    )
+    three = [new_job(key=f"ask:{i}") for i in range(3)]
+    await ledger.check_reserve(ALICE, PRICE, 3)  # one request: in flight and cooldown once
+    jobs = await ledger.reserve_group(three)
+    assert len({j.id for j in jobs}) == 3 and (await ledger.budget()).reserved_micros == 3 * PRICE
+    assert [j.duplicate for j in await ledger.reserve_group(three)] == [True] * 3  # a retry
+    with pytest.raises(JobInFlight):  # a new ask while three are on the way (at most 2)
+        await ledger.reserve_group([new_job()])
+    for job in jobs:
+        await ledger.commit(job.id, PRICE)
+        await ledger.finish(job.id, JobState.DELIVERED)
+    clock.now += 61
+    with pytest.raises(QuotaExceeded):  # 2 more would pass the quota of 4: neither is held
+        await ledger.reserve_group([new_job(), new_job()])
+    with pytest.raises(BudgetExhausted):  # Bob's 3 would pass the budget: none is held
+        await ledger.reserve_group([new_job(BOB) for _ in range(3)])
+    assert money(await ledger.budget()) == (5 * PRICE, 0, 3 * PRICE)
+    assert (await ledger.quota_status(ALICE)).used == 3
+    assert (await ledger.quota_status(BOB)).used == 0
+
+
 async def test_budget_is_per_calendar_month(make_ledger, clock):
     ledger = await make_ledger(global_budget_micros=PRICE, jobs_per_window=10)
     await ledger.reserve(new_job())

@@ -16,13 +16,22 @@ from bot.errors import BotError, InputError
 from bot.models import SEED_MAX, SEED_MIN, ImageSource, JobEdits, JobRequest
 from bot.operations import Operations, Where, describe_quota
 from bot.ports import JobRecord
+from bot.variations import MAX_VARIATIONS, Together
 
 if TYPE_CHECKING:
     from bot.app import Core
 
 from .admin import AdminCommands
 from .answers import AnsweringModal, AnsweringView, Sam3dTree, ephemeral
-from .buttons import CancelButton, ResultButton, ResultFormats, cancel_view, result_view
+from .buttons import (
+    CancelButton,
+    FormatsButton,
+    ResultButton,
+    ResultFormats,
+    cancel_view,
+    result_view,
+    variations_view,
+)
 from .history import HistoryButton, history_message
 from .picking import PickControl, picker_message, start_picked_on_web
 from .privacy import ForgetButton, confirmation
@@ -71,7 +80,13 @@ class Sam3dClient(discord.AutoShardedClient):
 
     async def setup_hook(self) -> None:
         self.add_dynamic_items(
-            ResultButton, ResultFormats, PickControl, HistoryButton, ForgetButton, CancelButton
+            ResultButton,
+            ResultFormats,
+            FormatsButton,
+            PickControl,
+            HistoryButton,
+            ForgetButton,
+            CancelButton,
         )
         if self.core.picker is not None:  # Make it on the web page starts the job here
             self.core.picker.starts_jobs_for(
@@ -101,6 +116,7 @@ class Sam3dClient(discord.AutoShardedClient):
             links=self.core.links,
             conversions=self.core.conversions,
             cancel_view=cancel_view,
+            group_view_for=variations_view,
         )
 
     def replier_for_record(self, record: JobRecord) -> DiscordReplier | None:
@@ -119,6 +135,7 @@ class Sam3dClient(discord.AutoShardedClient):
             links=self.core.links,
             conversions=self.core.conversions,
             cancel_view=cancel_view,
+            group_view_for=variations_view,
         )
 
     async def start_job(
@@ -132,9 +149,11 @@ class Sam3dClient(discord.AutoShardedClient):
         mask: Photo | None = None,
         seed: int | str | None = None,  # typed in a form: the core checks it
         artifacts: bool = False,
+        variations: int = 1,
     ) -> None:
         """Acknowledge first (Discord gives 3 s, and a photo from its CDN may take longer),
-        then check where jobs may start, fetch the photo and run the job, in the background."""
+        then check where jobs may start, fetch the photo and run the job (or `variations`
+        of it), in the background."""
         if not await self.may_post_here(interaction):  # read from the payload: no waiting
             return
         await interaction.response.defer(thinking=True)
@@ -149,7 +168,11 @@ class Sam3dClient(discord.AutoShardedClient):
             if refusal is not None:
                 await replier.tell(refusal)
                 return
+            plan = None
             try:
+                if variations > 1:  # the price of all of them said before anything starts
+                    plan = await self.core.service.plan_variations(requester, variations, seed)
+                    await replier.say(f"⏳ {plan.describe()}")
                 limit = self.settings.max_image_bytes
                 photo = await photo_source(image, limit)
                 mask_source = await photo_source(mask, limit) if mask is not None else None
@@ -167,7 +190,23 @@ class Sam3dClient(discord.AutoShardedClient):
                 include_artifacts=artifacts,
                 reply_to=replier.reply_to,
             )
-            await self.core.service.run(request, replier, idempotency_key=key)
+            if plan is None:
+                await self.core.service.run(request, replier, idempotency_key=key)
+                return
+            together = Together(
+                len(plan.seeds),
+                post=replier.deliver_together,
+                tell=replier.conclude,
+                show=replier.progress,
+                header=plan.describe(),
+            )
+            await self.core.service.run_variations(
+                request,
+                plan.seeds,
+                [together.replier(index) for index in range(len(plan.seeds))],
+                idempotency_key=key,
+                ended=together.ended,
+            )
 
         self.background(job())
 
@@ -318,6 +357,7 @@ def add_commands(client: Sam3dClient) -> None:
         seed="0 to 1000000; the same seed gives the same model",
         artifacts="also send the artifacts archive",
         pick="pick the object on the photo's grid first; nothing is charged until Make it",
+        variations="make 2 to 4 models with different seeds, posted together (each one job)",
     )
     async def sam3d(
         interaction: discord.Interaction,
@@ -330,12 +370,16 @@ def add_commands(client: Sam3dClient) -> None:
         seed: app_commands.Range[int, SEED_MIN, SEED_MAX] | None = None,
         artifacts: bool = False,
         pick: bool = False,
+        variations: app_commands.Range[int, 1, MAX_VARIATIONS] = 1,
     ) -> None:
         if (image is None) == (image_url is None):
             await ephemeral(interaction, "Give the photo as an attachment or as a link (one).")
             return
         photo = image or ImageSource.from_url(image_url or "")
         if pick:
+            if variations > 1:
+                await ephemeral(interaction, "Pick the object for one model at a time.")
+                return
             if bbox or points or mask:
                 await ephemeral(interaction, PICK_OR_TYPE)
                 return
@@ -350,6 +394,7 @@ def add_commands(client: Sam3dClient) -> None:
             mask=mask,
             seed=seed,
             artifacts=artifacts,
+            variations=variations,
         )
 
     @tree.context_menu(name="Make 3D model")

@@ -29,6 +29,20 @@ def result_view(job_id: str) -> discord.ui.View:
     return view
 
 
+def variations_view(job_ids: list[str]) -> discord.ui.View:
+    """Variations in one message: a row each (New seed, Edit, Details, Formats, numbered as
+    their embeds), and Delete for the message under them."""
+    view = discord.ui.View(timeout=None)
+    for number, job_id in enumerate(job_ids, start=1):
+        for action in ("seed", "edit", "details"):
+            view.add_item(ResultButton(action, job_id, number))
+        view.add_item(FormatsButton(job_id, number))
+    delete = ResultButton("delete", job_ids[0])
+    delete.item.row = len(job_ids)
+    view.add_item(delete)
+    return view
+
+
 async def new_seed(client: Sam3dClient, interaction: discord.Interaction, job_id: str) -> None:
     """Run the job's photo again with another seed, as a new job under the quota."""
     link = interaction.message.jump_url if interaction.message is not None else None
@@ -83,11 +97,15 @@ class ResultButton(
 ):
     """One button on a result; its id says what it does to which job."""
 
-    def __init__(self, action: str, job_id: str):
+    def __init__(self, action: str, job_id: str, number: int | None = None):
         label, emoji, style, _ = BUTTONS[action]
         super().__init__(
             discord.ui.Button(
-                label=label, emoji=emoji, style=style, custom_id=f"sam3d:{action}:{job_id}"
+                label=label if number is None else f"{label} {number}",
+                emoji=emoji,
+                style=style,
+                custom_id=f"sam3d:{action}:{job_id}",
+                row=None if number is None else number - 1,
             )
         )
         self.action, self.job_id = action, job_id
@@ -146,6 +164,44 @@ class ResultFormats(
         assert isinstance(client, Sam3dClient)
         try:
             await send_format(client, interaction, self.job_id, chosen_value(interaction) or "")
+        except Exception as error:  # a dynamic item has no view of ours to catch it
+            await answer_failure(interaction, error)
+
+
+class FormatsButton(
+    discord.ui.DynamicItem[discord.ui.Button[discord.ui.View]],
+    template=rf"sam3d:formatsof:{JOB_ID}",
+):
+    """A variation's "Formats…": its menu of formats, to the member alone (a message of
+    several models has no room for a menu each)."""
+
+    def __init__(self, job_id: str, number: int | None = None):
+        super().__init__(
+            discord.ui.Button(
+                label="Formats…" if number is None else f"Formats {number}…",
+                style=discord.ButtonStyle.secondary,
+                custom_id=f"sam3d:formatsof:{job_id}",
+                row=None if number is None else number - 1,
+            )
+        )
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(
+        cls,
+        interaction: discord.Interaction,
+        item: discord.ui.Item[Any],
+        match: re.Match[str],
+    ) -> FormatsButton:
+        return cls(match["job"])
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        view = discord.ui.View(timeout=None)
+        view.add_item(ResultFormats(self.job_id))
+        try:
+            await interaction.response.send_message(
+                f"Job `{self.job_id}` in another format:", view=view, ephemeral=True
+            )
         except Exception as error:  # a dynamic item has no view of ours to catch it
             await answer_failure(interaction, error)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +24,7 @@ from bot.throttle import ProgressThrottle
 
 from .translate import (
     NO_PINGS,
-    ResultMessage,
+    UploadRoom,
     fit,
     pages,
     result_message,
@@ -36,6 +37,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 Sent = tuple[discord.Message, list[str]]  # the result's message, and the text pages after it
+Numbered = tuple[int | None, JobResult]  # a variation's number (from 1), None for a lone result
+
+
+@dataclass
+class Outgoing:
+    embeds: list[discord.Embed]
+    files: list[discord.File]
+    view: discord.ui.View
+
+
 DEFAULT_UPLOAD_LIMIT = discord.utils.DEFAULT_FILE_SIZE_LIMIT_BYTES
 
 
@@ -51,6 +62,7 @@ class DiscordReplier:
         links: DownloadLinks | None = None,
         conversions: Conversions | None = None,
         cancel_view: Callable[[str, str], discord.ui.View] | None = None,
+        group_view_for: Callable[[list[str]], discord.ui.View] | None = None,
     ):
         self._client = client
         self._reply_to = reply_to
@@ -58,6 +70,7 @@ class DiscordReplier:
         self._links = links  # the bot's signed download links, for files too big to attach
         self._conversions = conversions  # for a thinned splat where the splat is too big
         self._cancel_view = cancel_view  # (job id, label) -> the progress's Cancel
+        self._group_view_for = group_view_for  # variations' job ids -> their buttons
         self._progress = ProgressThrottle(self._edit, interval_s)
         self.result_message: discord.Message | None = None
         self._sent_limit = 0  # the upload limit of the way the result went
@@ -125,11 +138,21 @@ class DiscordReplier:
     # -- results -------------------------------------------------------------------------------
 
     async def deliver(self, result: JobResult) -> None:
+        await self._deliver([(None, result)], [])
+
+    async def deliver_together(
+        self, results: list[tuple[int, JobResult]], notes: list[str]
+    ) -> None:
+        """Variations in one message: an embed each (numbered from 1), their files within
+        Discord's 10, and a row of buttons each; `notes` say what failed."""
+        await self._deliver([(index + 1, result) for index, result in results], notes)
+
+    async def _deliver(self, results: list[Numbered], notes: list[str]) -> None:
         await self._finish_progress()
         if self._reply_to.get("post_in_channel", True):
             limit = self._reply_to.get("channel_upload_limit", DEFAULT_UPLOAD_LIMIT)
             try:
-                message, more = await self._within(limit, partial(self._post, result))
+                message, more = await self._within(limit, partial(self._post, results, notes))
             except discord.HTTPException as exc:
                 if not (self._token_usable() and posts_elsewhere(exc)):
                     raise DeliveryError(_cannot_post(exc)) from None
@@ -147,7 +170,7 @@ class DiscordReplier:
             )
         limit = self._reply_to.get("token_upload_limit", DEFAULT_UPLOAD_LIMIT)
         try:
-            message, more = await self._within(limit, partial(self._through_token, result))
+            message, more = await self._within(limit, partial(self._through_token, results, notes))
         except discord.HTTPException as exc:
             raise DeliveryError(_cannot_post(exc)) from None
         self.result_message, self._sent_limit = message, limit
@@ -165,13 +188,29 @@ class DiscordReplier:
                     raise
         raise AssertionError("unreachable")
 
-    async def _result(self, result: JobResult, size_limit: int) -> tuple[list[str], ResultMessage]:
+    async def _result(
+        self, results: list[Numbered], notes: list[str], size_limit: int
+    ) -> tuple[list[str], Outgoing]:
         """The result's text as messages (link lines that do not fit in the first get their
-        own) and its embed and files. Files are new each time: a request uses them up."""
-        if self._conversions is not None:  # a splat over the limit: a thinned one that fits
-            result = await self._conversions.with_light_splat(result, size_limit)
-        made = result_message(result, size_limit, self._links)
-        return pages("\n".join([f"<@{self._reply_to['user_id']}>", *made.links])), made
+        own), its embeds, files and buttons. Files are new each time: a request uses them
+        up."""
+        room = UploadRoom()
+        embeds, files, lines = [], [], []
+        for number, result in results:
+            if self._conversions is not None:  # a splat over the limit: a thinned one that fits
+                result = await self._conversions.with_light_splat(result, size_limit)
+            made = result_message(result, size_limit, self._links, number, room)
+            embeds.append(made.embed)
+            files += made.files
+            lines += made.links
+        if len(results) == 1 and results[0][0] is None:
+            view = self._view(results[0][1].job_id)
+        elif self._group_view_for is not None:
+            view = self._group_view_for([result.job_id for _, result in results])
+        else:
+            view = discord.utils.MISSING
+        text = "\n".join([f"<@{self._reply_to['user_id']}>", *notes, *lines])
+        return pages(text), Outgoing(embeds, files, view)
 
     def _view(self, job_id: str) -> discord.ui.View:
         return self._view_for(job_id) if self._view_for else discord.utils.MISSING
@@ -180,38 +219,40 @@ class DiscordReplier:
     def _mentions(self) -> discord.AllowedMentions:
         return discord.AllowedMentions(everyone=False, roles=False, users=[self._user])
 
-    async def _post(self, result: JobResult, size_limit: int) -> Sent:
+    async def _post(self, results: list[Numbered], notes: list[str], size_limit: int) -> Sent:
         """The bot's own post in the channel."""
-        (first, *more), made = await self._result(result, size_limit)
+        (first, *more), out = await self._result(results, notes, size_limit)
         message = await self._channel().send(
             first,
-            embed=made.embed,
-            files=made.files,
-            view=self._view(result.job_id),
+            embeds=out.embeds,
+            files=out.files,
+            view=out.view,
             allowed_mentions=self._mentions,
         )
         return message, more
 
-    async def _through_token(self, result: JobResult, size_limit: int) -> Sent:
+    async def _through_token(
+        self, results: list[Numbered], notes: list[str], size_limit: int
+    ) -> Sent:
         """The result in place of the "thinking" message (one message, which a follow-up
         would only replace), or as a follow-up where that message is gone."""
-        (first, *more), made = await self._result(result, size_limit)
+        (first, *more), out = await self._result(results, notes, size_limit)
         try:
             edited: discord.Message = await self._webhook.edit_message(
                 "@original",  # type: ignore[call-overload]
                 content=first,
-                embed=made.embed,
-                attachments=made.files,
-                view=self._view(result.job_id),
+                embeds=out.embeds,
+                attachments=out.files,
+                view=out.view,
                 allowed_mentions=self._mentions,
             )
         except discord.NotFound:  # the thinking message was dismissed
-            (first, *more), made = await self._result(result, size_limit)
+            (first, *more), out = await self._result(results, notes, size_limit)
             edited = await self._webhook.send(
                 first,
-                embed=made.embed,
-                files=made.files,
-                view=self._view(result.job_id),
+                embeds=out.embeds,
+                files=out.files,
+                view=out.view,
                 wait=True,
                 allowed_mentions=self._mentions,
             )
@@ -250,8 +291,16 @@ class DiscordReplier:
         )
 
     async def fail(self, error: BotError, refunded: bool) -> None:
+        await self.conclude(failure_text(error, refunded))
+
+    async def conclude(self, text: str) -> None:
+        """The last word, to the member alone: the progress ends with it."""
         await self._finish_progress()
-        await self.tell(failure_text(error, refunded))
+        await self.tell(text)
+
+    async def say(self, text: str) -> None:
+        """The progress message says `text` now (variations' price, before they start)."""
+        await self._say_progress(text)
 
     async def tell(self, text: str) -> None:
         """Something for the member alone: the "thinking" message gives way to an ephemeral

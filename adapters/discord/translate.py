@@ -163,6 +163,21 @@ def images_in(message: discord.Message) -> list[tuple[str, str]]:
 
 
 @dataclass
+class UploadRoom:
+    """What one message may still carry: Discord's 10 files and 25 MiB a request."""
+
+    files: int = MAX_FILES
+    bytes: int = REQUEST_MAX
+
+    def take(self, size: int) -> bool:
+        if self.files < 1 or size > self.bytes:
+            return False
+        self.files -= 1
+        self.bytes -= size
+        return True
+
+
+@dataclass
 class ResultMessage:
     embed: discord.Embed
     files: list[discord.File]
@@ -170,11 +185,19 @@ class ResultMessage:
 
 
 def result_message(
-    result: JobResult, size_limit: int, links: DownloadLinks | None = None
+    result: JobResult,
+    size_limit: int,
+    links: DownloadLinks | None = None,
+    number: int | None = None,
+    room: UploadRoom | None = None,
 ) -> ResultMessage:
-    """The embed, the attachments that fit (at most 10) and links for the rest."""
+    """The embed, the attachments that fit (within `room`: at most 10 a message) and links
+    for the rest. A variation (`number`) is titled and its files named by its number."""
+    room = room or UploadRoom()
     params = result.params
-    embed = discord.Embed(title="3D model ready", colour=0x5865F2)
+    prefix = "" if number is None else f"v{number}-"
+    title = "3D model ready" if number is None else f"Variation {number}"
+    embed = discord.Embed(title=title, colour=0x5865F2)
     if params.get("prompt"):
         embed.description = f"**{discord.utils.escape_markdown(params['prompt'])}**"
     embed.add_field(name="Seed", value=str(params.get("seed", "?")))
@@ -195,21 +218,18 @@ def result_message(
         embed.set_footer(text=result.note)
     files: list[discord.File] = []
     too_big: list[str] = []
-    total = 0
     thumbnail = result.file(FileKind.THUMBNAIL)
-    if thumbnail is not None and thumbnail.size <= size_limit:
-        files.append(discord.File(thumbnail.path, filename="thumbnail.png"))
-        embed.set_image(url="attachment://thumbnail.png")
-        total += thumbnail.size
-    names = {"thumbnail.png", "turntable.gif"}
+    picture = f"{prefix}thumbnail.png"
+    if thumbnail is not None and thumbnail.size <= size_limit and room.take(thumbnail.size):
+        files.append(discord.File(thumbnail.path, filename=picture))
+        embed.set_image(url=f"attachment://{picture}")
+    names = {picture, f"{prefix}turntable.gif"}
     for file in result.files:
         if file.kind not in SHARED_KINDS:
             continue
-        name = unique_name(attachment_name(file), names)
-        fits = file.size <= size_limit and total + file.size <= REQUEST_MAX
-        if fits and len(files) < MAX_FILES:
+        name = unique_name(prefix + attachment_name(file), names)
+        if file.size <= size_limit and room.take(file.size):
             files.append(discord.File(file.path, filename=name))
-            total += file.size
         else:
             line = link_line(file, name, result.job_id, links)
             if len(line) > LINK_LINE_MAX:  # a presigned link longer than a message

@@ -38,19 +38,30 @@ class JobStore(SqlBase):
     async def reserve(self, job: NewJob) -> JobRecord:
         return await self._run(self._reserve, job)
 
-    async def check_reserve(self, requester: Requester, price_micros: int) -> None:
-        """Raise what reserve would refuse now (blocked, paused, quota, cooldown, jobs on the
-        way, budgets), reserving nothing: the very same rules, in a transaction undone."""
+    async def reserve_group(self, jobs: Sequence[NewJob]) -> list[JobRecord]:
+        """Several jobs of one request (variations) reserved together or not at all: each its
+        own job, counted in the quota and held in the budgets; one request for the cooldown
+        and the jobs-on-the-way rule."""
+        return await self._run(self._reserve_all, list(jobs))
+
+    async def check_reserve(self, requester: Requester, price_micros: int, count: int = 1) -> None:
+        """Raise what reserving `count` jobs would refuse now (blocked, paused, quota,
+        cooldown, jobs on the way, budgets), reserving nothing: the very same rules, in a
+        transaction undone."""
+        job = NewJob(requester, price_micros, "", {})
         try:
-            await self._run(self._reserve_and_undo, NewJob(requester, price_micros, "", {}))
+            await self._run(self._reserve_and_undo, [job] * count)
         except _Undone:
             return
 
-    def _reserve_and_undo(self, tx: Tx, job: NewJob) -> None:
-        self._reserve(tx, job)
+    def _reserve_and_undo(self, tx: Tx, jobs: list[NewJob]) -> None:
+        self._reserve_all(tx, jobs)
         raise _Undone  # the transaction rolls back: nothing stays reserved
 
-    def _reserve(self, tx: Tx, job: NewJob) -> JobRecord:
+    def _reserve_all(self, tx: Tx, jobs: list[NewJob]) -> list[JobRecord]:
+        return [self._reserve(tx, job, first=index == 0) for index, job in enumerate(jobs)]
+
+    def _reserve(self, tx: Tx, job: NewJob, first: bool = True) -> JobRecord:
         who = job.requester
         tx.lock(f"user:{who.key}")
         now = self._clock()
@@ -61,7 +72,7 @@ class JobStore(SqlBase):
         limit, context = self._limit_and_context(tx, who, now)
         _refuse_if_barred(context)
         if not self._policy.exempt(who):
-            self._check_user_rules(tx, who, now, limit, context)
+            self._check_user_rules(tx, who, now, limit, context, first)
         period = month_of(now)
         row = tx.query(
             "insert_job",
@@ -141,12 +152,19 @@ class JobStore(SqlBase):
         return context
 
     def _check_user_rules(
-        self, tx: Tx, who: Requester, now: float, limit: Limit, context: dict[str, Any]
+        self,
+        tx: Tx,
+        who: Requester,
+        now: float,
+        limit: Limit,
+        context: dict[str, Any],
+        first: bool = True,
     ) -> None:
-        if context["in_flight"] >= self._policy.max_in_flight:
+        # The rest of a group (variations) came in the same request as its first job.
+        if first and context["in_flight"] >= self._policy.max_in_flight:
             raise JobInFlight(self._policy.max_in_flight)
         latest = context["latest"]
-        if self._policy.cooldown_s and latest is not None:
+        if first and self._policy.cooldown_s and latest is not None:
             raise CoolingDown(latest + self._policy.cooldown_s - now)
         if limit.jobs is not None and context["recent"] >= limit.jobs:
             raise QuotaExceeded(

@@ -227,6 +227,8 @@ def sam3d(image: dict[str, Any] | None = None, **options: Any) -> dict[str, Any]
         "seed": 4,
         "artifacts": 5,
         "pick": 5,
+        "variations": 4,
+        "private": 5,
     }
     opts = [{"name": name, "type": types[name], "value": value} for name, value in options.items()]
     if image is not None:
