@@ -243,10 +243,12 @@ class Service:
         repliers: Sequence[Replier],
         idempotency_key: str | None = None,
         ended: Callable[[int], Awaitable[None]] | None = None,
+        reply_tos: Sequence[dict[str, Any]] | None = None,
     ) -> list[JobResult | None]:
         """One photo as several jobs, one per seed, each told to its own replier; reserved
         together or not at all (each its own job in the quota and the budgets). `ended(i)`
-        follows the last word to replier i, whatever it was."""
+        follows the last word to replier i, whatever it was; `reply_tos[i]` is where job i
+        answers after a restart (else the request's)."""
         started = time.monotonic()
         results: list[JobResult | None] = [None] * len(seeds)
 
@@ -290,7 +292,7 @@ class Service:
                 records = await self._ledger.reserve_group(
                     [
                         self._new_job(
-                            request,
+                            replace(request, reply_to=reply_tos[index]) if reply_tos else request,
                             variants[index],
                             f"{idempotency_key}:{index}" if idempotency_key else None,
                         )

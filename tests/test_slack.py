@@ -211,7 +211,16 @@ async def test_sam3d_alone_is_acknowledged_at_once_and_opens_the_form(slack, fak
     assert view["callback_id"] == "sam3d_job"
     assert blocks["image"]["element"]["type"] == "file_input"
     assert not blocks["image"]["optional"] and blocks["mask"]["optional"]
-    assert set(blocks) == {"image", "mask", "prompt", "bbox", "points", "seed", "pick"}
+    assert set(blocks) == {
+        "image",
+        "mask",
+        "prompt",
+        "bbox",
+        "points",
+        "seed",
+        "variations",
+        "pick",
+    }
     assert blocks["pick"]["optional"] and blocks["pick"]["element"]["type"] == "checkboxes"
     seed = blocks["seed"]["element"]
     assert (seed["min_value"], seed["max_value"]) == ("0", "1000000")
@@ -978,6 +987,45 @@ async def test_edit_opens_the_form_filled_in_and_runs_the_same_photo_in_the_resu
     assert progress["thread_ts"] == result_ts  # in the thread of the result it came from
     comments = [u["comment"] for u in uploaded(fake_slack).values() if u.get("comment")]
     assert any(f"Made from job `{job_id}`" in c and f"<@{payloads.BOB}>" in c for c in comments)
+
+
+async def test_variations_say_their_price_first_and_come_in_one_thread(
+    slack, fake_slack, fake_segmind
+):
+    mention = payloads.mention("jug seed=4 variations=3", [photo_file(fake_slack)])
+    await slack.event(mention)
+    await slack.settle(until=lambda: len(uploaded(fake_slack)) == 6)
+    parent, *each = fake_slack.find("chat.postMessage")
+    plan = parent.args["text"]
+    assert "3 variations (seeds 4, 5, 6)" in plan and "$0.195 in all" in plan
+    assert "leave you 2 of 5 jobs" in plan
+    thread = mention["event"]["ts"]
+    assert parent.args["thread_ts"] == thread and len(each) == 3
+    assert all(p.args["thread_ts"] == thread for p in each)
+    assert all(u["thread_ts"] == thread for u in fake_slack.uploads.values() if u.get("channel"))
+    assert sorted(p["seed"] for p in fake_segmind.counters.payloads) == [4, 5, 6]
+    [row] = await slack.jobs()
+    assert (row.jobs, row.delivered, row.cost_micros) == (3, 3, 3 * 65_000)
+    ends = [u.args["text"] for u in fake_slack.find("chat.update")]
+    assert any("3 variations: 3 made" in text for text in ends)
+
+
+async def test_variations_are_checked_like_any_setting(slack, fake_slack, fake_segmind):
+    await slack.event(payloads.mention("jug variations=9", [photo_file(fake_slack)]))
+    await slack.settle(until=lambda: fake_slack.ephemerals())
+    assert "variations: give 1 to 4" in fake_slack.ephemerals()[0]
+    await slack.command("")
+    await slack.settle(until=lambda: fake_slack.find("views.open"))
+    status, body, _ = await submit_form(
+        slack,
+        {
+            "image": file_value(photo_file(fake_slack)),
+            "variations": {"type": "static_select", "selected_option": {"value": "2"}},
+            "pick": {"type": "checkboxes", "selected_options": [{"value": "pick"}]},
+        },
+    )
+    assert json.loads(body)["errors"]["pick"] == "Pick the object for one model at a time."
+    assert fake_segmind.counters.submits == 0
 
 
 async def test_edit_of_a_job_whose_photo_is_gone_is_explained(slack, fake_slack):

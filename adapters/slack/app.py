@@ -34,6 +34,7 @@ from bot.operations import (
 from bot.outages import until_reachable
 from bot.ports import JobRecord
 from bot.replies import RESTARTING, UNREADABLE
+from bot.variations import Plan
 
 if TYPE_CHECKING:
     from bot.app import Core
@@ -267,7 +268,15 @@ class SlackBot:
             if refusal is not None:
                 await replier.tell(refusal)
                 return
-            if not await replier.start():
+            plan = None
+            if args.variations > 1:  # their price said before anything starts
+                try:
+                    plan = await self.core.service.plan_variations(who, args.variations, args.seed)
+                except BotError as error:
+                    await replier.tell(error.user_message)
+                    return
+            stage = "getting your photo" if plan is None else f"{plan.describe()} In this thread"
+            if not await replier.start(stage):
                 return
             try:
                 image = await photo()
@@ -292,10 +301,43 @@ class SlackBot:
                 seed=args.seed,
                 reply_to=replier.reply_to,
             )
-            await self.core.service.run(request, replier, idempotency_key=f"slack:{key}")
-            await replier.withdraw_unless_answered()
+            if plan is None:
+                await self.core.service.run(request, replier, idempotency_key=f"slack:{key}")
+                await replier.withdraw_unless_answered()
+            else:
+                await self.run_variations(who, place, replier, request, plan, key)
         finally:
             self._making.discard(same_as)
+
+    async def run_variations(
+        self,
+        who: Requester,
+        place: Place,
+        parent: SlackReplier,
+        request: JobRequest,
+        plan: Plan,
+        key: str,
+    ) -> None:
+        """The variations in one thread (the parent message's, or the one asked in): each
+        its own progress message, which becomes its result."""
+        thread = place.thread_ts or parent.reply_to.get("progress_ts")
+        here = Place(place.channel_id, thread, place.response_url)
+        repliers = [self.replier(here.reply_to(who.user_id, who.guild_id)) for _ in plan.seeds]
+        for number, each in enumerate(repliers, start=1):
+            await each.start(f"variation {number}, seed {plan.seeds[number - 1]}")
+        results = await self.core.service.run_variations(
+            request,
+            plan.seeds,
+            repliers,
+            idempotency_key=f"slack:{key}",
+            reply_tos=[each.reply_to for each in repliers],
+        )
+        for each in repliers:
+            await each.withdraw_unless_answered()
+        made = sum(result is not None for result in results)
+        await parent.retitle(
+            f"<@{who.user_id}>'s {len(plan.seeds)} variations: {made} made, in this thread."
+        )
 
     async def send_format(self, user_id: str, place: Place, job_id: str, key: str) -> None:
         conversions = self.core.conversions

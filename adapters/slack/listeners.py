@@ -55,6 +55,7 @@ from .translate import (
     strip_mentions,
     team_of,
     user_id_in,
+    variations_in,
     wants_pick,
 )
 
@@ -310,7 +311,11 @@ async def submitted(
         bot.background(again(bot, who, place, str(meta["from_job"]), context[DELIVERY], edits))
         return
     args = JobArgs(
-        prompt=answers.prompt, seed=answers.seed, bbox=answers.bbox, points=answers.points
+        prompt=answers.prompt,
+        seed=answers.seed,
+        bbox=answers.bbox,
+        points=answers.points,
+        variations=variations_in(answers.variations),  # checked above
     )
     photo = bot.slack_file(answers.files[0] if answers.files else None, answers.file_id)
     if answers.pick:  # the form becomes the picker, once the photo and the quota allow

@@ -131,6 +131,13 @@ class SlackReplier:
         self._reply_to["progress_ts"] = posted["ts"]
         return True
 
+    async def retitle(self, text: str) -> None:
+        """The progress message now says `text` (variations: what came of them)."""
+        if self._progress_ts:
+            await quietly(
+                self._client.chat_update(channel=self._channel, ts=self._progress_ts, text=text)
+            )
+
     async def prepare(self) -> None:
         """Where results go was checked when the job was asked for (permissions, the progress
         message)."""

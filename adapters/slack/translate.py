@@ -14,6 +14,7 @@ from bot.errors import InputError
 from bot.images import parse_bbox, parse_points, parse_seed
 from bot.models import SEED_MAX, SEED_MIN, JobEdits, JobResult, Progress, Requester
 from bot.replies import cost_text
+from bot.variations import MAX_VARIATIONS
 
 if TYPE_CHECKING:
     from bot.downloads import DownloadLinks
@@ -31,13 +32,13 @@ CANCEL = "sam3d_cancel"  # on a job's progress
 MAX_PROMPT = 200
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp")
-KEYS = ("seed", "bbox", "points", "mask")
+KEYS = ("seed", "bbox", "points", "mask", "variations")
 
 HELP = f"""*Make a 3D model of an object in a photo*
 • `{COMMAND}` opens a form: the photo, and if you like a mask, what the object is, a box, \
 points and a seed.
 • `{COMMAND} <photo link> [what it is] [seed=42] [bbox=x1,y1,x2,y2] [points=x,y;x,y]` \
-runs at once.
+runs at once; `variations=3` makes 2 to 4 models with different seeds, in one thread.
 • On a message with a photo: ⋯ More actions > *Make 3D model*.
 • Mention me in a message with a photo, or in reply to one: `@sam3d red chair`.
 • `{COMMAND} pick <photo link>`, or `pick` first when you mention me: point at the object \
@@ -75,6 +76,7 @@ class JobArgs:
     bbox: str | None = None
     points: str | None = None
     mask_url: str | None = None
+    variations: int = 1  # variations=2..4: that many seeds at once
 
 
 def unescape(text: str) -> str:
@@ -133,7 +135,17 @@ def parse_job_text(text: str) -> JobArgs:
         options.get("bbox"),
         options.get("points"),
         options.get("mask"),
+        variations_in(options.get("variations")),
     )
+
+
+def variations_in(value: str | None) -> int:
+    """variations=N as typed: 1 to 4."""
+    if value is None:
+        return 1
+    if not value.strip().isdigit() or not 1 <= int(value) <= MAX_VARIATIONS:
+        raise InputError("variations", f"give 1 to {MAX_VARIATIONS}")
+    return int(value)
 
 
 def wants_pick(args: JobArgs) -> tuple[bool, JobArgs]:
@@ -342,7 +354,11 @@ def job_modal(
         },
     ]
     if edits is None:  # an Edit keeps the job's photo and mask
-        blocks += [_file_input("mask", "Mask (white = the object)", optional=True), PICK_BLOCK]
+        blocks += [
+            _file_input("mask", "Mask (white = the object)", optional=True),
+            VARIATIONS_BLOCK,
+            PICK_BLOCK,
+        ]
     return {
         "type": "modal",
         "callback_id": JOB_VIEW,
@@ -360,6 +376,26 @@ def job_modal(
 def _section(block_id: str, text: str) -> dict[str, Any]:
     return {"type": "section", "block_id": block_id, "text": {"type": "mrkdwn", "text": text}}
 
+
+VARIATIONS_BLOCK = {
+    "type": "input",
+    "block_id": "variations",
+    "optional": True,
+    "label": {"type": "plain_text", "text": "Variations"},
+    "hint": {
+        "type": "plain_text",
+        "text": "Several models with different seeds, in one thread; each is one job",
+    },
+    "element": {
+        "type": "static_select",
+        "action_id": "variations",
+        "placeholder": {"type": "plain_text", "text": "One model"},
+        "options": [
+            {"text": {"type": "plain_text", "text": f"{n} models"}, "value": str(n)}
+            for n in range(2, MAX_VARIATIONS + 1)
+        ],
+    },
+}
 
 PICK_BLOCK = {
     "type": "input",
@@ -401,6 +437,7 @@ class ModalAnswers:
     seed: str | None
     metadata: dict[str, Any] = field(default_factory=dict)
     pick: bool = False  # "Point at it on a grid first"
+    variations: str | None = None
 
 
 def modal_answers(view: dict[str, Any]) -> ModalAnswers:
@@ -424,6 +461,7 @@ def modal_answers(view: dict[str, Any]) -> ModalAnswers:
         seed=(value("seed").get("value") or "").strip() or None,
         metadata=metadata,
         pick=any(o.get("value") == "pick" for o in value("pick").get("selected_options") or []),
+        variations=(value("variations").get("selected_option") or {}).get("value"),
     )
 
 
@@ -443,10 +481,13 @@ def check_answers(answers: ModalAnswers, max_bytes: int) -> dict[str, str]:
         errors["mask"] = "The mask must be a PNG, JPEG or WebP image."
     if answers.pick and (answers.bbox or answers.points or answers.mask):
         errors["pick"] = "Pick the object, or type a box, points or a mask: one, not both."
+    if answers.pick and answers.variations not in (None, "1"):
+        errors["pick"] = "Pick the object for one model at a time."
     width, height = (photo or {}).get("original_w"), (photo or {}).get("original_h")
     if not (isinstance(width, int) and isinstance(height, int)):
         width = height = 1 << 30  # unknown here: the job checks against the photo itself
     checks: dict[str, Callable[[], object]] = {
+        "variations": lambda: variations_in(answers.variations),
         "bbox": lambda: parse_bbox(answers.bbox, width, height),
         "points": lambda: parse_points(answers.points, width, height),
         "seed": lambda: parse_seed(answers.seed),
