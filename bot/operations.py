@@ -20,7 +20,7 @@ from decimal import Decimal, InvalidOperation
 from .errors import InputError
 from .ledger.policy import GLOBAL_SCOPE, guild_scope
 from .models import Requester
-from .ports import AdminLedger, Budget, QuotaRule, QuotaStatus, UsageRow
+from .ports import PRIVATE_MODES, AdminLedger, Budget, QuotaRule, QuotaStatus, UsageRow
 from .replies import details_text, on_this, server_noun
 from .settings import micros_to_usd, usd_to_micros
 
@@ -51,6 +51,14 @@ class Where:
 
 REASON_MAX = 200  # characters: a reason is shown to members, inside a chat message
 JOB_ID = re.compile(r"[0-9a-f]{6,32}")
+
+
+PRIVATE_SAID = {
+    "allowed": "members may ask for their results in their DMs (private); others are posted in "
+    "the channel",
+    "default": "results go to members' DMs unless they ask for the channel (private: no)",
+    "forbidden": "results are always posted in the channel; private delivery is off",
+}
 
 
 def checked_reason(reason: str) -> str:
@@ -194,6 +202,33 @@ class Operations:
         listed = ", ".join(f"<#{c}>" for c in channels) if channels else "every channel"
         done = ("allowed" if allowed else "no longer allowed") if changed else "unchanged"
         return f"<#{channel_id}>: {done}. Jobs start in: {listed}."
+
+    async def set_private_mode(self, actor: str, where: Where, mode: str) -> str:
+        """Results to members' DMs on this server: allowed (members choose), default, or
+        forbidden."""
+        mode = mode.strip().lower()
+        if not where.guild_id:
+            raise InputError("private", f"this is set for a {where.noun}")
+        if mode not in PRIVATE_MODES:
+            raise InputError("private", f"say {', '.join(PRIVATE_MODES)}")
+        await self.ledger.set_private_mode(where.platform, where.guild_id, mode, actor)
+        return PRIVATE_SAID[mode]
+
+    async def delivers_privately(self, where: Where, asked: bool | None) -> bool:
+        """Whether a job goes to the member's DMs: what they asked (None: nothing), within
+        what the server allows; raises InputError where it forbids what they asked."""
+        if not where.guild_id:  # a DM already: nowhere more private to send it
+            return False
+        mode = await self.ledger.private_mode(where.platform, where.guild_id)
+        if mode == "forbidden":
+            if asked:
+                raise InputError(
+                    "private",
+                    f"{on_this(where.platform)}, results are posted in the channel "
+                    "(an admin turned private delivery off)",
+                )
+            return False
+        return asked if asked is not None else mode == "default"
 
     async def may_start_in(self, where: Where, places: Sequence[str]) -> list[str] | None:
         """None if jobs may start here, else the channels where they may. `places`: the

@@ -151,6 +151,9 @@ class UsageRow:
 
 
 RULE_KINDS = ("user", "role", "guild")
+# Whether results may go to members' DMs, per server: members choose, DMs unless a member
+# says otherwise, or never.
+PRIVATE_MODES = ("allowed", "default", "forbidden")
 
 
 @dataclass(frozen=True)
@@ -339,6 +342,12 @@ class AdminControls(Protocol):
     async def allowed_channels(self, platform: str, guild_id: str) -> list[str]: ...
 
     async def pause(self, scope: str, actor: str, reason: str = "") -> None: ...
+
+    async def set_private_mode(self, platform: str, guild_id: str, mode: str, actor: str) -> None:
+        """One of PRIVATE_MODES for a server."""
+        ...
+
+    async def private_mode(self, platform: str, guild_id: str) -> str: ...
 
     async def resume(self, scope: str, actor: str) -> bool: ...
 

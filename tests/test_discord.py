@@ -1396,3 +1396,69 @@ async def test_a_variation_that_ends_without_a_model_is_named_beside_the_others(
     assert [e["title"] for e in post.json["embeds"]] == [f"Variation {made}"]
     assert f"Variation {cancelled}: Cancelled" in post.json["content"]
     assert "Nothing was charged" in post.json["content"]
+
+
+def in_channel(fake) -> list:
+    """The bot's posts in the channel the commands come from."""
+    return [c for c in fake.channel_posts() if f"/channels/{payloads.CHANNEL_ID}/" in c.path]
+
+
+async def test_a_private_job_talks_to_the_member_alone_and_delivers_to_their_dms(
+    bot, fake_discord, fake_segmind
+):
+    command = payloads.sam3d(photo(fake_discord), prompt="cup", private=True)
+    dispatch(bot, command)
+    await settle(bot)
+    deferral = callback_for(fake_discord, command).json
+    assert deferral["type"] == 5 and deferral["data"]["flags"] & EPHEMERAL  # progress: alone
+    [dm] = fake_discord.dm_posts(payloads.ALICE_ID)
+    assert {name for name, _ in dm.files.values()} == {"model.glb", "splat.ply"}
+    assert not in_channel(fake_discord)  # nothing in the channel
+    done = fake_discord.original_edits()[-1].json["content"]
+    assert done.startswith("✅ Sent to your DMs") and dm.answer["id"] in done
+
+
+async def test_with_dms_closed_the_result_comes_to_the_member_alone_with_how_to_open_them(
+    bot, fake_discord, fake_segmind
+):
+    fake_discord.dms_closed.add(payloads.ALICE_ID)
+    command = payloads.sam3d(photo(fake_discord), private=True)
+    dispatch(bot, command)
+    await settle(bot)
+    posted = [c for c in fake_discord.channel_posts() if c.status == 200]
+    assert not posted  # neither the DM nor the channel took a post
+    [refused] = [c for c in fake_discord.find("POST", "/channels/") if c.status == 403]
+    assert refused.answer["code"] == 50007
+    result = fake_discord.original_edits()[-1]
+    assert result.files and "closed to me" in result.json["content"]
+    original = fake_discord.message(
+        callback_for(fake_discord, command).answer["interaction"]["response_message_id"]
+    )
+    assert original["flags"] & EPHEMERAL  # the member alone sees it
+    [row] = await bot.core.ledger.usage()
+    assert row.delivered == 1
+
+
+async def test_admins_make_private_delivery_the_default_or_forbid_it(
+    bot, fake_discord, fake_segmind
+):
+    mode = {"name": "mode", "type": 3}
+    dispatch(bot, as_admin("private", [{**mode, "value": "default"}]))
+    dispatch(bot, payloads.sam3d(photo(fake_discord)))
+    await settle(bot)
+    assert fake_discord.dm_posts(payloads.ALICE_ID) and not in_channel(fake_discord)
+    dispatch(bot, payloads.sam3d(photo(fake_discord), seed=9, private=False))  # their choice
+    await settle(bot)
+    assert len(in_channel(fake_discord)) == 1
+
+    dispatch(bot, as_admin("private", [{**mode, "value": "forbidden"}]))
+    await settle(bot)
+    asked = payloads.sam3d(photo(fake_discord), seed=10, private=True)
+    dispatch(bot, asked)
+    await settle(bot)
+    refusal = callback_for(fake_discord, asked).json
+    assert refusal["type"] == 4 and refusal["data"]["flags"] & EPHEMERAL
+    assert "private delivery off" in refusal["data"]["content"]
+    assert fake_segmind.counters.submits == 2
+    audit = [e.action for e in await bot.core.ledger.audit_trail()]
+    assert audit.count("private_mode") == 2

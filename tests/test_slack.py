@@ -220,6 +220,7 @@ async def test_sam3d_alone_is_acknowledged_at_once_and_opens_the_form(slack, fak
         "seed",
         "variations",
         "pick",
+        "private",
     }
     assert blocks["pick"]["optional"] and blocks["pick"]["element"]["type"] == "checkboxes"
     seed = blocks["seed"]["element"]
@@ -1026,6 +1027,57 @@ async def test_variations_are_checked_like_any_setting(slack, fake_slack, fake_s
     )
     assert json.loads(body)["errors"]["pick"] == "Pick the object for one model at a time."
     assert fake_segmind.counters.submits == 0
+
+
+def posted_in(fake: FakeSlack, channel: str) -> list:
+    """The bot's messages and uploads in a conversation."""
+    messages = [c for c in fake.find("chat.postMessage") if c.args.get("channel") == channel]
+    files = [u for u in fake.uploads.values() if u.get("channel") == channel]
+    return messages + files
+
+
+async def test_a_private_job_runs_in_the_members_dm_and_nothing_shows_in_the_channel(
+    slack, fake_slack, fake_segmind
+):
+    await slack.event(payloads.mention("kettle private=yes", [photo_file(fake_slack)]))
+    await slack.settle(until=lambda: len(uploaded(fake_slack)) == 2)
+    [progress] = fake_slack.find("chat.postMessage")
+    assert progress.args["channel"] == payloads.ALICE  # Slack opens their DM with the bot
+    assert {u["channel"] for u in uploaded(fake_slack).values()} == {payloads.DM}
+    assert {u.args["channel"] for u in fake_slack.find("chat.update")} == {payloads.DM}
+    assert not posted_in(fake_slack, payloads.CHANNEL)
+    assert fake_segmind.counters.payloads[0]["prompt"] == "kettle"
+
+
+async def test_with_the_messages_tab_off_a_private_job_says_how_and_charges_nothing(
+    slack, fake_slack, fake_segmind
+):
+    fake_slack.messages_tab = False
+    await slack.event(payloads.mention("kettle private=yes", [photo_file(fake_slack)]))
+    await slack.settle(until=lambda: fake_slack.ephemerals())
+    [said] = fake_slack.ephemerals()
+    assert "Messages tab" in said and "nothing was charged" in said
+    [told] = fake_slack.find("chat.postEphemeral")
+    assert told.args["channel"] == payloads.CHANNEL and told.args["user"] == payloads.ALICE
+    assert fake_segmind.counters.submits == 0 and not posted_in(fake_slack, payloads.CHANNEL)
+
+
+async def test_admins_make_private_delivery_the_default_or_forbid_it_on_slack(
+    slack, fake_slack, fake_segmind
+):
+    fake_slack.admins.add(payloads.ALICE)
+    await slack.command("admin private default")
+    await slack.settle(until=lambda: fake_slack.hooks)
+    assert "unless they ask for the channel" in fake_slack.ephemerals()[0]
+    await slack.event(payloads.mention("mug", [photo_file(fake_slack)], user=payloads.BOB))
+    await slack.settle(until=lambda: len(uploaded(fake_slack)) == 2)
+    assert {u["channel"] for u in uploaded(fake_slack).values()} == {"D" + payloads.BOB[1:]}
+    await slack.command("admin private forbidden")
+    await slack.settle(until=lambda: len(fake_slack.hooks) == 2)
+    await slack.event(payloads.mention("mug private=yes seed=3", [photo_file(fake_slack)]))
+    await slack.settle(until=lambda: len(fake_slack.ephemerals()) == 3)
+    assert any("turned private delivery off" in said for said in fake_slack.ephemerals())
+    assert fake_segmind.counters.submits == 1
 
 
 async def test_edit_of_a_job_whose_photo_is_gone_is_explained(slack, fake_slack):

@@ -10,6 +10,7 @@ import discord
 from discord import app_commands
 
 from bot.operations import REASON_MAX, Where
+from bot.ports import PRIVATE_MODES
 
 from .answers import ephemeral
 from .privacy import confirmation
@@ -57,6 +58,21 @@ class AdminCommands(app_commands.Group):
     async def forget(self, interaction: discord.Interaction, member: discord.User) -> None:
         await interaction.response.send_message(
             **confirmation(member.id, interaction.guild_id), ephemeral=True
+        )
+
+    @app_commands.command(
+        name="private", description="Whether results may go to members' DMs in this server"
+    )
+    @app_commands.describe(mode="allowed (members choose), default (DMs first) or forbidden")
+    @app_commands.choices(
+        mode=[app_commands.Choice(name=mode, value=mode) for mode in PRIVATE_MODES]
+    )
+    async def private(self, interaction: discord.Interaction, mode: str) -> None:
+        await self._answer(
+            interaction,
+            self.client.operations.set_private_mode(
+                requester_of(interaction).key, self._where(interaction), mode
+            ),
         )
 
     @app_commands.command(name="usage", description="This server's jobs and spend")

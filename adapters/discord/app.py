@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MAX_PROMPT = 200
+PRIVATE_LOOKUP_S = 1.0
 PICK_OR_TYPE = "Pick the object, or type a box, points or a mask: one of the two, not both."
 # View Channel, Send Messages (and in threads), Embed Links, Attach Files, Read Message
 # History, Use Application Commands.
@@ -106,10 +107,12 @@ class Sam3dClient(discord.AutoShardedClient):
         else:
             await self.tree.sync()
 
-    def replier_for(self, interaction: discord.Interaction) -> DiscordReplier:
+    def replier_for(
+        self, interaction: discord.Interaction, private: bool = False
+    ) -> DiscordReplier:
         return DiscordReplier(
             self,
-            reply_to_of(interaction),
+            {**reply_to_of(interaction), "private": private},
             interaction,
             interval_s=self.settings.progress_edit_interval_s,
             view_for=result_view,
@@ -150,16 +153,21 @@ class Sam3dClient(discord.AutoShardedClient):
         seed: int | str | None = None,  # typed in a form: the core checks it
         artifacts: bool = False,
         variations: int = 1,
+        private: bool | None = None,
     ) -> None:
         """Acknowledge first (Discord gives 3 s, and a photo from its CDN may take longer),
         then check where jobs may start, fetch the photo and run the job (or `variations`
-        of it), in the background."""
-        if not await self.may_post_here(interaction):  # read from the payload: no waiting
-            return
-        await interaction.response.defer(thinking=True)
-        replier = self.replier_for(interaction)
-        places = places_of(interaction)
+        of it), in the background. A private job talks to the member alone and delivers to
+        their DMs."""
         where = Where(PLATFORM, str(interaction.guild_id) if interaction.guild_id else None)
+        to_dm = await self.delivers_privately(interaction, where, private)
+        if to_dm is None:
+            return
+        if not to_dm and not await self.may_post_here(interaction):  # from the payload
+            return
+        await interaction.response.defer(ephemeral=to_dm, thinking=True)
+        replier = self.replier_for(interaction, private=to_dm)
+        places = places_of(interaction)
         key = f"discord:{interaction.id}"
         requester = requester_of(interaction)
 
@@ -277,6 +285,23 @@ class Sam3dClient(discord.AutoShardedClient):
             )
         )
 
+    async def delivers_privately(
+        self, interaction: discord.Interaction, where: Where, asked: bool | None
+    ) -> bool | None:
+        """Whether this job goes to the member's DMs, by what they asked and the server's
+        setting (read within a second: the interaction must be answered in 3); None once
+        they were told it may not."""
+        try:
+            return await asyncio.wait_for(
+                self.operations.delivers_privately(where, asked), PRIVATE_LOOKUP_S
+            )
+        except InputError as error:
+            await ephemeral(interaction, error.user_message)
+            return None
+        except (TimeoutError, BotError):  # the ledger is slow: what the member asked
+            log.warning("could not read the server's private delivery setting in time")
+            return bool(asked)
+
     def background(self, work: Awaitable[Any]) -> asyncio.Task[Any]:
         return self.core.runner.start(work, "discord job")
 
@@ -358,6 +383,7 @@ def add_commands(client: Sam3dClient) -> None:
         artifacts="also send the artifacts archive",
         pick="pick the object on the photo's grid first; nothing is charged until Make it",
         variations="make 2 to 4 models with different seeds, posted together (each one job)",
+        private="send the result to your DMs instead of this channel",
     )
     async def sam3d(
         interaction: discord.Interaction,
@@ -371,6 +397,7 @@ def add_commands(client: Sam3dClient) -> None:
         artifacts: bool = False,
         pick: bool = False,
         variations: app_commands.Range[int, 1, MAX_VARIATIONS] = 1,
+        private: bool | None = None,
     ) -> None:
         if (image is None) == (image_url is None):
             await ephemeral(interaction, "Give the photo as an attachment or as a link (one).")
@@ -395,6 +422,7 @@ def add_commands(client: Sam3dClient) -> None:
             seed=seed,
             artifacts=artifacts,
             variations=variations,
+            private=private,
         )
 
     @tree.context_menu(name="Make 3D model")

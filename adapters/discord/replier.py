@@ -48,6 +48,16 @@ class Outgoing:
 
 
 DEFAULT_UPLOAD_LIMIT = discord.utils.DEFAULT_FILE_SIZE_LIMIT_BYTES
+DMS_CLOSED_CODE = 50007  # "Cannot send messages to this user" (topics/opcodes-and-status-codes)
+DMS_CLOSED = (
+    "I could not send this to your DMs: they are closed to me. To get results there, open "
+    "the server's menu > Privacy Settings and turn on Direct Messages (or allow DMs from "
+    "apps). Here it is, to you alone:"
+)
+DMS_CLOSED_LATE = (
+    "Your model is ready, but your DMs are closed to me and the command has expired. It is "
+    "kept: /sam3d-history shows it, and asking again sends it free."
+)
 
 
 class DiscordReplier:
@@ -149,10 +159,13 @@ class DiscordReplier:
 
     async def _deliver(self, results: list[Numbered], notes: list[str]) -> None:
         await self._finish_progress()
+        if self._reply_to.get("private"):
+            await self._deliver_privately(results, notes)
+            return
         if self._reply_to.get("post_in_channel", True):
             limit = self._reply_to.get("channel_upload_limit", DEFAULT_UPLOAD_LIMIT)
             try:
-                message, more = await self._within(limit, partial(self._post, results, notes))
+                message, more = await self._within(limit, partial(self._post, results, notes, None))
             except discord.HTTPException as exc:
                 if not (self._token_usable() and posts_elsewhere(exc)):
                     raise DeliveryError(_cannot_post(exc)) from None
@@ -176,6 +189,36 @@ class DiscordReplier:
         self.result_message, self._sent_limit = message, limit
         for page in more:
             await self._webhook.send(page, allowed_mentions=NO_PINGS)
+
+    async def _deliver_privately(self, results: list[Numbered], notes: list[str]) -> None:
+        """To the member's DMs; where those are closed to the bot, to the member alone where
+        they asked (through the token), with how to open them; never in the channel."""
+        try:
+            dm = await self._client.create_dm(self._user)
+            message, more = await self._within(
+                DEFAULT_UPLOAD_LIMIT, partial(self._post, results, notes, dm)
+            )
+        except discord.HTTPException as exc:
+            if exc.code != DMS_CLOSED_CODE:
+                raise DeliveryError(_cannot_post(exc)) from None
+            if not self._token_usable():
+                raise DeliveryError(DMS_CLOSED_LATE, charged=True) from None
+            log.info("the member's DMs are closed to the bot; answering through the token")
+            limit = self._reply_to.get("token_upload_limit", DEFAULT_UPLOAD_LIMIT)
+            try:
+                message, more = await self._within(
+                    limit, partial(self._through_token, results, [DMS_CLOSED, *notes])
+                )
+            except discord.HTTPException as error:
+                raise DeliveryError(_cannot_post(error)) from None
+            self.result_message, self._sent_limit = message, limit
+            for page in more:
+                await self._webhook.send(page, ephemeral=True, allowed_mentions=NO_PINGS)
+            return
+        self.result_message, self._sent_limit = message, DEFAULT_UPLOAD_LIMIT
+        for page in more:
+            await dm.send(page, allowed_mentions=NO_PINGS)
+        await self._say_progress(f"✅ Sent to your DMs: {message.jump_url}")
 
     async def _within(self, limit: int, send: Callable[[int], Awaitable[Sent]]) -> Sent:
         """`send` with the files within the upload limit of the way the result goes; over it
@@ -219,10 +262,16 @@ class DiscordReplier:
     def _mentions(self) -> discord.AllowedMentions:
         return discord.AllowedMentions(everyone=False, roles=False, users=[self._user])
 
-    async def _post(self, results: list[Numbered], notes: list[str], size_limit: int) -> Sent:
-        """The bot's own post in the channel."""
+    async def _post(
+        self,
+        results: list[Numbered],
+        notes: list[str],
+        where: discord.abc.Messageable | None,
+        size_limit: int,
+    ) -> Sent:
+        """The bot's own post in the channel (or `where`: the member's DMs)."""
         (first, *more), out = await self._result(results, notes, size_limit)
-        message = await self._channel().send(
+        message = await (where or self._channel()).send(
             first,
             embeds=out.embeds,
             files=out.files,
@@ -316,6 +365,13 @@ class DiscordReplier:
                 return
             except discord.HTTPException as exc:  # the token died early (50027)
                 log.info("could not answer through the token: %s", exc)
+        if self._reply_to.get("private"):  # never in the channel: to their DMs, if open
+            try:
+                dm = await self._client.create_dm(self._user)
+                await dm.send(text, allowed_mentions=NO_PINGS)
+            except discord.HTTPException as exc:
+                log.info("could not tell the member in their DMs either: %s", exc)
+            return
         if not self._reply_to.get("post_in_channel", True):
             log.warning("nobody to tell: the token is gone and the bot may not post there")
             return

@@ -268,6 +268,21 @@ class SlackBot:
             if refusal is not None:
                 await replier.tell(refusal)
                 return
+            try:
+                private = await self.operations.delivers_privately(
+                    Where(PLATFORM, who.guild_id), args.private
+                )
+            except BotError as error:
+                await replier.tell(error.user_message)
+                return
+            if private:  # the whole conversation in their DM with the bot
+                replier = self.replier(
+                    {
+                        **place.privately(who.user_id).reply_to(who.user_id, who.guild_id),
+                        "private": True,
+                        "asked_in": place.channel_id,
+                    }
+                )
             plan = None
             if args.variations > 1:  # their price said before anything starts
                 try:
@@ -320,9 +335,13 @@ class SlackBot:
     ) -> None:
         """The variations in one thread (the parent message's, or the one asked in): each
         its own progress message, which becomes its result."""
-        thread = place.thread_ts or parent.reply_to.get("progress_ts")
-        here = Place(place.channel_id, thread, place.response_url)
-        repliers = [self.replier(here.reply_to(who.user_id, who.guild_id)) for _ in plan.seeds]
+        thread = parent.reply_to.get("thread_ts") or parent.reply_to.get("progress_ts")
+        here = Place(parent.reply_to["channel_id"], thread, place.response_url)
+        private = {k: parent.reply_to[k] for k in ("private", "asked_in") if k in parent.reply_to}
+        repliers = [
+            self.replier({**here.reply_to(who.user_id, who.guild_id), **private})
+            for _ in plan.seeds
+        ]
         for number, each in enumerate(repliers, start=1):
             await each.start(f"variation {number}, seed {plan.seeds[number - 1]}")
         results = await self.core.service.run_variations(
@@ -508,6 +527,8 @@ async def admin(bot: SlackBot, team_id: str | None, user_id: str, words: list[st
             return await ops.refund(actor, where, rest[0].strip("`"), " ".join(rest[1:]))
         if verb == "channel":
             return await allow_channel(ops, actor, where, rest)
+        if verb == "private":
+            return await ops.set_private_mode(actor, where, rest[0] if rest else "")
     except BotError as error:
         return error.user_message
     return f"I do not know `{verb}`.\n{ADMIN_HELP}"

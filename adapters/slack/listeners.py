@@ -316,6 +316,7 @@ async def submitted(
         bbox=answers.bbox,
         points=answers.points,
         variations=variations_in(answers.variations),  # checked above
+        private=answers.private or None,
     )
     photo = bot.slack_file(answers.files[0] if answers.files else None, answers.file_id)
     if answers.pick:  # the form becomes the picker, once the photo and the quota allow

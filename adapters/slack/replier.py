@@ -45,6 +45,9 @@ CHANNEL_ERRORS = {
     "channel_not_found": NOT_IN_CHANNEL,
     "is_archived": "That channel is archived; nothing was charged.",
     "restricted_action": "This workspace does not let me post there; nothing was charged.",
+    "messages_tab_disabled": "I cannot message you directly: this app's Messages tab is "
+    "turned off. A workspace admin can turn it on (the app's settings: App Home > Messages "
+    "Tab), or ask without private; nothing was charged.",
     **dict.fromkeys(
         ("invalid_auth", "token_revoked", "account_inactive", "not_authed"),
         "This app's access to the workspace was revoked (or it was uninstalled); an admin "
@@ -129,6 +132,8 @@ class SlackReplier:
             await self.tell(UNREACHABLE)
             return False
         self._reply_to["progress_ts"] = posted["ts"]
+        # Posted to a member's id, Slack opens the DM and says which conversation it is.
+        self._reply_to["channel_id"] = posted.get("channel") or self._channel
         return True
 
     async def retitle(self, text: str) -> None:
@@ -260,9 +265,13 @@ class SlackReplier:
     async def tell(self, text: str) -> None:
         """A message for the user alone: ephemeral in the channel, else through the
         command's response_url (which works where the bot is not a member)."""
+        # A private job's DM once Slack opened it (a D id); before that, where they asked.
+        channel = self._channel
+        if self._reply_to.get("private") and not channel.startswith("D"):
+            channel = str(self._reply_to.get("asked_in") or channel)
         try:
             await self._client.chat_postEphemeral(
-                channel=self._channel, user=self._user, thread_ts=self._thread, text=text
+                channel=channel, user=self._user, thread_ts=self._thread, text=text
             )
             return
         except SlackApiError as exc:

@@ -32,13 +32,14 @@ CANCEL = "sam3d_cancel"  # on a job's progress
 MAX_PROMPT = 200
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp")
-KEYS = ("seed", "bbox", "points", "mask", "variations")
+KEYS = ("seed", "bbox", "points", "mask", "variations", "private")
 
 HELP = f"""*Make a 3D model of an object in a photo*
 • `{COMMAND}` opens a form: the photo, and if you like a mask, what the object is, a box, \
 points and a seed.
 • `{COMMAND} <photo link> [what it is] [seed=42] [bbox=x1,y1,x2,y2] [points=x,y;x,y]` \
-runs at once; `variations=3` makes 2 to 4 models with different seeds, in one thread.
+runs at once; `variations=3` makes 2 to 4 models with different seeds, in one thread; \
+`private=yes` sends it to your DM with me instead.
 • On a message with a photo: ⋯ More actions > *Make 3D model*.
 • Mention me in a message with a photo, or in reply to one: `@sam3d red chair`.
 • `{COMMAND} pick <photo link>`, or `pick` first when you mention me: point at the object \
@@ -56,7 +57,8 @@ ADMIN_HELP = f"""*Admin commands* (`{COMMAND} admin ...`)
 • `pause [reason]`, `resume`: stop or open new jobs here
 • `refund <job id> [reason]`: give a job back to its user
 • `channel #channel on|off`: keep jobs to some channels (none listed: every channel)
-• `forget @user`: remove a member's photos and models made here (it asks first)"""
+• `forget @user`: remove a member's photos and models made here (it asks first)
+• `private allowed|default|forbidden`: whether results may go to members' DMs with me"""
 
 
 # -- text people type ------------------------------------------------------------------------
@@ -77,6 +79,7 @@ class JobArgs:
     points: str | None = None
     mask_url: str | None = None
     variations: int = 1  # variations=2..4: that many seeds at once
+    private: bool | None = None  # private=yes: to the member's DM with the bot
 
 
 def unescape(text: str) -> str:
@@ -136,7 +139,19 @@ def parse_job_text(text: str) -> JobArgs:
         options.get("points"),
         options.get("mask"),
         variations_in(options.get("variations")),
+        yes_or_no(options.get("private"), "private"),
     )
+
+
+def yes_or_no(value: str | None, field: str) -> bool | None:
+    if value is None:
+        return None
+    said = value.strip().lower()
+    if said in ("yes", "on", "true", "1"):
+        return True
+    if said in ("no", "off", "false", "0"):
+        return False
+    raise InputError(field, "say yes or no")
 
 
 def variations_in(value: str | None) -> int:
@@ -194,6 +209,11 @@ class Place:
     channel_id: str
     thread_ts: str | None = None
     response_url: str | None = None
+
+    def privately(self, user_id: str) -> Place:
+        """The member's DM with the bot (Slack opens it from their id), answering what was
+        asked here."""
+        return Place(user_id, None, self.response_url)
 
     def reply_to(self, user_id: str, team_id: str | None) -> dict[str, Any]:
         return {
@@ -358,6 +378,7 @@ def job_modal(
             _file_input("mask", "Mask (white = the object)", optional=True),
             VARIATIONS_BLOCK,
             PICK_BLOCK,
+            PRIVATE_BLOCK,
         ]
     return {
         "type": "modal",
@@ -393,6 +414,27 @@ VARIATIONS_BLOCK = {
         "options": [
             {"text": {"type": "plain_text", "text": f"{n} models"}, "value": str(n)}
             for n in range(2, MAX_VARIATIONS + 1)
+        ],
+    },
+}
+
+PRIVATE_BLOCK = {
+    "type": "input",
+    "block_id": "private",
+    "optional": True,
+    "label": {"type": "plain_text", "text": "Where it goes"},
+    "element": {
+        "type": "checkboxes",
+        "action_id": "private",
+        "options": [
+            {
+                "text": {"type": "plain_text", "text": "Send it to me privately"},
+                "description": {
+                    "type": "plain_text",
+                    "text": "In my DM with the bot, not in the channel",
+                },
+                "value": "private",
+            }
         ],
     },
 }
@@ -438,6 +480,7 @@ class ModalAnswers:
     metadata: dict[str, Any] = field(default_factory=dict)
     pick: bool = False  # "Point at it on a grid first"
     variations: str | None = None
+    private: bool = False  # "Send it to me privately"
 
 
 def modal_answers(view: dict[str, Any]) -> ModalAnswers:
@@ -462,6 +505,9 @@ def modal_answers(view: dict[str, Any]) -> ModalAnswers:
         metadata=metadata,
         pick=any(o.get("value") == "pick" for o in value("pick").get("selected_options") or []),
         variations=(value("variations").get("selected_option") or {}).get("value"),
+        private=any(
+            o.get("value") == "private" for o in value("private").get("selected_options") or []
+        ),
     )
 
 

@@ -7,6 +7,7 @@ import secrets
 
 from ..errors import InputError
 from ..ports import (
+    PRIVATE_MODES,
     RULE_KINDS,
     QuotaRule,
 )
@@ -210,6 +211,25 @@ class AdminStore(SqlBase):
         """The channels where jobs may start on a server; empty: all of them."""
         rows = await self._statement("allowed_channels", platform=platform, guild_id=guild_id)
         return [r["channel_id"] for r in rows]
+
+    async def set_private_mode(self, platform: str, guild_id: str, mode: str, actor: str) -> None:
+        """Whether results may go to members' DMs on a server: PRIVATE_MODES."""
+        if mode not in PRIVATE_MODES:
+            raise ValueError(f"private delivery is one of {', '.join(PRIVATE_MODES)}")
+        await self._run(self._set_private_mode, platform, guild_id, mode, actor)
+
+    def _set_private_mode(
+        self, tx: Tx, platform: str, guild_id: str, mode: str, actor: str
+    ) -> None:
+        if mode == "allowed":
+            tx.query("clear_private_mode", platform=platform, guild_id=guild_id)
+        else:
+            tx.query("set_private_mode", platform=platform, guild_id=guild_id, mode=mode)
+        self._audit(tx, None, actor, "private_mode", 0, f"{platform} guild={guild_id} {mode}")
+
+    async def private_mode(self, platform: str, guild_id: str) -> str:
+        rows = await self._statement("private_mode", platform=platform, guild_id=guild_id)
+        return str(rows[0]["mode"]) if rows else "allowed"
 
     async def pause(self, scope: str, actor: str, reason: str = "") -> None:
         await self._run(self._pause, scope, actor, reason)

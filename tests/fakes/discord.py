@@ -152,6 +152,8 @@ class FakeDiscord:
         self.guild_tiers: dict[str, int] = {}  # guild id -> premium (Boost) tier
         self.guilds: dict[str, dict[str, Any]] = {}  # the servers the bot is in (GUILD_CREATE)
         self.injected: list[Injected] = []
+        self.dm_channels: dict[str, str] = {}  # member -> the bot's DM channel with them
+        self.dms_closed: set[str] = set()  # members who do not take DMs from the bot
         self._ids = itertools.count(1_000_000_000_000_000_001)
         self._messages: dict[str, dict[str, Any]] = {}
         self._via: dict[str, str] = {}  # message id -> "channel" or "token:<its token>"
@@ -437,6 +439,8 @@ class FakeDiscord:
                     "summary": "",
                 }
             )
+        if route == ("POST", "/users/@me/channels"):  # OpenAPI create_dm
+            return self._open_dm(call)
         if request.method == "PUT" and path.endswith("/commands"):
             commands = call.json or []
             return _json(
@@ -668,6 +672,26 @@ class FakeDiscord:
             interaction.loading = False
         return _json(self._message(None, body, call.files, message_id))
 
+    # -- DMs (resources/user.mdx, "Create DM") ---------------------------------------------------
+
+    def _open_dm(self, call: Call) -> web.Response:
+        """The bot's DM channel with a member: made once, the same one after. Opening it
+        always works; a member whose DMs are closed to the bot refuses what is sent there."""
+        recipient = str((call.json or {}).get("recipient_id") or "")
+        channel_id = self.dm_channels.get(recipient)
+        if channel_id is None:
+            channel_id = self.dm_channels[recipient] = str(next(self._ids))
+            self.channels[channel_id] = Channel(channel_id, type=DM)
+        return _json(
+            {
+                "id": channel_id,
+                "type": DM,
+                "last_message_id": None,
+                "flags": 0,
+                "recipients": [user_json(recipient, f"user{recipient[-2:]}")],
+            }
+        )
+
     # -- channels (resources/message.mdx, "Create Message" and its limitations) ------------------
 
     def _channel(self, call: Call) -> web.Response:
@@ -689,6 +713,10 @@ class FakeDiscord:
                 raise DiscordError(400, 40058, "Cannot send a message in a forum channel")
             if channel.archived:
                 raise DiscordError(400, 50083, "Thread is archived")
+            if channel.type == DM and self._dm_closed(channel.id):
+                # opcodes-and-status-codes.mdx: 50007 "Cannot send messages to this user" (a
+                # member who turned off DMs from the server's members or from apps).
+                raise DiscordError(403, 50007, "Cannot send messages to this user")
             send = SEND_IN_THREADS if channel.type in THREAD_TYPES else SEND_MESSAGES
             if not allowed & send or (files and not allowed & ATTACH_FILES):
                 raise DiscordError(403, 50013, "Missing Permissions")
@@ -712,6 +740,16 @@ class FakeDiscord:
             check_upload(files, self.upload_limit(channel))
             return _json(self._message(channel.id, body, call.files, parts[4]))
         return _json(known)
+
+    def _dm_closed(self, channel_id: str) -> bool:
+        return any(self.dm_channels.get(user) == channel_id for user in self.dms_closed)
+
+    def dm_posts(self, user_id: str) -> list[Call]:
+        """What the bot posted in its DM with a member."""
+        channel_id = self.dm_channels.get(user_id)
+        return [
+            c for c in self.channel_posts() if channel_id and f"/channels/{channel_id}/" in c.path
+        ]
 
     def upload_limit(self, channel: Channel) -> int:
         """The per-file limit of a message the bot posts in a channel: its server's Boost tier

@@ -64,6 +64,7 @@ class FakeSlack:
         self.uploads: dict[str, dict[str, Any]] = {}  # file id -> name, bytes, title
         self.hooks: list[tuple[str, dict[str, Any]]] = []  # response_url posts
         self.not_member: set[str] = set()  # channels the bot is not in
+        self.messages_tab = True  # the app's App Home Messages tab (DMs with the bot)
         self.admins: set[str] = set()
         self.scopes = {
             "app_mentions:read",
@@ -292,10 +293,17 @@ class FakeSlack:
         return None
 
     def m_chat_postMessage(self, args) -> web.Response:
-        if args["channel"] in self.not_member:
+        channel = args["channel"]
+        if channel in self.not_member:
             return _ok(False, error="not_in_channel")
+        if channel[:1] in ("U", "W"):
+            # chat.postMessage: a user's id posts in the app's DM with them (its Messages tab),
+            # and the answer names that conversation; with the tab off, messages_tab_disabled.
+            if not self.messages_tab:
+                return _ok(False, error="messages_tab_disabled")
+            channel = "D" + channel[1:]
         ts = f"{int(time.time())}.{next(self._ts):06d}"
-        return _ok(channel=args["channel"], ts=ts, message={"text": args.get("text"), "ts": ts})
+        return _ok(channel=channel, ts=ts, message={"text": args.get("text"), "ts": ts})
 
     def m_chat_update(self, args) -> web.Response:
         return _ok(channel=args["channel"], ts=args["ts"], text=args.get("text"))

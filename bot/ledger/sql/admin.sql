@@ -59,6 +59,17 @@ SELECT channel_id FROM channel_rules
  WHERE platform = :platform AND guild_id = :guild_id
  ORDER BY channel_id;
 
+-- name: set_private_mode(platform, guild_id, mode)!
+INSERT INTO private_delivery (platform, guild_id, mode)
+VALUES (:platform, :guild_id, :mode)
+ON CONFLICT (platform, guild_id) DO UPDATE SET mode = excluded.mode;
+
+-- name: clear_private_mode(platform, guild_id)!
+DELETE FROM private_delivery WHERE platform = :platform AND guild_id = :guild_id;
+
+-- name: private_mode(platform, guild_id)
+SELECT mode FROM private_delivery WHERE platform = :platform AND guild_id = :guild_id;
+
 -- name: pause(scope, reason)!
 INSERT INTO pauses (scope, reason) VALUES (:scope, :reason)
 ON CONFLICT (scope) DO UPDATE SET reason = excluded.reason;
