@@ -7,6 +7,7 @@ import json
 import os
 import secrets
 import shutil
+import threading
 import time
 from collections.abc import Collection
 from dataclasses import dataclass, replace
@@ -38,6 +39,7 @@ class ResultStore:
     def __init__(self, data_dir: Path):
         self._data = Path(data_dir)
         self._jobs = self._data / "jobs"
+        self._posts_lock = threading.Lock()  # one writer of a posts.json at a time, here
         self._index = self._data / "cache"
 
     # -- retention -------------------------------------------------------------------------------
@@ -125,6 +127,37 @@ class ResultStore:
 
     async def inputs_of(self, job_id: str) -> tuple[bytes, bytes | None] | None:
         return await asyncio.to_thread(self._inputs_of, job_id)
+
+    async def note_post(self, job_id: str, where: dict[str, Any]) -> None:
+        """Where the bot posted a job's result (a chat's own ids), so forget me can delete
+        it; kept with the job's files, for as long as they are."""
+        await asyncio.to_thread(self._note_post, job_id, where)
+
+    def _note_post(self, job_id: str, where: dict[str, Any]) -> None:
+        folder = self._jobs / job_id
+        folder.mkdir(parents=True, exist_ok=True)
+        with self._posts_lock:
+            posts = self._posts_in(folder)
+            _write_atomically(folder / "posts.json", json.dumps([*posts, where]))
+
+    async def posts_of(self, job_ids: Collection[str]) -> list[dict[str, Any]]:
+        """Every post noted for these jobs, each once."""
+        return await asyncio.to_thread(self._posts_of, set(job_ids))
+
+    def _posts_of(self, job_ids: set[str]) -> list[dict[str, Any]]:
+        seen: dict[str, dict[str, Any]] = {}
+        for job_id in sorted(job_ids):
+            for post in self._posts_in(self._jobs / job_id):
+                seen.setdefault(json.dumps(post, sort_keys=True), post)
+        return list(seen.values())
+
+    @staticmethod
+    def _posts_in(folder: Path) -> list[dict[str, Any]]:
+        try:
+            posts = json.loads((folder / "posts.json").read_text())
+        except (FileNotFoundError, ValueError):
+            return []
+        return [p for p in posts if isinstance(p, dict)] if isinstance(posts, list) else []
 
     async def has_inputs(self, job_id: str) -> bool:
         """The job's photo is still kept (it can run again)."""

@@ -1141,6 +1141,7 @@ async def test_forget_me_after_confirming_leaves_no_file_of_the_member_and_the_b
     await settle(bot)
     dispatch(bot, payloads.sam3d(photo(fake_discord, "other.png"), user_id=payloads.BOB_ID))
     await settle(bot)
+    alices_post, bobs_post = (c.answer["id"] for c in fake_discord.channel_posts())
     _, picker = await open_picker(bot, fake_discord)  # a pick in progress: Alice's photo
     jobs = tmp_path / "data" / "jobs"
     [alice_job] = (await bot.core.ledger.jobs_of("discord", payloads.ALICE_ID))[0]
@@ -1168,6 +1169,9 @@ async def test_forget_me_after_confirming_leaves_no_file_of_the_member_and_the_b
     await settle(bot)
     said = callback_for(fake_discord, confirmed).json
     assert said["type"] == 7 and said["data"]["content"].startswith("Done: 1 job(s) of yours")
+    assert "1 post(s) of the results deleted" in said["data"]["content"]
+    assert fake_discord.message(alices_post) is None  # the bot's post of her model
+    assert fake_discord.message(bobs_post) is not None
     assert not (jobs / alice_job.id).exists()
     assert not any((tmp_path / "data" / "picks").iterdir())  # the pick's photo too
     assert (jobs / bob_job.id).is_dir()  # nobody else's
@@ -1176,7 +1180,7 @@ async def test_forget_me_after_confirming_leaves_no_file_of_the_member_and_the_b
     assert sum(r.jobs for r in await bot.core.ledger.usage()) == 2
     for path in (tmp_path / "data").rglob("*.json"):
         assert payloads.ALICE_ID not in path.read_text(encoding="utf-8"), path
-    assert fake_discord.message(picker) is not None  # posted messages are theirs to delete
+    assert fake_discord.message(picker) is not None  # an ephemeral: hers alone, it goes by itself
 
 
 async def test_an_admin_forgets_a_member_in_their_server_after_confirming(

@@ -1706,7 +1706,12 @@ async def test_forget_me_after_confirming_removes_the_members_files_and_keeps_th
     await slack.settle(until=lambda: len(fake_slack.hooks) == 3)
     done = fake_slack.hooks[2][1]
     assert done["replace_original"] is True and done["text"].startswith("Done: 1 job(s) of yours")
+    assert "1 post(s) of the results deleted" in done["text"]
     assert not folder.exists()
+    assert all(u.get("deleted") for u in uploaded(fake_slack).values())  # model and splat
+    header = fake_slack.find("chat.update")[-1].args["ts"]
+    assert header in {c.args["ts"] for c in fake_slack.find("chat.delete")}  # the result's
+    assert not [k for k, m in fake_slack.messages.items() if "mine" in (m.get("text") or "")]
     assert await slack.core.ledger.jobs_of("slack", payloads.ALICE) == ([], 0)
     assert (await slack.core.ledger.budget()).committed_micros == committed
 

@@ -110,16 +110,8 @@ class Sam3dClient(discord.AutoShardedClient):
     def replier_for(
         self, interaction: discord.Interaction, private: bool = False
     ) -> DiscordReplier:
-        return DiscordReplier(
-            self,
-            {**reply_to_of(interaction), "private": private},
-            interaction,
-            interval_s=self.settings.progress_edit_interval_s,
-            view_for=result_view,
-            links=self.core.links,
-            conversions=self.core.conversions,
-            cancel_view=cancel_view,
-            group_view_for=variations_view,
+        return self.replier_for_record_data(
+            {**reply_to_of(interaction), "private": private}, interaction
         )
 
     def replier_for_record(self, record: JobRecord) -> DiscordReplier | None:
@@ -128,17 +120,20 @@ class Sam3dClient(discord.AutoShardedClient):
             return None
         return self.replier_for_record_data(record.reply_to)
 
-    def replier_for_record_data(self, reply_to: dict[str, Any]) -> DiscordReplier:
+    def replier_for_record_data(
+        self, reply_to: dict[str, Any], interaction: discord.Interaction | None = None
+    ) -> DiscordReplier:
         return DiscordReplier(
             self,
             reply_to,
-            None,
+            interaction,
             interval_s=self.settings.progress_edit_interval_s,
             view_for=result_view,
             links=self.core.links,
             conversions=self.core.conversions,
             cancel_view=cancel_view,
             group_view_for=variations_view,
+            note_post=self.core.results.note_post,
         )
 
     async def start_job(
@@ -301,6 +296,16 @@ class Sam3dClient(discord.AutoShardedClient):
         except (TimeoutError, BotError):  # the ledger is slow: what the member asked
             log.warning("could not read the server's private delivery setting in time")
             return bool(asked)
+
+    async def delete_post(self, where: dict[str, Any]) -> bool:
+        """Forget me: one of the bot's posts of a result, deleted (True: it is gone)."""
+        try:
+            await self.http.delete_message(int(where["channel_id"]), int(where["message_id"]))
+        except discord.NotFound:
+            return True  # deleted already (its Delete button, a moderator)
+        except (discord.HTTPException, KeyError, ValueError):
+            return False
+        return True
 
     def background(self, work: Awaitable[Any]) -> asyncio.Task[Any]:
         return self.core.runner.start(work, "discord job")

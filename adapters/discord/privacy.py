@@ -79,6 +79,7 @@ class ForgetButton(
             str(self.user_id),
             who.key,
             None if own else str(self.guild_id),
+            client.delete_post,
         )
         whose = "yours" if own else f"<@{self.user_id}>'s in this server"
         await interaction.response.edit_message(

@@ -73,6 +73,7 @@ class DiscordReplier:
         conversions: Conversions | None = None,
         cancel_view: Callable[[str, str], discord.ui.View] | None = None,
         group_view_for: Callable[[list[str]], discord.ui.View] | None = None,
+        note_post: Callable[[str, dict[str, Any]], Awaitable[None]] | None = None,
     ):
         self._client = client
         self._reply_to = reply_to
@@ -81,6 +82,7 @@ class DiscordReplier:
         self._conversions = conversions  # for a thinned splat where the splat is too big
         self._cancel_view = cancel_view  # (job id, label) -> the progress's Cancel
         self._group_view_for = group_view_for  # variations' job ids -> their buttons
+        self._note_post = note_post  # (job id, where) for forget me to delete it later
         self._progress = ProgressThrottle(self._edit, interval_s)
         self.result_message: discord.Message | None = None
         self._sent_limit = 0  # the upload limit of the way the result went
@@ -172,8 +174,10 @@ class DiscordReplier:
                 log.info("could not post in the channel (%s); answering through the token", exc)
             else:
                 self.result_message, self._sent_limit = message, limit
+                sent = [message]
                 for page in more:
-                    await self._channel().send(page, allowed_mentions=NO_PINGS)
+                    sent.append(await self._channel().send(page, allowed_mentions=NO_PINGS))
+                await self._noted(results, sent)
                 await self._say_progress(f"✅ Done: {message.jump_url}")
                 return
         if not self._token_usable():
@@ -187,8 +191,27 @@ class DiscordReplier:
         except discord.HTTPException as exc:
             raise DeliveryError(_cannot_post(exc)) from None
         self.result_message, self._sent_limit = message, limit
+        sent = [message]
         for page in more:
-            await self._webhook.send(page, allowed_mentions=NO_PINGS)
+            sent.append(await self._webhook.send(page, wait=True, allowed_mentions=NO_PINGS))
+        await self._noted(results, sent)
+
+    async def _noted(self, results: list[Numbered], messages: list[discord.Message]) -> None:
+        """Where each job's result went (the same message for variations), unless it was a
+        kept result sent again (that post is the asker's, not the job's)."""
+        if self._note_post is None:
+            return
+        for _, result in results:
+            if result.cached:
+                continue
+            for message in messages:
+                if message.flags.ephemeral:  # the member's alone, and gone with their client
+                    continue
+                where = {"channel_id": str(message.channel.id), "message_id": str(message.id)}
+                try:
+                    await self._note_post(result.job_id, where)
+                except OSError:  # forget me cannot delete it then; the result is out
+                    log.warning("could not note where job %s was posted", result.job_id)
 
     async def _deliver_privately(self, results: list[Numbered], notes: list[str]) -> None:
         """To the member's DMs; where those are closed to the bot, to the member alone where
@@ -216,8 +239,10 @@ class DiscordReplier:
                 await self._webhook.send(page, ephemeral=True, allowed_mentions=NO_PINGS)
             return
         self.result_message, self._sent_limit = message, DEFAULT_UPLOAD_LIMIT
+        sent = [message]
         for page in more:
-            await dm.send(page, allowed_mentions=NO_PINGS)
+            sent.append(await dm.send(page, allowed_mentions=NO_PINGS))
+        await self._noted(results, sent)
         await self._say_progress(f"✅ Sent to your DMs: {message.jump_url}")
 
     async def _within(self, limit: int, send: Callable[[int], Awaitable[Sent]]) -> Sent:

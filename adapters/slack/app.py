@@ -197,12 +197,30 @@ class SlackBot:
             interval_s=self.settings.progress_edit_interval_s,
             links=self.core.links,
             progress_client=self.progress_client,
+            note_post=self.core.results.note_post,
         )
 
     def replier_for_record(self, record: JobRecord) -> SlackReplier | None:
         if "channel_id" not in record.reply_to:
             return None
         return self.replier(dict(record.reply_to))
+
+    async def delete_post(self, where: dict[str, Any]) -> bool:
+        """Forget me: one result's messages and files, deleted (True: all gone)."""
+        gone = True
+        calls = [self.client.files_delete(file=str(f)) for f in where.get("files") or []]
+        calls += [
+            self.client.chat_delete(channel=str(where.get("channel")), ts=str(ts))
+            for ts in where.get("messages") or []
+        ]
+        for call in calls:
+            try:
+                await call
+            except SlackApiError as exc:
+                if slack_error(exc) not in ("file_not_found", "file_deleted", "message_not_found"):
+                    log.info("could not delete a forgotten result: %s", slack_error(exc))
+                    gone = False
+        return gone
 
     async def file_info(self, file_id: str) -> dict[str, Any]:
         try:

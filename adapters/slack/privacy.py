@@ -68,5 +68,6 @@ async def confirmed(
         user,
         f"{PLATFORM}:{presser}",
         None if own else team,
+        bot.delete_post,
     )
     return done.describe("yours" if own else f"<@{user}>'s in this workspace")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -86,6 +86,7 @@ class SlackReplier:
         interval_s: float = 3.0,
         links: DownloadLinks | None = None,
         progress_client: AsyncWebClient | None = None,
+        note_post: Callable[[str, dict[str, Any]], Awaitable[None]] | None = None,
     ):
         self._client = client
         self._progress_client = progress_client or client  # may drop edits under a limit
@@ -95,6 +96,7 @@ class SlackReplier:
         self.answered = False  # delivered or told of a failure
         self._uploaded: list[str] = []  # the ids of the files posted for this job
         self._upload_messages: list[str] = []  # and the messages their uploads made
+        self._note_post = note_post  # (job id, where) for forget me to delete it later
 
     @property
     def reply_to(self) -> dict[str, Any]:
@@ -190,6 +192,7 @@ class SlackReplier:
         self._uploaded = [f["id"] for f in files]
         self._upload_messages = await self._messages_sharing(files)
         await self._show_header(result.job_id)
+        await self._noted(result)
 
     async def _messages_sharing(self, files: list[dict[str, Any]]) -> list[str]:
         """Where the upload shows in the channel, for Delete to take it away. Slack may share
@@ -202,6 +205,18 @@ class SlackReplier:
             except SlackApiError as exc:
                 log.info("could not see where the upload went: %s", slack_error(exc))
         return found
+
+    async def _noted(self, result: JobResult) -> None:
+        """What was posted of a job's result (messages and files), unless it was a kept one
+        sent again (that post is the asker's, not the job's)."""
+        if self._note_post is None or result.cached:
+            return
+        messages = [ts for ts in [self._progress_ts, *self._upload_messages] if ts]
+        where = {"channel": self._channel, "messages": messages, "files": list(self._uploaded)}
+        try:
+            await self._note_post(result.job_id, where)
+        except OSError:  # forget me cannot delete it then; the result is out
+            log.warning("could not note where job %s was posted", result.job_id)
 
     async def _show_header(self, job_id: str) -> None:
         """The progress message, now the result's header with its buttons."""
@@ -232,6 +247,7 @@ class SlackReplier:
         )
         self._uploaded += [f["id"] for f in posted.get("files") or []]
         await self._show_header(result.job_id)  # Delete takes the turntable too
+        await self._noted(result)
 
     async def fail(self, error: BotError, refunded: bool) -> None:
         await self._progress.close()
