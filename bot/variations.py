@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from .errors import BotError, DeliveryError, InputError
+from .images import parse_seed
 from .models import SEED_MAX, SEED_MIN, JobResult, OutputFile, Progress
 from .ports import QuotaStatus
 from .replies import failure_text
@@ -24,13 +25,8 @@ def variation_seeds(count: int, seed: int | str | None) -> tuple[int, ...]:
     `count` different random seeds."""
     if not 1 <= count <= MAX_VARIATIONS:
         raise InputError("variations", f"ask for 1 to {MAX_VARIATIONS}")
-    if seed not in (None, ""):
-        try:
-            first = int(str(seed).strip())
-        except ValueError:
-            raise InputError("seed", f"give a whole number from {SEED_MIN} to {SEED_MAX}") from None
-        if not SEED_MIN <= first <= SEED_MAX:
-            raise InputError("seed", f"give a whole number from {SEED_MIN} to {SEED_MAX}")
+    if seed is not None and str(seed).strip():
+        first = parse_seed(seed)
         span = SEED_MAX - SEED_MIN + 1
         return tuple(SEED_MIN + (first - SEED_MIN + step) % span for step in range(count))
     return tuple(random.sample(range(SEED_MIN, SEED_MAX + 1), count))

@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from adapters.slack.translate import parse_job_text
 from bot.errors import InputError, RenderError
 from bot.images import (
     BlockedAddress,
@@ -28,6 +29,7 @@ from bot.images import (
     public_addresses_only,
 )
 from bot.render.inspect import inspect_model
+from bot.variations import variation_seeds
 from tests.conftest import photo_bytes
 from tests.fakes.models3d import made_glb, made_splat_ply
 
@@ -250,3 +252,28 @@ def test_any_choice_sent_to_the_picker_is_points_on_the_photo_or_a_clear_refusal
         assert 0 <= x1 < x2 <= 640 and 0 <= y1 < y2 <= 480
     request = pick.request(b"photo")
     assert request.points is None or request.points.count(";") == len(pick.points) - 1
+
+
+SLACK_WORDS = st.sampled_from(["variations=", "private=", "seed=", "pick", "<@U1>", "&lt;", " "])
+
+
+@given(st.lists(st.one_of(SLACK_WORDS, st.text(max_size=12)), max_size=12).map("".join))
+def test_slack_command_text_is_read_or_refused_with_a_reason(text):
+    """Whatever a member types after /sam3d: settings within their ranges, or an InputError
+    naming what is wrong; never anything else."""
+    try:
+        args = parse_job_text(text)
+    except InputError as error:
+        assert error.user_message
+        return
+    assert 1 <= args.variations <= 4 and args.private in (None, True, False)
+
+
+@given(count=st.integers(-3, 8), seed=st.one_of(st.none(), st.integers(-5, 2_000_000), st.text()))
+def test_variation_seeds_are_as_many_as_asked_and_all_different(count, seed):
+    try:
+        seeds = variation_seeds(count, seed)
+    except InputError:
+        return
+    assert len(seeds) == count and len(set(seeds)) == count
+    assert all(0 <= s <= 1_000_000 for s in seeds)

@@ -1049,6 +1049,23 @@ async def test_a_private_job_runs_in_the_members_dm_and_nothing_shows_in_the_cha
     assert fake_segmind.counters.payloads[0]["prompt"] == "kettle"
 
 
+async def test_the_forms_private_box_sends_the_job_to_the_members_dm(
+    slack, fake_slack, fake_segmind
+):
+    await slack.command("")
+    await slack.settle(until=lambda: fake_slack.find("views.open"))
+    await submit_form(
+        slack,
+        {
+            "image": file_value(photo_file(fake_slack)),
+            "private": {"type": "checkboxes", "selected_options": [{"value": "private"}]},
+        },
+    )
+    await slack.settle(until=lambda: len(uploaded(fake_slack)) == 2)
+    assert {u["channel"] for u in uploaded(fake_slack).values()} == {payloads.DM}
+    assert not posted_in(fake_slack, payloads.CHANNEL)
+
+
 async def test_with_the_messages_tab_off_a_private_job_says_how_and_charges_nothing(
     slack, fake_slack, fake_segmind
 ):
@@ -1116,7 +1133,8 @@ async def test_results_carry_the_picture_the_turntable_and_a_view_in_3d_link(
     assert files["turntable.gif"]["thread_ts"] == event["event"]["ts"]
     comment = files["model.glb"]["comment"]
     assert "|View in 3D>" in comment and "<https://bot.example/m/" in comment
-    delete = fake_slack.find("chat.update")[-1].args["blocks"][1]["elements"][2]
+    elements = fake_slack.find("chat.update")[-1].args["blocks"][1]["elements"]
+    [delete] = [e for e in elements if e["action_id"] == "sam3d_delete"]
     assert len(json.loads(delete["value"])["files"]) == 4  # Delete takes the turntable too
 
 

@@ -418,47 +418,35 @@ VARIATIONS_BLOCK = {
     },
 }
 
-PRIVATE_BLOCK = {
-    "type": "input",
-    "block_id": "private",
-    "optional": True,
-    "label": {"type": "plain_text", "text": "Where it goes"},
-    "element": {
-        "type": "checkboxes",
-        "action_id": "private",
-        "options": [
-            {
-                "text": {"type": "plain_text", "text": "Send it to me privately"},
-                "description": {
-                    "type": "plain_text",
-                    "text": "In my DM with the bot, not in the channel",
-                },
-                "value": "private",
-            }
-        ],
-    },
-}
 
-PICK_BLOCK = {
-    "type": "input",
-    "block_id": "pick",
-    "optional": True,
-    "label": {"type": "plain_text", "text": "Pick the object"},
-    "element": {
-        "type": "checkboxes",
-        "action_id": "pick",
-        "options": [
-            {
-                "text": {"type": "plain_text", "text": "Point at it on a grid first"},
-                "description": {
-                    "type": "plain_text",
-                    "text": "Nothing is charged until you press Make it",
-                },
-                "value": "pick",
-            }
-        ],
-    },
-}
+def _checkbox(block_id: str, label: str, text: str, description: str) -> dict[str, Any]:
+    """An optional block of one checkbox, its value the block's id."""
+    option = {
+        "text": {"type": "plain_text", "text": text},
+        "description": {"type": "plain_text", "text": description},
+        "value": block_id,
+    }
+    return {
+        "type": "input",
+        "block_id": block_id,
+        "optional": True,
+        "label": {"type": "plain_text", "text": label},
+        "element": {"type": "checkboxes", "action_id": block_id, "options": [option]},
+    }
+
+
+PRIVATE_BLOCK = _checkbox(
+    "private",
+    "Where it goes",
+    "Send it to me privately",
+    "In my DM with the bot, not in the channel",
+)
+PICK_BLOCK = _checkbox(
+    "pick",
+    "Pick the object",
+    "Point at it on a grid first",
+    "Nothing is charged until you press Make it",
+)
 
 
 def _option(file: dict[str, Any]) -> dict[str, Any]:
