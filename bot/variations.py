@@ -12,12 +12,13 @@ from dataclasses import dataclass, field
 
 from .errors import BotError, DeliveryError, InputError
 from .images import parse_seed
-from .models import SEED_MAX, SEED_MIN, JobResult, OutputFile, Progress
+from .models import SEED_MAX, SEED_MIN, JobResult, OutputFile, Progress, Stage
 from .ports import QuotaStatus
 from .replies import failure_text
 from .settings import micros_to_usd
 
 MAX_VARIATIONS = 4
+CANCELLABLE = (Stage.QUEUED, Stage.SUBMITTED, Stage.PROCESSING)
 
 
 def variation_seeds(count: int, seed: int | str | None) -> tuple[int, ...]:
@@ -81,6 +82,7 @@ class Together:
     header: str = ""  # the first line of the shared progress (the plan)
     _outcomes: list[_Outcome] = field(init=False)
     _stages: list[str] = field(init=False)
+    _at: dict[int, tuple[str, Stage]] = field(default_factory=dict, init=False)  # job, stage
     _posting: bool = field(default=False, init=False)
     _posted: asyncio.Future[None] | None = field(default=None, init=False)
     _told: set[str] = field(default_factory=set, init=False)
@@ -139,6 +141,7 @@ class Together:
             await self.tell(text)
 
     async def _delivered(self, index: int, result: JobResult) -> None:
+        self._at.pop(index, None)  # nothing left to cancel
         self._outcomes[index].result = result
         await self._post_if_settled()
         await asyncio.shield(self._future())
@@ -153,8 +156,21 @@ class Together:
 
     async def _progress(self, index: int, update: Progress) -> None:
         self._stages[index] = update.describe()
+        if update.job_id:
+            self._at[index] = (update.job_id, update.stage)
+        elif index in self._at:
+            self._at[index] = (self._at[index][0], update.stage)
         lines = [f"Variation {i + 1}: {stage}" for i, stage in enumerate(self._stages)]
-        await self.show(Progress(update.stage, lines=tuple(filter(None, [self.header, *lines]))))
+        # One Cancel for those that can still be: the waiting ones end, refunded.
+        open_ = [job for job, stage in self._at.values() if stage in CANCELLABLE]
+        waiting = any(stage is Stage.QUEUED for _, stage in self._at.values())
+        await self.show(
+            Progress(
+                Stage.QUEUED if waiting else update.stage,
+                lines=tuple(filter(None, [self.header, *lines])),
+                job_id=",".join(open_) or None,
+            )
+        )
 
 
 @dataclass

@@ -1382,14 +1382,34 @@ async def test_a_variation_that_ends_without_a_model_is_named_beside_the_others(
 ):
     fake_segmind.behaviour.held_seeds = {5, 6}
     async with running_bot(fake_discord, fake_segmind, tmp_path, max_concurrent_jobs=1) as bot:
-        dispatch(bot, payloads.sam3d(photo(fake_discord), seed=5, variations=2))
+        command = payloads.sam3d(photo(fake_discord), seed=5, variations=2)
+        dispatch(bot, command)
         await until(lambda: fake_segmind.counters.submits == 1)
         [sent] = [p["seed"] for p in fake_segmind.counters.payloads]  # the other one waits
-        alice = Requester("discord", payloads.ALICE_ID, payloads.GUILD_ID)
         jobs, _ = await bot.core.ledger.jobs_of("discord", payloads.ALICE_ID)
         waiting = next(j for j in jobs if j.params["seed"] != sent)
-        said = await bot.core.service.cancel(waiting.id, alice)
-        assert said.startswith("Cancelled")
+
+        def cancel_for_both():
+            return [
+                item
+                for edit in fake_discord.original_edits()
+                if command["token"] in edit.path
+                for row in (edit.json or {}).get("components") or []
+                for item in row["components"]
+                if item.get("custom_id", "").count(",") == 1  # one Cancel for the two
+            ]
+
+        await until(lambda: bool(cancel_for_both()))
+        message_id = callback_for(fake_discord, command).answer["resource"]["message"]["id"]
+        button = cancel_for_both()[-1]
+        assert button["label"] == "Cancel"
+        pressed = press(fake_discord, message_id, button["custom_id"])
+        dispatch(bot, pressed)
+        await until(
+            lambda: any(c.path.split("/")[2] == pressed["id"] for c in fake_discord.callbacks())
+        )
+        said = callback_for(fake_discord, pressed).json["data"]["content"]
+        assert f"Job `{waiting.id}`: Cancelled" in said and "already at Segmind" in said
         fake_segmind.behaviour.held_seeds = set()
         await until(lambda: bool(fake_discord.channel_posts()))
         await settle(bot)

@@ -18,7 +18,8 @@ from .translate import chosen_value, requester_of
 if TYPE_CHECKING:
     from .app import Sam3dClient
 
-JOB_ID = r"(?P<job>[0-9a-f]{6,32})"
+JOB = r"[0-9a-f]{6,32}"
+JOB_ID = rf"(?P<job>{JOB})"
 
 
 def result_view(job_id: str) -> discord.ui.View:
@@ -250,9 +251,10 @@ def cancel_view(job_id: str, label: str) -> discord.ui.View:
 
 class CancelButton(
     discord.ui.DynamicItem[discord.ui.Button[discord.ui.View]],
-    template=rf"sam3d:cancel:{JOB_ID}",
+    template=rf"sam3d:cancel:(?P<job>{JOB}(?:,{JOB}){{0,3}})",
 ):
-    """Cancel on a job's progress: the core says what it can do at this stage."""
+    """Cancel on a job's progress (or on variations', for each of them): the core says what
+    it can do at each one's stage."""
 
     def __init__(self, job_id: str, label: str = "Cancel"):
         super().__init__(
@@ -277,7 +279,11 @@ class CancelButton(
         client = interaction.client
         assert isinstance(client, Sam3dClient)
         try:
-            said = await client.core.service.cancel(self.job_id, requester_of(interaction))
-            await ephemeral(interaction, said)
+            jobs = self.job_id.split(",")
+            who = requester_of(interaction)
+            said = [await client.core.service.cancel(job, who) for job in jobs]
+            if len(said) > 1:
+                said = [f"Job `{job}`: {text}" for job, text in zip(jobs, said, strict=True)]
+            await ephemeral(interaction, "\n".join(said))
         except Exception as error:  # a dynamic item has no view of ours to catch it
             await answer_failure(interaction, error)
