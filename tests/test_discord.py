@@ -522,10 +522,12 @@ async def test_the_message_command_asks_for_prompt_box_points_and_seed_then_runs
     custom_id = modal["data"]["custom_id"]
     rows = modal["data"]["components"]
     fields = [row["components"][0]["custom_id"] for row in rows if row["type"] == 1]
-    [pick] = [row["component"]["custom_id"] for row in rows if row["type"] == 18]
+    [choices] = [row["component"] for row in rows if row["type"] == 18]
+    assert choices["type"] == 22 and not choices["required"]  # a checkbox group, optional
+    assert [o["value"] for o in choices["options"]] == ["pick", "private"]
     answers = ["mug", "10,10,50,50", "30,30", "77"]
     submit = payloads.modal_submit(
-        custom_id, dict(zip(fields, answers, strict=True)), checkboxes={pick: False}
+        custom_id, dict(zip(fields, answers, strict=True)), groups={choices["custom_id"]: []}
     )
     dispatch(bot, submit)
     await settle(bot)
@@ -952,9 +954,9 @@ async def test_the_message_command_form_can_pick_the_object_instead(
     modal = callback_for(fake_discord, one).json["data"]
     rows = modal["components"]
     fields = [row["components"][0]["custom_id"] for row in rows if row["type"] == 1]
-    [pick] = [row["component"]["custom_id"] for row in rows if row["type"] == 18]
+    [choices] = [row["component"]["custom_id"] for row in rows if row["type"] == 18]
     submit = payloads.modal_submit(
-        modal["custom_id"], dict.fromkeys(fields, ""), checkboxes={pick: True}
+        modal["custom_id"], dict.fromkeys(fields, ""), groups={choices: ["pick"]}
     )
     dispatch(bot, submit)
     await settle(bot)
@@ -1461,6 +1463,36 @@ async def test_with_dms_closed_the_result_comes_to_the_member_alone_with_how_to_
     assert original["flags"] & EPHEMERAL  # the member alone sees it
     [row] = await bot.core.ledger.usage()
     assert row.delivered == 1
+
+
+async def test_the_message_command_form_sends_the_model_to_the_members_dms(
+    bot, fake_discord, fake_segmind
+):
+    one = payloads.make_3d([photo(fake_discord)])
+    dispatch(bot, one)
+    await settle(bot)
+    modal = callback_for(fake_discord, one).json["data"]
+    rows = modal["components"]
+    fields = [row["components"][0]["custom_id"] for row in rows if row["type"] == 1]
+    [choices] = [row["component"]["custom_id"] for row in rows if row["type"] == 18]
+    submit = payloads.modal_submit(
+        modal["custom_id"], dict.fromkeys(fields, ""), groups={choices: ["private"]}
+    )
+    dispatch(bot, submit)
+    await settle(bot)
+    assert callback_for(fake_discord, submit).json["data"]["flags"] & EPHEMERAL
+    assert fake_discord.dm_posts(payloads.ALICE_ID) and not in_channel(fake_discord)
+
+
+async def test_a_private_pick_makes_its_job_in_the_members_dms(bot, fake_discord, fake_segmind):
+    _, picker = await open_picker(bot, fake_discord, private=True)
+    for action, value in [("column", "C"), ("row", "4"), ("point", None)]:
+        await use(bot, fake_discord, picker, action, value)
+    made = await use(bot, fake_discord, picker, "make")
+    assert made.json["type"] == 5 and made.json["data"]["flags"] & EPHEMERAL
+    await settle(bot)
+    assert fake_segmind.counters.payloads[0]["point_coords"]
+    assert fake_discord.dm_posts(payloads.ALICE_ID) and not in_channel(fake_discord)
 
 
 async def test_admins_make_private_delivery_the_default_or_forbid_it(

@@ -220,14 +220,19 @@ class Sam3dClient(discord.AutoShardedClient):
         *,
         prompt: str | None = None,
         seed: int | str | None = None,
+        private: bool | None = None,
     ) -> None:
         """ "Pick the object": the picker to the member alone, once the checks (where jobs
-        may start, quota, budget, the photo) say a job could start; nothing is charged."""
-        if not await self.may_post_here(interaction):
+        may start, quota, budget, the photo) say a job could start; nothing is charged. The
+        job it makes goes to their DMs when `private` (within the server's setting)."""
+        where = Where(PLATFORM, str(interaction.guild_id) if interaction.guild_id else None)
+        to_dm = await self.delivers_privately(interaction, where, private)
+        if to_dm is None:
+            return
+        if not to_dm and not await self.may_post_here(interaction):
             return
         await interaction.response.defer(ephemeral=True, thinking=True)
         places = places_of(interaction)
-        where = Where(PLATFORM, str(interaction.guild_id) if interaction.guild_id else None)
         picker = self.core.picker
         assert picker is not None
 
@@ -243,7 +248,7 @@ class Sam3dClient(discord.AutoShardedClient):
                         image=photo,
                         prompt=prompt,
                         seed=seed,
-                        reply_to=reply_to_of(interaction),
+                        reply_to={**reply_to_of(interaction), "private": to_dm},
                     )
                 )
             except BotError as error:
@@ -415,7 +420,9 @@ def add_commands(client: Sam3dClient) -> None:
             if bbox or points or mask:
                 await ephemeral(interaction, PICK_OR_TYPE)
                 return
-            await client.start_picking(interaction, photo, prompt=prompt, seed=seed)
+            await client.start_picking(
+                interaction, photo, prompt=prompt, seed=seed, private=private
+            )
             return
         await client.start_job(
             interaction,
@@ -536,24 +543,39 @@ class JobModal(SettingsModal, title="Make a 3D model"):
     def __init__(self, client: Sam3dClient, message: discord.Message, url: str):
         super().__init__()
         self.client, self.message, self.url = client, message, url
-        self.pick: discord.ui.Label[JobModal] = discord.ui.Label(
-            text="Pick the object on a grid first",
-            description="Point at it on the photo; nothing is charged until Make it",
-            component=discord.ui.Checkbox(custom_id="pick"),
+        # A form holds 5 parts: the two choices share one (a Label with a CheckboxGroup).
+        self.choices = discord.ui.CheckboxGroup[JobModal](
+            custom_id="choices",
+            required=False,
+            min_values=0,
+            max_values=2,
+            options=[
+                discord.CheckboxGroupOption(
+                    label="Pick the object on a grid first",
+                    value="pick",
+                    description="Point at it on the photo; nothing is charged until Make it",
+                ),
+                discord.CheckboxGroupOption(
+                    label="Send it to my DMs",
+                    value="private",
+                    description="The result, its progress and errors to me alone",
+                ),
+            ],
         )
-        self.add_item(self.pick)
+        self.add_item(discord.ui.Label(text="Choices (optional)", component=self.choices))
 
     async def on_submit(self, interaction: discord.Interaction) -> None:
         attachment = next((a for a in self.message.attachments if a.url == self.url), None)
         photo = attachment or ImageSource.from_url(self.url)
         typed = self.typed()
-        checkbox = self.pick.component
-        if isinstance(checkbox, discord.ui.Checkbox) and checkbox.value:
+        chosen = set(self.choices.values)
+        private = True if "private" in chosen else None  # unticked: the server's default
+        if "pick" in chosen:
             if typed.bbox or typed.points:
                 await ephemeral(interaction, PICK_OR_TYPE)
                 return
             await self.client.start_picking(
-                interaction, photo, prompt=typed.prompt, seed=typed.seed
+                interaction, photo, prompt=typed.prompt, seed=typed.seed, private=private
             )
             return
         await self.client.start_job(
@@ -563,6 +585,7 @@ class JobModal(SettingsModal, title="Make a 3D model"):
             bbox=typed.bbox,
             points=typed.points,
             seed=typed.seed,
+            private=private,
         )
 
 

@@ -178,8 +178,9 @@ async def make_it(client: Sam3dClient, interaction: discord.Interaction, pick_id
     if not await client.may_post_here(interaction):
         return
     pick, photo = await picker.take(pick_id, requester_of(interaction))
-    await interaction.response.defer(thinking=True)
-    replier = client.replier_for(interaction)
+    private = bool(pick.reply_to.get("private"))  # to their DMs: the progress to them alone
+    await interaction.response.defer(ephemeral=private, thinking=True)
+    replier = client.replier_for(interaction, private=private)
     await close_picker(client, pick, f"Making it with {pick.describe()}.")
     client.background(
         client.core.service.run(

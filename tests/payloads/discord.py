@@ -303,21 +303,32 @@ def make_3d(attachments: list[dict[str, Any]], **kw) -> dict[str, Any]:
 
 
 def modal_submit(
-    custom_id: str, values: dict[str, str], checkboxes: dict[str, bool] | None = None, **kw
+    custom_id: str,
+    values: dict[str, str],
+    checkboxes: dict[str, bool] | None = None,
+    groups: dict[str, list[str]] | None = None,
+    **kw,
 ) -> dict[str, Any]:
-    """A form sent: text inputs in their action rows; checkboxes inside their labels, each
-    with its `value` (components/reference.mdx, "Checkbox Interaction Response Structure")."""
+    """A form sent: text inputs in their action rows; checkboxes and checkbox groups inside
+    their labels, each with its `value` or `values` (components/reference.mdx, "Checkbox
+    Interaction Response Structure", "Checkbox Group Interaction Response Structure")."""
     rows: list[dict[str, Any]] = [
         {"type": 1, "components": [{"type": 4, "custom_id": key, "value": value}]}
         for key, value in values.items()
     ]
-    for number, (key, checked) in enumerate((checkboxes or {}).items(), start=len(rows) + 1):
+    inside = [
+        *(
+            {"type": 23, "custom_id": key, "value": checked}
+            for key, checked in (checkboxes or {}).items()
+        ),
+        *(
+            {"type": 22, "custom_id": key, "values": chosen}
+            for key, chosen in (groups or {}).items()
+        ),
+    ]
+    for number, component in enumerate(inside, start=len(rows) + 1):
         rows.append(
-            {
-                "type": 18,
-                "id": number * 2,
-                "component": {"type": 23, "id": number * 2 + 1, "custom_id": key, "value": checked},
-            }
+            {"type": 18, "id": number * 2, "component": {**component, "id": number * 2 + 1}}
         )
     return base(5, {"custom_id": custom_id, "components": rows}, **kw)
 
