@@ -295,6 +295,7 @@ class Service:
                             replace(request, reply_to=reply_tos[index]) if reply_tos else request,
                             variants[index],
                             f"{idempotency_key}:{index}" if idempotency_key else None,
+                            variation=(index + 1, len(seeds)),
                         )
                         for index in to_make
                     ]
@@ -321,11 +322,17 @@ class Service:
         return results
 
     def _new_job(
-        self, request: JobRequest, validated: ValidatedInput, idempotency_key: str | None
+        self,
+        request: JobRequest,
+        validated: ValidatedInput,
+        idempotency_key: str | None,
+        variation: tuple[int, int] | None = None,
     ) -> NewJob:
         params = validated.describe()
         if request.from_job:  # Edit and New seed: the result links back to where it came from
             params.update(from_job=request.from_job, from_link=request.from_link)
+        if variation is not None:  # which of how many: its turn at Segmind, its title
+            params.update(variation=variation[0], variations=variation[1])
         return NewJob(
             request.requester,
             self._price,
@@ -373,9 +380,7 @@ class Service:
         async def on_position(position: int) -> None:
             await job.replier.progress(Progress(Stage.QUEUED, position, job_id=job.id))
 
-        async with self._scheduler.slot(
-            job.record.platform + ":" + job.record.user_id, on_position
-        ):
+        async with self._scheduler.slot(_turn_of(job.record), on_position):
             upstream_at = job.lap("queue", queued_at)
 
             async def on_sending() -> None:
@@ -832,6 +837,14 @@ def _disk_full_as(charged: Callable[[], bool]) -> Iterator[None]:
             raise
         log.error("DATA_DIR's disk is full: a job's files could not be written")
         raise DiskFull(charged=charged()) from exc
+
+
+def _turn_of(record: JobRecord) -> str:
+    """Whose turn a job takes at Segmind: its member's (one job each at a time, members in
+    turn); variations take one each, so they are made side by side as one ask."""
+    variation = record.params.get("variation")
+    turn = f"{record.platform}:{record.user_id}"
+    return f"{turn}#{variation}" if variation else turn
 
 
 def _maybe_billed(job: _Job, error: BotError) -> bool:

@@ -1518,3 +1518,30 @@ async def test_admins_make_private_delivery_the_default_or_forbid_it(
     assert fake_segmind.counters.submits == 2
     audit = [e.action for e in await bot.core.ledger.audit_trail()]
     assert audit.count("private_mode") == 2
+
+
+async def test_variations_cut_off_by_a_restart_are_each_finished_after_it_and_billed_once(
+    fake_discord, fake_segmind, tmp_path, settings_env
+):
+    fake_segmind.behaviour.held_seeds = {30, 31}
+    async with running_bot(fake_discord, fake_segmind, tmp_path) as first:
+        dispatch(first, payloads.sam3d(photo(fake_discord), seed=30, variations=2))
+        await until(lambda: fake_segmind.counters.submits == 2)  # side by side, as one ask
+        await first.core.service.shutdown(grace_s=0.1)  # stopped while Segmind has both
+    fake_segmind.behaviour.held_seeds = set()
+
+    def posted():
+        return [c for c in in_channel(fake_discord) if c.status == 200]
+
+    async with running_bot(fake_discord, fake_segmind, tmp_path) as second:
+        await until(lambda: len(posted()) == 2)
+        await settle(second)
+        [row] = await second.core.ledger.usage()
+        assert (row.jobs, row.delivered, row.refunded, row.cost_micros) == (2, 2, 0, 130_000)
+    assert fake_segmind.counters.submits == 2  # resumed, never sent again
+    seeds = sorted(
+        {f["name"]: f["value"] for f in c.json["embeds"][0]["fields"]}["Seed"] for c in posted()
+    )
+    assert seeds == ["30", "31"]
+    titles = sorted(c.json["embeds"][0]["title"] for c in posted())
+    assert titles == [f"3D model ready (variation {n} of 2)" for n in (1, 2)]

@@ -197,6 +197,8 @@ def result_message(
     params = result.params
     prefix = "" if number is None else f"v{number}-"
     title = "3D model ready" if number is None else f"Variation {number}"
+    if number is None and params.get("variation"):  # one of several, posted on its own
+        title += f" (variation {params['variation']} of {params.get('variations', '?')})"
     embed = discord.Embed(title=title, colour=0x5865F2)
     if params.get("prompt"):
         embed.description = f"**{discord.utils.escape_markdown(params['prompt'])}**"

@@ -557,8 +557,13 @@ def progress_blocks(text: str, update: Progress) -> list[dict[str, Any]]:
 
 def result_text(result: JobResult, user_id: str, links: DownloadLinks | None = None) -> str:
     params = result.params
+    which = (
+        f" (variation {params['variation']} of {params.get('variations', '?')})"
+        if params.get("variation")
+        else ""
+    )
     lines = [
-        f"<@{user_id}> your 3D model is ready"
+        f"<@{user_id}> your 3D model is ready{which}"
         + (f": *{escape(params['prompt'])}*" if params.get("prompt") else "")
     ]
     lines.append(
