@@ -945,21 +945,28 @@ async def test_with_a_public_url_the_picker_offers_the_web_page_and_it_reports_h
     assert picker_now["components"] == [] and picker_now["content"].startswith("✅ Done")
 
 
-async def test_the_message_command_form_can_pick_the_object_instead(
-    bot, fake_discord, fake_segmind
-):
-    one = payloads.make_3d([photo(fake_discord)])
+async def send_the_form_choosing(bot, fake, choice: str) -> dict:
+    """Apps > Make 3D model on a photo, the form sent with nothing typed and `choice` ticked;
+    the submission, once it ran."""
+    one = payloads.make_3d([photo(fake)])
     dispatch(bot, one)
     await settle(bot)
-    modal = callback_for(fake_discord, one).json["data"]
+    modal = callback_for(fake, one).json["data"]
     rows = modal["components"]
     fields = [row["components"][0]["custom_id"] for row in rows if row["type"] == 1]
     [choices] = [row["component"]["custom_id"] for row in rows if row["type"] == 18]
     submit = payloads.modal_submit(
-        modal["custom_id"], dict.fromkeys(fields, ""), groups={choices: ["pick"]}
+        modal["custom_id"], dict.fromkeys(fields, ""), groups={choices: [choice]}
     )
     dispatch(bot, submit)
     await settle(bot)
+    return submit
+
+
+async def test_the_message_command_form_can_pick_the_object_instead(
+    bot, fake_discord, fake_segmind
+):
+    submit = await send_the_form_choosing(bot, fake_discord, "pick")
     assert callback_for(fake_discord, submit).json["data"]["flags"] & EPHEMERAL
     [shown] = [c for c in fake_discord.followups() if c.files]
     assert "Pick the object" in shown.json["content"] and fake_segmind.counters.submits == 0
@@ -1468,18 +1475,7 @@ async def test_with_dms_closed_the_result_comes_to_the_member_alone_with_how_to_
 async def test_the_message_command_form_sends_the_model_to_the_members_dms(
     bot, fake_discord, fake_segmind
 ):
-    one = payloads.make_3d([photo(fake_discord)])
-    dispatch(bot, one)
-    await settle(bot)
-    modal = callback_for(fake_discord, one).json["data"]
-    rows = modal["components"]
-    fields = [row["components"][0]["custom_id"] for row in rows if row["type"] == 1]
-    [choices] = [row["component"]["custom_id"] for row in rows if row["type"] == 18]
-    submit = payloads.modal_submit(
-        modal["custom_id"], dict.fromkeys(fields, ""), groups={choices: ["private"]}
-    )
-    dispatch(bot, submit)
-    await settle(bot)
+    submit = await send_the_form_choosing(bot, fake_discord, "private")
     assert callback_for(fake_discord, submit).json["data"]["flags"] & EPHEMERAL
     assert fake_discord.dm_posts(payloads.ALICE_ID) and not in_channel(fake_discord)
 
