@@ -1066,6 +1066,23 @@ async def test_the_forms_private_box_sends_the_job_to_the_members_dm(
     assert not posted_in(fake_slack, payloads.CHANNEL)
 
 
+async def test_a_private_result_the_dm_will_not_take_waits_behind_a_link_for_the_member(
+    fake_slack, fake_segmind, tmp_path, settings_env, unused_tcp_port
+):
+    async with running_slack(
+        fake_slack, fake_segmind, tmp_path, unused_tcp_port, public_url="https://bot.example"
+    ) as slack:
+        fake_slack.failures["files.completeUploadExternal"] = ["internal_error"]
+        await slack.event(payloads.mention("vase private=yes", [photo_file(fake_slack)]))
+        await slack.settle(until=lambda: fake_slack.ephemerals())
+        [row] = await slack.jobs()
+        assert (row.jobs, row.failed, row.refunded) == (1, 1, 0)  # Segmind billed it: kept
+    [said] = fake_slack.ephemerals()
+    assert "would not let me post it in our DM (internal_error)" in said
+    assert "|View in 3D>" in said and "<https://bot.example/m/" in said
+    assert not posted_in(fake_slack, payloads.CHANNEL)  # still nothing in the channel
+
+
 async def test_with_the_messages_tab_off_a_private_job_says_how_and_charges_nothing(
     slack, fake_slack, fake_segmind
 ):

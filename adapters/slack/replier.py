@@ -24,7 +24,14 @@ from bot.models import FileKind, JobResult, OutputFile, Progress
 from bot.replies import SHARED_KINDS, attachment_name, failure_text
 from bot.throttle import ProgressThrottle
 
-from .translate import progress_blocks, progress_text, result_blocks, result_text, shared_at
+from .translate import (
+    COMMAND,
+    progress_blocks,
+    progress_text,
+    result_blocks,
+    result_text,
+    shared_at,
+)
 
 if TYPE_CHECKING:
     from bot.downloads import DownloadLinks
@@ -181,6 +188,10 @@ class SlackReplier:
             )
         except SlackApiError as exc:
             error = slack_error(exc)
+            if self._reply_to.get("private"):  # the DM refused it: the member alone, a link
+                raise DeliveryError(
+                    self._waits_behind_a_link(result, error), charged=True
+                ) from None
             text = (
                 REMOVED
                 if error in ("not_in_channel", "channel_not_found")
@@ -193,6 +204,17 @@ class SlackReplier:
         self._upload_messages = await self._messages_sharing(files)
         await self._show_header(result.job_id)
         await self._noted(result)
+
+    def _waits_behind_a_link(self, result: JobResult, error: str) -> str:
+        said = f"Your model is ready, but Slack would not let me post it in our DM ({error})."
+        if error == "messages_tab_disabled":
+            said = (
+                "Your model is ready, but this app's Messages tab was turned off, so I cannot "
+                "send it to you directly (an admin can turn it on: App Home > Messages Tab)."
+            )
+        if self._links is not None and self._links.enabled:
+            return f"{said} It waits here: <{self._links.viewer_link(result.job_id)}|View in 3D>"
+        return f"{said} `{COMMAND} history` shows it."
 
     async def _messages_sharing(self, files: list[dict[str, Any]]) -> list[str]:
         """Where the upload shows in the channel, for Delete to take it away. Slack may share
@@ -281,19 +303,21 @@ class SlackReplier:
     async def tell(self, text: str) -> None:
         """A message for the user alone: ephemeral in the channel, else through the
         command's response_url (which works where the bot is not a member)."""
-        # A private job's DM once Slack opened it (a D id); before that, where they asked.
-        channel = self._channel
-        if self._reply_to.get("private") and not channel.startswith("D"):
-            channel = str(self._reply_to.get("asked_in") or channel)
-        try:
-            await self._client.chat_postEphemeral(
-                channel=channel, user=self._user, thread_ts=self._thread, text=text
-            )
-            return
-        except SlackApiError as exc:
-            log.info("ephemeral message failed: %s", slack_error(exc))
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            log.warning("Slack could not be reached to tell the user: %r", exc)
+        # A private job's DM once Slack opened it (a D id), else where they asked.
+        places = [(self._channel, self._thread)]
+        if self._reply_to.get("private"):
+            asked_in = (str(self._reply_to.get("asked_in") or self._channel), None)
+            places = [*places, asked_in] if self._channel.startswith("D") else [asked_in]
+        for channel, thread in places:
+            try:
+                await self._client.chat_postEphemeral(
+                    channel=channel, user=self._user, thread_ts=thread, text=text
+                )
+                return
+            except SlackApiError as exc:
+                log.info("ephemeral message failed: %s", slack_error(exc))
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                log.warning("Slack could not be reached to tell the user: %r", exc)
         url = self._reply_to.get("response_url")
         if url and self._may_use_response_url():
             webhook = AsyncWebhookClient(url, session=self._client.session)
