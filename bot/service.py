@@ -639,7 +639,8 @@ class Service:
         if who.key != f"{record.platform}:{record.user_id}" and not who.is_admin:
             return "Only the member who asked for it, or an admin, can cancel it."
         job = self._running.get(job_id)
-        if job is not None and not job.sending and not job.submitted and not job.finished:
+        # Not yet sent to Segmind (waiting its turn, or before it): it can still end unbilled.
+        if job is not None and not (job.sending or job.submitted or job.committed or job.finished):
             if job.task is None or job.cancelled:
                 return "Cancelling it: nothing is charged."
             job.cancelled = True  # before Segmind has it: ended and refunded at once
