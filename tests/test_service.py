@@ -12,6 +12,7 @@ from bot.ledger import QuotaPolicy, SqliteLedger
 from bot.models import FileKind, ImageSource, JobRequest, JobState, Requester, Stage
 from bot.offline import OfflineBackend
 from bot.ports import NewJob
+from bot.variations import Together
 from tests.fakes.segmind import API_KEY
 from tests.pipeline import ALICE, BOB, PictureRenderer, Recorder, crashed_process, money, request
 
@@ -472,3 +473,41 @@ async def test_cancel_while_queued_refunds_at_once_and_at_segmind_keeps_the_char
     await asyncio.wait_for(running, 10)
     assert first.result is not None  # charged and delivered
     assert (await ledger.budget()).committed_micros == 65_000
+
+
+async def test_variations_whose_shared_post_fails_are_each_charged_once_and_kept(
+    make_service, ledger, fake_segmind
+):
+    """Posted together: a post that fails after Segmind made them all leaves every job
+    charged once, failed (not delivered), its result kept to be sent free; the member hears
+    it, and nothing is refunded that Segmind billed."""
+    told: list[str] = []
+
+    async def post(results, notes):
+        assert [index for index, _ in results] == [0, 1, 2]
+        raise RuntimeError("the chat refused the message")
+
+    async def show(update):
+        pass
+
+    async def tell(text):
+        told.append(text)
+
+    service = make_service()
+    together = Together(3, post=post, tell=tell, show=show)
+    results = await service.run_variations(
+        request(),
+        (1, 2, 3),
+        [together.replier(i) for i in range(3)],
+        idempotency_key="ask",
+        ended=together.ended,
+    )
+    assert results == [None, None, None]
+    assert fake_segmind.counters.submits == 3
+    assert money(await ledger.budget()) == (20_000_000, 0, 3 * 65_000)
+    [row] = await ledger.usage()
+    assert (row.jobs, row.delivered, row.failed, row.refunded) == (3, 0, 3, 0)
+    assert len(told) == 3 and all("It is kept" in text for text in told)
+    again = Recorder()
+    await service.run(request(seed=2), again)  # asked again: sent from the store, free
+    assert again.result.cached and money(await ledger.budget())[2] == 3 * 65_000
