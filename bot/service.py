@@ -288,27 +288,25 @@ class Service:
 
             work = [give(index, cached) for index, cached in cached_of.items()]
             reserving = time.monotonic()
-            try:
-                records = await self._ledger.reserve_group(
-                    [
-                        self._new_job(
-                            replace(request, reply_to=reply_tos[index]) if reply_tos else request,
-                            variants[index],
-                            f"{idempotency_key}:{index}" if idempotency_key else None,
-                            variation=(index + 1, len(seeds)),
-                        )
-                        for index in to_make
-                    ]
-                    if to_make
-                    else []
+            new_jobs = [
+                self._new_job(
+                    replace(request, reply_to=reply_tos[index]) if reply_tos else request,
+                    variants[index],
+                    f"{idempotency_key}:{index}" if idempotency_key else None,
+                    variation=(index + 1, len(seeds)),
                 )
+                for index in to_make
+            ]
+            records: list[JobRecord] = []
+            try:
+                records = await self._ledger.reserve_group(new_jobs) if new_jobs else []
             except BotError as error:
-                records = []
                 for index in to_make:
                     await _tell_failure(repliers[index], error, refunded=False)
-            for index, record in zip(to_make, records, strict=False):
+            for index, record in zip(to_make, records, strict=False):  # none if refused
                 if record.duplicate:
                     log.info("job %s: duplicate delivery ignored", record.id)
+                    await done(index)
                     continue
                 job = _Job(
                     record, repliers[index], started, owned_until=reserving + self._ledger.lease_s

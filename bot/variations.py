@@ -10,7 +10,7 @@ import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from .errors import BotError, DeliveryError, InputError
+from .errors import BotError, InputError
 from .images import parse_seed
 from .models import SEED_MAX, SEED_MIN, JobResult, OutputFile, Progress, Stage
 from .ports import QuotaStatus
@@ -188,14 +188,8 @@ class VariationReplier:
         await self.group._progress(self.index, update)
 
     async def deliver(self, result: JobResult) -> None:
-        try:
-            await self.group._delivered(self.index, result)
-        except BotError:
-            raise
-        except Exception as exc:
-            raise DeliveryError(
-                "The models were made but could not be posted here.", charged=True
-            ) from exc
+        # A failed post is raised to each held job, which the pipeline settles as its own.
+        await self.group._delivered(self.index, result)
 
     async def deliver_more(self, result: JobResult, files: tuple[OutputFile, ...]) -> None:
         pass  # no turntable in a message of several models

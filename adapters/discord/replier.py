@@ -173,11 +173,7 @@ class DiscordReplier:
                     raise DeliveryError(_cannot_post(exc)) from None
                 log.info("could not post in the channel (%s); answering through the token", exc)
             else:
-                self.result_message, self._sent_limit = message, limit
-                sent = [message]
-                for page in more:
-                    sent.append(await self._channel().send(page, allowed_mentions=NO_PINGS))
-                await self._noted(results, sent)
+                await self._sent(results, message, more, limit, self._channel().send)
                 await self._say_progress(f"✅ Done: {message.jump_url}")
                 return
         if not self._token_usable():
@@ -185,15 +181,33 @@ class DiscordReplier:
                 "The model is ready, but I may not post in that channel and the command has "
                 "expired; ask an admin to let me send messages and files there."
             )
+        await self._answer_through_token(results, notes)
+
+    async def _answer_through_token(
+        self, results: list[Numbered], notes: list[str], ephemeral: bool = False
+    ) -> None:
+        """The result through the interaction's token (its pages as follow-ups)."""
         limit = self._reply_to.get("token_upload_limit", DEFAULT_UPLOAD_LIMIT)
         try:
             message, more = await self._within(limit, partial(self._through_token, results, notes))
         except discord.HTTPException as exc:
             raise DeliveryError(_cannot_post(exc)) from None
+        send = partial(self._webhook.send, wait=True, ephemeral=ephemeral)
+        await self._sent(results, message, more, limit, send)
+
+    async def _sent(
+        self,
+        results: list[Numbered],
+        message: discord.Message,
+        more: list[str],
+        limit: int,
+        send_page: Callable[..., Awaitable[discord.Message]],
+    ) -> None:
+        """The result's message is out: the text pages after it, and where it went noted."""
         self.result_message, self._sent_limit = message, limit
         sent = [message]
         for page in more:
-            sent.append(await self._webhook.send(page, wait=True, allowed_mentions=NO_PINGS))
+            sent.append(await send_page(page, allowed_mentions=NO_PINGS))
         await self._noted(results, sent)
 
     async def _noted(self, results: list[Numbered], messages: list[discord.Message]) -> None:
@@ -227,22 +241,9 @@ class DiscordReplier:
             if not self._token_usable():
                 raise DeliveryError(DMS_CLOSED_LATE, charged=True) from None
             log.info("the member's DMs are closed to the bot; answering through the token")
-            limit = self._reply_to.get("token_upload_limit", DEFAULT_UPLOAD_LIMIT)
-            try:
-                message, more = await self._within(
-                    limit, partial(self._through_token, results, [DMS_CLOSED, *notes])
-                )
-            except discord.HTTPException as error:
-                raise DeliveryError(_cannot_post(error)) from None
-            self.result_message, self._sent_limit = message, limit
-            for page in more:
-                await self._webhook.send(page, ephemeral=True, allowed_mentions=NO_PINGS)
+            await self._answer_through_token(results, [DMS_CLOSED, *notes], ephemeral=True)
             return
-        self.result_message, self._sent_limit = message, DEFAULT_UPLOAD_LIMIT
-        sent = [message]
-        for page in more:
-            sent.append(await dm.send(page, allowed_mentions=NO_PINGS))
-        await self._noted(results, sent)
+        await self._sent(results, message, more, DEFAULT_UPLOAD_LIMIT, dm.send)
         await self._say_progress(f"✅ Sent to your DMs: {message.jump_url}")
 
     async def _within(self, limit: int, send: Callable[[int], Awaitable[Sent]]) -> Sent:

@@ -506,14 +506,8 @@ async def edit(
 ) -> None:
     """Edit on a result: the form filled in; the new job comes in the result's thread."""
     await ack()
-    message = body.get("message") or {}
-    place = Place(
-        body["channel"]["id"],
-        message.get("thread_ts") or message.get("ts"),
-        body.get("response_url"),
-    )
     problem = await open_edit_form(
-        context[BOT], body["trigger_id"], str(body["actions"][0]["value"]), place
+        context[BOT], body["trigger_id"], str(body["actions"][0]["value"]), result_thread(body)
     )
     if problem is not None:
         await respond(problem, response_type="ephemeral", replace_original=False)
@@ -571,13 +565,17 @@ async def formats(ack: AsyncAck, body: dict[str, Any], context: AsyncBoltContext
     await ack()
     bot: SlackBot = context[BOT]
     job_id, _, key = str(body["actions"][0]["selected_option"]["value"]).partition(":")
+    bot.background(bot.send_format(body["user"]["id"], result_thread(body), job_id, key))
+
+
+def result_thread(body: dict[str, Any]) -> Place:
+    """The thread of the result message a button or menu was used on."""
     message = body.get("message") or {}
-    place = Place(
+    return Place(
         body["channel"]["id"],
         message.get("thread_ts") or message.get("ts"),
         body.get("response_url"),
     )
-    bot.background(bot.send_format(body["user"]["id"], place, job_id, key))
 
 
 async def delete(

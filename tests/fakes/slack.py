@@ -297,8 +297,10 @@ class FakeSlack:
         if channel in self.not_member:
             return _ok(False, error="not_in_channel")
         if channel[:1] in ("U", "W"):
-            # chat.postMessage: a user's id posts in the app's DM with them (its Messages tab),
-            # and the answer names that conversation; with the tab off, messages_tab_disabled.
+            # docs.slack.dev/reference/methods/chat.postMessage: `channel` may be a user's id,
+            # which posts in the app's DM with them (its Messages tab), the answer naming
+            # that conversation; its error table: messages_tab_disabled, "Messages tab for
+            # the app is disabled".
             if not self.messages_tab:
                 return _ok(False, error="messages_tab_disabled")
             channel = "D" + channel[1:]
