@@ -14,6 +14,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -207,15 +208,18 @@ class SlackBot:
 
     async def delete_post(self, where: dict[str, Any]) -> bool:
         """Forget me: one result's messages and files, deleted (True: all gone)."""
-        gone = True
-        calls = [self.client.files_delete(file=str(f)) for f in where.get("files") or []]
-        calls += [
-            self.client.chat_delete(channel=str(where.get("channel")), ts=str(ts))
-            for ts in where.get("messages") or []
+        channel = str(where.get("channel"))
+        calls: list[Callable[[], Awaitable[Any]]] = [
+            *(partial(self.client.files_delete, file=str(f)) for f in where.get("files") or []),
+            *(
+                partial(self.client.chat_delete, channel=channel, ts=str(ts))
+                for ts in where.get("messages") or []
+            ),
         ]
-        for call in calls:
+        gone = True
+        for call in calls:  # each made when its turn comes: one failing leaves none unawaited
             try:
-                await call
+                await call()
             except SlackApiError as exc:
                 if slack_error(exc) not in ("file_not_found", "file_deleted", "message_not_found"):
                     log.info("could not delete a forgotten result: %s", slack_error(exc))
